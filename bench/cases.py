@@ -1,0 +1,84 @@
+"""The cases of the table: each pairs a rabbittask row with its raw references and a target."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bench import raw, rt
+from bench.config import Counts
+from bench.row import Measurement, RowContext
+
+RowFn = Callable[[RowContext], Measurement]
+RT = "rabbittask"
+CHILD_RSS_TARGET_MB = 40.0
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str
+    title: str
+    count: Callable[[Counts], int]
+    rabbittask: RowFn
+    references: tuple[tuple[str, RowFn], ...]  # the first is the one the target is measured against
+    target: float  # ratio rabbittask / first reference
+    higher_is_better: bool = True  # False: a latency, the ratio must stay at or below the target
+
+    @property
+    def unit(self) -> str:
+        return "msg/s" if self.higher_is_better else "ms"
+
+    @property
+    def target_text(self) -> str:
+        return f">= {self.target:.2f}x" if self.higher_is_better else f"p50 <= {self.target:.2f}x"
+
+    def passes(self, ratio: float) -> bool:
+        return ratio >= self.target if self.higher_is_better else ratio <= self.target
+
+    def impls(self) -> list[tuple[str, RowFn]]:
+        return [*self.references, (RT, self.rabbittask)]
+
+
+CASES = [
+    Case(
+        "A1",
+        "sequential .delay() (confirm each)",
+        lambda c: c.sequential,
+        rt.a1_delay,
+        (("raw pika", raw.a1_pika),),
+        0.95,
+    ),
+    Case(
+        "A2",
+        "app.batch() enqueue",
+        lambda c: c.batch,
+        rt.a2_batch,
+        (("raw aio-pika", raw.a2_aio_pika), ("raw aiormq", raw.a2_aiormq)),
+        1.0,
+    ),
+    Case(
+        "B1",
+        "drain pre-queued no-ops, -c 1, late ack",
+        lambda c: c.batch,
+        rt.drain_with(1),
+        (("raw aio-pika", raw.drain_with("aio-pika", 1)), ("raw aiormq", raw.drain_with("aiormq", 1))),
+        1.0,
+    ),
+    Case(
+        "B2",
+        "drain pre-queued no-ops, -c 2",
+        lambda c: c.batch,
+        rt.drain_with(2),
+        (("raw aio-pika x2", raw.drain_with("aio-pika", 2)),),
+        0.8,
+    ),
+    Case(
+        "C",
+        ".call() round trip, sequential",
+        lambda c: c.calls,
+        rt.call,
+        (("raw aio-pika", raw.call_echo),),
+        1.1,
+        higher_is_better=False,
+    ),
+]

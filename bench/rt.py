@@ -1,0 +1,126 @@
+"""The rabbittask rows, through its public API only (see bench/README.md for what they expect).
+
+`available()` says why they cannot run (rabbittask not importable yet); the raw rows run regardless.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bench import drain
+from bench.broker import ReadyWatcher
+from bench.procs import spawn, stop
+from bench.row import Measurement, RowContext, percentile
+
+if TYPE_CHECKING:
+    from bench.tasks import BenchApp
+
+WARMUP_CALLS = 20
+
+
+def available() -> str | None:
+    """None when the rabbittask rows can run, else the reason they cannot."""
+    try:
+        import bench.tasks  # noqa: F401  (imports rabbittask and builds an app)
+    except Exception as e:  # any import-time failure of a package under construction
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def setup(ctx: RowContext) -> BenchApp:
+    """Build the row's app on a namespaced exchange, note what it declares for deletion, declare it."""
+    from bench.tasks import build
+
+    bench = build(ctx.queue, ctx.queue_type, exchange=f"{ctx.queue}.x")
+    for decl in bench.app.declarations():
+        is_exchange = type(decl).__name__ == "ExchangeDecl"
+        if hasattr(decl, "name"):
+            (ctx.delete_exchanges if is_exchange else ctx.delete_queues).append(decl.name)
+    bench.app.declare()
+    return bench
+
+
+def worker(ctx: RowContext, concurrency: int) -> list[str]:
+    script = Path(sys.executable).with_name("rabbittask")
+    base = [str(script)] if script.exists() else [sys.executable, "-m", "rabbittask"]
+    args = ["worker", "-A", "bench.tasks:app", "-Q", ctx.queue, "-c", str(concurrency), "--prefetch", "1000"]
+    return [*base, *args]
+
+
+def worker_env(ctx: RowContext) -> dict[str, str]:
+    return {"BENCH_QUEUE": ctx.queue, "BENCH_QUEUE_TYPE": ctx.queue_type, "BENCH_EXCHANGE": f"{ctx.queue}.x"}
+
+
+def a1_delay(ctx: RowContext) -> Measurement:
+    """`noop.delay(i)` in a loop: each returns after the broker's confirm."""
+    bench = setup(ctx)
+    watcher = ReadyWatcher(ctx.url, ctx.queue)
+    try:
+        bench.noop.delay(-1)  # warm-up: opens the publishing connection
+        started = time.perf_counter()
+        for i in range(ctx.n):
+            bench.noop.delay(i)
+        watcher.wait(ctx.n + 1)
+        return Measurement(ctx.n / (time.perf_counter() - started))
+    finally:
+        watcher.close()
+        bench.app.close()
+
+
+def a2_batch(ctx: RowContext) -> Measurement:
+    """`with app.batch(): noop.delay(i)`: confirms pipelined, all confirmed when the block ends."""
+    bench = setup(ctx)
+    watcher = ReadyWatcher(ctx.url, ctx.queue)
+    try:
+        bench.noop.delay(-1)
+        started = time.perf_counter()
+        with bench.app.batch():
+            for i in range(ctx.n):
+                bench.noop.delay(i)
+        watcher.wait(ctx.n + 1)
+        return Measurement(ctx.n / (time.perf_counter() - started))
+    finally:
+        watcher.close()
+        bench.app.close()
+
+
+def drain_with(concurrency: int) -> Callable[[RowContext], Measurement]:
+    def row(ctx: RowContext) -> Measurement:
+        bench = setup(ctx)
+        watcher = ReadyWatcher(ctx.url, ctx.queue)
+        try:
+            with bench.app.batch():
+                for i in range(ctx.n):
+                    bench.noop.delay(i)
+            watcher.wait(ctx.n)
+        finally:
+            watcher.close()
+            bench.app.close()
+        procs = [spawn(worker(ctx, concurrency), ctx.workdir, "worker", worker_env(ctx))]
+        result = drain.measure(ctx.url, ctx.queue, ctx.n, ctx.workdir, procs, barrier=False)
+        return Measurement(result.rate, memory=result.memory, leftover=result.leftover)
+
+    row.__doc__ = f"`rabbittask worker -c {concurrency} --prefetch 1000` drains pre-queued no-op tasks"
+    return row
+
+
+def call(ctx: RowContext) -> Measurement:
+    """`echo.call(i, timeout=10)`, sequential, against a `-c 1` worker."""
+    bench = setup(ctx)
+    proc = spawn(worker(ctx, 1), ctx.workdir, "worker", worker_env(ctx))
+    try:
+        bench.echo.call(-1, timeout=60)  # waits out the worker's start-up
+        latencies_ms: list[float] = []
+        for i in range(WARMUP_CALLS + ctx.n):
+            started = time.perf_counter()
+            bench.echo.call(i, timeout=10)
+            if i >= WARMUP_CALLS:
+                latencies_ms.append((time.perf_counter() - started) * 1000)
+    finally:
+        stop([proc])
+        bench.app.close()
+    return Measurement(percentile(latencies_ms, 50), p99_ms=percentile(latencies_ms, 99))

@@ -1,0 +1,59 @@
+"""rabbittask: a RabbitMQ-first task framework.
+
+Nothing confirmed is lost: `.delay()` returns after a publisher confirm, workers ack after the
+task finished, and failures end in a dead-letter queue with the reason.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from rabbittask.app import App
+from rabbittask.errors import (
+    ArgumentsInvalid,
+    BatchNotConfirmed,
+    BrokerError,
+    ConfigError,
+    ConnectionLost,
+    PayloadError,
+    PublishConnectionError,
+    PublishError,
+    PublishNotConfirmed,
+    RabbitTaskError,
+    Reject,
+    TaskError,
+    TaskNotFound,
+    TopologyMismatch,
+)
+from rabbittask.settings import Settings
+from rabbittask.task import Task, TaskHandle
+
+try:
+    __version__ = version("rabbittask")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0.0.0"
+
+__all__ = [
+    # the app and its tasks
+    "App",
+    "Settings",
+    "Task",
+    "TaskHandle",
+    # control flow raised by tasks
+    "Reject",
+    # errors
+    "RabbitTaskError",
+    "ConfigError",
+    "TaskNotFound",
+    "ArgumentsInvalid",
+    "PayloadError",
+    "BrokerError",
+    "ConnectionLost",
+    "TopologyMismatch",
+    "PublishError",
+    "PublishConnectionError",
+    "PublishNotConfirmed",
+    "BatchNotConfirmed",
+    "TaskError",
+    "__version__",
+]

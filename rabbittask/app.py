@@ -1,0 +1,269 @@
+"""App: the task registry, its settings, the `@app.task` decorator and the publishing entry points."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import re
+import threading
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, ParamSpec, TypeVar, overload
+
+from pika.adapters.blocking_connection import BlockingChannel
+
+from rabbittask.errors import BatchNotConfirmed, ConfigError, TaskNotFound
+from rabbittask.publish.aio import AsyncPublisher
+from rabbittask.publish.declare import declare_sync
+from rabbittask.publish.outgoing import Outgoing
+from rabbittask.publish.sync import SyncPublisher
+from rabbittask.settings import QueueType, Settings
+from rabbittask.task import Task, TaskHandle
+from rabbittask.topology import Declaration, QueueSpec, declarations
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+TASK_OPTIONS = frozenset({"name", "queue", "queue_type", "max_priority", "delivery_limit"})
+_TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
+
+
+class _Batch:
+    """Messages held by `app.batch()` until its end."""
+
+    def __init__(self) -> None:
+        self.messages: list[Outgoing] = []
+
+
+class _AsyncBatch:
+    """Publishes started inside `app.abatch()`, awaited at its end."""
+
+    def __init__(self, window: int) -> None:
+        self.pending: set[asyncio.Task[None]] = set()
+        self.failed: list[tuple[str, BaseException]] = []
+        self.window = window
+        self.ids: dict[asyncio.Task[None], str] = {}
+        self.count = 0
+
+    def collect(self, done: set[asyncio.Task[None]]) -> None:
+        for t in done:
+            exc = t.exception()
+            if exc is not None:
+                self.failed.append((self.ids[t], exc))
+            del self.ids[t]
+
+
+class App:
+    """A rabbittask application: tasks, the queues they map to, and how to reach the broker."""
+
+    def __init__(self, name: str, broker_url: str | None = None, **settings: Any) -> None:
+        if broker_url is not None:
+            settings["broker_url"] = broker_url
+        try:
+            self.settings = Settings(**settings)
+        except ValueError as e:
+            raise ConfigError(f"invalid settings for app {name!r}: {e}") from None
+        self.name = name
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.queues: dict[str, QueueSpec] = {}
+        self._local = threading.local()
+        self._aio: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncPublisher] = weakref.WeakKeyDictionary()
+        self._abatch: contextvars.ContextVar[_AsyncBatch | None] = contextvars.ContextVar("abatch", default=None)
+        self._declared_pid = 0
+
+    def __repr__(self) -> str:
+        return f"<App {self.name} tasks={len(self.tasks)}>"
+
+    # -- declaring -------------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(self, fn: None = None, /, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(self, fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
+        """Declare a task: `@app.task` or `@app.task(queue="emails", name="send")`."""
+        unknown = set(options) - TASK_OPTIONS
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) for @app.task: {', '.join(sorted(unknown))}; "
+                f"known options are {', '.join(sorted(TASK_OPTIONS))}"
+            )
+
+        def decorate(f: Callable[P, R]) -> Task[P, R]:
+            return self._register(f, **options)
+
+        return decorate(fn) if fn is not None else decorate
+
+    def _register(
+        self,
+        fn: Callable[P, R],
+        name: str | None = None,
+        queue: str | None = None,
+        queue_type: QueueType | None = None,
+        max_priority: int | None = None,
+        delivery_limit: int | None = None,
+    ) -> Task[P, R]:
+        name = name or f"{fn.__module__}.{fn.__qualname__}"
+        if not _TASK_NAME.match(name):
+            raise ConfigError(f"task name {name!r} is not allowed: use letters, digits and _ . : - (max 200)")
+        if name in self.tasks:
+            raise ConfigError(f"task name {name!r} is declared twice: give one of them name=...")
+        spec = QueueSpec(
+            name=queue or self.settings.default_queue,
+            queue_type=queue_type or self.settings.queue_type,
+            delivery_limit=delivery_limit or self.settings.delivery_limit,
+            max_priority=max_priority,
+        )
+        known = self.queues.get(spec.name)
+        if known is not None and known != spec and (queue_type or max_priority or delivery_limit):
+            raise ConfigError(
+                f"queue {spec.name!r} is declared with different options by two tasks: {known} and {spec}"
+            )
+        self.queues.setdefault(spec.name, spec)
+        task: Task[P, R] = Task(self, fn, name, spec.name)
+        self.tasks[name] = task
+        return task
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        """The task called `name`; raise `TaskNotFound` naming the known ones."""
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise TaskNotFound(f"task {name!r} is not registered in app {self.name!r}") from None
+
+    def declarations(self, queues: list[str] | None = None) -> list[Declaration]:
+        """What the broker must have for this app (or for some of its queues)."""
+        specs = [self.queues[q] for q in queues] if queues else list(self.queues.values())
+        return declarations(self.settings.exchange, specs)
+
+    def declare(self) -> None:
+        """Declare the app's whole topology on the broker now (it is also declared on first use)."""
+        publisher = self._sync_publisher()
+        publisher.close()
+        self._declared_pid = 0
+        publisher.open()
+
+    def _declare_once(self, channel: BlockingChannel) -> None:
+        if self._declared_pid != os.getpid():
+            declare_sync(channel, self.declarations())
+            self._declared_pid = os.getpid()
+
+    # -- publishing ------------------------------------------------------------------------------
+
+    def _sync_publisher(self) -> SyncPublisher:
+        publisher: SyncPublisher | None = getattr(self._local, "publisher", None)
+        if publisher is None or publisher.pid != os.getpid():
+            publisher = SyncPublisher(self.settings, self._declare_once)
+            self._local.publisher = publisher
+        return publisher
+
+    def send(self, msg: Outgoing) -> TaskHandle:
+        """Publish a prepared message and wait for the confirm (or hold it in the current batch)."""
+        batch: _Batch | None = getattr(self._local, "batch", None)
+        if batch is not None:
+            batch.messages.append(msg)
+            if len(batch.messages) >= 10 * self.settings.batch_in_flight:
+                self._flush(batch)
+        else:
+            self._sync_publisher().publish(msg)
+        return TaskHandle(msg.message_id, msg.task_name, msg.routing_key)
+
+    def _async_publisher(self) -> AsyncPublisher:
+        loop = asyncio.get_running_loop()
+        publisher = self._aio.get(loop)
+        if publisher is None:
+            publisher = self._aio[loop] = AsyncPublisher(self.settings, self.declarations())
+        return publisher
+
+    async def asend(self, msg: Outgoing) -> TaskHandle:
+        """Async twin of `send`: inside `abatch()` the confirm is awaited at the end of the batch."""
+        publisher = self._async_publisher()
+        batch = self._abatch.get()
+        if batch is None:
+            await publisher.publish(msg)
+        else:
+            if len(batch.pending) >= batch.window:
+                done, batch.pending = await asyncio.wait(batch.pending, return_when=asyncio.FIRST_COMPLETED)
+                batch.collect(done)
+            task = asyncio.ensure_future(publisher.publish(msg))
+            batch.ids[task] = msg.message_id
+            batch.pending.add(task)
+            batch.count += 1
+        return TaskHandle(msg.message_id, msg.task_name, msg.routing_key)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Send many tasks with pipelined confirms; on exit wait for all and raise if any failed."""
+        if getattr(self._local, "batch", None) is not None:
+            yield  # nested: the outer batch confirms
+            return
+        batch = self._local.batch = _Batch()
+        try:
+            yield
+        finally:
+            self._local.batch = None
+        self._flush(batch)
+
+    def _flush(self, batch: _Batch) -> None:
+        msgs, batch.messages = batch.messages, []
+        if not msgs:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise ConfigError("app.batch() cannot be used inside a running event loop: use `async with app.abatch()`")
+        failed = asyncio.run(self._publish_all(msgs))
+        _raise_failed(failed, len(msgs))
+
+    async def _publish_all(self, msgs: list[Outgoing]) -> list[tuple[str, BaseException]]:
+        publisher = AsyncPublisher(self.settings, self.declarations())
+        try:
+            return await publisher.publish_many(msgs)
+        finally:
+            await publisher.close()
+
+    @asynccontextmanager
+    async def abatch(self) -> AsyncIterator[None]:
+        """Async twin of `batch()`: publishes start at once, confirms are awaited on exit."""
+        if self._abatch.get() is not None:
+            yield
+            return
+        batch = _AsyncBatch(self.settings.batch_in_flight)
+        token = self._abatch.set(batch)
+        try:
+            yield
+        finally:
+            self._abatch.reset(token)
+            if batch.pending:
+                done, _ = await asyncio.wait(batch.pending)
+                batch.collect(done)
+        _raise_failed(batch.failed, batch.count)
+
+    def close(self) -> None:
+        """Close this thread's publisher connection."""
+        publisher: SyncPublisher | None = getattr(self._local, "publisher", None)
+        if publisher is not None:
+            publisher.close()
+
+    async def aclose(self) -> None:
+        """Close this event loop's publisher connection."""
+        publisher = self._aio.pop(asyncio.get_running_loop(), None)
+        if publisher is not None:
+            await publisher.close()
+
+
+def _raise_failed(failed: list[tuple[str, BaseException]], total: int) -> None:
+    if failed:
+        ids = [i for i, _ in failed]
+        first = failed[0][1]
+        shown = ", ".join(ids[:20]) + (" ..." if len(ids) > 20 else "")
+        raise BatchNotConfirmed(
+            f"{len(failed)} of {total} message(s) of the batch were not confirmed (first error: {first}); ids: {shown}",
+            ids,
+        )

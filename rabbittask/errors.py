@@ -1,0 +1,92 @@
+"""The exception tree of rabbittask.
+
+    RabbitTaskError
+    ├── ConfigError (ValueError)            bad settings, bad task options, bad queue options
+    ├── TaskNotFound (LookupError)          a task name the app does not know
+    ├── ArgumentsInvalid (TypeError)        a call whose arguments do not fit the task's signature
+    ├── PayloadError (ValueError)           a message body that cannot be decoded or encoded
+    ├── BrokerError
+    │   ├── ConnectionLost (ConnectionError)    the broker cannot be reached or went away
+    │   ├── TopologyMismatch                    a queue exists with other arguments
+    │   └── PublishError
+    │       ├── PublishConnectionError (ConnectionLost)   no connection to publish on
+    │       ├── PublishNotConfirmed             nacked, unroutable or unanswered in time
+    │       └── BatchNotConfirmed               some messages of a batch were not confirmed
+    └── TaskError                            a task failed remotely (results, RPC)
+
+Control flow, not failure: `Reject` is raised by a task on purpose and is not logged as an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class RabbitTaskError(Exception):
+    """Raised for every error rabbittask itself reports."""
+
+
+class ConfigError(RabbitTaskError, ValueError):
+    """Raised when settings, task options or queue options are invalid."""
+
+
+class TaskNotFound(RabbitTaskError, LookupError):
+    """Raised when a message names a task the app does not know."""
+
+
+class ArgumentsInvalid(RabbitTaskError, TypeError):
+    """Raised when a call's arguments do not fit the task's signature."""
+
+
+class PayloadError(RabbitTaskError, ValueError):
+    """Raised when a message cannot be decoded, or a value cannot be encoded as JSON."""
+
+
+class BrokerError(RabbitTaskError):
+    """Raised when the broker refuses or fails an operation."""
+
+
+class ConnectionLost(BrokerError, ConnectionError):
+    """Raised when the broker cannot be reached, refuses the login, or drops the connection."""
+
+
+class TopologyMismatch(BrokerError):
+    """Raised when a queue or exchange exists on the broker with other arguments than the code declares."""
+
+
+class PublishError(BrokerError):
+    """Raised when a publish did not succeed."""
+
+
+class PublishConnectionError(PublishError, ConnectionLost):
+    """Raised when a publish cannot reach the broker: down, unreachable, or the login was refused."""
+
+
+class PublishNotConfirmed(PublishError):
+    """Raised when the broker nacked, returned (unroutable) or did not confirm a message in time."""
+
+
+class BatchNotConfirmed(PublishError):
+    """Raised when a batch ends with messages the broker did not confirm."""
+
+    def __init__(self, message: str, failed_ids: Sequence[str]) -> None:
+        super().__init__(message)
+        self.failed_ids = list(failed_ids)
+
+
+class TaskError(RabbitTaskError):
+    """Raised in the caller when a task failed in the worker; carries the remote type and traceback."""
+
+    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.remote_message = message
+        self.remote_traceback = traceback
+
+
+class Reject(Exception):  # noqa: N818 - control flow, named for what the task asks for
+    """Raised by a task to dead-letter its message on purpose, with a reason."""
+
+    def __init__(self, reason: str = "rejected by task") -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -1,0 +1,70 @@
+"""The wire format of a task message (docs/protocol.md is its specification).
+
+A task is one AMQP message: `type` names the task, `message_id` is the task id, the body is
+`{"v": 1, "args": [...], "kwargs": {...}}` as UTF-8 JSON with content type `application/json`.
+Bookkeeping travels in `rt-*` headers so tools can read it without decoding the body.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic_core import PydanticSerializationError, from_json, to_json
+
+from rabbittask.errors import PayloadError
+
+PROTOCOL_VERSION = 1
+CONTENT_TYPE = "application/json"
+ACCEPTED_CONTENT_TYPES = frozenset({CONTENT_TYPE, "application/json; charset=utf-8"})
+
+# Headers rabbittask writes; all start with "rt-" so they cannot clash with the broker's "x-" ones.
+H_ATTEMPT = "rt-attempt"
+H_REASON = "rt-reason"
+H_EXC_TYPE = "rt-exc-type"
+H_EXC_MESSAGE = "rt-exc-message"
+H_TRACEBACK = "rt-traceback"
+H_WORKER = "rt-worker"
+H_FAILED_AT = "rt-failed-at"
+H_QUEUE = "rt-queue"
+
+
+def new_id() -> str:
+    """A new task id."""
+    return str(uuid.uuid4())
+
+
+def encode_body(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> bytes:
+    """Encode call arguments as the JSON body of a task message."""
+    try:
+        return to_json({"v": PROTOCOL_VERSION, "args": args, "kwargs": kwargs})
+    except PydanticSerializationError as e:
+        raise PayloadError(f"arguments cannot be sent as JSON: {e}") from e
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """The decoded body of a task message."""
+
+    args: list[Any]
+    kwargs: dict[str, Any]
+
+
+def decode_body(body: bytes, content_type: str | None) -> Body:
+    """Decode a task message body; raise `PayloadError` saying what is wrong with it."""
+    if content_type not in ACCEPTED_CONTENT_TYPES:
+        raise PayloadError(f"content type {content_type!r} is not accepted: rabbittask reads only {CONTENT_TYPE}")
+    try:
+        data = from_json(body)
+    except ValueError as e:
+        raise PayloadError(f"body is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise PayloadError(f"body must be a JSON object, got {type(data).__name__}")
+    version = data.get("v", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION:
+        raise PayloadError(f"protocol version {version!r} is not supported (this worker reads {PROTOCOL_VERSION})")
+    args, kwargs = data.get("args", []), data.get("kwargs", {})
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise PayloadError("body needs 'args' as a JSON array and 'kwargs' as a JSON object")
+    return Body(args, kwargs)

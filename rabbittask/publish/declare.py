@@ -1,0 +1,49 @@
+"""Apply topology declarations on a pika or aiormq channel, turning refusals into clear errors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import aiormq
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+
+from rabbittask.errors import TopologyMismatch
+from rabbittask.topology import BindingDecl, Declaration, ExchangeDecl, QueueDecl, explain_precondition
+
+PRECONDITION_FAILED = 406
+
+
+def _wanted(decl: Declaration) -> dict[str, Any]:
+    return decl.arguments if isinstance(decl, ExchangeDecl | QueueDecl) else {}
+
+
+def declare_sync(channel: BlockingChannel, decls: Sequence[Declaration]) -> None:
+    """Declare everything on a pika channel; raise `TopologyMismatch` on an inequivalent object."""
+    for d in decls:
+        try:
+            if isinstance(d, ExchangeDecl):
+                channel.exchange_declare(d.name, d.type, durable=True, arguments=d.arguments or None)
+            elif isinstance(d, QueueDecl):
+                channel.queue_declare(d.name, durable=True, arguments=d.arguments)
+            else:
+                channel.queue_bind(d.queue, d.exchange, routing_key=d.routing_key)
+        except pika.exceptions.ChannelClosedByBroker as e:
+            if e.reply_code == PRECONDITION_FAILED:
+                raise TopologyMismatch(explain_precondition(e.reply_text, _wanted(d))) from None
+            raise
+
+
+async def declare_async(channel: aiormq.abc.AbstractChannel, decls: Sequence[Declaration]) -> None:
+    """Declare everything on an aiormq channel; raise `TopologyMismatch` on an inequivalent object."""
+    for d in decls:
+        try:
+            if isinstance(d, ExchangeDecl):
+                await channel.exchange_declare(d.name, exchange_type=d.type, durable=True, arguments=d.arguments)
+            elif isinstance(d, QueueDecl):
+                await channel.queue_declare(d.name, durable=True, arguments=d.arguments)
+            elif isinstance(d, BindingDecl):
+                await channel.queue_bind(d.queue, d.exchange, routing_key=d.routing_key)
+        except aiormq.exceptions.ChannelPreconditionFailed as e:
+            raise TopologyMismatch(explain_precondition(str(e.args[0] if e.args else e), _wanted(d))) from None

@@ -1,0 +1,152 @@
+"""Sync publishing with pika: one connection and confirm channel per thread.
+
+pika is not thread-safe, so the app keeps one `SyncPublisher` per thread (and per process:
+a forked child never reuses its parent's socket). Every publish is `mandatory` and waits for
+the broker's confirm, bounded by `publish_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+
+from rabbittask.errors import PublishConnectionError, PublishNotConfirmed, TopologyMismatch
+from rabbittask.publish.outgoing import Outgoing
+from rabbittask.settings import Settings, host_port, mask_url
+
+log = logging.getLogger(__name__)
+
+_CONNECTION_ERRORS = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.ChannelWrongStateError,
+    pika.exceptions.ConnectionWrongStateError,
+    pika.exceptions.StreamLostError,
+    pika.exceptions.ChannelClosed,
+    OSError,
+)
+
+
+class _Timeout(Exception):
+    """Raised inside pika's I/O loop when a confirm takes longer than the publish timeout."""
+
+
+def connection_params(settings: Settings, role: str) -> pika.URLParameters:
+    """pika parameters with every wait bounded by the settings."""
+    params = pika.URLParameters(settings.broker_url)
+    params.socket_timeout = settings.connect_timeout_s
+    params.stack_timeout = settings.connect_timeout_s
+    params.blocked_connection_timeout = settings.publish_timeout_s
+    params.connection_attempts = 1
+    params.heartbeat = settings.heartbeat_s
+    params.client_properties = {"connection_name": f"rabbittask {role} pid={os.getpid()}"}
+    return params
+
+
+def connect_error(settings: Settings, e: BaseException) -> PublishConnectionError:
+    """A `PublishConnectionError` that says where and why, with the password masked."""
+    where = host_port(settings.broker_url)
+    if isinstance(e, pika.exceptions.ProbableAuthenticationError | pika.exceptions.AuthenticationError):
+        why = "the broker refused the login: check the user and password in the broker URL"
+    elif isinstance(e, pika.exceptions.ProbableAccessDeniedError):
+        why = "access to the virtual host was refused: check the vhost in the URL and the user's permissions"
+    else:
+        why = mask_url(str(e) or type(e).__name__) + " (is RabbitMQ running and reachable?)"
+    return PublishConnectionError(f"cannot publish to the broker at {where}: {why}")
+
+
+class SyncPublisher:
+    """A pika connection with a confirm channel, used by one thread."""
+
+    def __init__(self, settings: Settings, declare: Callable[[BlockingChannel], None]) -> None:
+        self.settings = settings
+        self._declare = declare
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+        self.pid = os.getpid()
+
+    def open(self) -> BlockingChannel:
+        """Connect, open the confirm channel and declare the topology."""
+        try:
+            self._connection = pika.BlockingConnection(connection_params(self.settings, "publisher"))
+            channel = self._connection.channel()
+            channel.confirm_delivery()
+            self._declare(channel)
+        except TopologyMismatch:
+            self.close()
+            raise
+        except (*_CONNECTION_ERRORS, pika.exceptions.AMQPError) as e:
+            self.close()
+            raise connect_error(self.settings, e) from None
+        self._channel = channel
+        return channel
+
+    def publish(self, msg: Outgoing) -> None:
+        """Publish and wait for the confirm; reopen a connection that dropped while idle, once."""
+        channel, was_open = self._channel, self._channel is not None and self._channel.is_open
+        if channel is None or not was_open:
+            channel = self.open()
+        try:
+            self._publish(channel, msg)
+        except _CONNECTION_ERRORS as e:
+            self.close()
+            if not was_open:
+                raise connect_error(self.settings, e) from None
+            log.info("publisher connection was closed (%s); reopening once", type(e).__name__)
+            self._publish(self.open(), msg)
+
+    def _publish(self, channel: BlockingChannel, msg: Outgoing) -> None:
+        props = pika.BasicProperties(
+            content_type=msg.content_type,
+            delivery_mode=2,
+            message_id=msg.message_id,
+            correlation_id=msg.correlation_id,
+            type=msg.task_name,
+            priority=msg.priority,
+            headers=msg.headers,
+            reply_to=msg.reply_to,
+        )
+        exchange = self.settings.exchange if msg.exchange is None else msg.exchange
+        # pika's BlockingChannel waits for a confirm without a bound; a timer in its own I/O loop
+        # raises out of that wait, so a paused or partitioned broker cannot hang the caller.
+        ioloop = self._connection._impl.ioloop  # type: ignore[union-attr]
+        timer = ioloop.call_later(self.settings.publish_timeout_s, _raise_timeout)
+        try:
+            channel.basic_publish(exchange, msg.routing_key, msg.body, props, mandatory=True)
+        except pika.exceptions.UnroutableError:
+            raise PublishNotConfirmed(
+                f"task {msg.task_name!r} (id {msg.message_id}) was returned by the broker: no queue is bound "
+                f"to routing key {msg.routing_key!r} on exchange {exchange!r}. Declare the topology "
+                "(start a worker or run `rabbittask topology apply`)."
+            ) from None
+        except pika.exceptions.NackError:
+            raise PublishNotConfirmed(
+                f"task {msg.task_name!r} (id {msg.message_id}) was rejected by the broker (nack): "
+                f"queue {msg.routing_key!r} may be full (x-overflow=reject-publish) or unavailable"
+            ) from None
+        except _Timeout:
+            self.close()
+            raise PublishNotConfirmed(
+                f"task {msg.task_name!r} (id {msg.message_id}) was not confirmed by the broker at "
+                f"{host_port(self.settings.broker_url)} within {self.settings.publish_timeout_s:g} s; "
+                "it may or may not have been enqueued (re-sending with the same message id is safe)"
+            ) from None
+        finally:
+            ioloop.remove_timeout(timer)
+
+    def close(self) -> None:
+        """Close the connection, ignoring errors of an already broken one."""
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
+                log.debug("closing a broken publisher connection failed", exc_info=True)
+
+
+def _raise_timeout() -> None:
+    raise _Timeout()

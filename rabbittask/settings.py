@@ -1,0 +1,46 @@
+"""Settings: one frozen model, read from arguments and `RABBITTASK_*` environment variables."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+QueueType = Literal["quorum", "classic"]
+
+
+class Settings(BaseSettings):
+    """App settings; every field can be set as `RABBITTASK_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="RABBITTASK_", frozen=True, extra="forbid")
+
+    broker_url: str = Field("amqp://guest:guest@localhost:5672/", description="AMQP URL of the broker.")
+    exchange: str = Field("rabbittask", description="Name of the direct exchange that routes tasks to queues.")
+    default_queue: str = Field("default", description="Queue of tasks that do not name one.")
+    queue_type: QueueType = Field("quorum", description="Type of task queues that do not choose one.")
+    delivery_limit: int = Field(
+        20, ge=1, description="Quorum queues: deliveries of one message before the broker dead-letters it."
+    )
+    connect_timeout_s: float = Field(5.0, gt=0, description="How long to wait for a connection to the broker.")
+    publish_timeout_s: float = Field(5.0, gt=0, description="How long a publish waits for the broker's confirm.")
+    heartbeat_s: int = Field(30, ge=0, description="AMQP heartbeat interval negotiated with the broker.")
+    prefetch: int = Field(16, ge=1, description="Unacked messages a worker consumer may hold (per consumer).")
+    batch_in_flight: int = Field(1000, ge=1, description="Unconfirmed publishes in flight inside a batch.")
+
+
+_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]*:)(?P<password>[^@/]*)@", re.IGNORECASE)
+
+
+def mask_url(text: str) -> str:
+    """Return `text` with the password of every URL in it replaced by `***`."""
+    return _PASSWORD.sub(lambda m: f"{m.group('head')}***@", text)
+
+
+def host_port(url: str) -> str:
+    """Return `host:port` of an AMQP URL, for error messages."""
+    parts = urlsplit(url)
+    default = 5671 if parts.scheme == "amqps" else 5672
+    return f"{parts.hostname or 'localhost'}:{parts.port or default}"

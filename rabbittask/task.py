@@ -1,0 +1,147 @@
+"""Task: a function bound to a queue, with confirmed publishing and argument validation."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from pydantic import ValidationError
+from pydantic.experimental.arguments_schema import generate_arguments_schema
+from pydantic_core import ArgsKwargs, SchemaValidator
+
+from rabbittask.errors import ArgumentsInvalid, ConfigError
+from rabbittask.message import encode_body, new_id
+from rabbittask.publish.outgoing import Outgoing
+
+if TYPE_CHECKING:
+    from rabbittask.app import App
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskHandle:
+    """What `.delay()` returns: the id of the confirmed task message and where it went."""
+
+    id: str
+    task_name: str
+    queue: str
+
+
+def _validator(fn: Callable[..., Any], name: str) -> SchemaValidator:
+    try:
+        return SchemaValidator(generate_arguments_schema(fn))
+    except Exception as e:  # pydantic raises several types for unsupported annotations
+        raise ConfigError(f"task {name!r}: its signature cannot be validated: {e}") from e
+
+
+def describe_validation_error(task_name: str, error: ValidationError, params: list[str]) -> str:
+    """One readable line per invalid argument, naming the task and the field."""
+    parts = []
+    for err in error.errors(include_url=False):
+        loc = [params[p] if isinstance(p, int) and p < len(params) and i == 0 else p for i, p in enumerate(err["loc"])]
+        field = ".".join(str(p) for p in loc) or "(arguments)"
+        parts.append(
+            f"{field}: {err['msg']} (got {err['input']!r})"
+            if err["type"] != "missing_argument"
+            else f"{field}: {err['msg']}"
+        )
+    return f"invalid arguments for task {task_name!r}: " + "; ".join(parts)
+
+
+class Task(Generic[P, R]):
+    """A task declared with `@app.task`; calling it runs the function here, `.delay()` sends it."""
+
+    def __init__(self, app: App, fn: Callable[P, R], name: str, queue: str) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.queue = queue
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self._validator = _validator(fn, name)
+        self._params = list(inspect.signature(fn).parameters)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.queue}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def validate(
+        self, args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Check and coerce arguments against the signature; raise `ArgumentsInvalid` naming the field."""
+        try:
+            validated: tuple[tuple[Any, ...], dict[str, Any]] = self._validator.validate_python(
+                ArgsKwargs(tuple(args), dict(kwargs))
+            )
+        except ValidationError as e:
+            raise ArgumentsInvalid(describe_validation_error(self.name, e, self._params)) from None
+        return validated
+
+    def message(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        reply_to: str | None = None,
+    ) -> Outgoing:
+        """Validate the call and build the message that `.apply_async` would publish."""
+        args, kw = self.validate(args, kwargs or {})
+        return Outgoing(
+            routing_key=queue or self.queue,
+            body=encode_body(args, kw),
+            message_id=message_id or new_id(),
+            task_name=self.name,
+            priority=priority,
+            headers=dict(headers) if headers else None,
+            reply_to=reply_to,
+        )
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
+        """Send the task; return once the broker confirmed it."""
+        return self.app.send(self.message(args, kwargs))
+
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+    ) -> TaskHandle:
+        """Send the task with options; return once the broker confirmed it."""
+        msg = self.message(args, kwargs, queue=queue, priority=priority, headers=headers, message_id=message_id)
+        return self.app.send(msg)
+
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
+        """Async twin of `delay`."""
+        return await self.app.asend(self.message(args, kwargs))
+
+    async def aapply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+    ) -> TaskHandle:
+        """Async twin of `apply_async`."""
+        msg = self.message(args, kwargs, queue=queue, priority=priority, headers=headers, message_id=message_id)
+        return await self.app.asend(msg)
+
+
+AsyncFn = Callable[..., Awaitable[Any]]

@@ -1,0 +1,376 @@
+"""Throwaway RabbitMQ nodes and broker probes for tests.
+
+``RabbitNode`` starts a private node from the local ``rabbitmq-server`` binary: its own node
+name, ports, Erlang cookie, data and log directories, and config, so it can be stopped,
+killed, restarted or clustered without touching any other node on the machine (the shared
+broker included). A node never outlives the process that started it: ``cleanup()`` runs at
+exit, and a watchdog kills the node if that process dies without running it (SIGKILL,
+``os._exit``).
+
+Start-up takes about 4-5 s on RabbitMQ 3.10 (the AMQP listener opens near the end of boot).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import NoReturn
+from urllib.parse import urlsplit
+
+import pika
+
+__all__ = ["NodeError", "RabbitNode", "broker_answers", "free_port", "rabbitmq_bin_dir"]
+
+# Plugins that open listeners of their own: each gets a free port bound to loopback, so a
+# throwaway node never collides with the defaults (15672, 15692, 5552, 1883) of another node.
+_PLUGIN_LISTENERS: dict[str, tuple[str, ...]] = {
+    "rabbitmq_management": ("management.tcp.port = {port}", "management.tcp.ip = 127.0.0.1"),
+    "rabbitmq_prometheus": ("prometheus.tcp.port = {port}", "prometheus.tcp.ip = 127.0.0.1"),
+    "rabbitmq_stream": ("stream.listeners.tcp.1 = 127.0.0.1:{port}",),
+    "rabbitmq_mqtt": ("mqtt.listeners.tcp.1 = 127.0.0.1:{port}",),
+}
+
+# The kernel hands out outgoing (ephemeral) ports from 32768 up on Linux; listening below that
+# keeps a node's port from being taken by some client connection between stop() and start().
+_PORT_RANGE = (20000, 32000)
+_LOG_TAIL_LINES = 40
+
+# Kills the node's process group and removes its directory once stdin reaches EOF, that is
+# when the process that started the node is gone, however it died.
+_WATCHDOG = 'read _ignored; kill -s KILL -- "-$1" 2>/dev/null; rm -rf -- "$2"'
+
+_live_nodes: set[RabbitNode] = set()
+
+
+class NodeError(RuntimeError):
+    """Raised when a throwaway node fails to start or stop, or a CLI command against it fails."""
+
+
+def free_port() -> int:
+    """Return a TCP port that is free on 127.0.0.1 right now (below the ephemeral range)."""
+    for _ in range(100):
+        port = random.randrange(*_PORT_RANGE)
+        if _can_bind(port):
+            return port
+    with socket.socket() as sock:  # crowded range: let the kernel choose
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _can_bind(port: int) -> bool:
+    with socket.socket() as sock:
+        # Same option as the Erlang listener, so a port in TIME_WAIT counts as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def broker_answers(url: str, timeout_s: float = 2.0) -> bool:
+    """Return True if an AMQP broker at ``url`` accepts a connection within ``timeout_s``; never raises."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "localhost"
+        port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+        # A plain TCP probe first: it is silent, while pika logs an error per refused attempt.
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+        params = pika.URLParameters(url)
+        params.connection_attempts = 1
+        params.retry_delay = 0
+        params.socket_timeout = timeout_s
+        params.stack_timeout = timeout_s
+        params.blocked_connection_timeout = timeout_s
+        params.client_properties = {"connection_name": "rabbittask.testing.broker_answers"}
+        connection = pika.BlockingConnection(params)
+        connection.close()
+    except Exception:
+        return False
+    return True
+
+
+def rabbitmq_bin_dir() -> Path:
+    """Return the directory holding the real ``rabbitmq-server`` and ``rabbitmqctl`` scripts.
+
+    ``RABBITTASK_RABBITMQ_BIN_DIR`` overrides the search. Debian's ``/usr/sbin`` entries are
+    wrappers that ``su`` to the rabbitmq user; the scripts they wrap accept any user.
+    """
+    override = os.environ.get("RABBITTASK_RABBITMQ_BIN_DIR")
+    candidates = [Path(override)] if override else []
+    found = shutil.which("rabbitmq-server") or shutil.which("rabbitmq-server", path="/usr/sbin:/usr/local/sbin")
+    if found:
+        candidates.append(Path(found).resolve().parent)
+    candidates.append(Path("/usr/lib/rabbitmq/bin"))
+    for directory in candidates:
+        if (directory / "rabbitmq-server").is_file() and (directory / "rabbitmqctl").is_file():
+            return directory
+    raise NodeError(
+        "rabbitmq-server is not installed: install it (Debian: apt-get install rabbitmq-server) "
+        "or set RABBITTASK_TEST_BROKER_URL to a broker the tests may use"
+    )
+
+
+class RabbitNode:
+    """A private RabbitMQ node on free loopback ports, for tests that stop, kill or restart a broker.
+
+    Use as a context manager (``with RabbitNode() as node:``) or call ``start()`` and ``cleanup()``.
+    ``extra_config`` lines are appended to its rabbitmq.conf (e.g. ``"consumer_timeout = 5000"``);
+    ``plugins`` are enabled at boot, each listener of theirs on a port of its own.
+    Nodes that share a ``cookie`` can be clustered with ``ctl("join_cluster", other.nodename)``.
+    """
+
+    def __init__(self, extra_config: Sequence[str] = (), plugins: Sequence[str] = (), *, cookie: str = "") -> None:
+        self.extra_config = tuple(extra_config)
+        self.plugins = tuple(plugins)
+        self.cookie = cookie or secrets.token_hex(16)
+        self.amqp_port = free_port()
+        self.dist_port = free_port()
+        self.plugin_ports = {name: free_port() for name in self.plugins if name in _PLUGIN_LISTENERS}
+        self.nodename = f"rt-{self.amqp_port}@localhost"
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
+        self.dir: Path | None = None
+        self.start_duration_s = 0.0
+        self._bin_dir = rabbitmq_bin_dir()
+        self._owner_pid = os.getpid()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"<RabbitNode {self.nodename} port={self.amqp_port} running={self.running}>"
+
+    def __enter__(self) -> RabbitNode:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.cleanup()
+
+    @property
+    def running(self) -> bool:
+        """True while the node's OS process is alive (it may still be booting or have its app stopped)."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def management_port(self) -> int | None:
+        """The management UI/API port, if the ``rabbitmq_management`` plugin was asked for."""
+        return self.plugin_ports.get("rabbitmq_management")
+
+    @property
+    def log_file(self) -> Path:
+        """The node's own log file."""
+        return self._path("log") / f"{self.nodename}.log"
+
+    def start(self, timeout_s: float = 60) -> None:
+        """Boot the node and return once it accepts AMQP connections; raise NodeError with the log tail if not."""
+        if self.running:
+            raise NodeError(f"{self.nodename} is already running")
+        self._reap()  # a node that died on its own still has a watchdog to retire
+        if self.dir is None:
+            self._prepare_dir()
+        _live_nodes.add(self)
+        started = time.monotonic()
+        deadline = started + timeout_s
+        with open(self._path("log", "startup.log"), "ab") as startup_log:
+            self._process = subprocess.Popen(
+                [str(self._bin_dir / "rabbitmq-server")],
+                env=self._env(),
+                cwd=self._path(),
+                stdin=subprocess.DEVNULL,
+                stdout=startup_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: kill() takes beam and its helpers at once
+            )
+        self._watchdog = subprocess.Popen(
+            ["/bin/sh", "-c", _WATCHDOG, "rabbittask-node-watchdog", str(self._process.pid), str(self._path())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        while not broker_answers(self.url, timeout_s=min(2.0, max(0.1, deadline - time.monotonic()))):
+            if not self.running:
+                self._fail(f"{self.nodename} exited during start-up (status {self._returncode()})")
+            if time.monotonic() > deadline:
+                self._fail(f"{self.nodename} did not accept AMQP connections within {timeout_s:.0f} s")
+            time.sleep(0.1)
+        # AMQP opens before plugins boot; await_startup returns when the whole node is up.
+        remaining_s = max(1, int(deadline - time.monotonic()))
+        try:
+            self.ctl("await_startup", "--timeout", str(remaining_s), timeout_s=remaining_s + 10)
+        except NodeError as e:
+            self._fail(f"{self.nodename} answered AMQP but did not finish booting: {e}")
+        self.start_duration_s = time.monotonic() - started
+
+    def stop(self, timeout_s: float = 30) -> None:
+        """Stop the node gracefully (queues and messages on disk are kept); SIGKILL it after ``timeout_s``."""
+        if not self.running:
+            self._reap()
+            return
+        assert self._process is not None
+        # The server script turns SIGTERM into a graceful shutdown, like `rabbitmqctl stop`,
+        # without starting a CLI VM; the process exiting is the proof that the node is down.
+        self._process.terminate()
+        try:
+            self._process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self._reap()
+
+    def kill(self) -> None:
+        """SIGKILL the node (beam and its helpers): a crash, nothing flushed, no goodbye to clients."""
+        if self._process is not None and self._process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+        self._reap()
+
+    def restart(self, timeout_s: float = 60) -> None:
+        """Stop the node gracefully and start it again on the same ports and data."""
+        self.stop()
+        self.start(timeout_s)
+
+    def stop_app(self) -> None:
+        """Stop the RabbitMQ application; the Erlang VM keeps running (clients see a closed port)."""
+        self.ctl("stop_app")
+
+    def start_app(self) -> None:
+        """Start the RabbitMQ application again after ``stop_app()``."""
+        self.ctl("start_app")
+        self.ctl("await_startup")
+
+    def close_all_connections(self, reason: str = "closed by test") -> None:
+        """Close every client connection on this node (clients see a connection.close from the broker)."""
+        self.ctl("close_all_connections", reason)
+
+    def ctl(self, *args: str, timeout_s: float = 60) -> str:
+        """Run ``rabbitmqctl -n NODE *args`` and return its stdout; raise NodeError with stderr on failure."""
+        return self.cli("rabbitmqctl", *args, timeout_s=timeout_s)
+
+    def cli(self, tool: str, *args: str, timeout_s: float = 60) -> str:
+        """Run a RabbitMQ CLI tool (``rabbitmq-queues``, ``rabbitmq-diagnostics``, ...) against this node."""
+        if self.dir is None:
+            raise NodeError(f"{self.nodename} was never started")
+        command = [str(self._bin_dir / tool), "-n", self.nodename, *args]
+        try:
+            done = subprocess.run(command, env=self._env(), capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired as e:
+            raise NodeError(f"`{tool} {' '.join(args)}` on {self.nodename} took over {timeout_s:.0f} s") from e
+        if done.returncode != 0:
+            raise NodeError(
+                f"`{tool} {' '.join(args)}` on {self.nodename} failed with status {done.returncode}: "
+                f"{(done.stderr or done.stdout).strip()}"
+            )
+        return done.stdout
+
+    def cleanup(self) -> None:
+        """Kill the node and delete its directory; safe to call more than once."""
+        _live_nodes.discard(self)
+        if os.getpid() != self._owner_pid:
+            return  # a forked child (e.g. a worker under test) must not tear down its parent's broker
+        self.kill()
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        """The last ``lines`` lines of the start-up output and of the node log, for error messages."""
+        parts = []
+        for path in (self._path("log", "startup.log"), self.log_file):
+            with contextlib.suppress(OSError):
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {path.name} ---\n" + "\n".join(text))
+        return "\n".join(parts)
+
+    def _fail(self, message: str) -> NoReturn:
+        tail = self.log_tail() if self.dir is not None else ""
+        self.kill()
+        raise NodeError(f"{message}\n{tail}")
+
+    def _reap(self) -> None:
+        """Wait for the dead node's process and retire its watchdog, keeping the directory."""
+        if self._process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(10)
+        if self._watchdog is not None:
+            # Kill before closing stdin: EOF alone would make it delete the data directory.
+            self._watchdog.kill()
+            self._watchdog.wait()
+            if self._watchdog.stdin is not None:
+                self._watchdog.stdin.close()
+            self._watchdog = None
+
+    def _returncode(self) -> int | None:
+        return None if self._process is None else self._process.returncode
+
+    def _path(self, *parts: str) -> Path:
+        assert self.dir is not None
+        return self.dir.joinpath(*parts)
+
+    def _prepare_dir(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix=f"rabbittask-{self.nodename.split('@')[0]}-"))
+        for sub in ("home", "mnesia", "log", "conf.d"):
+            self._path(sub).mkdir()
+        cookie = self._path("home", ".erlang.cookie")
+        cookie.write_text(self.cookie)
+        cookie.chmod(0o400)  # Erlang refuses a cookie file that others can read
+        self._path("rabbitmq-env.conf").write_text("")
+        self._path("rabbitmq.conf").write_text("\n".join(self._config_lines()) + "\n")
+        self._path("enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
+
+    def _config_lines(self) -> Iterator[str]:
+        # Loopback only: a throwaway node with guest/guest must not be reachable from the network.
+        yield f"listeners.tcp.1 = 127.0.0.1:{self.amqp_port}"
+        yield "loopback_users = none"
+        for name, port in self.plugin_ports.items():
+            yield from (line.format(port=port) for line in _PLUGIN_LISTENERS[name])
+        yield from self.extra_config
+
+    def _env(self) -> dict[str, str]:
+        # Nothing from the machine's RabbitMQ set-up may leak in (NODENAME, config files, ...).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_") and k not in _ERL_FLAG_VARS}
+        env.update(
+            HOME=str(self._path("home")),  # where both the node and the CLI find the cookie
+            ERL_EPMD_ADDRESS="127.0.0.1",  # only matters if this node is the one that starts epmd
+            RABBITMQ_NODENAME=self.nodename,
+            RABBITMQ_NODE_PORT=str(self.amqp_port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
+            RABBITMQ_CONF_ENV_FILE=str(self._path("rabbitmq-env.conf")),
+            RABBITMQ_CONFIG_FILE=str(self._path("rabbitmq.conf")),
+            RABBITMQ_CONFIG_FILES=str(self._path("conf.d")),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(self._path("advanced.config")),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(self._path("enabled_plugins")),
+            RABBITMQ_MNESIA_BASE=str(self._path("mnesia")),
+            RABBITMQ_LOG_BASE=str(self._path("log")),
+            # CLI tools otherwise all share the 11 ports from 35672: let the kernel pick one.
+            RABBITMQ_CTL_DIST_PORT_MIN="0",
+            RABBITMQ_CTL_DIST_PORT_MAX="0",
+        )
+        return env
+
+
+_ERL_FLAG_VARS = frozenset({"ERL_FLAGS", "ERL_AFLAGS", "ERL_ZFLAGS"})
+
+
+def _cleanup_live_nodes() -> None:
+    for node in list(_live_nodes):
+        node.cleanup()
+
+
+atexit.register(_cleanup_live_nodes)

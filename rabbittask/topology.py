@@ -1,0 +1,167 @@
+"""The broker topology as data: names, queue arguments, declarations and the definitions export.
+
+Everything rabbittask declares is derived here, in pure functions, so that the worker, the
+publishers and `rabbittask topology export` cannot disagree.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rabbittask.errors import ConfigError
+from rabbittask.settings import QueueType
+
+Arguments = dict[str, Any]
+
+
+def dlx_name(exchange: str) -> str:
+    """Name of the dead-letter exchange beside a task exchange."""
+    return f"{exchange}.dlx"
+
+
+def dlq_name(queue: str) -> str:
+    """Name of the dead-letter queue of a task queue."""
+    return f"{queue}.dlq"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """A task queue and its options, as the code wants it on the broker."""
+
+    name: str
+    queue_type: QueueType = "quorum"
+    delivery_limit: int | None = 20
+    max_priority: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name.startswith("amq.") or len(self.name) > 200:
+            raise ConfigError(f"queue name {self.name!r} is not allowed: use 1-200 characters, not starting 'amq.'")
+        if self.max_priority is not None:
+            if self.queue_type == "quorum":
+                raise ConfigError(
+                    f"queue {self.name!r}: priorities need a classic queue on RabbitMQ 3.x; "
+                    "set queue_type='classic' or drop max_priority"
+                )
+            if not 1 <= self.max_priority <= 255:
+                raise ConfigError(f"queue {self.name!r}: max_priority must be 1..255, got {self.max_priority}")
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeDecl:
+    name: str
+    type: str = "direct"
+    arguments: Arguments = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDecl:
+    name: str
+    arguments: Arguments = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BindingDecl:
+    queue: str
+    exchange: str
+    routing_key: str
+
+
+Declaration = ExchangeDecl | QueueDecl | BindingDecl
+
+
+def queue_arguments(spec: QueueSpec, exchange: str) -> Arguments:
+    """The `x-*` arguments of a task queue."""
+    args: Arguments = {
+        "x-queue-type": spec.queue_type,
+        # Failures the broker decides (delivery-limit, a worker's reject) go to <queue>.dlq.
+        "x-dead-letter-exchange": dlx_name(exchange),
+        "x-dead-letter-routing-key": spec.name,
+    }
+    if spec.queue_type == "quorum":
+        # 3.x has no default delivery-limit: without one a message that kills its worker loops forever.
+        if spec.delivery_limit is not None:
+            args["x-delivery-limit"] = spec.delivery_limit
+        # At-least-once dead-lettering (else the broker may drop a dead letter); it requires reject-publish.
+        args["x-dead-letter-strategy"] = "at-least-once"
+        args["x-overflow"] = "reject-publish"
+    if spec.max_priority is not None:
+        args["x-max-priority"] = spec.max_priority
+    return args
+
+
+def dlq_arguments(spec: QueueSpec) -> Arguments:
+    """The arguments of a dead-letter queue: same type as its task queue, no dead-lettering of its own."""
+    return {"x-queue-type": spec.queue_type}
+
+
+def declarations(exchange: str, queues: Iterable[QueueSpec]) -> list[Declaration]:
+    """Everything to declare for `queues`, in an order the broker accepts."""
+    decls: list[Declaration] = [ExchangeDecl(exchange), ExchangeDecl(dlx_name(exchange))]
+    for spec in sorted(queues, key=lambda q: q.name):
+        decls += [
+            QueueDecl(spec.name, queue_arguments(spec, exchange)),
+            BindingDecl(spec.name, exchange, spec.name),
+            QueueDecl(dlq_name(spec.name), dlq_arguments(spec)),
+            BindingDecl(dlq_name(spec.name), dlx_name(exchange), spec.name),
+        ]
+    return decls
+
+
+def definitions(decls: Iterable[Declaration], vhost: str = "/") -> dict[str, Any]:
+    """RabbitMQ definitions JSON (as `rabbitmqctl import_definitions` reads it) for `decls`."""
+    out: dict[str, list[dict[str, Any]]] = {"exchanges": [], "queues": [], "bindings": []}
+    for d in decls:
+        if isinstance(d, ExchangeDecl):
+            out["exchanges"].append(
+                {
+                    "name": d.name,
+                    "vhost": vhost,
+                    "type": d.type,
+                    "durable": True,
+                    "auto_delete": False,
+                    "internal": False,
+                    "arguments": d.arguments,
+                }
+            )
+        elif isinstance(d, QueueDecl):
+            out["queues"].append(
+                {"name": d.name, "vhost": vhost, "durable": True, "auto_delete": False, "arguments": d.arguments}
+            )
+        else:
+            out["bindings"].append(
+                {
+                    "source": d.exchange,
+                    "vhost": vhost,
+                    "destination": d.queue,
+                    "destination_type": "queue",
+                    "routing_key": d.routing_key,
+                    "arguments": {},
+                }
+            )
+    for key in out:
+        out[key].sort(key=lambda o: (o.get("name", ""), o.get("source", ""), o.get("destination", "")))
+    return out
+
+
+_INEQUIVALENT = re.compile(
+    r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>queue|exchange) '(?P<name>[^']+)'"
+    r".*?received (?P<received>.*?) but current is (?P<current>.*)$"
+)
+
+
+def explain_precondition(reply_text: str, wanted: Arguments | None = None) -> str:
+    """Turn a broker PRECONDITION_FAILED text into what differs and how to fix it."""
+    m = _INEQUIVALENT.search(reply_text)
+    if not m:
+        return f"the broker refused a declaration: {reply_text}"
+    arg, kind, name = m.group("arg"), m.group("kind"), m.group("name")
+    want = (wanted or {}).get(arg, "(not set)")
+    return (
+        f"{kind} {name!r} exists with other arguments: {arg} is {m.group('current')} on the broker, "
+        f"the code declares {want!r}. Fix one side: change the task's queue options to match, or, if the "
+        f"{kind} may be recreated, drain and delete it (rabbitmqctl delete_queue {name}) and start again; "
+        f"a queue's type can never change in place."
+    )

@@ -1,0 +1,1 @@
+"""The worker: a child process's consume loop (child.py), task execution and acknowledgements."""

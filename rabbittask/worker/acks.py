@@ -1,0 +1,102 @@
+"""Acknowledgements of one channel, coalesced into `multiple` acks.
+
+Tasks finish out of order (threads, async tasks), but delivery tags on a channel only grow.
+The acker acks the longest finished prefix of outstanding tags with one `multiple=True` frame
+per loop iteration and acks stragglers one by one, so a drain of no-op tasks costs a handful of
+frames per thousand messages. An acker dies with its channel: tags from before a reconnect are
+never acked on the new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+import aiormq.abc
+from aiormq.abc import DeliveredMessage
+
+log = logging.getLogger(__name__)
+
+
+def delivery_tag(message: DeliveredMessage) -> int:
+    """The delivery tag of a consumed message."""
+    tag = message.delivery_tag
+    assert tag is not None, "only consumed messages carry a delivery tag"
+    return tag
+
+
+class Acker:
+    """Settles deliveries of one channel: ack (batched), reject or requeue."""
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+        self.channel = channel
+        self._order: deque[int] = deque()
+        self._done: set[int] = set()
+        self._settled: set[int] = set()  # rejected or acked alone while not at the head
+        self._scheduled = False
+        self._sends: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
+
+    @property
+    def alive(self) -> bool:
+        """True while the channel is open, so its delivery tags still mean something."""
+        return not self.channel.is_closed
+
+    def delivered(self, tag: int) -> None:
+        """Record a delivery (in tag order)."""
+        self._order.append(tag)
+
+    def ack(self, tag: int) -> None:
+        """Ack `tag` soon, together with the other tags finished in this loop iteration."""
+        self._done.add(tag)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def reject(self, tag: int, *, requeue: bool) -> None:
+        """Reject `tag` now: back to the queue, or dead-lettered by the broker."""
+        self._settled.add(tag)
+        self._send(self.channel.basic_reject(tag, requeue=requeue, wait=False))
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if not self.alive:
+            return
+        order, done, settled = self._order, self._done, self._settled
+        top = 0
+        while order:
+            head = order[0]
+            if head in done:
+                done.discard(head)
+                top = head
+            elif head in settled:
+                settled.discard(head)
+            else:
+                break
+            order.popleft()
+        if top:
+            self._send(self.channel.basic_ack(top, multiple=True, wait=False))
+        for tag in done:  # finished while an earlier task still runs: ack alone
+            self._send(self.channel.basic_ack(tag, wait=False))
+            settled.add(tag)
+        done.clear()
+
+    def _send(self, frame: asyncio.Future[None] | object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(frame)  # type: ignore[arg-type]
+        self._sends.add(task)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sends.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning(
+                "could not settle a delivery (channel closed?): %s; the broker will redeliver it", task.exception()
+            )
+
+    async def drain(self) -> None:
+        """Send what is pending and wait until the frames are written."""
+        if self._scheduled:
+            self._flush()
+        if self._sends:
+            await asyncio.wait(set(self._sends))

@@ -1,0 +1,344 @@
+"""The consume loop a worker child runs: one connection, per-consumer prefetch, late acks.
+
+Sync tasks run in worker threads fed by a queue, so heartbeats and acks keep flowing while a
+task runs for minutes; async tasks run on the event loop, at most `prefetch` at a time. The loop
+reconnects with back-off when the connection drops and never acks a tag from an older channel.
+Publishing (dead letters, replies) goes over a second connection, because a memory alarm blocks
+a publishing connection and would stop its acks too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import signal
+import threading
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import aiormq
+import aiormq.abc
+from aiormq.abc import DeliveredMessage
+from pydantic_core import PydanticSerializationError, to_json
+
+from rabbittask.errors import PublishError, TopologyMismatch
+from rabbittask.publish.aio import CONNECTION_ERRORS, AsyncPublisher, connect
+from rabbittask.publish.declare import declare_async
+from rabbittask.publish.outgoing import Outgoing
+from rabbittask.settings import mask_url
+from rabbittask.topology import dlx_name
+from rabbittask.worker.acks import Acker, delivery_tag
+from rabbittask.worker.execute import Outcome, prepare, run_async, run_sync
+
+if TYPE_CHECKING:
+    from rabbittask.app import App
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_CONFIG = 78  # sysexits EX_CONFIG: a restart would fail the same way
+PUBLISH_ERRORS: tuple[type[Exception], ...] = (PublishError, *CONNECTION_ERRORS)
+DEATH_HEADERS = (
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+)
+
+
+class Child:
+    """Consumes `queues` of `app` until stopped; `run()` returns the process exit code."""
+
+    def __init__(
+        self,
+        app: App,
+        queues: Sequence[str],
+        *,
+        prefetch: int | None = None,
+        threads: int = 1,
+        shutdown_timeout_s: float = 30.0,
+    ) -> None:
+        unknown = [q for q in queues if q not in app.queues]
+        if unknown:
+            known = ", ".join(sorted(app.queues)) or "(none)"
+            raise TopologyMismatch(f"app {app.name!r} has no task on queue(s) {', '.join(unknown)}; known: {known}")
+        self.app = app
+        self.queues = list(queues) or sorted(app.queues)
+        self.prefetch = prefetch or app.settings.prefetch
+        self.threads = threads
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.tasks_done = 0
+        self._jobs: queue.SimpleQueue[DeliveredMessage | None] = queue.SimpleQueue()
+        self._results: deque[Outcome] = deque()
+        self._wake_pending = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._stopping = False
+        self._acker: Acker | None = None
+        self._publisher: AsyncPublisher | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Consume until a stop is requested; reconnect with back-off when the broker goes away."""
+        self._loop = asyncio.get_running_loop()
+        self._idle.set()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self.stop)
+        workers = [
+            threading.Thread(target=self._thread_main, name=f"rabbittask-task-{i}", daemon=True)
+            for i in range(self.threads)
+        ]
+        for t in workers:
+            t.start()
+        self._publisher = AsyncPublisher(self.app.settings, self.app.declarations(self.queues), role="worker-publish")
+        backoff_s = 0.5
+        try:
+            while not self._stopping:
+                try:
+                    await self._session()
+                    backoff_s = 0.5
+                except TopologyMismatch as e:
+                    log.error("%s", e)
+                    return EXIT_CONFIG
+                except CONNECTION_ERRORS + (PublishError, aiormq.exceptions.AMQPError) as e:
+                    if self._stopping:
+                        break
+                    log.warning(
+                        "broker connection lost (%s); reconnecting in %.1f s",
+                        mask_url(str(e) or type(e).__name__),
+                        backoff_s,
+                    )
+                    try:
+                        await asyncio.wait_for(self._stop.wait(), backoff_s)
+                    except TimeoutError:
+                        pass
+                    backoff_s = min(backoff_s * 2, 30.0)
+        finally:
+            for _ in workers:
+                self._jobs.put(None)
+            await self._publisher.close()
+        log.info("worker stopped after %d task(s)", self.tasks_done)
+        return EXIT_OK
+
+    def stop(self) -> None:
+        """Warm shutdown: stop consuming, hand back what has not started, finish what runs, ack, exit."""
+        if self._stopping:
+            log.warning("second stop signal: cold shutdown, unfinished tasks go back to the queue")
+            os._exit(1)
+        log.info("warm shutdown: finishing running tasks (at most %.0f s)", self.shutdown_timeout_s)
+        self._stopping = True
+        self._stop.set()
+
+    async def _session(self) -> None:
+        connection = await connect(self.app.settings, f"worker q={','.join(self.queues)}")
+        try:
+            channel = await connection.channel(publisher_confirms=False)
+            await declare_async(channel, self.app.declarations(self.queues))
+            await channel.basic_qos(prefetch_count=self.prefetch)  # per consumer, never global
+            self._acker = Acker(channel)
+            tags: list[str] = []
+            for q in self.queues:
+                ok = await channel.basic_consume(q, self._on_message)
+                tags.append(ok.consumer_tag or "")
+            log.info(
+                "consuming from %s (prefetch %d, %d thread(s))", ", ".join(self.queues), self.prefetch, self.threads
+            )
+            stop = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait([stop, channel.closing], return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if self._stopping and not channel.is_closed:
+                await self._drain(channel, tags)
+            elif channel.closing.done() and channel.closing.exception() is not None:
+                raise channel.closing.exception()  # type: ignore[misc]
+        finally:
+            self._acker = None
+            if not connection.is_closed:
+                await connection.close()
+
+    async def _drain(self, channel: aiormq.abc.AbstractChannel, consumer_tags: list[str]) -> None:
+        for tag in consumer_tags:
+            await channel.basic_cancel(tag)
+        acker = self._acker
+        assert acker is not None
+        handed_back = 0
+        while True:  # prefetched messages that have not started go straight back to the queue
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                acker.reject(delivery_tag(job), requeue=True)
+                self._in_flight -= 1
+                handed_back += 1
+        if handed_back:
+            log.info("handed %d unstarted message(s) back to the queue", handed_back)
+        if self._in_flight <= 0:
+            self._idle.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.shutdown_timeout_s)
+        except TimeoutError:
+            log.warning(
+                "%d task(s) still running after %.0f s; they go back to the queue",
+                self._in_flight,
+                self.shutdown_timeout_s,
+            )
+        await acker.drain()
+
+    # -- deliveries ----------------------------------------------------------------------------------
+
+    async def _on_message(self, message: DeliveredMessage) -> None:
+        acker = self._acker
+        if acker is None or self._stopping:
+            return  # not acked: the broker requeues it when the channel closes
+        acker.delivered(delivery_tag(message))
+        self._in_flight += 1
+        self._idle.clear()
+        task = self.app.tasks.get(message.header.properties.message_type or "")
+        if task is None or not task.is_async:
+            self._jobs.put(message)
+            return
+        prepared = prepare(self.app, message)
+        if isinstance(prepared, Outcome):
+            outcome = prepared
+        else:
+            outcome = await run_async(*prepared, message)
+        self._settle(outcome)
+
+    def _thread_main(self) -> None:
+        while (message := self._jobs.get()) is not None:
+            self._results.append(run_sync(self.app, message))
+            if not self._wake_pending:
+                self._wake_pending = True
+                assert self._loop is not None
+                try:
+                    self._loop.call_soon_threadsafe(self._collect)
+                except RuntimeError:  # the loop is closed: the process is exiting
+                    return
+
+    def _collect(self) -> None:
+        self._wake_pending = False
+        results = self._results
+        while results:
+            self._settle(results.popleft())
+
+    def _settle(self, outcome: Outcome) -> None:
+        self._in_flight -= 1
+        self.tasks_done += 1
+        acker = self._acker
+        message = outcome.message
+        if acker is None or message.channel is not acker.channel or not acker.alive:
+            log.info(
+                "task %s [%s] finished after its channel closed; the broker redelivers it",
+                outcome.task_name,
+                outcome.message_id,
+            )
+        elif outcome.ok and not message.header.properties.reply_to:
+            acker.ack(delivery_tag(message))
+        else:
+            self._spawn(self._publish_then_ack(acker, outcome))
+        if self._in_flight <= 0:
+            self._idle.set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _publish_then_ack(self, acker: Acker, outcome: Outcome) -> None:
+        tag = delivery_tag(outcome.message)
+        self._in_flight += 1
+        try:
+            if outcome.message.header.properties.reply_to:
+                try:
+                    await self._reply(outcome)
+                except PUBLISH_ERRORS as e:  # the caller may be gone; the task still ran
+                    log.warning("task %s [%s]: reply not delivered: %s", outcome.task_name, outcome.message_id, e)
+            if not outcome.ok:
+                await self._dead_letter(outcome)
+        except PUBLISH_ERRORS as e:
+            log.warning(
+                "task %s [%s]: could not publish its dead letter (%s); the broker dead-letters it instead",
+                outcome.task_name,
+                outcome.message_id,
+                e,
+            )
+            if acker.alive:
+                acker.reject(tag, requeue=False)
+        else:
+            if acker.alive:
+                acker.ack(tag)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight <= 0:
+                self._idle.set()
+
+    async def _dead_letter(self, outcome: Outcome) -> None:
+        props = outcome.message.header.properties
+        queue_name = outcome.message.delivery.routing_key or ""  # type: ignore[union-attr]
+        log.error(
+            "task %s [%s] dead-lettered: %s: %s %s",
+            outcome.task_name,
+            outcome.message_id,
+            outcome.reason,
+            outcome.exc_type,
+            outcome.exc_message,
+        )
+        # Strip the broker's x-death headers: re-published with them, a later dead-lettering of this
+        # message can be taken for a cycle and dropped silently.
+        headers = {k: v for k, v in (props.headers or {}).items() if k not in DEATH_HEADERS}
+        headers.update(outcome.failure_headers(queue_name, os.getpid()))
+        assert self._publisher is not None
+        await self._publisher.publish(
+            Outgoing(
+                routing_key=queue_name,
+                body=outcome.message.body,
+                message_id=outcome.message_id,
+                task_name=outcome.task_name,
+                priority=props.priority,
+                headers=headers,
+                correlation_id=props.correlation_id,
+                content_type=props.content_type or "",
+                exchange=dlx_name(self.app.settings.exchange),
+            )
+        )
+
+    async def _reply(self, outcome: Outcome) -> None:
+        props = outcome.message.header.properties
+        if outcome.ok:
+            try:
+                body = to_json({"v": 1, "ok": True, "result": outcome.value})
+            except PydanticSerializationError as e:
+                outcome.reason, outcome.exc_type = "result not JSON-serialisable", "TypeError"
+                outcome.exc_message = f"the result of type {type(outcome.value).__name__} cannot be sent as JSON: {e}"
+        if not outcome.ok:
+            body = to_json(
+                {
+                    "v": 1,
+                    "ok": False,
+                    "exc_type": outcome.exc_type,
+                    "message": outcome.exc_message,
+                    "traceback": outcome.traceback,
+                    "reason": outcome.reason,
+                }
+            )
+        assert self._publisher is not None
+        await self._publisher.publish(
+            Outgoing(
+                routing_key=props.reply_to or "",
+                body=body,
+                message_id=outcome.message_id,
+                task_name=outcome.task_name,
+                correlation_id=props.correlation_id or outcome.message_id,
+                exchange="",
+            )
+        )
