@@ -19,6 +19,7 @@ from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.publish.declare import declare_sync
 from rabbittask.publish.outgoing import Outgoing
 from rabbittask.publish.sync import SyncPublisher
+from rabbittask.results.rpc import AsyncRpc, SyncRpc
 from rabbittask.settings import QueueType, Settings
 from rabbittask.task import Task, TaskHandle
 from rabbittask.topology import Declaration, QueueSpec, declarations
@@ -72,6 +73,7 @@ class App:
         self._aio: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncPublisher] = weakref.WeakKeyDictionary()
         self._abatch: contextvars.ContextVar[_AsyncBatch | None] = contextvars.ContextVar("abatch", default=None)
         self._declared_pid = 0
+        self._arpc: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRpc] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"<App {self.name} tasks={len(self.tasks)}>"
@@ -195,6 +197,24 @@ class App:
             batch.count += 1
         return TaskHandle(msg.message_id, msg.task_name, msg.routing_key)
 
+    def rpc_call(self, msg: Outgoing, timeout_s: float) -> Any:
+        """Publish a request over direct reply-to and wait for the task's return value."""
+        if self._declared_pid != os.getpid():
+            self._sync_publisher().open()
+        rpc: SyncRpc | None = getattr(self._local, "rpc", None)
+        if rpc is None:
+            rpc = self._local.rpc = SyncRpc(self.settings)
+        return rpc.call(msg, timeout_s)
+
+    async def arpc_call(self, msg: Outgoing, timeout_s: float) -> Any:
+        """Async twin of `rpc_call`."""
+        loop = asyncio.get_running_loop()
+        rpc = self._arpc.get(loop)
+        if rpc is None:
+            await self._async_publisher().channel()  # declares the topology once
+            rpc = self._arpc[loop] = AsyncRpc(self.settings)
+        return await rpc.call(msg, timeout_s)
+
     @contextmanager
     def batch(self) -> Iterator[None]:
         """Send many tasks with pipelined confirms; on exit wait for all and raise if any failed."""
@@ -250,12 +270,19 @@ class App:
         publisher: SyncPublisher | None = getattr(self._local, "publisher", None)
         if publisher is not None:
             publisher.close()
+        rpc: SyncRpc | None = getattr(self._local, "rpc", None)
+        if rpc is not None:
+            rpc.close()
 
     async def aclose(self) -> None:
         """Close this event loop's publisher connection."""
-        publisher = self._aio.pop(asyncio.get_running_loop(), None)
+        loop = asyncio.get_running_loop()
+        publisher = self._aio.pop(loop, None)
         if publisher is not None:
             await publisher.close()
+        rpc = self._arpc.pop(loop, None)
+        if rpc is not None:
+            await rpc.close()
 
 
 def _raise_failed(failed: list[tuple[str, BaseException]], total: int) -> None:

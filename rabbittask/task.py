@@ -125,6 +125,19 @@ class Task(Generic[P, R]):
         msg = self.message(args, kwargs, queue=queue, priority=priority, headers=headers, message_id=message_id)
         return self.app.send(msg)
 
+    def call(self, *args: Any, timeout: float = 30.0, **kwargs: Any) -> R:
+        """Run the task on a worker and return its result (RPC over direct reply-to).
+
+        `timeout` (seconds) bounds the wait and raises `TimeoutError`; a remote failure raises `TaskError`.
+        """
+        result: R = self.app.rpc_call(self.message(args, kwargs), timeout)
+        return result
+
+    async def acall(self, *args: Any, timeout: float = 30.0, **kwargs: Any) -> R:
+        """Async twin of `call`."""
+        result: R = await self.app.arpc_call(self.message(args, kwargs), timeout)
+        return result
+
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Async twin of `delay`."""
         return await self.app.asend(self.message(args, kwargs))

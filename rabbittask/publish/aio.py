@@ -121,7 +121,7 @@ class AsyncPublisher:
                 exchange=exchange,
                 routing_key=msg.routing_key,
                 properties=properties(msg),
-                mandatory=True,
+                mandatory=msg.mandatory,
                 timeout=self.settings.publish_timeout_s,
             )
         except aiormq.exceptions.PublishError:

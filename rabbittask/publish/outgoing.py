@@ -22,3 +22,5 @@ class Outgoing:
     correlation_id: str | None = None
     content_type: str = CONTENT_TYPE
     exchange: str | None = None  # None: the app's task exchange
+    # Direct replies go out without `mandatory`: RabbitMQ 3.x returns them as unroutable although it delivered them.
+    mandatory: bool = True

@@ -1,0 +1,5 @@
+"""`python -m rabbittask` runs the CLI."""
+
+from rabbittask.cli import main
+
+main()
