@@ -1,0 +1,41 @@
+# rabbittask: `make demo` and `make test` install what they need (venv, packages, a broker).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export RABBITTASK_BROKER_URL ?= amqp://guest:guest@localhost:5672/
+
+.PHONY: venv broker demo test faults bench check format clean
+
+$(VENV)/.installed: pyproject.toml
+	bash scripts/bootstrap.sh $(VENV)
+	touch $@
+
+venv: $(VENV)/.installed
+
+broker:
+	bash scripts/ensure-broker.sh
+
+demo: venv broker
+	$(PY) -m examples.demo
+
+test: venv broker
+	RABBITTASK_TEST_BROKER_URL=$${RABBITTASK_TEST_BROKER_URL:-$$RABBITTASK_BROKER_URL} \
+		$(PY) -m pytest -m "not faults" $(PYTEST_ARGS)
+
+faults: venv
+	$(PY) -m pytest -m faults $(PYTEST_ARGS)
+
+bench: venv broker
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+check: venv
+	$(VENV)/bin/ruff check rabbittask tests bench examples
+	$(VENV)/bin/ruff format --check rabbittask tests bench examples
+	$(VENV)/bin/mypy
+
+format: venv
+	$(VENV)/bin/ruff format rabbittask tests bench examples
+	$(VENV)/bin/ruff check --fix rabbittask tests bench examples
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

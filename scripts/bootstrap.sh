@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Create the project's virtualenv and install rabbittask with its test and bench extras.
+# On a fresh Debian machine this installs python3-venv with apt first when it is missing.
+set -euo pipefail
+venv=${1:-.venv}
+py=${PYTHON:-python3}
+
+if ! command -v "$py" >/dev/null; then
+  echo "python3 is missing: install it (apt-get install python3 python3-venv) and run make again" >&2
+  exit 1
+fi
+if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "rabbittask needs Python 3.11 or newer; found $("$py" --version)" >&2
+  exit 1
+fi
+if ! "$py" -m venv --help >/dev/null 2>&1 || ! "$py" -c 'import ensurepip' 2>/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing python3-venv with apt-get"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv
+  else
+    echo "python3 cannot create virtualenvs: run 'sudo apt-get install python3-venv' and make again" >&2
+    exit 1
+  fi
+fi
+[ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+"$venv/bin/python" -m pip install -q --upgrade pip
+"$venv/bin/python" -m pip install -q -e '.[test,bench]'
+echo "virtualenv ready: $venv"
