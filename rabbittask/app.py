@@ -73,6 +73,7 @@ class App:
         self._aio: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncPublisher] = weakref.WeakKeyDictionary()
         self._abatch: contextvars.ContextVar[_AsyncBatch | None] = contextvars.ContextVar("abatch", default=None)
         self._declared_pid = 0
+        self._guards: weakref.WeakSet[AsyncIterator[None]] = weakref.WeakSet()
         self._arpc: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRpc] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
@@ -109,7 +110,7 @@ class App:
         max_priority: int | None = None,
         delivery_limit: int | None = None,
     ) -> Task[P, R]:
-        name = name or f"{fn.__module__}.{fn.__qualname__}"
+        name = name or f"{fn.__module__}.{fn.__qualname__.replace('<locals>.', '')}"
         if not _TASK_NAME.match(name):
             raise ConfigError(f"task name {name!r} is not allowed: use letters, digits and _ . : - (max 200)")
         if name in self.tasks:
@@ -179,7 +180,21 @@ class App:
         publisher = self._aio.get(loop)
         if publisher is None:
             publisher = self._aio[loop] = AsyncPublisher(self.settings, self.declarations())
+            self._close_with_loop()
         return publisher
+
+    def _close_with_loop(self) -> None:
+        # An async generator started on the loop is closed by the loop's shutdown_asyncgens(), which
+        # asyncio.run() calls before closing the loop: the app's connections of that loop close with it.
+        async def guard() -> AsyncIterator[None]:
+            try:
+                yield
+            finally:
+                await self.aclose()
+
+        gen = guard()
+        self._guards.add(gen)
+        asyncio.ensure_future(gen.__anext__())
 
     async def asend(self, msg: Outgoing) -> TaskHandle:
         """Async twin of `send`: inside `abatch()` the confirm is awaited at the end of the batch."""
