@@ -26,7 +26,8 @@ def test_task_names_default_to_module_and_function_and_must_be_unique() -> None:
     def hello(name: str) -> str:
         return f"hi {name}"
 
-    assert hello.name.endswith("test_app.hello") and hello.queue == "default"
+    assert hello.name.endswith("test_task_names_default_to_module_and_function_and_must_be_unique.hello")
+    assert hello.queue == "default"
     assert hello("x") == "hi x"  # calling the task runs it here
     with pytest.raises(ConfigError, match="declared twice"):
         app.task(name=hello.name)(noop)
