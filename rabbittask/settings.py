@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     heartbeat_s: int = Field(30, ge=0, description="AMQP heartbeat interval negotiated with the broker.")
     prefetch: int = Field(16, ge=1, description="Unacked messages a worker consumer may hold (per consumer).")
     batch_in_flight: int = Field(1000, ge=1, description="Unconfirmed publishes in flight inside a batch.")
+    max_payload_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1,
+        description="Largest message body a client sends (keep it below the broker's max_message_size).",
+    )
 
 
 _PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]*:)(?P<password>[^@/]*)@", re.IGNORECASE)

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from pydantic.experimental.arguments_schema import generate_arguments_schema
 from pydantic_core import ArgsKwargs, SchemaValidator
 
-from rabbittask.errors import ArgumentsInvalid, ConfigError
+from rabbittask.errors import ArgumentsInvalid, ConfigError, PayloadError
 from rabbittask.message import encode_body, new_id
 from rabbittask.publish.outgoing import Outgoing
 
@@ -97,9 +97,15 @@ class Task(Generic[P, R]):
     ) -> Outgoing:
         """Validate the call and build the message that `.apply_async` would publish."""
         args, kw = self.validate(args, kwargs or {})
+        body = encode_body(args, kw)
+        if len(body) > self.app.settings.max_payload_bytes:
+            raise PayloadError(
+                f"task {self.name!r}: the message body is {len(body)} bytes, above max_payload_bytes "
+                f"({self.app.settings.max_payload_bytes}); pass a reference (a URL, a key) instead of the data"
+            )
         return Outgoing(
             routing_key=queue or self.queue,
-            body=encode_body(args, kw),
+            body=body,
             message_id=message_id or new_id(),
             task_name=self.name,
             priority=priority,

@@ -24,7 +24,7 @@ import aiormq.abc
 from aiormq.abc import DeliveredMessage
 from pydantic_core import PydanticSerializationError, to_json
 
-from rabbittask.errors import PublishError, TopologyMismatch
+from rabbittask.errors import ConnectionLost, PublishError, TopologyMismatch
 from rabbittask.publish.aio import CONNECTION_ERRORS, AsyncPublisher, connect
 from rabbittask.publish.declare import declare_async
 from rabbittask.publish.outgoing import Outgoing
@@ -40,6 +40,14 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_CONFIG = 78  # sysexits EX_CONFIG: a restart would fail the same way
+RECONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    ConnectionLost,
+    PublishError,
+    aiormq.exceptions.AMQPError,
+    asyncio.CancelledError,  # aiormq cancels its reader when heartbeats stop
+)
+STALE = "stale delivery"  # not run: its channel closed before it started
 PUBLISH_ERRORS: tuple[type[Exception], ...] = (PublishError, *CONNECTION_ERRORS)
 DEATH_HEADERS = (
     "x-death",
@@ -110,7 +118,10 @@ class Child:
                 except TopologyMismatch as e:
                     log.error("%s", e)
                     return EXIT_CONFIG
-                except CONNECTION_ERRORS + (PublishError, aiormq.exceptions.AMQPError) as e:
+                except RECONNECT_ERRORS as e:
+                    current = asyncio.current_task()
+                    if isinstance(e, asyncio.CancelledError) and current is not None and current.cancelling():
+                        raise  # we are being cancelled; aiormq's internal cancellations are connection losses
                     if self._stopping:
                         break
                     log.warning(
@@ -158,8 +169,8 @@ class Child:
             stop.cancel()
             if self._stopping and not channel.is_closed:
                 await self._drain(channel, tags)
-            elif channel.closing.done() and channel.closing.exception() is not None:
-                raise channel.closing.exception()  # type: ignore[misc]
+            elif channel.is_closed or channel.closing.done():
+                raise ConnectionLost(f"channel closed: {_close_reason(channel.closing)}")
         finally:
             self._acker = None
             if not connection.is_closed:
@@ -216,7 +227,10 @@ class Child:
 
     def _thread_main(self) -> None:
         while (message := self._jobs.get()) is not None:
-            self._results.append(run_sync(self.app, message))
+            if message.channel.is_closed:  # the broker already requeued it: running it now only duplicates
+                self._results.append(Outcome(message, "", reason=STALE))
+            else:
+                self._results.append(run_sync(self.app, message))
             if not self._wake_pending:
                 self._wake_pending = True
                 assert self._loop is not None
@@ -236,7 +250,9 @@ class Child:
         self.tasks_done += 1
         acker = self._acker
         message = outcome.message
-        if acker is None or message.channel is not acker.channel or not acker.alive:
+        if outcome.reason is STALE:
+            pass
+        elif acker is None or message.channel is not acker.channel or not acker.alive:
             log.info(
                 "task %s [%s] finished after its channel closed; the broker redelivers it",
                 outcome.task_name,
@@ -343,3 +359,14 @@ class Child:
                 mandatory=False,
             )
         )
+
+
+def _close_reason(closing: asyncio.Future[Any]) -> str:
+    """Why a channel or connection closed, from its `closing` future, without raising."""
+    if not closing.done() or closing.cancelled():
+        return "connection lost"
+    try:
+        exc = closing.exception()
+    except BaseException as e:  # noqa: BLE001 - aiormq may store a CancelledError here
+        exc = e
+    return "closed" if exc is None else (str(exc) or type(exc).__name__)
