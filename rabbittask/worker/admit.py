@@ -8,9 +8,10 @@ never settled and comes back forever. Quorum queues count deliveries (`x-deliver
 returns so far) and the broker dead-letters past `x-delivery-limit`; the worker dead-letters one
 delivery earlier, on the delivery after `delivery_limit` unsettled ones, so the copy in the DLQ
 carries rabbittask's reason headers (the broker's limit stays the backstop). Classic queues keep
-no count: a redelivered message is re-published to the back of its queue with the count in
-`rt-delivery-count` (confirmed, then the original acked), and dead-lettered once the count
-reaches the queue's `delivery_limit`. Either way a message is started at most `delivery_limit` times.
+no count: a redelivered message is re-published (through the ladder's 100 ms level) to the back
+of its queue with the count in `rt-delivery-count` (confirmed, then the original acked), and
+dead-lettered once the count reaches the queue's `delivery_limit`. Either way a message is
+started at most `delivery_limit` times.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from aiormq.abc import DeliveredMessage
 
 from rabbittask.message import H_DELIVERY_COUNT, H_ETA, H_EXPIRES, X_DELIVERY_COUNT, format_time, parse_time
+from rabbittask.topology import DELAY_BASE_MS
 from rabbittask.worker.execute import (
     REASON_DELIVERY_LIMIT,
     REASON_EXPIRED,
@@ -90,5 +92,8 @@ def _count_delivery(app: App, message: DeliveredMessage, headers: dict[str, Any]
             ),
         )
     if classic:
-        return Outcome(message, name, reason=REASON_REDELIVERED, republish=Republish(0.0, {H_DELIVERY_COUNT: count}))
+        # Through the ladder's shortest level, so the copy cannot reach a worker (and kill it, maybe)
+        # before the ack of this delivery is on the wire: else both would come back, uncounted.
+        pause = Republish(DELAY_BASE_MS / 1000, {H_DELIVERY_COUNT: count})
+        return Outcome(message, name, reason=REASON_REDELIVERED, republish=pause)
     return None
