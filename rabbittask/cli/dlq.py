@@ -13,6 +13,7 @@ from rich.table import Table
 from rabbittask.cli.common import load_app
 from rabbittask.dlq import DeadLetter, DeadLetterQueue
 from rabbittask.errors import RabbitTaskError
+from rabbittask.message import H_TRACEBACK
 from rabbittask.settings import Settings
 
 QUEUE_OPTION = click.option("-Q", "--queue", required=True, help="The task queue whose <queue>.dlq to use.")
@@ -117,7 +118,8 @@ def show(message_id: str, queue: str, app_spec: str | None) -> None:
             summary.add_row(key, value)
     console.print(summary)
     console.print("[bold]headers[/bold]")
-    console.print_json(json.dumps(letter.headers, default=_json_default, sort_keys=True))
+    shown = {k: v for k, v in letter.headers.items() if k != H_TRACEBACK}  # printed below, readable
+    console.print_json(json.dumps(shown, default=_json_default, sort_keys=True))
     console.print("[bold]body[/bold]")
     try:
         console.print_json(letter.body.decode("utf-8"))

@@ -1,7 +1,8 @@
 """Before a message runs: is it expired, not due yet, or delivered too often without finishing?
 
-The child calls `admit` only for a message that is redelivered or carries `rt-expires`/`rt-eta`,
-so the common first delivery pays two dict lookups and one flag test for these checks.
+The child calls `admit` only for a message that is redelivered or carries `rt-expires`/`rt-eta`
+(`needs_admission`, inlined in the consume callback), so the common first delivery pays one flag
+test and at most two dict lookups for these checks.
 
 Delivery counting, why here: a message that kills its worker (segfault, OOM kill, `os._exit`) is
 never settled and comes back forever. Quorum queues count deliveries (`x-delivery-count`, the

@@ -27,7 +27,7 @@ from aiormq.abc import DeliveredMessage
 from pydantic_core import PydanticSerializationError, to_json
 
 from rabbittask.errors import PublishError, TopologyMismatch
-from rabbittask.message import H_ATTEMPT
+from rabbittask.message import H_ATTEMPT, H_ETA, H_EXPIRES
 from rabbittask.publish.aio import CONNECTION_ERRORS, AsyncPublisher, connect
 from rabbittask.publish.declare import declare_async
 from rabbittask.publish.outgoing import Outgoing
@@ -35,7 +35,7 @@ from rabbittask.retry import schedule_headers
 from rabbittask.settings import mask_url
 from rabbittask.topology import dlx_name
 from rabbittask.worker.acks import Acker, delivery_tag
-from rabbittask.worker.admit import admit, needs_admission
+from rabbittask.worker.admit import admit
 from rabbittask.worker.execute import REASON_RETRY, Outcome, prepare, run_async, run_sync, source_queue
 
 if TYPE_CHECKING:
@@ -201,12 +201,17 @@ class Child:
         acker.delivered(delivery_tag(message))
         self._in_flight += 1
         self._idle.clear()
-        if needs_admission(message):  # expired, not due yet, or delivered too often: settle unrun
+        props = message.header.properties
+        headers = props.headers
+        # Expired, not due yet, or delivered too often: settle it unrun (see admit.py). Inline, as
+        # the whole cost on the hot path: a flag and, on messages with headers, two dict lookups.
+        redelivered = message.delivery.redelivered  # type: ignore[union-attr]
+        if redelivered or (headers and (H_EXPIRES in headers or H_ETA in headers)):
             held = admit(self.app, message)
             if held is not None:
                 self._settle(held)
                 return
-        task = self.app.tasks.get(message.header.properties.message_type or "")
+        task = self.app.tasks.get(props.message_type or "")
         if task is None or not task.is_async:
             self._jobs.put(message)
             return
