@@ -163,3 +163,4 @@ def amqp_cleanup(broker_url: str, request: pytest.FixtureRequest) -> Iterator[Am
 # Worker fixtures go below this line (appended by the worker/ authors): e.g. a `worker_factory`
 # that starts `rabbittask worker` against `broker_url` (or a `rabbit_node`) and always stops it.
 # ----------------------------------------------------------------------------------------------
+from tests.workers import worker_factory  # noqa: E402, F401 - the worker subprocess fixture
