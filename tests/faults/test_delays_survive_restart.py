@@ -10,14 +10,13 @@ import pytest
 from rabbittask.testing import RabbitNode
 from tests.apps.retries_app import make_app
 from tests.integration.test_retries import APP, runs, wait_runs
-from tests.workers import worker_factory  # noqa: F401 - the fixture, until conftest registers it
 
 pytestmark = pytest.mark.faults
 
 
 def test_delayed_messages_survive_a_crash_and_restart_of_the_broker_and_run_when_due(
     rabbit_node: RabbitNode,
-    worker_factory,  # noqa: F811 - the fixture imported above
+    worker_factory,
     tmp_path: Path,
 ) -> None:
     # Given delayed tasks for a quorum and a classic task queue, one due while the broker is down

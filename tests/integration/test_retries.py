@@ -23,7 +23,7 @@ from rabbittask.message import format_time
 from rabbittask.topology import ExchangeDecl, QueueDecl, delay_declarations, dlx_name
 from tests import amqp
 from tests.apps.retries_app import make_app
-from tests.workers import WorkerProcess, worker_factory  # noqa: F401 - the fixture, until conftest registers it
+from tests.workers import WorkerProcess
 
 APP = "tests.apps.retries_app:app"
 
@@ -66,7 +66,7 @@ def app(prefix: str, exchange: str, broker_url: str) -> Iterator[App]:
 
 
 @pytest.fixture
-def start_worker(worker_factory, prefix: str, exchange: str):  # noqa: F811 - the fixture imported above
+def start_worker(worker_factory, prefix: str, exchange: str):
     def start(*args: str, ready: bool = True, **env: str) -> WorkerProcess:
         w: WorkerProcess = worker_factory(APP, *args, prefix=prefix, env={"RT_TEST_EXCHANGE": exchange, **env})
         if ready:
@@ -282,7 +282,7 @@ def test_a_message_that_kills_its_worker_every_time_ends_in_the_dlq_after_the_de
     assert amqp.depth(broker_url, queue) == 0
 
 
-def test_a_classic_delay_ladder_delivers_too(prefix: str, worker_factory, broker_url: str, tmp_path: Path) -> None:  # noqa: F811
+def test_a_classic_delay_ladder_delivers_too(prefix: str, worker_factory, broker_url: str, tmp_path: Path) -> None:
     exchange = f"rt-retries-classic-{uuid.uuid4().hex[:8]}"
     app = make_app(prefix, exchange, broker_url, delay_queue_type="classic")
     try:
