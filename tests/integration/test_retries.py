@@ -297,3 +297,12 @@ def test_a_classic_delay_ladder_delivers_too(prefix: str, worker_factory, broker
     finally:
         app.close()
         delete_ladder(broker_url, exchange)
+
+
+def test_a_call_waits_through_the_retries_and_gets_the_final_result(
+    app: App, prefix: str, start_worker, tmp_path: Path
+) -> None:
+    start_worker()
+    # The retry copy keeps reply_to: only the run that finishes answers the caller
+    assert app.tasks["retries.flaky"].call("rpc", 1, timeout=15) == "rpc"
+    assert [a for _, a, _ in runs(tmp_path, prefix, "flaky")] == [1, 2]
