@@ -16,6 +16,7 @@ from rabbittask.errors import ArgumentsInvalid, PayloadError, Reject, Retry, Tas
 from rabbittask.message import (
     DEATH_HEADERS,
     H_ATTEMPT,
+    H_DELIVERY_COUNT,
     H_EXC_MESSAGE,
     H_EXC_TYPE,
     H_FAILED_AT,
@@ -108,10 +109,12 @@ class Outcome:
         """Headers of a copy re-published to the task queue: without the broker's, with `updates`.
 
         The broker's `x-death` must go: a copy that passes the delay ladder again with it is taken
-        for a dead-letter cycle and dropped silently. `rt-first-seen` records the first run.
+        for a dead-letter cycle and dropped silently. `rt-delivery-count` counts deliveries of one
+        message, so a copy starts without it unless `updates` sets it. `rt-first-seen` records the
+        first run.
         """
         old = self.message.header.properties.headers or {}
-        headers = {k: v for k, v in old.items() if k not in DEATH_HEADERS}
+        headers = {k: v for k, v in old.items() if k not in DEATH_HEADERS and k != H_DELIVERY_COUNT}
         headers.setdefault(H_FIRST_SEEN, format_time(time.time() - self.runtime_s))
         headers.update(updates)
         return headers

@@ -192,6 +192,9 @@ def test_classic_redeliveries_are_counted_in_a_header_on_a_republished_copy() ->
         and first.republish.headers == {H_DELIVERY_COUNT: 1}
     )
     assert first.copy_headers(first.republish.headers)[H_DELIVERY_COUNT] == 1
+    counted = delivered({H_DELIVERY_COUNT: 1}, queue="c", name="t.classic")
+    retried = failed(counted, app.tasks["t.classic"], Retry(1), 0.0)
+    assert retried.republish is not None and H_DELIVERY_COUNT not in retried.copy_headers(retried.republish.headers)
     last = admit(app, delivered({H_DELIVERY_COUNT: 2}, redelivered=True, queue="c", name="t.classic"))
     assert last is not None and last.reason == REASON_DELIVERY_LIMIT and last.republish is None
 
