@@ -45,6 +45,9 @@ from rabbittask.settings import Settings
 from rabbittask.topology import dlq_name
 from rabbittask.worker.execute import FAILURE_HEADERS
 
+Progress = Callable[[int, int], None]
+"""Called with (done, total) as a long command goes."""
+
 # A replayed message starts afresh: no failure, no attempts, no deadline or broker bookkeeping.
 REPLAY_DROPS = DEATH_HEADERS | FAILURE_HEADERS | {H_ATTEMPT, H_FIRST_SEEN, H_DELIVERY_COUNT, H_EXPIRES, H_ETA}
 
@@ -158,24 +161,29 @@ class DeadLetterQueue:
             raise
         return int(ok.method.message_count)
 
-    def peek(self, limit: int | None = None) -> tuple[list[DeadLetter], int]:
+    def peek(self, limit: int | None = None, progress: Progress | None = None) -> tuple[list[DeadLetter], int]:
         """Up to `limit` dead letters from the head, left in place; and how many the DLQ holds."""
         out: list[DeadLetter] = []
         with self._channel("dlq ls") as channel:
             total = self._count(channel)
-            for _, props, body in self._take(channel, total):
+            for seen, (_, props, body) in enumerate(self._take(channel, total), 1):
                 if limit is None or len(out) < limit:
                     out.append(DeadLetter.read(props, body))
+                if progress is not None:
+                    progress(seen, total)
             self._hand_back(channel)
         return out, total
 
-    def find(self, message_id: str) -> DeadLetter | None:
+    def find(self, message_id: str, progress: Progress | None = None) -> DeadLetter | None:
         """The dead letter with this id, left in place."""
         found = None
         with self._channel("dlq show") as channel:
-            for _, props, body in self._take(channel, self._count(channel)):
+            total = self._count(channel)
+            for seen, (_, props, body) in enumerate(self._take(channel, total), 1):
                 if found is None and props.message_id == message_id:
                     found = DeadLetter.read(props, body)
+                if progress is not None:
+                    progress(seen, total)
             self._hand_back(channel)
         return found
 
@@ -195,7 +203,7 @@ class DeadLetterQueue:
         self,
         ids: Collection[str] = (),
         limit: int | None = None,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Progress | None = None,
     ) -> ReplayResult:
         """Send dead letters (all, or those in `ids`, at most `limit`) back to the task queue, attempts reset.
 

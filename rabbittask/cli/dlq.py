@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -40,6 +42,26 @@ def _console() -> Console:
     return Console(highlight=False, soft_wrap=False)
 
 
+@contextmanager
+def _progress(console: Console, label: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on a terminal (none when piped), fed with (done, total)."""
+    with Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as bar:
+        job = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(job, completed=done, total=total)
+
+        yield update
+
+
 def human_age(seconds: float | None) -> str:
     """`42s`, `5m`, `3h`, `2d`; `?` if unknown."""
     if seconds is None:
@@ -62,11 +84,12 @@ def dlq() -> None:
 def ls(queue: str, app_spec: str | None, limit: int) -> None:
     """List dead letters: id, task, reason, attempts, age (the DLQ is left as it was)."""
     box = _dlq(app_spec, queue)
+    console = _console()
     try:
-        letters, total = box.peek(limit)
+        with _progress(console, "reading") as progress:
+            letters, total = box.peek(limit, progress)
     except RabbitTaskError as e:
         raise click.ClickException(str(e)) from None
-    console = _console()
     if not letters:
         console.print(f"{box.name} is empty")
         return
@@ -94,13 +117,14 @@ def _reason(letter: DeadLetter) -> str:
 def show(message_id: str, queue: str, app_spec: str | None) -> None:
     """Show one dead letter: reason, exception, traceback, headers and body."""
     box = _dlq(app_spec, queue)
+    console = _console()
     try:
-        letter = box.find(message_id)
+        with _progress(console, "searching") as progress:
+            letter = box.find(message_id, progress)
     except RabbitTaskError as e:
         raise click.ClickException(str(e)) from None
     if letter is None:
         raise click.ClickException(f"no message {message_id} in {box.name}")
-    console = _console()
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
     summary.add_column(overflow="fold")
@@ -145,24 +169,11 @@ def replay(queue: str, app_spec: str | None, ids: tuple[str, ...], limit: int | 
     """Send dead letters back to their task queue with attempts reset (confirmed, then acked)."""
     box = _dlq(app_spec, queue)
     console = _console()
-    with Progress(
-        TextColumn("replaying"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    ) as bar:
-        job = bar.add_task("replay", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(job, completed=done, total=total)
-
-        try:
+    try:
+        with _progress(console, "replaying") as progress:
             result = box.replay(ids, limit, progress)
-        except RabbitTaskError as e:
-            raise click.ClickException(str(e)) from None
+    except RabbitTaskError as e:
+        raise click.ClickException(str(e)) from None
     console.print(f"replayed {len(result.replayed)} message(s) from {box.name} to {queue}")
     if result.missing:
         raise click.ClickException(f"not found in {box.name}: {', '.join(result.missing)}")
