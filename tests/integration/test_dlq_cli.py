@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -143,3 +146,31 @@ def test_dlq_purge_asks_first_unless_yes(queue: str, broker_url: str) -> None:
 def test_dlq_commands_name_a_queue_that_does_not_exist(broker_url: str, unique_name: str) -> None:
     result = run(broker_url, "ls", "-Q", unique_name)
     assert result.exit_code == 1 and f"there is no queue '{unique_name}.dlq' on the broker" in result.output
+
+
+def test_a_replay_killed_midway_loses_nothing(queue: str, broker_url: str) -> None:
+    # Given a DLQ of 2,003 dead letters
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    for i in range(3, 2003):
+        channel.basic_publish("", f"{queue}.dlq", b"{}", pika.BasicProperties(message_id=f"m{i}", type="shop.send"))
+    connection.close()
+    # When a replay is SIGKILLed while it runs
+    env = {**os.environ, "RABBITTASK_BROKER_URL": broker_url, "RABBITTASK_EXCHANGE": EXCHANGE}
+    proc = subprocess.Popen([sys.executable, "-m", "rabbittask", "dlq", "replay", "-Q", queue], env=env)
+    deadline = time.monotonic() + 20
+    while amqp.depth(broker_url, queue) < 200 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait(10)
+    # Then every message is in the DLQ or in the task queue (one may be in both), none lost
+    deadline = time.monotonic() + 10  # the broker requeues what the killed connection held
+    while amqp.depth(broker_url, queue) + amqp.depth(broker_url, f"{queue}.dlq") < 2003:
+        assert time.monotonic() < deadline, "messages are missing"
+        time.sleep(0.05)
+    replayed = [p.message_id for p, _ in amqp.get_all(broker_url, queue)]
+    left = [p.message_id for p, _ in amqp.get_all(broker_url, f"{queue}.dlq")]
+    assert 200 <= len(replayed) < 2003, "the replay was not cut midway"
+    assert set(replayed) | set(left) == {f"m{i}" for i in range(2003)}
+    assert len(replayed) + len(left) - 2003 <= 1
