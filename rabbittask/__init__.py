@@ -9,6 +9,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from rabbittask.app import App
+from rabbittask.context import TaskContext
 from rabbittask.errors import (
     ArgumentsInvalid,
     BatchNotConfirmed,
@@ -21,6 +22,7 @@ from rabbittask.errors import (
     PublishNotConfirmed,
     RabbitTaskError,
     Reject,
+    Retry,
     TaskError,
     TaskNotFound,
     TopologyMismatch,
@@ -39,8 +41,10 @@ __all__ = [
     "Settings",
     "Task",
     "TaskHandle",
+    "TaskContext",
     # control flow raised by tasks
     "Reject",
+    "Retry",
     # errors
     "RabbitTaskError",
     "ConfigError",

@@ -15,7 +15,7 @@ from pamqp.commands import Basic
 
 from rabbittask.errors import PublishConnectionError, PublishNotConfirmed, TopologyMismatch
 from rabbittask.publish.declare import declare_async
-from rabbittask.publish.outgoing import Outgoing
+from rabbittask.publish.outgoing import Outgoing, publish_target
 from rabbittask.settings import Settings, host_port, mask_url
 from rabbittask.topology import Declaration
 
@@ -127,12 +127,12 @@ class AsyncPublisher:
             await self._publish(await self.channel(), msg)
 
     async def _publish(self, channel: aiormq.abc.AbstractChannel, msg: Outgoing) -> None:
-        exchange = self.settings.exchange if msg.exchange is None else msg.exchange
+        exchange, routing_key = publish_target(msg, self.settings.exchange)
         try:
             confirm = await channel.basic_publish(
                 msg.body,
                 exchange=exchange,
-                routing_key=msg.routing_key,
+                routing_key=routing_key,
                 properties=properties(msg),
                 mandatory=msg.mandatory,
                 timeout=self.settings.publish_timeout_s,

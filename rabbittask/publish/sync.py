@@ -16,7 +16,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from rabbittask.errors import PublishConnectionError, PublishNotConfirmed, TopologyMismatch
-from rabbittask.publish.outgoing import Outgoing
+from rabbittask.publish.outgoing import Outgoing, publish_target
 from rabbittask.settings import Settings, host_port, mask_url
 
 log = logging.getLogger(__name__)
@@ -115,13 +115,13 @@ class SyncPublisher:
             headers=msg.headers,
             reply_to=msg.reply_to,
         )
-        exchange = self.settings.exchange if msg.exchange is None else msg.exchange
+        exchange, routing_key = publish_target(msg, self.settings.exchange)
         # pika's BlockingChannel waits for a confirm without a bound; a timer in its own I/O loop
         # raises out of that wait, so a paused or partitioned broker cannot hang the caller.
         ioloop = self._connection._impl.ioloop  # type: ignore[union-attr]
         timer = ioloop.call_later(self.settings.publish_timeout_s, _raise_timeout)
         try:
-            channel.basic_publish(exchange, msg.routing_key, msg.body, props, mandatory=True)
+            channel.basic_publish(exchange, routing_key, msg.body, props, mandatory=True)
         except pika.exceptions.UnroutableError:
             raise PublishNotConfirmed(
                 f"task {msg.task_name!r} (id {msg.message_id}) was returned by the broker: no queue is bound "

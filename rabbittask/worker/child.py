@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import queue
 import signal
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,13 +27,16 @@ from aiormq.abc import DeliveredMessage
 from pydantic_core import PydanticSerializationError, to_json
 
 from rabbittask.errors import ConnectionLost, PublishError, TopologyMismatch
+from rabbittask.message import H_ATTEMPT, H_ETA, H_EXPIRES
 from rabbittask.publish.aio import CONNECTION_ERRORS, AsyncPublisher, connect
 from rabbittask.publish.declare import declare_async
 from rabbittask.publish.outgoing import Outgoing
+from rabbittask.retry import schedule_headers
 from rabbittask.settings import mask_url
 from rabbittask.topology import dlx_name
 from rabbittask.worker.acks import Acker, delivery_tag
-from rabbittask.worker.execute import Outcome, prepare, run_async, run_sync
+from rabbittask.worker.admit import admit
+from rabbittask.worker.execute import REASON_RETRY, Outcome, prepare, run_async, run_sync, source_queue
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -49,15 +54,6 @@ RECONNECT_ERRORS: tuple[type[BaseException], ...] = (
 )
 STALE = "stale delivery"  # not run: its channel closed before it started
 PUBLISH_ERRORS: tuple[type[Exception], ...] = (PublishError, *CONNECTION_ERRORS)
-DEATH_HEADERS = (
-    "x-death",
-    "x-first-death-exchange",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-last-death-exchange",
-    "x-last-death-queue",
-    "x-last-death-reason",
-)
 
 
 class Child:
@@ -108,7 +104,9 @@ class Child:
         ]
         for t in workers:
             t.start()
-        self._publisher = AsyncPublisher(self.app.settings, self.app.declarations(self.queues), role="worker-publish")
+        # The consuming session declares the topology; the publisher need not repeat it (a first retry
+        # or dead letter would wait for a hundred declarations).
+        self._publisher = AsyncPublisher(self.app.settings, (), role="worker-publish")
         backoff_s = 0.5
         try:
             while not self._stopping:
@@ -214,7 +212,17 @@ class Child:
         acker.delivered(delivery_tag(message))
         self._in_flight += 1
         self._idle.clear()
-        task = self.app.tasks.get(message.header.properties.message_type or "")
+        props = message.header.properties
+        headers = props.headers
+        # Expired, not due yet, or delivered too often: settle it unrun (see admit.py). Inline, as
+        # the whole cost on the hot path: a flag and, on messages with headers, two dict lookups.
+        redelivered = message.delivery.redelivered  # type: ignore[union-attr]
+        if redelivered or (headers and (H_EXPIRES in headers or H_ETA in headers)):
+            held = admit(self.app, message)
+            if held is not None:
+                self._settle(held)
+                return
+        task = self.app.tasks.get(props.message_type or "")
         if task is None or not task.is_async:
             self._jobs.put(message)
             return
@@ -274,18 +282,22 @@ class Child:
         tag = delivery_tag(outcome.message)
         self._in_flight += 1
         try:
-            if outcome.message.header.properties.reply_to:
-                try:
-                    await self._reply(outcome)
-                except PUBLISH_ERRORS as e:  # the caller may be gone; the task still ran
-                    log.warning("task %s [%s]: reply not delivered: %s", outcome.task_name, outcome.message_id, e)
-            if not outcome.ok:
-                await self._dead_letter(outcome)
+            if outcome.republish is not None:  # a retry (or a re-park): the copy is confirmed before the ack
+                await self._republish(outcome)
+            else:
+                if outcome.message.header.properties.reply_to:
+                    try:
+                        await self._reply(outcome)
+                    except PUBLISH_ERRORS as e:  # the caller may be gone; the task still ran
+                        log.warning("task %s [%s]: reply not delivered: %s", outcome.task_name, outcome.message_id, e)
+                if not outcome.ok:
+                    await self._dead_letter(outcome)
         except PUBLISH_ERRORS as e:
             log.warning(
-                "task %s [%s]: could not publish its dead letter (%s); the broker dead-letters it instead",
+                "task %s [%s]: could not publish its %s (%s); the broker dead-letters it instead",
                 outcome.task_name,
                 outcome.message_id,
+                "copy" if outcome.republish is not None else "dead letter",
                 e,
             )
             if acker.alive:
@@ -298,9 +310,42 @@ class Child:
             if self._in_flight <= 0:
                 self._idle.set()
 
+    async def _republish(self, outcome: Outcome) -> None:
+        republish = outcome.republish
+        assert republish is not None and self._publisher is not None
+        props = outcome.message.header.properties
+        if outcome.reason == REASON_RETRY:
+            log.info(
+                "task %s [%s] failed (%s: %s); attempt %s in %.3f s",
+                outcome.task_name,
+                outcome.message_id,
+                outcome.exc_type,
+                outcome.exc_message,
+                republish.headers.get(H_ATTEMPT, "?"),
+                republish.delay_s,
+            )
+        else:
+            log.info("task %s [%s] re-published (%s)", outcome.task_name, outcome.message_id, outcome.reason)
+        delay_ms = math.ceil(republish.delay_s * 1000)
+        extra = schedule_headers(delay_ms, None, time.time())  # rt-eta again if beyond one ladder pass
+        await self._publisher.publish(
+            Outgoing(
+                routing_key=source_queue(self.app, outcome.message),
+                body=outcome.message.body,
+                message_id=outcome.message_id,
+                task_name=outcome.task_name,
+                priority=props.priority,
+                headers=outcome.copy_headers({**republish.headers, **extra}),
+                reply_to=props.reply_to,
+                correlation_id=props.correlation_id,
+                content_type=props.content_type or "",
+                delay_ms=delay_ms,
+            )
+        )
+
     async def _dead_letter(self, outcome: Outcome) -> None:
         props = outcome.message.header.properties
-        queue_name = outcome.message.delivery.routing_key or ""  # type: ignore[union-attr]
+        queue_name = source_queue(self.app, outcome.message)
         log.error(
             "task %s [%s] dead-lettered: %s: %s %s",
             outcome.task_name,
@@ -309,10 +354,7 @@ class Child:
             outcome.exc_type,
             outcome.exc_message,
         )
-        # Strip the broker's x-death headers: re-published with them, a later dead-lettering of this
-        # message can be taken for a cycle and dropped silently.
-        headers = {k: v for k, v in (props.headers or {}).items() if k not in DEATH_HEADERS}
-        headers.update(outcome.failure_headers(queue_name, os.getpid()))
+        headers = outcome.copy_headers(outcome.failure_headers(queue_name, os.getpid()))
         assert self._publisher is not None
         await self._publisher.publish(
             Outgoing(
