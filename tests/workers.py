@@ -45,7 +45,9 @@ class WorkerProcess:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.05)
-        raise AssertionError(f"worker log never showed {text!r} x{count}; exit={self.proc.poll()}\n{self.log()[-3000:]}")
+        raise AssertionError(
+            f"worker log never showed {text!r} x{count}; exit={self.proc.poll()}\n{self.log()[-3000:]}"
+        )
 
     def signal(self, sig: int) -> None:
         os.kill(self.proc.pid, sig)
