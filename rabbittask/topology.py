@@ -218,10 +218,18 @@ def explain_precondition(reply_text: str, wanted: Arguments | None = None) -> st
     if not m:
         return f"the broker refused a declaration: {reply_text}"
     arg, kind, name = m.group("arg"), m.group("kind"), m.group("name")
-    want = (wanted or {}).get(arg, "(not set)")
+    want = repr((wanted or {})[arg]) if arg in (wanted or {}) else "it unset"
     return (
-        f"{kind} {name!r} exists with other arguments: {arg} is {m.group('current')} on the broker, "
-        f"the code declares {want!r}. Fix one side: change the task's queue options to match, or, if the "
+        f"{kind} {name!r} exists with other arguments: {arg} is {_broker_value(m.group('current'))} on the broker, "
+        f"the code declares {want}. Fix one side: change the task's queue options to match, or, if the "
         f"{kind} may be recreated, drain and delete it (rabbitmqctl delete_queue {name}) and start again; "
         f"a queue's type can never change in place."
     )
+
+
+def _broker_value(text: str) -> str:
+    """`the value 'x' of type 'longstr'` -> `'x'`; `none` -> `not set`."""
+    m = re.match(r"the value (?P<value>.*) of type '[a-z]+'", text.strip())
+    if m:
+        return m.group("value")
+    return "not set" if text.strip() == "none" else text.strip()

@@ -7,8 +7,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,3 +84,25 @@ def worker_env(broker_url: str, extra: dict[str, str] | None = None) -> dict[str
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     env.update(extra or {})
     return env
+
+
+@pytest.fixture
+def worker_factory(broker_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[WorkerFactory]:
+    """Start `rabbittask worker -A <app> <args...>` subprocesses; every one is stopped after the test.
+
+    `prefix=` sets RT_TEST_PREFIX (the test app's queue prefix); the ledger directory is `tmp_path`.
+    """
+    started: list[WorkerProcess] = []
+
+    def start(
+        app: str, *args: str, prefix: str = "", broker_url: str = broker_url, env: dict[str, str] | None = None
+    ) -> WorkerProcess:
+        extra = {"RT_TEST_PREFIX": prefix, "RT_TEST_LEDGER": str(tmp_path), **(env or {})}
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        w = WorkerProcess(["-A", app, *args], worker_env(broker_url, extra), log_path)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()

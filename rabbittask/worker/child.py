@@ -340,5 +340,6 @@ class Child:
                 task_name=outcome.task_name,
                 correlation_id=props.correlation_id or outcome.message_id,
                 exchange="",
+                mandatory=False,
             )
         )

@@ -1,0 +1,58 @@
+"""Small pika helpers for tests: queue depth, reading a dead-letter queue, raw publishing."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pika
+
+
+def connect(url: str) -> pika.BlockingConnection:
+    return pika.BlockingConnection(pika.URLParameters(url))
+
+
+def depth(url: str, queue: str) -> int:
+    """Messages ready in `queue` (passive declare)."""
+    connection = connect(url)
+    try:
+        return int(connection.channel().queue_declare(queue, passive=True).method.message_count)
+    finally:
+        connection.close()
+
+
+def wait_depth(url: str, queue: str, expected: int, timeout_s: float = 15.0) -> None:
+    """Wait until `queue` holds `expected` ready messages."""
+    deadline = time.monotonic() + timeout_s
+    while (n := depth(url, queue)) != expected:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"queue {queue} holds {n} messages, expected {expected}")
+        time.sleep(0.1)
+
+
+def get_all(url: str, queue: str) -> list[tuple[pika.BasicProperties, bytes]]:
+    """Take every message out of `queue` (acked): (properties, body) in order."""
+    out = []
+    connection = connect(url)
+    try:
+        channel = connection.channel()
+        while True:
+            method, props, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return out
+            out.append((props, body))
+    finally:
+        connection.close()
+
+
+def publish_raw(url: str, routing_key: str, body: bytes, exchange: str = "rabbittask", **props: Any) -> None:
+    """Publish with plain pika and confirms, as a producer in another language would."""
+    connection = connect(url)
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(
+            exchange, routing_key, body, pika.BasicProperties(delivery_mode=2, **props), mandatory=True
+        )
+    finally:
+        connection.close()
