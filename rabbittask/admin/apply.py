@@ -23,9 +23,9 @@ from rabbittask.errors import BrokerError
 from rabbittask.publish.declare import PRECONDITION_FAILED, declare_sync
 from rabbittask.topology import Declaration, ExchangeDecl, QueueDecl
 
-_REFUSAL = re.compile(
-    r"inequivalent arg '(?P<arg>[^']+)' for .*?: received (?P<received>.*) but current is (?P<current>.*)$"
-)
+_REFUSAL = re.compile(r"inequivalent arg '(?P<arg>[^']+)' for ")
+# The reply text is an AMQP shortstr: with long names the broker cuts it short and the values are lost.
+_VALUES = re.compile(r"received (?P<received>.*) but current is (?P<current>.*)$")
 _TYPED = re.compile(r"^the value '(?P<value>.*)' of type '(?P<type>\w+)'$")
 _INTS = frozenset({"signedint", "long", "short", "byte", "unsignedbyte", "unsignedshort", "unsignedint"})
 # Properties that are not x-arguments: a difference in them cannot be probed past.
@@ -77,50 +77,67 @@ def apply(connection: pika.BlockingConnection, decls: Sequence[Declaration]) -> 
 
 
 def _probe(connection: pika.BlockingConnection, d: ExchangeDecl | QueueDecl, obj: str) -> Conflict:
-    conflict = Conflict(obj)
+    differences: dict[str, str] = {}  # by argument: a later, clearer refusal replaces a vaguer line
     args = dict(d.arguments)
+    complete = True
     for _ in range(_MAX_PROBES):
-        channel = connection.channel()
-        try:
-            if isinstance(d, ExchangeDecl):
-                channel.exchange_declare(d.name, d.type, durable=True, arguments=args or None)
-            else:
-                channel.queue_declare(d.name, durable=True, arguments=args)
-        except pika.exceptions.ChannelClosedByBroker as e:
-            if e.reply_code != PRECONDITION_FAILED:
-                raise BrokerError(f"the broker refused to re-declare {obj}: {e.reply_text}") from None
-            m = _REFUSAL.search(e.reply_text)
-            if m is None:
-                conflict.differences.append(e.reply_text)
-                conflict.complete = False
-                return conflict
-            arg = m.group("arg")
-            found, current = _value(m.group("current"), d.arguments.get(arg))
-            if arg == "x-queue-type":
-                # A type never changes in place: the other arguments do not matter until it matches.
-                broker = current if found and current is not None else "classic"
-                conflict.differences.append(f"type is {broker} on the broker, the code declares {args.get(arg)}")
-                return conflict
-            if arg in _PROPERTIES:
-                broker, ours = m.group("current").strip("'"), m.group("received").strip("'")
-                conflict.differences.append(f"{arg} is {broker} on the broker, the code declares {ours}")
-                conflict.complete = False
-                return conflict
-            conflict.differences.append(
-                f"{arg} is {show(current)} on the broker, the code declares {show(d.arguments.get(arg))}"
+        refusal = _refusal(connection, d, obj, args)
+        if refusal is None:
+            break
+        m = _REFUSAL.search(refusal)
+        if m is None:
+            differences[refusal] = refusal
+            complete = False
+            break
+        arg, ours = m.group("arg"), d.arguments.get(m.group("arg"))
+        v = _VALUES.search(refusal)
+        found, current = _value(v.group("current"), ours) if v else (False, None)
+        if arg == "x-queue-type":
+            # A type never changes in place: the other arguments do not matter until it matches.
+            broker = (current or "classic") if found else "another type"
+            differences[arg] = f"type is {broker} on the broker, the code declares {ours}"
+            break
+        if arg in _PROPERTIES:
+            broker, code = (v.group("current"), v.group("received")) if v else ("different", "something else")
+            differences[arg] = (
+                f"{arg} is {broker.strip(chr(39))} on the broker, the code declares {code.strip(chr(39))}"
             )
-            if not found:
-                conflict.complete = False
-                return conflict
-            if current is None:
-                args.pop(arg, None)
-            else:
-                args[arg] = current  # take the broker's value and look for the next difference
+            complete = False
+            break
+        if not found:
+            if arg in differences:  # guessed "none" already, and the broker still refuses: give up on it
+                complete = False
+                break
+            # The value was cut from the reply: guess that the broker has none, and learn more if wrong.
+            differences[arg] = f"{arg} differs on the broker (value cut from its reply), the code declares {show(ours)}"
+            args.pop(arg, None)
             continue
-        channel.close()
-        return conflict
-    conflict.complete = False
-    return conflict
+        differences[arg] = f"{arg} is {show(current)} on the broker, the code declares {show(ours)}"
+        if current is None:
+            args.pop(arg, None)
+        else:
+            args[arg] = current  # take the broker's value and look for the next difference
+    else:
+        complete = False
+    return Conflict(obj, sorted(differences.values()), complete)
+
+
+def _refusal(
+    connection: pika.BlockingConnection, d: ExchangeDecl | QueueDecl, obj: str, args: dict[str, Any]
+) -> str | None:
+    """Re-declare `d` with `args`: None if the broker accepts it as equivalent, else its 406 reply text."""
+    channel = connection.channel()
+    try:
+        if isinstance(d, ExchangeDecl):
+            channel.exchange_declare(d.name, d.type, durable=True, arguments=args or None)
+        else:
+            channel.queue_declare(d.name, durable=True, arguments=args)
+    except pika.exceptions.ChannelClosedByBroker as e:
+        if e.reply_code != PRECONDITION_FAILED:
+            raise BrokerError(f"the broker refused to re-declare {obj}: {e.reply_text}") from None
+        return str(e.reply_text)
+    channel.close()
+    return None
 
 
 def _value(text: str, ours: Any) -> tuple[bool, Any]:
