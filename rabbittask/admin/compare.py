@@ -12,6 +12,7 @@ Other objects in the vhost belong to someone else and are left out.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -43,6 +44,7 @@ class Live:
     queues: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     bindings: list[dict[str, Any]] | None = None
     complete: bool = True
+    policies: list[dict[str, Any]] = field(default_factory=list)
 
 
 NOT_COMPARED = (
@@ -127,11 +129,33 @@ def _queue(d: QueueDecl, live: Live, notes: list[str]) -> list[Difference]:
     # The type is compared above: a classic queue declared without x-queue-type is equivalent to one with it.
     diffs = argument_differences(d.arguments, q.get("arguments") or {}, skip=("x-queue-type",))
     out += [Difference("changed", obj, t) for t in diffs]
-    for key in ("policy", "operator_policy"):
-        if q.get(key):
-            effective = json.dumps(q.get("effective_policy_definition") or {}, sort_keys=True)
-            notes.append(f"{key.replace('_', ' ')} {q[key]!r} applies to {obj} (effective: {effective})")
+    notes += [f"{p} applies to {obj}" for p in applicable_policies(d.name, "queues", live.policies)]
     return out
+
+
+def applicable_policies(name: str, kind: str, policies: Sequence[dict[str, Any]]) -> list[str]:
+    """The policy and operator policy that apply to object `name`: each the matching one of highest priority."""
+    out = []
+    for operator in (False, True):
+        matching = [
+            p
+            for p in policies
+            if bool(p.get("operator")) == operator
+            and p.get("apply-to", "all") in ("all", kind)
+            and _matches(p.get("pattern", ""), name)
+        ]
+        if matching:
+            p = max(matching, key=lambda p: (p.get("priority", 0), p["name"]))
+            definition = json.dumps(p.get("definition", {}), sort_keys=True)
+            out.append(f"{'operator policy' if operator else 'policy'} {p['name']!r} ({definition})")
+    return out
+
+
+def _matches(pattern: str, name: str) -> bool:
+    try:
+        return re.search(pattern, name) is not None
+    except re.error:
+        return False  # an Erlang-only regex feature: leave the note out rather than guess
 
 
 def _bindings(decls: Sequence[Declaration], live: Live) -> list[Difference]:

@@ -19,7 +19,7 @@ from rabbittask.settings import host_port, mask_url
 from rabbittask.topology import Declaration, ExchangeDecl, QueueDecl
 
 NOT_FOUND = 404
-QUEUE_COLUMNS = "name,type,durable,auto_delete,exclusive,arguments,policy,operator_policy,effective_policy_definition"
+QUEUE_COLUMNS = "name,type,durable,auto_delete,exclusive,arguments"
 EXCHANGE_COLUMNS = "name,type,durable,auto_delete,internal,arguments"
 
 
@@ -52,6 +52,7 @@ class Management:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310 - http(s) only
                 return json.loads(response.read())
         except urllib.error.HTTPError as e:
+            e.close()  # the error holds the open response
             if e.code == 401:
                 raise BrokerError(
                     f"the management API at {self.base} refused the login of user {self.user!r} "
@@ -70,11 +71,14 @@ class Management:
         exchanges = self.get(f"exchanges/{v}?columns={EXCHANGE_COLUMNS}")
         queues = self.get(f"queues/{v}?columns={QUEUE_COLUMNS}")
         bindings = self.get(f"bindings/{v}")
+        # Read the policies themselves: a queue's own policy fields arrive with its stats, seconds later.
+        policies = self.get(f"policies/{v}") + [{**p, "operator": True} for p in self.get(f"operator-policies/{v}")]
         return Live(
             exchanges={x["name"]: x for x in exchanges if x["name"] and not x["name"].startswith("amq.")},
             queues={q["name"]: q for q in queues if not q.get("exclusive")},
             bindings=[b for b in bindings if b.get("source")],  # "" is the default exchange's implicit binding
             complete=True,
+            policies=policies,
         )
 
 
