@@ -135,7 +135,7 @@ start() {
         ctl "$i" join_cluster "$(node_name 1)" > /dev/null
         ctl "$i" start_app > /dev/null
     done
-    ctl 1 await_online_nodes "$count" --timeout 90 > /dev/null 2>&1 || ctl 1 await_online_nodes "$count" > /dev/null
+    ctl 1 await_online_nodes "$count" --timeout 90 > /dev/null
     : > "$dir/cluster.env"
     for i in $(seq 1 "$count"); do
         echo "RABBITTASK_BROKER_URL_$i=amqp://guest:guest@127.0.0.1:$((base + i))/" >> "$dir/cluster.env"
