@@ -24,7 +24,14 @@ from rabbittask.results.rpc import AsyncRpc, SyncRpc
 from rabbittask.retry import RETRY_OPTIONS, policy_for
 from rabbittask.settings import QueueType, Settings
 from rabbittask.task import Task, TaskHandle
-from rabbittask.topology import Declaration, QueueSpec, check_delay_queue_name, declarations, delay_declarations
+from rabbittask.topology import (
+    Declaration,
+    Overflow,
+    QueueSpec,
+    check_delay_queue_name,
+    declarations,
+    delay_declarations,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -32,6 +39,8 @@ R = TypeVar("R")
 TASK_OPTIONS = frozenset({"name", "queue", "queue_type", "max_priority", "delivery_limit"})
 # Retries (issue 6): the retry policy's fields, and bind=True for a TaskContext first argument.
 TASK_OPTIONS |= RETRY_OPTIONS | {"bind"}
+# Per-queue options beyond the core ones (topology as code, issue 8).
+TASK_OPTIONS |= {"max_length", "overflow", "single_active_consumer", "message_ttl_ms"}
 _TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
 
 
@@ -113,6 +122,10 @@ class App:
         queue_type: QueueType | None = None,
         max_priority: int | None = None,
         delivery_limit: int | None = None,
+        max_length: int | None = None,
+        overflow: Overflow | None = None,
+        single_active_consumer: bool = False,
+        message_ttl_ms: int | None = None,
         bind: bool = False,
         **retry_options: Any,
     ) -> Task[P, R]:
@@ -126,9 +139,18 @@ class App:
             queue_type=queue_type or self.settings.queue_type,
             delivery_limit=delivery_limit or self.settings.delivery_limit,
             max_priority=max_priority,
+            max_length=max_length,
+            overflow=overflow,
+            single_active_consumer=single_active_consumer,
+            message_ttl_ms=message_ttl_ms,
         )
+        queue_options = (queue_type, max_priority, delivery_limit, max_length, overflow, message_ttl_ms)
         known = self.queues.get(spec.name)
-        if known is not None and known != spec and (queue_type or max_priority or delivery_limit):
+        if (
+            known is not None
+            and known != spec
+            and (single_active_consumer or any(o is not None for o in queue_options))
+        ):
             raise ConfigError(
                 f"queue {spec.name!r} is declared with different options by two tasks: {known} and {spec}"
             )
