@@ -26,7 +26,7 @@ from rabbittask.errors import (
     TopologyMismatch,
 )
 from rabbittask.settings import Settings
-from rabbittask.task import Task, TaskHandle
+from rabbittask.task import Signature, Task, TaskHandle
 
 try:
     __version__ = version("rabbittask")
@@ -39,6 +39,7 @@ __all__ = [
     "Settings",
     "Task",
     "TaskHandle",
+    "Signature",
     # control flow raised by tasks
     "Reject",
     # errors

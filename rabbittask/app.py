@@ -10,7 +10,8 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, ParamSpec, TypeVar, overload
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from pika.adapters.blocking_connection import BlockingChannel
 
@@ -21,8 +22,11 @@ from rabbittask.publish.outgoing import Outgoing
 from rabbittask.publish.sync import SyncPublisher
 from rabbittask.results.rpc import AsyncRpc, SyncRpc
 from rabbittask.settings import QueueType, Settings
-from rabbittask.task import Task, TaskHandle
+from rabbittask.task import Signature, Task, TaskHandle
 from rabbittask.topology import Declaration, QueueSpec, declarations
+
+if TYPE_CHECKING:
+    from rabbittask.beat.entry import CatchUp, ScheduleEntry
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -51,6 +55,7 @@ class App:
         self.name = name
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.queues: dict[str, QueueSpec] = {}
+        self.schedules: dict[str, ScheduleEntry] = {}
         self._local = threading.local()
         self._aio: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncPublisher] = weakref.WeakKeyDictionary()
         self._abatch: contextvars.ContextVar[Pipeline | None] = contextvars.ContextVar("abatch", default=None)
@@ -113,6 +118,56 @@ class App:
         self.tasks[name] = task
         return task
 
+    def schedule(
+        self,
+        name: str,
+        target: Signature | Task[Any, Any],
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        tz: str = "UTC",
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        queue: str | None = None,
+        expires: timedelta | float | None = None,
+        catch_up: CatchUp = "skip",
+        catch_up_limit: int = 100,
+        grace_s: float = 30.0,
+    ) -> ScheduleEntry:
+        """Send `target` periodically: `app.schedule("nightly", report.s(day="yesterday"), cron="0 3 * * *")`.
+
+        `cron` (5 fields, in time zone `tz`) or `every` (a timedelta or seconds, counted from the Unix
+        epoch). `expires`: a tick no worker started this long after it was sent is dropped. `catch_up`:
+        what to do with ticks missed (more than `grace_s` late) while no scheduler ran: `skip` them,
+        send the latest `once`, or send `all` (the latest `catch_up_limit`). `rabbittask beat` runs them;
+        see docs/scheduling.md.
+        """
+        from rabbittask.beat.build import build_entry  # croniter is loaded only by apps that schedule
+
+        if name in self.schedules:
+            raise ConfigError(f"schedule {name!r} is declared twice in app {self.name!r}")
+        entry = build_entry(
+            self,
+            name,
+            target,
+            cron=cron,
+            every=every,
+            tz=tz,
+            args=args,
+            kwargs=kwargs,
+            queue=queue,
+            expires=expires,
+            catch_up=catch_up,
+            catch_up_limit=catch_up_limit,
+            grace_s=grace_s,
+        )
+        if entry.queue not in self.queues:  # a queue no task names: declared like a task's default queue
+            self.queues[entry.queue] = QueueSpec(
+                name=entry.queue, queue_type=self.settings.queue_type, delivery_limit=self.settings.delivery_limit
+            )
+        self.schedules[name] = entry
+        return entry
+
     def get_task(self, name: str) -> Task[Any, Any]:
         """The task called `name`; raise `TaskNotFound` naming the known ones."""
         try:
@@ -123,7 +178,12 @@ class App:
     def declarations(self, queues: list[str] | None = None) -> list[Declaration]:
         """What the broker must have for this app (or for some of its queues)."""
         specs = [self.queues[q] for q in queues] if queues else list(self.queues.values())
-        return declarations(self.settings.exchange, specs)
+        decls = declarations(self.settings.exchange, specs)
+        if self.schedules and not queues:
+            from rabbittask.beat.state import state_declaration
+
+            decls.append(state_declaration(self.settings.exchange, self.name))
+        return decls
 
     def declare(self) -> None:
         """Declare the app's whole topology on the broker now (it is also declared on first use)."""
