@@ -71,7 +71,6 @@ def format_listing(app: App, now: float) -> str:
     entries: list[ScheduleEntry] = list(app.schedules.values())
     if not entries:
         return f"app {app.name!r} has no schedules"
-    local_zone = datetime.now().astimezone().tzinfo
     header = ("NAME", "TASK", "QUEUE", "SCHEDULE", "NEXT (LOCAL)", "NEXT (ENTRY TZ)", "EXPIRES", "CATCH-UP")
     rows = [header]
     for e in sorted(entries, key=lambda e: e.name):
@@ -82,7 +81,8 @@ def format_listing(app: App, now: float) -> str:
                 e.task_name,
                 e.queue,
                 e.describe(),
-                datetime.fromtimestamp(nxt, local_zone).strftime("%Y-%m-%d %H:%M:%S %Z"),
+                # the local zone's offset at that instant, not today's (the tick may be across a DST change)
+                datetime.fromtimestamp(nxt).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
                 datetime.fromtimestamp(nxt, e.zone).strftime("%Y-%m-%d %H:%M:%S %Z"),
                 "-" if e.expires_s is None else f"{e.expires_s:g}s",
                 e.catch_up if e.catch_up != "all" else f"all (max {e.catch_up_limit})",
