@@ -83,7 +83,7 @@ class Beat:
         *,
         clock: Clock = time.time,
         poll_s: float = 1.0,
-        heartbeat_s: int = 5,
+        heartbeat_s: int = 2,
         max_sleep_s: float = 1.0,
         identity: str | None = None,
     ) -> None:
@@ -318,7 +318,16 @@ class Beat:
         except aiormq.exceptions.DeliveryError:
             return "nacked: the queue refused it (full or unavailable)"
         except TimeoutError:
-            return f"no confirm within {self.settings.publish_timeout_s:g} s"
+            # A lock holder that cannot get a confirm may have lost the lock already: step down.
+            raise ConnectionLost(
+                f"no confirm within {self.settings.publish_timeout_s:g} s; the connection holding the lock looks dead"
+            ) from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this scheduler is being cancelled
+            # aiormq cancels pending confirms when it finds its connection dead (no frames received).
+            raise ConnectionLost("the connection holding the lock died while waiting for a confirm") from None
         if isinstance(confirm, Basic.Nack):
             return "nacked: the queue refused it (full or unavailable)"
         return ""

@@ -33,9 +33,10 @@ EXIT_CONFIG = 78  # sysexits EX_CONFIG: a restart would fail the same way
 @click.option(
     "--heartbeat-s",
     type=click.IntRange(min=1),
-    default=5,
+    default=2,
     show_default=True,
-    help="AMQP heartbeat of beat's connection: a silently lost active replica frees the lock after about twice this.",
+    help="AMQP heartbeat of beat's connection: an active replica whose network silently died frees the lock "
+    "after about two heartbeats.",
 )
 @click.option(
     "--loglevel", "-l", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
