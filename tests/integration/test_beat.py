@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from rabbittask import App
-from rabbittask.beat import Beat, ScheduleEntry, tick_id
+from rabbittask.beat import Beat, CatchUp, ScheduleEntry, tick_id
 from rabbittask.beat.state import decode_state, state_queue_name
 from tests import amqp
 from tests.apps.beat_app import make_app
@@ -252,3 +252,36 @@ def test_a_tick_no_worker_started_in_time_is_not_run_late(
     while not ledger_lines(tmp_path, prefix) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert ledger_lines(tmp_path, prefix)[0] == "ran s"
+
+
+def test_ticks_missed_while_no_scheduler_ran_follow_each_entrys_catch_up_policy(prefix: str, broker_url: str) -> None:
+    app = App(f"beat-{prefix}", broker_url=broker_url)
+
+    @app.task(queue=f"{prefix}.ticks", name="beat.tick")
+    def tick(label: str) -> None: ...
+
+    policies: tuple[CatchUp, ...] = ("skip", "once", "all")
+    for policy in policies:
+        app.schedule(policy, tick.s(label=policy), every=10, catch_up=policy, catch_up_limit=5)
+    clock = FakeClock(T0)
+
+    async def main() -> None:
+        # Given a scheduler that saw the entries at T0 and then stopped
+        first = Beat(app, clock=clock)
+        assert await first.acquire()
+        await first.close()
+        # When the next one starts 300 s later (grace 30 s: slots up to T0+270 were missed)
+        clock.now = T0 + 300
+        second = Beat(app, clock=clock)
+        assert await second.acquire()
+        await second.step()
+        await second.close()
+
+    asyncio.run(main())
+    sent = ticks(broker_url, f"{prefix}.ticks")
+    on_time = [280, 290, 300]  # within the grace; T0 is itself a multiple of 10 s from the epoch
+    assert [i for i in sent if i.startswith("skip@")] == [tick_id("skip", T0 + s) for s in on_time]
+    assert [i for i in sent if i.startswith("once@")] == [tick_id("once", T0 + s) for s in [270, *on_time]]
+    assert [i for i in sent if i.startswith("all@")] == [
+        tick_id("all", T0 + s) for s in [230, 240, 250, 260, 270, *on_time]
+    ]
