@@ -87,11 +87,10 @@ class Beat:
         max_sleep_s: float = 1.0,
         identity: str | None = None,
     ) -> None:
-        schedules: dict[str, ScheduleEntry] = getattr(app, "schedules", {})
-        if not schedules:
+        if not app.schedules:
             raise ConfigError(f"app {app.name!r} has no schedules: declare them with app.schedule(...)")
         self.app = app
-        self.entries = list(schedules.values())
+        self.entries = list(app.schedules.values())
         self.clock = clock
         self.poll_s = poll_s
         self.max_sleep_s = max_sleep_s
