@@ -21,6 +21,7 @@ from rabbittask.errors import (
     PublishNotConfirmed,
     RabbitTaskError,
     Reject,
+    ResultBackendError,
     TaskError,
     TaskNotFound,
     TopologyMismatch,
@@ -54,6 +55,7 @@ __all__ = [
     "PublishConnectionError",
     "PublishNotConfirmed",
     "BatchNotConfirmed",
+    "ResultBackendError",
     "TaskError",
     "__version__",
 ]

@@ -29,6 +29,20 @@ class Settings(BaseSettings):
     heartbeat_s: int = Field(30, ge=0, description="AMQP heartbeat interval negotiated with the broker.")
     prefetch: int = Field(16, ge=1, description="Unacked messages a worker consumer may hold (per consumer).")
     batch_in_flight: int = Field(1000, ge=1, description="Unconfirmed publishes in flight inside a batch.")
+    result_backend: str | None = Field(
+        None,
+        description="URL of the result backend that stores task results (e.g. redis://localhost:6379/0); "
+        "its scheme picks the plugin. None: results only over direct reply-to (.call()).",
+    )
+    result_expires_s: float = Field(
+        86400.0, gt=0, description="How long a stored result is kept before the backend expires it (default 1 day)."
+    )
+    result_store_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="How long a worker retries storing a result before it hands the message back to the queue "
+        "(it never acks a task whose result is not stored).",
+    )
 
 
 _PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]*:)(?P<password>[^@/]*)@", re.IGNORECASE)

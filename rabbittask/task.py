@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from pydantic import ValidationError
@@ -14,9 +14,11 @@ from pydantic_core import ArgsKwargs, SchemaValidator
 from rabbittask.errors import ArgumentsInvalid, ConfigError
 from rabbittask.message import encode_body, new_id
 from rabbittask.publish.outgoing import Outgoing
+from rabbittask.results.record import PENDING, Status, decode_result, status_of
 
 if TYPE_CHECKING:
     from rabbittask.app import App
+    from rabbittask.results.backend import ResultBackend
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -24,11 +26,61 @@ R = TypeVar("R")
 
 @dataclass(frozen=True, slots=True)
 class TaskHandle:
-    """What `.delay()` returns: the id of the confirmed task message and where it went."""
+    """What `.delay()` returns: the id of the confirmed task message and where it went.
+
+    With a result backend (`result_backend=` on the app), it also reads the task's result:
+    `get()`/`aget()` wait for it, `status` says PENDING, SUCCESS or FAILURE, `forget()` deletes it.
+    """
 
     id: str
     task_name: str
     queue: str
+    app: App | None = field(default=None, repr=False, compare=False)
+
+    def _backend(self) -> ResultBackend:
+        if self.app is None:
+            raise ConfigError(f"handle of task {self.task_name!r} (id {self.id}) has no app to read results from")
+        return self.app.result_backend_for(self.task_name)
+
+    def _timeout(self, timeout: float | None) -> TimeoutError:
+        return TimeoutError(f"no result for task {self.task_name!r} (id {self.id}) within {timeout:g} s")
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Wait for the result (at most `timeout` seconds; None: no limit) and return it.
+
+        A failed task raises `TaskError` with the remote type, message and traceback; no result in
+        time raises `TimeoutError`.
+        """
+        data = self._backend().wait(self.id, timeout)
+        if data is None:
+            raise self._timeout(timeout)
+        return decode_result(data)
+
+    async def aget(self, timeout: float | None = None) -> Any:
+        """Async twin of `get`."""
+        data = await self._backend().await_(self.id, timeout)
+        if data is None:
+            raise self._timeout(timeout)
+        return decode_result(data)
+
+    @property
+    def status(self) -> Status:
+        """PENDING (no result stored yet, or expired), SUCCESS or FAILURE."""
+        data = self._backend().fetch(self.id)
+        return PENDING if data is None else status_of(data)
+
+    async def astatus(self) -> Status:
+        """Async twin of `status`."""
+        data = await self._backend().afetch(self.id)
+        return PENDING if data is None else status_of(data)
+
+    def forget(self) -> None:
+        """Delete the stored result now, before it expires."""
+        self._backend().forget(self.id)
+
+    async def aforget(self) -> None:
+        """Async twin of `forget`."""
+        await self._backend().aforget(self.id)
 
 
 def _validator(fn: Callable[..., Any], name: str) -> SchemaValidator:
@@ -61,6 +113,7 @@ class Task(Generic[P, R]):
         self.name = name
         self.queue = queue
         self.is_async = inspect.iscoroutinefunction(fn)
+        self.ignore_result = False  # set by @app.task(ignore_result=True): no result is stored
         self._validator = _validator(fn, name)
         self._params = list(inspect.signature(fn).parameters)
         self.__doc__ = fn.__doc__
@@ -137,6 +190,10 @@ class Task(Generic[P, R]):
         """Async twin of `call`."""
         result: R = await self.app.arpc_call(self.message(args, kwargs), timeout)
         return result
+
+    def handle(self, task_id: str) -> TaskHandle:
+        """The handle of an earlier call of this task, from its id (e.g. kept in a web session)."""
+        return TaskHandle(task_id, self.name, self.queue, self.app)
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Async twin of `delay`."""

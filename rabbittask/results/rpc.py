@@ -1,147 +1,114 @@
 """`.call()` over RabbitMQ direct reply-to: no reply queue, no extra server.
 
-The reply consumer (`amq.rabbitmq.reply-to`, no-ack) is started on the channel that publishes
-the requests, before the first request, as the broker requires. Sync callers get one pika
-connection per thread (pika is not thread-safe); async callers share one aiormq channel per
-event loop, with a future per correlation id.
+The reply consumer (`amq.rabbitmq.reply-to`, no-ack) is started on the channel that publishes the
+requests, before the first request, as the broker requires. Every concurrent call of a connection
+shares that one consumer: a future per correlation id, removed when the call ends (aio-pika's RPC
+pattern). Async callers get one `AsyncRpc` per event loop. Sync callers of a process, from any
+thread, share one `SyncRpc`: an `AsyncRpc` on an event loop in a daemon thread, because pika is
+not thread-safe and a connection per calling thread would also mean a reply consumer per thread.
+
+A call does not wait for the request's publisher confirm before it waits for the reply: on a
+classic queue the broker may confirm a persistent message only once the worker acked it, that is
+after the reply. The confirm still matters for errors: a nack, an unroutable return, or no
+confirm in time fails the call unless its reply has already arrived.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import atexit
+import concurrent.futures
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import aiormq
 import aiormq.abc
-import pika
-import pika.exceptions
-from pika.adapters.blocking_connection import BlockingChannel
-from pydantic_core import from_json
+from pamqp.commands import Basic
 
-from rabbittask.errors import PublishConnectionError, PublishNotConfirmed, TaskError
+from rabbittask.errors import PublishConnectionError, PublishNotConfirmed, TopologyMismatch
 from rabbittask.publish.aio import CONNECTION_ERRORS, connect, properties
+from rabbittask.publish.declare import declare_async
 from rabbittask.publish.outgoing import Outgoing
-from rabbittask.publish.sync import connect_error, connection_params
-from rabbittask.settings import Settings
+from rabbittask.results.record import decode_result
+from rabbittask.settings import Settings, host_port, mask_url
+from rabbittask.topology import Declaration
+
+log = logging.getLogger(__name__)
 
 REPLY_TO = "amq.rabbitmq.reply-to"
-
-
-def decode_reply(body: bytes) -> Any:
-    """The result in a reply, or raise the remote failure as `TaskError`."""
-    data = from_json(body)
-    if data.get("ok"):
-        return data.get("result")
-    raise TaskError(data.get("exc_type", "Error"), data.get("message", ""), data.get("traceback", ""))
+decode_reply = decode_result  # a reply body is a result record (results/record.py)
 
 
 def _timeout(msg: Outgoing, timeout_s: float) -> TimeoutError:
     return TimeoutError(f"no reply from task {msg.task_name!r} (id {msg.message_id}) within {timeout_s:g} s")
 
 
-class SyncRpc:
-    """Direct reply-to calls on one pika connection; used by one thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._connection: pika.BlockingConnection | None = None
-        self._channel: BlockingChannel | None = None
-        self._replies: dict[str, bytes] = {}
-
-    def _open(self) -> BlockingChannel:
-        if self._channel is not None and self._channel.is_open:
-            return self._channel
-        try:
-            self._connection = pika.BlockingConnection(connection_params(self.settings, "rpc"))
-            channel = self._connection.channel()
-            channel.basic_consume(REPLY_TO, self._on_reply, auto_ack=True)
-            channel.confirm_delivery()
-        except (pika.exceptions.AMQPError, OSError) as e:
-            self.close()
-            raise connect_error(self.settings, e) from None
-        self._channel = channel
-        return channel
-
-    def _on_reply(self, _ch: Any, _method: Any, props: pika.BasicProperties, body: bytes) -> None:
-        if props.correlation_id:
-            self._replies[props.correlation_id] = body
-
-    def call(self, msg: Outgoing, timeout_s: float) -> Any:
-        """Publish `msg` with reply-to set and wait for its reply."""
-        channel = self._open()
-        msg.reply_to, msg.correlation_id = REPLY_TO, msg.message_id
-        props = pika.BasicProperties(
-            content_type=msg.content_type,
-            delivery_mode=2,
-            message_id=msg.message_id,
-            type=msg.task_name,
-            priority=msg.priority,
-            headers=msg.headers,
-            reply_to=REPLY_TO,
-            correlation_id=msg.message_id,
-        )
-        exchange = self.settings.exchange if msg.exchange is None else msg.exchange
-        try:
-            channel.basic_publish(exchange, msg.routing_key, msg.body, props, mandatory=True)
-            deadline = time.monotonic() + timeout_s
-            while msg.message_id not in self._replies:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise _timeout(msg, timeout_s)
-                assert self._connection is not None
-                self._connection.process_data_events(time_limit=min(left, 1.0))
-        except pika.exceptions.UnroutableError:
-            raise PublishNotConfirmed(f"task {msg.task_name!r}: no queue bound to {msg.routing_key!r}") from None
-        except (pika.exceptions.AMQPError, OSError) as e:
-            self.close()
-            raise PublishConnectionError(f"RPC call of task {msg.task_name!r} lost its connection: {e}") from None
-        return decode_reply(self._replies.pop(msg.message_id))
-
-    def close(self) -> None:
-        """Close the connection."""
-        connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None and connection.is_open:
-            try:
-                connection.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
-                pass
-
-
 class AsyncRpc:
-    """Direct reply-to calls for one event loop: one channel, a future per correlation id."""
+    """Direct reply-to calls for one event loop: one connection and channel, a future per correlation id."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, decls: Sequence[Declaration], role: str = "rpc") -> None:
         self.settings = settings
+        self.decls = decls
+        self.role = role
         self._connection: aiormq.abc.AbstractConnection | None = None
         self._channel: aiormq.abc.AbstractChannel | None = None
-        self._futures: dict[str, asyncio.Future[bytes]] = {}
+        self._waiting: dict[str, asyncio.Future[bytes]] = {}
+        self._publishes: set[asyncio.Task[Any]] = set()
         self._lock = asyncio.Lock()
 
     async def _open(self) -> aiormq.abc.AbstractChannel:
+        channel = self._channel
+        if channel is not None and not channel.is_closed:
+            return channel
         async with self._lock:
             if self._channel is None or self._channel.is_closed:
                 await self.close()
-                self._connection = await connect(self.settings, "rpc")
-                channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-                await channel.basic_consume(REPLY_TO, self._on_reply, no_ack=True)
-                self._channel = channel
+                connection = await connect(self.settings, self.role)
+                try:
+                    # Returns are not raised by aiormq here: the confirm future then holds the returned
+                    # message, which `_published` reads (see there).
+                    channel = await connection.channel(publisher_confirms=True, on_return_raises=False)
+                    await declare_async(channel, self.decls)
+                    await channel.basic_consume(REPLY_TO, self._on_reply, no_ack=True)
+                except TopologyMismatch:
+                    await connection.close()
+                    raise
+                except CONNECTION_ERRORS + (aiormq.exceptions.AMQPError,) as e:
+                    await connection.close()
+                    raise PublishConnectionError(
+                        f"cannot open the RPC channel on the broker at {host_port(self.settings.broker_url)}: "
+                        f"{mask_url(str(e) or type(e).__name__)}"
+                    ) from None
+                channel.closing.add_done_callback(self._on_close)
+                self._connection, self._channel = connection, channel
             return self._channel
 
     async def _on_reply(self, message: aiormq.abc.DeliveredMessage) -> None:
-        future = self._futures.get(message.header.properties.correlation_id or "")
+        future = self._waiting.get(message.header.properties.correlation_id or "")
         if future is not None and not future.done():
             future.set_result(message.body)
 
+    def _on_close(self, closing: asyncio.Future[Any]) -> None:
+        why = "closed" if closing.cancelled() or closing.exception() is None else str(closing.exception())
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(
+                    PublishConnectionError(f"the RPC connection to the broker was lost while waiting: {mask_url(why)}")
+                )
+
     async def call(self, msg: Outgoing, timeout_s: float) -> Any:
-        """Publish `msg` with reply-to set and await its reply."""
+        """Publish `msg` with reply-to set and return the task's result (or raise its `TaskError`)."""
         channel = await self._open()
         msg.reply_to, msg.correlation_id = REPLY_TO, msg.message_id
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._futures[msg.message_id] = future
+        reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiting[msg.message_id] = reply
         exchange = self.settings.exchange if msg.exchange is None else msg.exchange
-        try:
-            await channel.basic_publish(
+        publish = asyncio.ensure_future(
+            channel.basic_publish(
                 msg.body,
                 exchange=exchange,
                 routing_key=msg.routing_key,
@@ -149,22 +116,122 @@ class AsyncRpc:
                 mandatory=True,
                 timeout=self.settings.publish_timeout_s,
             )
-            body = await asyncio.wait_for(future, timeout_s)
+        )
+        self._publishes.add(publish)
+        publish.add_done_callback(lambda done: self._published(done, msg, exchange, reply))
+        try:
+            body = await asyncio.wait_for(reply, timeout_s)
         except TimeoutError:
             raise _timeout(msg, timeout_s) from None
-        except aiormq.exceptions.PublishError:
-            raise PublishNotConfirmed(f"task {msg.task_name!r}: no queue bound to {msg.routing_key!r}") from None
-        except CONNECTION_ERRORS as e:
-            raise PublishConnectionError(f"RPC call of task {msg.task_name!r} lost its connection: {e}") from None
         finally:
-            self._futures.pop(msg.message_id, None)
+            self._waiting.pop(msg.message_id, None)
         return decode_reply(body)
 
+    def _published(self, done: asyncio.Task[Any], msg: Outgoing, exchange: str, reply: asyncio.Future[bytes]) -> None:
+        self._publishes.discard(done)
+        if done.cancelled():
+            error: Exception | None = PublishConnectionError(f"RPC call of task {msg.task_name!r} was cancelled")
+        elif (exc := done.exception()) is not None:
+            if isinstance(exc, TimeoutError):
+                error = PublishNotConfirmed(
+                    f"task {msg.task_name!r} (id {msg.message_id}) was not confirmed by the broker within "
+                    f"{self.settings.publish_timeout_s:g} s"
+                )
+            else:
+                error = PublishConnectionError(
+                    f"RPC call of task {msg.task_name!r} (id {msg.message_id}) lost its connection: "
+                    f"{mask_url(str(exc) or type(exc).__name__)}"
+                )
+        elif isinstance(done.result(), Basic.Nack):
+            error = PublishNotConfirmed(
+                f"task {msg.task_name!r} (id {msg.message_id}) was rejected by the broker (nack): "
+                f"queue {msg.routing_key!r} may be full (x-overflow=reject-publish) or unavailable"
+            )
+        elif isinstance(done.result(), aiormq.abc.DeliveredMessage):  # returned: mandatory and unroutable
+            error = PublishNotConfirmed(
+                f"task {msg.task_name!r} (id {msg.message_id}) was returned by the broker: no queue is bound "
+                f"to routing key {msg.routing_key!r} on exchange {exchange!r}"
+            )
+        else:
+            error = None
+        if error is not None and not reply.done():
+            reply.set_exception(error)
+
     async def close(self) -> None:
-        """Close the connection."""
+        """Close the connection; calls still waiting fail with `PublishConnectionError`."""
         connection, self._connection, self._channel = self._connection, None, None
         if connection is not None and not connection.is_closed:
             try:
                 await connection.close()
             except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
-                pass
+                log.debug("closing a broken RPC connection failed", exc_info=True)
+
+
+class SyncRpc:
+    """Direct reply-to calls for every thread of a process: one `AsyncRpc` on a loop in a daemon thread."""
+
+    def __init__(self, settings: Settings, decls: Sequence[Declaration]) -> None:
+        self.settings = settings
+        self.decls = decls
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._rpc: AsyncRpc | None = None
+        self._pid = 0
+
+    def _started(self) -> tuple[asyncio.AbstractEventLoop, AsyncRpc]:
+        loop, rpc = self._loop, self._rpc
+        if loop is not None and rpc is not None and self._pid == os.getpid():
+            return loop, rpc
+        with self._lock:
+            if self._loop is None or self._rpc is None or self._pid != os.getpid():
+                # A forked child inherits the parent's objects but not its thread: start afresh.
+                self._loop = asyncio.new_event_loop()
+                self._rpc = AsyncRpc(self.settings, self.decls)
+                self._thread = threading.Thread(target=self._loop.run_forever, name="rabbittask-rpc", daemon=True)
+                self._thread.start()
+                self._pid = os.getpid()
+                _live.add(self)
+            return self._loop, self._rpc
+
+    def call(self, msg: Outgoing, timeout_s: float) -> Any:
+        """Publish `msg` with reply-to set and wait for the task's result, from any thread."""
+        loop, rpc = self._started()
+        future = asyncio.run_coroutine_threadsafe(rpc.call(msg, timeout_s), loop)
+        # The coroutine bounds every wait itself; the margin only guards against a stuck loop thread.
+        bound_s = timeout_s + self.settings.connect_timeout_s + self.settings.publish_timeout_s + 5.0
+        try:
+            return future.result(bound_s)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise _timeout(msg, timeout_s) from None
+        except BaseException:  # KeyboardInterrupt in the caller: forget the call in the loop too
+            future.cancel()
+            raise
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Close the connection and stop the loop thread; a later call starts them again."""
+        with self._lock:
+            loop, rpc, thread, pid = self._loop, self._rpc, self._thread, self._pid
+            self._loop = self._rpc = self._thread = None
+            _live.discard(self)
+        if loop is None or rpc is None or thread is None or pid != os.getpid() or not thread.is_alive():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(rpc.close(), loop).result(timeout_s)
+        except Exception:  # noqa: BLE001 - a broken connection must not stop the shutdown
+            log.debug("closing the RPC connection failed", exc_info=True)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout_s)
+        if not thread.is_alive():
+            loop.close()
+
+
+_live: weakref.WeakSet[SyncRpc] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    """Close RPC connections at interpreter exit, so the broker sees a clean close, not a dropped socket."""
+    for rpc in list(_live):
+        rpc.close(timeout_s=1.0)

@@ -39,6 +39,7 @@ REASON_MALFORMED = "malformed message"
 REASON_UNKNOWN = "unknown task"
 REASON_INVALID = "invalid arguments"
 REASON_REJECTED = "rejected by task"
+REASON_NOT_SERIALISABLE = "result not JSON-serialisable"
 
 
 @dataclass(slots=True)
