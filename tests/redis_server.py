@@ -1,9 +1,10 @@
 """Redis for the result-backend tests: the one that answers, or a throwaway `redis-server` on a free port.
 
-`redis_url` takes, in order: `RABBITTASK_TEST_REDIS_URL`; a Redis answering on 127.0.0.1:6379; a
+`redis_url` (session) takes, in order: `RABBITTASK_TEST_REDIS_URL`; a Redis answering on 127.0.0.1:6379; a
 throwaway server started from the local `redis-server` binary (no persistence, its own directory).
 `redis_server` is always a throwaway one, for tests that stop and start it. Results are keyed by
-task ids (UUIDs), so tests sharing a Redis never see each other's keys.
+task ids (UUIDs), so tests sharing a Redis never see each other's keys. A test module imports the
+fixture functions (`redis_url_fixture`, `redis_server_fixture`) to use the fixtures.
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+# Registered under `name=`: a module that imports the functions does not shadow its own parameters.
+@pytest.fixture(scope="session", name="redis_url")
+def redis_url_fixture() -> Iterator[str]:
     """URL of the Redis the result-backend tests share."""
     url = os.environ.get("RABBITTASK_TEST_REDIS_URL")
     if url:
@@ -94,8 +96,8 @@ def redis_url() -> Iterator[str]:
         server.cleanup()
 
 
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
+@pytest.fixture(name="redis_server")
+def redis_server_fixture() -> Iterator[RedisServer]:
     """A throwaway Redis for this test alone, not started: call `.start()` (and `.stop()`) when the test wants."""
     server = RedisServer()
     try:
