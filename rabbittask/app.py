@@ -15,7 +15,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from pika.adapters.blocking_connection import BlockingChannel
 
 from rabbittask.errors import BatchNotConfirmed, ConfigError, TaskNotFound
-from rabbittask.publish.aio import AsyncPublisher
+from rabbittask.publish.aio import AsyncPublisher, Pipeline
 from rabbittask.publish.declare import declare_sync
 from rabbittask.publish.outgoing import Outgoing
 from rabbittask.publish.sync import SyncPublisher
@@ -40,24 +40,6 @@ class _Batch:
         self.messages: list[Outgoing] = []
 
 
-class _AsyncBatch:
-    """Publishes started inside `app.abatch()`, awaited at its end."""
-
-    def __init__(self, window: int) -> None:
-        self.pending: set[asyncio.Task[None]] = set()
-        self.failed: list[tuple[str, BaseException]] = []
-        self.window = window
-        self.ids: dict[asyncio.Task[None], str] = {}
-        self.count = 0
-
-    def collect(self, done: set[asyncio.Task[None]]) -> None:
-        for t in done:
-            exc = t.exception()
-            if exc is not None:
-                self.failed.append((self.ids[t], exc))
-            del self.ids[t]
-
-
 class App:
     """A rabbittask application: tasks, the queues they map to, and how to reach the broker."""
 
@@ -73,7 +55,7 @@ class App:
         self.queues: dict[str, QueueSpec] = {}
         self._local = threading.local()
         self._aio: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncPublisher] = weakref.WeakKeyDictionary()
-        self._abatch: contextvars.ContextVar[_AsyncBatch | None] = contextvars.ContextVar("abatch", default=None)
+        self._abatch: contextvars.ContextVar[Pipeline | None] = contextvars.ContextVar("abatch", default=None)
         self._declared_pid = 0
         # Held strongly (one per loop): a guard that is only weakly referenced is collected at once,
         # and its finalizer would close the loop's connections right after they opened.
@@ -212,18 +194,11 @@ class App:
 
     async def asend(self, msg: Outgoing) -> TaskHandle:
         """Async twin of `send`: inside `abatch()` the confirm is awaited at the end of the batch."""
-        publisher = self._async_publisher()
         batch = self._abatch.get()
         if batch is None:
-            await publisher.publish(msg)
+            await self._async_publisher().publish(msg)
         else:
-            if len(batch.pending) >= batch.window:
-                done, batch.pending = await asyncio.wait(batch.pending, return_when=asyncio.FIRST_COMPLETED)
-                batch.collect(done)
-            task = asyncio.ensure_future(publisher.publish(msg))
-            batch.ids[task] = msg.message_id
-            batch.pending.add(task)
-            batch.count += 1
+            await batch.add(msg)
         return TaskHandle(msg.message_id, msg.task_name, msg.routing_key, self)
 
     def rpc_call(self, msg: Outgoing, timeout_s: float) -> Any:
@@ -305,15 +280,13 @@ class App:
         if self._abatch.get() is not None:
             yield
             return
-        batch = _AsyncBatch(self.settings.batch_in_flight)
+        batch = Pipeline(self._async_publisher(), self.settings.batch_in_flight)
         token = self._abatch.set(batch)
         try:
             yield
         finally:
             self._abatch.reset(token)
-            if batch.pending:
-                done, _ = await asyncio.wait(batch.pending)
-                batch.collect(done)
+            await batch.wait()
         _raise_failed(batch.failed, batch.count)
 
     def close(self) -> None:

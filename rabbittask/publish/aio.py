@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -148,29 +149,11 @@ class AsyncPublisher:
 
     async def publish_many(self, msgs: Iterable[Outgoing]) -> list[tuple[str, BaseException]]:
         """Publish with up to `batch_in_flight` confirms outstanding; return (id, error) of each failure."""
-        await self.channel()
-        window = self.settings.batch_in_flight
-        failed: list[tuple[str, BaseException]] = []
-        pending: set[asyncio.Task[None]] = set()
-        ids: dict[asyncio.Task[None], str] = {}
-
-        def collect(done: set[asyncio.Task[None]]) -> None:
-            for t in done:
-                if t.exception() is not None:
-                    failed.append((ids[t], t.exception()))  # type: ignore[arg-type]
-                del ids[t]
-
+        pipeline = Pipeline(self, self.settings.batch_in_flight)
         for msg in msgs:
-            if len(pending) >= window:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                collect(done)
-            task = asyncio.ensure_future(self.publish(msg))
-            ids[task] = msg.message_id
-            pending.add(task)
-        if pending:
-            done, _ = await asyncio.wait(pending)
-            collect(done)
-        return failed
+            await pipeline.add(msg)
+        await pipeline.wait()
+        return pipeline.failed
 
     async def close(self) -> None:
         """Close the connection, ignoring errors of an already broken one."""
@@ -180,3 +163,34 @@ class AsyncPublisher:
                 await connection.close()
             except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
                 log.debug("closing a broken publisher connection failed", exc_info=True)
+
+
+class Pipeline:
+    """Publishes with at most `window` confirms outstanding and collects the failures."""
+
+    def __init__(self, publisher: AsyncPublisher, window: int) -> None:
+        self.publisher = publisher
+        self.failed: list[tuple[str, BaseException]] = []
+        self.count = 0
+        self._slots = asyncio.Semaphore(window)
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def add(self, msg: Outgoing) -> None:
+        """Start publishing `msg`; waits only while `window` confirms are outstanding."""
+        await self._slots.acquire()
+        channel = await self.publisher.channel()
+        task = asyncio.ensure_future(self.publisher._publish(channel, msg))
+        task.add_done_callback(functools.partial(self._done, msg.message_id))
+        self._pending.add(task)
+        self.count += 1
+
+    def _done(self, message_id: str, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            self.failed.append((message_id, task.exception()))  # type: ignore[arg-type]
+
+    async def wait(self) -> None:
+        """Wait for every confirm."""
+        if self._pending:
+            await asyncio.wait(set(self._pending))

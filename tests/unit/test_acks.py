@@ -1,0 +1,64 @@
+"""The acker coalesces acks into `multiple` frames and never acks for a closed channel."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from rabbittask.worker.acks import Acker
+
+
+class FakeChannel:
+    def __init__(self) -> None:
+        self.frames: list[tuple[Any, ...]] = []
+        self.is_closed = False
+
+    async def basic_ack(self, tag: int, multiple: bool = False, wait: bool = True) -> None:
+        self.frames.append(("ack", tag, multiple))
+
+    async def basic_reject(self, tag: int, *, requeue: bool = True, wait: bool = True) -> None:
+        self.frames.append(("reject", tag, requeue))
+
+
+async def settle(acker: Acker) -> None:
+    await asyncio.sleep(0)
+    await acker.drain()
+
+
+async def test_in_order_completions_become_one_multiple_ack() -> None:
+    channel = FakeChannel()
+    acker = Acker(channel)  # type: ignore[arg-type]
+    for tag in range(1, 101):
+        acker.delivered(tag)
+    for tag in range(1, 101):
+        acker.ack(tag)
+    await settle(acker)
+    assert channel.frames == [("ack", 100, True)]
+
+
+async def test_a_slow_task_holds_only_itself_back() -> None:
+    channel = FakeChannel()
+    acker = Acker(channel)  # type: ignore[arg-type]
+    for tag in (1, 2, 3, 4):
+        acker.delivered(tag)
+    acker.ack(1)
+    acker.ack(3)
+    acker.ack(4)
+    await settle(acker)
+    assert channel.frames[0] == ("ack", 1, True)
+    assert sorted(channel.frames[1:]) == [("ack", 3, False), ("ack", 4, False)]
+    acker.reject(2, requeue=False)
+    acker.delivered(5)
+    acker.ack(5)
+    await settle(acker)
+    assert channel.frames[3:] == [("reject", 2, False), ("ack", 5, True)]
+
+
+async def test_nothing_is_acked_once_the_channel_closed() -> None:
+    channel = FakeChannel()
+    acker = Acker(channel)  # type: ignore[arg-type]
+    acker.delivered(1)
+    channel.is_closed = True
+    acker.ack(1)
+    await settle(acker)
+    assert channel.frames == [] and not acker.alive

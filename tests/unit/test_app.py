@@ -1,0 +1,76 @@
+"""Declaring tasks and settings: mistakes fail at import with a clear message."""
+
+from __future__ import annotations
+
+import pytest
+
+from rabbittask import App, ArgumentsInvalid, ConfigError, TaskNotFound
+from rabbittask.settings import host_port, mask_url
+
+
+def noop() -> None: ...
+
+
+def test_unknown_task_options_fail_at_declaration() -> None:
+    app = App("t")
+    with pytest.raises(ConfigError, match="unknown option\\(s\\) for @app.task: retries; known options are"):
+
+        @app.task(queue="q", retries=3)
+        def f() -> None: ...
+
+
+def test_task_names_default_to_module_and_function_and_must_be_unique() -> None:
+    app = App("t")
+
+    @app.task
+    def hello(name: str) -> str:
+        return f"hi {name}"
+
+    assert hello.name.endswith("test_task_names_default_to_module_and_function_and_must_be_unique.hello")
+    assert hello.queue == "default"
+    assert hello("x") == "hi x"  # calling the task runs it here
+    with pytest.raises(ConfigError, match="declared twice"):
+        app.task(name=hello.name)(noop)
+    with pytest.raises(TaskNotFound, match="task 'nope' is not registered in app 't'"):
+        app.get_task("nope")
+
+
+def test_priorities_need_a_classic_queue() -> None:
+    app = App("t")
+    with pytest.raises(ConfigError, match="priorities need a classic queue"):
+        app.task(queue="p", max_priority=5)(noop)
+    task = app.task(queue="p2", queue_type="classic", max_priority=5, name="prio")(noop)
+    assert app.queues[task.queue].max_priority == 5
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RABBITTASK_BROKER_URL", "amqp://u:p@example.org:5673/v")
+    monkeypatch.setenv("RABBITTASK_PUBLISH_TIMEOUT_S", "2.5")
+    app = App("env")
+    assert app.settings.broker_url == "amqp://u:p@example.org:5673/v"
+    assert app.settings.publish_timeout_s == 2.5
+    with pytest.raises(ConfigError, match="invalid settings for app 'bad'"):
+        App("bad", publish_timeout_s=-1)
+
+
+def test_arguments_are_validated_against_the_signature() -> None:
+    app = App("t")
+
+    @app.task(name="send")
+    def send(to: str, times: int = 1) -> None: ...
+
+    assert send.validate(("a",), {"times": "3"}) == (("a",), {"times": 3})
+    with pytest.raises(ArgumentsInvalid) as info:
+        send.validate((), {"times": "x", "extra": 1})
+    assert str(info.value) == (
+        "invalid arguments for task 'send': to: Missing required argument; "
+        "times: Input should be a valid integer, unable to parse string as an integer (got 'x'); "
+        "extra: Unexpected keyword argument (got 1)"
+    )
+
+
+def test_passwords_are_masked_in_urls_and_host_port_is_derived() -> None:
+    assert mask_url("cannot reach amqp://alice:s3cret@h:5672/v ok") == "cannot reach amqp://alice:***@h:5672/v ok"
+    assert mask_url("amqp://localhost/") == "amqp://localhost/"
+    assert host_port("amqp://u:p@rabbit.example:5673/") == "rabbit.example:5673"
+    assert host_port("amqps://rabbit.example/") == "rabbit.example:5671"

@@ -1,0 +1,43 @@
+"""The envelope: what goes on the wire and what the worker accepts."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rabbittask.errors import PayloadError
+from rabbittask.message import decode_body, encode_body
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(st.lists(json_values, max_size=5), st.dictionaries(st.text(min_size=1, max_size=10), json_values, max_size=5))
+def test_any_json_arguments_survive_the_round_trip(args: list[object], kwargs: dict[str, object]) -> None:
+    body = decode_body(encode_body(args, kwargs), "application/json")
+    assert body.args == args and body.kwargs == kwargs
+
+
+@pytest.mark.parametrize(
+    ("raw", "content_type", "error"),
+    [
+        (b"{}", "application/x-python-serialize", "content type 'application/x-python-serialize' is not accepted"),
+        (b"{}", None, "content type None is not accepted"),
+        (b"{nope", "application/json", "body is not valid JSON"),
+        (b"[1, 2]", "application/json", "body must be a JSON object, got list"),
+        (b'{"v": 2, "args": []}', "application/json", "protocol version 2 is not supported"),
+        (b'{"v": 1, "args": {}, "kwargs": {}}', "application/json", "body needs 'args' as a JSON array"),
+    ],
+)
+def test_bad_bodies_are_refused_with_the_reason(raw: bytes, content_type: str | None, error: str) -> None:
+    with pytest.raises(PayloadError, match=error.replace("(", r"\(").replace(")", r"\)")):
+        decode_body(raw, content_type)
+
+
+def test_values_json_cannot_carry_are_refused_when_encoding() -> None:
+    with pytest.raises(PayloadError, match="arguments cannot be sent as JSON"):
+        encode_body([object()], {})
