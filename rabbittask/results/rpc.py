@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import logging
 import os
 import threading
@@ -43,6 +44,22 @@ REPLY_TO = "amq.rabbitmq.reply-to"
 decode_reply = decode_result  # a reply body is a result record (results/record.py)
 
 
+Waiter = asyncio.Future[bytes] | concurrent.futures.Future[bytes]
+
+
+def _settle(waiter: Waiter, body: bytes = b"", error: Exception | None = None) -> None:
+    """Resolve a waiter of either kind once; one its caller cancelled meanwhile is left alone."""
+    if waiter.done():
+        return
+    try:
+        if error is None:
+            waiter.set_result(body)
+        else:
+            waiter.set_exception(error)
+    except (asyncio.InvalidStateError, concurrent.futures.InvalidStateError):
+        pass
+
+
 def _timeout(msg: Outgoing, timeout_s: float) -> TimeoutError:
     return TimeoutError(f"no reply from task {msg.task_name!r} (id {msg.message_id}) within {timeout_s:g} s")
 
@@ -56,11 +73,12 @@ class AsyncRpc:
         self.role = role
         self._connection: aiormq.abc.AbstractConnection | None = None
         self._channel: aiormq.abc.AbstractChannel | None = None
-        self._waiting: dict[str, asyncio.Future[bytes]] = {}
-        self._publishes: set[asyncio.Task[Any]] = set()
+        self._waiting: dict[str, Waiter] = {}
+        self._sends: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
 
-    async def _open(self) -> aiormq.abc.AbstractChannel:
+    async def open(self) -> aiormq.abc.AbstractChannel:
+        """The open channel with its reply consumer; connect and declare the topology first when needed."""
         channel = self._channel
         if channel is not None and not channel.is_closed:
             return channel
@@ -88,37 +106,28 @@ class AsyncRpc:
             return self._channel
 
     async def _on_reply(self, message: aiormq.abc.DeliveredMessage) -> None:
-        future = self._waiting.get(message.header.properties.correlation_id or "")
-        if future is not None and not future.done():
-            future.set_result(message.body)
+        waiter = self._waiting.pop(message.header.properties.correlation_id or "", None)
+        if waiter is not None:
+            _settle(waiter, message.body)
 
     def _on_close(self, closing: asyncio.Future[Any]) -> None:
         why = "closed" if closing.cancelled() or closing.exception() is None else str(closing.exception())
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(
-                    PublishConnectionError(f"the RPC connection to the broker was lost while waiting: {mask_url(why)}")
-                )
+        error = PublishConnectionError(f"the RPC connection to the broker was lost while waiting: {mask_url(why)}")
+        waiting, self._waiting = self._waiting, {}
+        for waiter in waiting.values():
+            _settle(waiter, error=error)
+
+    @property
+    def is_open(self) -> bool:
+        """True while the channel is open (no connect before the next call)."""
+        return self._channel is not None and not self._channel.is_closed
 
     async def call(self, msg: Outgoing, timeout_s: float) -> Any:
         """Publish `msg` with reply-to set and return the task's result (or raise its `TaskError`)."""
-        channel = await self._open()
-        msg.reply_to, msg.correlation_id = REPLY_TO, msg.message_id
+        if not self.is_open:
+            await self.open()  # outside the timeout: it bounds the wait for the reply only
         reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._waiting[msg.message_id] = reply
-        exchange = self.settings.exchange if msg.exchange is None else msg.exchange
-        publish = asyncio.ensure_future(
-            channel.basic_publish(
-                msg.body,
-                exchange=exchange,
-                routing_key=msg.routing_key,
-                properties=properties(msg),
-                mandatory=True,
-                timeout=self.settings.publish_timeout_s,
-            )
-        )
-        self._publishes.add(publish)
-        publish.add_done_callback(lambda done: self._published(done, msg, exchange, reply))
+        self.start(msg, reply)
         try:
             body = await asyncio.wait_for(reply, timeout_s)
         except TimeoutError:
@@ -127,35 +136,72 @@ class AsyncRpc:
             self._waiting.pop(msg.message_id, None)
         return decode_reply(body)
 
-    def _published(self, done: asyncio.Task[Any], msg: Outgoing, exchange: str, reply: asyncio.Future[bytes]) -> None:
-        self._publishes.discard(done)
-        if done.cancelled():
-            error: Exception | None = PublishConnectionError(f"RPC call of task {msg.task_name!r} was cancelled")
-        elif (exc := done.exception()) is not None:
-            if isinstance(exc, TimeoutError):
-                error = PublishNotConfirmed(
+    def start(self, msg: Outgoing, waiter: Waiter) -> None:
+        """Send `msg` and resolve `waiter` with the reply body, or with the error that stopped the request.
+
+        Runs on the loop; `waiter` may be a `concurrent.futures.Future` that a sync caller blocks on,
+        so a reply wakes that thread straight from the reply consumer.
+        """
+        msg.reply_to, msg.correlation_id = REPLY_TO, msg.message_id
+        self._waiting[msg.message_id] = waiter
+        task = asyncio.ensure_future(self._send(msg, waiter))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    def forget(self, message_id: str) -> None:
+        """Stop waiting for the reply to `message_id` (its caller gave up)."""
+        self._waiting.pop(message_id, None)
+
+    async def _send(self, msg: Outgoing, waiter: Waiter) -> None:
+        exchange = self.settings.exchange if msg.exchange is None else msg.exchange
+        try:
+            channel = await self.open()
+            confirm = await channel.basic_publish(
+                msg.body,
+                exchange=exchange,
+                routing_key=msg.routing_key,
+                properties=properties(msg),
+                mandatory=True,
+                timeout=self.settings.publish_timeout_s,
+            )
+        except asyncio.CancelledError:
+            _settle(waiter, error=PublishConnectionError(f"RPC call of task {msg.task_name!r} was cancelled"))
+            raise
+        except (PublishConnectionError, TopologyMismatch) as e:
+            _settle(waiter, error=e)
+        except TimeoutError:
+            _settle(
+                waiter,
+                error=PublishNotConfirmed(
                     f"task {msg.task_name!r} (id {msg.message_id}) was not confirmed by the broker within "
                     f"{self.settings.publish_timeout_s:g} s"
-                )
-            else:
-                error = PublishConnectionError(
-                    f"RPC call of task {msg.task_name!r} (id {msg.message_id}) lost its connection: "
-                    f"{mask_url(str(exc) or type(exc).__name__)}"
-                )
-        elif isinstance(done.result(), Basic.Nack):
-            error = PublishNotConfirmed(
-                f"task {msg.task_name!r} (id {msg.message_id}) was rejected by the broker (nack): "
-                f"queue {msg.routing_key!r} may be full (x-overflow=reject-publish) or unavailable"
+                ),
             )
-        elif isinstance(done.result(), aiormq.abc.DeliveredMessage):  # returned: mandatory and unroutable
-            error = PublishNotConfirmed(
-                f"task {msg.task_name!r} (id {msg.message_id}) was returned by the broker: no queue is bound "
-                f"to routing key {msg.routing_key!r} on exchange {exchange!r}"
+        except Exception as e:  # noqa: BLE001 - the waiter must learn of any failure, or its caller hangs
+            _settle(
+                waiter,
+                error=PublishConnectionError(
+                    f"RPC call of task {msg.task_name!r} (id {msg.message_id}) lost its connection: "
+                    f"{mask_url(str(e) or type(e).__name__)}"
+                ),
             )
         else:
-            error = None
-        if error is not None and not reply.done():
-            reply.set_exception(error)
+            if isinstance(confirm, Basic.Nack):
+                _settle(
+                    waiter,
+                    error=PublishNotConfirmed(
+                        f"task {msg.task_name!r} (id {msg.message_id}) was rejected by the broker (nack): "
+                        f"queue {msg.routing_key!r} may be full (x-overflow=reject-publish) or unavailable"
+                    ),
+                )
+            elif isinstance(confirm, aiormq.abc.DeliveredMessage):  # returned: mandatory and unroutable
+                _settle(
+                    waiter,
+                    error=PublishNotConfirmed(
+                        f"task {msg.task_name!r} (id {msg.message_id}) was returned by the broker: no queue is "
+                        f"bound to routing key {msg.routing_key!r} on exchange {exchange!r}"
+                    ),
+                )
 
     async def close(self) -> None:
         """Close the connection; calls still waiting fail with `PublishConnectionError`."""
@@ -197,17 +243,24 @@ class SyncRpc:
     def call(self, msg: Outgoing, timeout_s: float) -> Any:
         """Publish `msg` with reply-to set and wait for the task's result, from any thread."""
         loop, rpc = self._started()
-        future = asyncio.run_coroutine_threadsafe(rpc.call(msg, timeout_s), loop)
-        # The coroutine bounds every wait itself; the margin only guards against a stuck loop thread.
-        bound_s = timeout_s + self.settings.connect_timeout_s + self.settings.publish_timeout_s + 5.0
+        # The reply consumer resolves this future itself: one wake-up of this thread, no task in between.
+        waiter: concurrent.futures.Future[bytes] = concurrent.futures.Future()
+        if not rpc.is_open:  # connect outside the timeout, which bounds the wait for the reply only
+            asyncio.run_coroutine_threadsafe(rpc.open(), loop).result(self.settings.connect_timeout_s + 5.0)
         try:
-            return future.result(bound_s)
+            loop.call_soon_threadsafe(rpc.start, msg, waiter)
+        except RuntimeError:  # closed by app.close() in another thread just now
+            raise PublishConnectionError(f"RPC call of task {msg.task_name!r}: the app was closed") from None
+        try:
+            body = waiter.result(timeout_s)
         except concurrent.futures.TimeoutError:
-            future.cancel()
             raise _timeout(msg, timeout_s) from None
-        except BaseException:  # KeyboardInterrupt in the caller: forget the call in the loop too
-            future.cancel()
-            raise
+        finally:
+            if not waiter.done():  # gave up (timeout, KeyboardInterrupt): forget the call
+                waiter.cancel()
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(rpc.forget, msg.message_id)
+        return decode_reply(body)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Close the connection and stop the loop thread; a later call starts them again."""
