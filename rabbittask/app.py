@@ -20,7 +20,8 @@ from rabbittask.publish.declare import declare_sync
 from rabbittask.publish.outgoing import Outgoing
 from rabbittask.publish.sync import SyncPublisher
 from rabbittask.results.backend import ResultBackend, load_backend
-from rabbittask.results.rpc import AsyncRpc, SyncRpc
+from rabbittask.results.rpc import AsyncRpc
+from rabbittask.results.sync_rpc import SyncRpc
 from rabbittask.settings import QueueType, Settings
 from rabbittask.task import Task, TaskHandle
 from rabbittask.topology import Declaration, QueueSpec, declarations

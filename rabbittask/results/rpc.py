@@ -1,11 +1,9 @@
-"""`.call()` over RabbitMQ direct reply-to: no reply queue, no extra server.
+"""`.acall()` over RabbitMQ direct reply-to: no reply queue, no extra server.
 
 The reply consumer (`amq.rabbitmq.reply-to`, no-ack) is started on the channel that publishes the
-requests, before the first request, as the broker requires. Every concurrent call of a connection
-shares that one consumer: a future per correlation id, removed when the call ends (aio-pika's RPC
-pattern). Async callers get one `AsyncRpc` per event loop. Sync callers of a process, from any
-thread, share one `SyncRpc`: an `AsyncRpc` on an event loop in a daemon thread, because pika is
-not thread-safe and a connection per calling thread would also mean a reply consumer per thread.
+requests, before the first request, as the broker requires. Every concurrent call of an event loop
+shares that connection and consumer: a future per correlation id, removed when the call ends
+(aio-pika's RPC pattern). Sync callers use `sync_rpc.SyncRpc` (pika, shared by all threads).
 
 A call does not wait for the request's publisher confirm before it waits for the reply: on a
 classic queue the broker may confirm a persistent message only once the worker acked it, that is
@@ -16,13 +14,7 @@ confirm in time fails the call unless its reply has already arrived.
 from __future__ import annotations
 
 import asyncio
-import atexit
-import concurrent.futures
-import contextlib
 import logging
-import os
-import threading
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,23 +36,21 @@ REPLY_TO = "amq.rabbitmq.reply-to"
 decode_reply = decode_result  # a reply body is a result record (results/record.py)
 
 
-Waiter = asyncio.Future[bytes] | concurrent.futures.Future[bytes]
+Waiter = asyncio.Future[bytes]
 
 
 def _settle(waiter: Waiter, body: bytes = b"", error: Exception | None = None) -> None:
-    """Resolve a waiter of either kind once; one its caller cancelled meanwhile is left alone."""
+    """Resolve a waiter once; one whose caller gave up (cancelled) is left alone."""
     if waiter.done():
         return
-    try:
-        if error is None:
-            waiter.set_result(body)
-        else:
-            waiter.set_exception(error)
-    except (asyncio.InvalidStateError, concurrent.futures.InvalidStateError):
-        pass
+    if error is None:
+        waiter.set_result(body)
+    else:
+        waiter.set_exception(error)
 
 
-def _timeout(msg: Outgoing, timeout_s: float) -> TimeoutError:
+def reply_timeout(msg: Outgoing, timeout_s: float) -> TimeoutError:
+    """The error of a call whose reply did not come in time, naming the task and its id."""
     return TimeoutError(f"no reply from task {msg.task_name!r} (id {msg.message_id}) within {timeout_s:g} s")
 
 
@@ -131,17 +121,13 @@ class AsyncRpc:
         try:
             body = await asyncio.wait_for(reply, timeout_s)
         except TimeoutError:
-            raise _timeout(msg, timeout_s) from None
+            raise reply_timeout(msg, timeout_s) from None
         finally:
             self._waiting.pop(msg.message_id, None)
         return decode_reply(body)
 
     def start(self, msg: Outgoing, waiter: Waiter) -> None:
-        """Send `msg` and resolve `waiter` with the reply body, or with the error that stopped the request.
-
-        Runs on the loop; `waiter` may be a `concurrent.futures.Future` that a sync caller blocks on,
-        so a reply wakes that thread straight from the reply consumer.
-        """
+        """Send `msg` and resolve `waiter` with the reply body, or with the error that stopped the request."""
         msg.reply_to, msg.correlation_id = REPLY_TO, msg.message_id
         self._waiting[msg.message_id] = waiter
         task = asyncio.ensure_future(self._send(msg, waiter))
@@ -211,80 +197,3 @@ class AsyncRpc:
                 await connection.close()
             except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
                 log.debug("closing a broken RPC connection failed", exc_info=True)
-
-
-class SyncRpc:
-    """Direct reply-to calls for every thread of a process: one `AsyncRpc` on a loop in a daemon thread."""
-
-    def __init__(self, settings: Settings, decls: Sequence[Declaration]) -> None:
-        self.settings = settings
-        self.decls = decls
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._rpc: AsyncRpc | None = None
-        self._pid = 0
-
-    def _started(self) -> tuple[asyncio.AbstractEventLoop, AsyncRpc]:
-        loop, rpc = self._loop, self._rpc
-        if loop is not None and rpc is not None and self._pid == os.getpid():
-            return loop, rpc
-        with self._lock:
-            if self._loop is None or self._rpc is None or self._pid != os.getpid():
-                # A forked child inherits the parent's objects but not its thread: start afresh.
-                self._loop = asyncio.new_event_loop()
-                self._rpc = AsyncRpc(self.settings, self.decls)
-                self._thread = threading.Thread(target=self._loop.run_forever, name="rabbittask-rpc", daemon=True)
-                self._thread.start()
-                self._pid = os.getpid()
-                _live.add(self)
-            return self._loop, self._rpc
-
-    def call(self, msg: Outgoing, timeout_s: float) -> Any:
-        """Publish `msg` with reply-to set and wait for the task's result, from any thread."""
-        loop, rpc = self._started()
-        # The reply consumer resolves this future itself: one wake-up of this thread, no task in between.
-        waiter: concurrent.futures.Future[bytes] = concurrent.futures.Future()
-        if not rpc.is_open:  # connect outside the timeout, which bounds the wait for the reply only
-            asyncio.run_coroutine_threadsafe(rpc.open(), loop).result(self.settings.connect_timeout_s + 5.0)
-        try:
-            loop.call_soon_threadsafe(rpc.start, msg, waiter)
-        except RuntimeError:  # closed by app.close() in another thread just now
-            raise PublishConnectionError(f"RPC call of task {msg.task_name!r}: the app was closed") from None
-        try:
-            body = waiter.result(timeout_s)
-        except concurrent.futures.TimeoutError:
-            raise _timeout(msg, timeout_s) from None
-        finally:
-            if not waiter.done():  # gave up (timeout, KeyboardInterrupt): forget the call
-                waiter.cancel()
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(rpc.forget, msg.message_id)
-        return decode_reply(body)
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Close the connection and stop the loop thread; a later call starts them again."""
-        with self._lock:
-            loop, rpc, thread, pid = self._loop, self._rpc, self._thread, self._pid
-            self._loop = self._rpc = self._thread = None
-            _live.discard(self)
-        if loop is None or rpc is None or thread is None or pid != os.getpid() or not thread.is_alive():
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(rpc.close(), loop).result(timeout_s)
-        except Exception:  # noqa: BLE001 - a broken connection must not stop the shutdown
-            log.debug("closing the RPC connection failed", exc_info=True)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout_s)
-        if not thread.is_alive():
-            loop.close()
-
-
-_live: weakref.WeakSet[SyncRpc] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_all() -> None:
-    """Close RPC connections at interpreter exit, so the broker sees a clean close, not a dropped socket."""
-    for rpc in list(_live):
-        rpc.close(timeout_s=1.0)

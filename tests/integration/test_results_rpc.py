@@ -14,6 +14,7 @@ import pika
 import pytest
 
 import rabbittask.results.rpc
+import rabbittask.results.sync_rpc
 from rabbittask import App, PublishNotConfirmed, TaskError
 from tests import amqp
 from tests.apps.results_app import make_app
@@ -62,15 +63,20 @@ def app(prefix: str, broker_url: str, worker: WorkerProcess) -> Iterator[App]:
 
 @pytest.fixture
 def connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Roles of the RPC connections opened during the test."""
+    """Roles of the RPC connections (async and sync) opened during the test."""
     opened: list[str] = []
-    real = rabbittask.results.rpc.connect
+    real_connect, real_params = rabbittask.results.rpc.connect, rabbittask.results.sync_rpc.connection_params
 
     async def counting(settings: Any, role: str) -> Any:
         opened.append(role)
-        return await real(settings, role)
+        return await real_connect(settings, role)
+
+    def counting_params(settings: Any, role: str) -> Any:
+        opened.append(role)
+        return real_params(settings, role)
 
     monkeypatch.setattr(rabbittask.results.rpc, "connect", counting)
+    monkeypatch.setattr(rabbittask.results.sync_rpc, "connection_params", counting_params)
     return opened
 
 
@@ -147,6 +153,29 @@ def test_8_threads_calling_at_once_share_one_reply_consumer_and_each_get_their_o
         thread.join(60)
     assert results == {t: [[t, i] for i in range(25)] for t in range(8)}
     assert connects == ["rpc"]
+
+
+def test_an_idle_sync_connection_stays_open_and_is_reused(
+    prefix: str, broker_url: str, worker: WorkerProcess, connects: list[str]
+) -> None:
+    # Given an app whose heartbeat (1 s) would let the broker drop a connection idle for 2-3 s
+    app = make_app(prefix, broker_url, heartbeat_s=1)
+    try:
+        assert app.tasks["results.echo"].call(1, timeout=10) == 1
+        # When the process makes no call for longer than that
+        time.sleep(3.5)
+        # Then the ticker kept the connection alive: the next call works on the same connection
+        assert app.tasks["results.echo"].call(2, timeout=10) == 2
+        assert connects == ["rpc"]
+    finally:
+        app.close()
+
+
+def test_a_sync_call_works_inside_a_running_event_loop(app: App) -> None:
+    async def main() -> Any:
+        return app.tasks["results.echo"].call("from a coroutine", timeout=10)  # blocks the loop, still works
+
+    assert asyncio.run(main()) == "from a coroutine"
 
 
 def test_a_result_that_is_not_json_fails_the_task_naming_its_type(app: App, prefix: str, broker_url: str) -> None:
