@@ -125,6 +125,9 @@ class SyncRpc:
                 self._drive(lambda: call.done, deadline)
             except CONNECTION_ERRORS as e:
                 self._lost(e)
+            except BaseException:  # e.g. KeyboardInterrupt inside pika's loop: its state is unknown now
+                self._close_connection()
+                raise
             finally:
                 self._release()
             if time.monotonic() >= deadline:
@@ -197,8 +200,8 @@ class SyncRpc:
         return True
 
     def _publish(self, call: _Call) -> None:
-        if call.done or self._channel is None:
-            return
+        if call.done or call.msg.message_id not in self._calls or self._channel is None:
+            return  # answered, failed or given up (a hand-over that ran late)
         msg = call.msg
         props = pika.BasicProperties(
             content_type=msg.content_type,
@@ -276,7 +279,7 @@ class SyncRpc:
     # -- idle, close, fork -----------------------------------------------------------------------------
 
     def _start_ticker(self) -> None:
-        if self._ticker is not None and self._ticker.is_alive():
+        if self._ticker is not None and self._ticker.is_alive() and not self._stopped.is_set():
             return
         tick_s = min(TICK_S, self.settings.heartbeat_s / 3) if self.settings.heartbeat_s else TICK_S
         self._stopped = threading.Event()
@@ -290,10 +293,9 @@ class SyncRpc:
         """Drive the idle connection briefly: heartbeats, late confirms, a close by the broker."""
         while not stopped.wait(tick_s):
             with self._cv:
-                if self._driver is not None or time.monotonic() - self._last_drive < tick_s:
+                idle = self._driver is None and time.monotonic() - self._last_drive >= tick_s
+                if not idle or self._connection is None:
                     continue
-                if self._connection is None:
-                    return
                 self._driver = _TICKER
             try:
                 self._connection.process_data_events(time_limit=0)
