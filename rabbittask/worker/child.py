@@ -247,7 +247,11 @@ class Child:
                 outcome.task_name,
                 outcome.message_id,
             )
-        elif outcome.ok and not message.header.properties.reply_to and not self._stores(outcome):
+        elif (
+            outcome.ok
+            and not message.header.properties.reply_to
+            and (self._backend is None or not self._stores(outcome))
+        ):
             acker.ack(delivery_tag(message))
         else:
             self._spawn(self._publish_then_ack(acker, outcome))
