@@ -30,7 +30,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 TASK_OPTIONS = frozenset({"name", "queue", "queue_type", "max_priority", "delivery_limit", "ignore_result"})
-_RPC_LOCK = threading.Lock()
+_LAZY_INIT = threading.Lock()  # builds the shared RPC client and the backend once, whichever thread asks first
 _TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
 
 
@@ -206,7 +206,7 @@ class App:
         """Publish a request over direct reply-to and wait for the task's return value (any thread)."""
         rpc = self._rpc
         if rpc is None:
-            with _RPC_LOCK:
+            with _LAZY_INIT:
                 rpc = self._rpc = self._rpc or SyncRpc(self.settings, self.declarations())
         return rpc.call(msg, timeout_s)
 
@@ -225,7 +225,8 @@ class App:
     def backend(self) -> ResultBackend | None:
         """The result backend chosen by `result_backend`'s URL scheme, or None when results are not stored."""
         if self._backend is None and self.settings.result_backend:
-            self._backend = load_backend(self.settings.result_backend)
+            with _LAZY_INIT:
+                self._backend = self._backend or load_backend(self.settings.result_backend)
         return self._backend
 
     def result_backend_for(self, task_name: str) -> ResultBackend:

@@ -43,7 +43,8 @@ class TaskHandle:
         return self.app.result_backend_for(self.task_name)
 
     def _timeout(self, timeout: float | None) -> TimeoutError:
-        return TimeoutError(f"no result for task {self.task_name!r} (id {self.id}) within {timeout:g} s")
+        within = "" if timeout is None else f" within {timeout:g} s"
+        return TimeoutError(f"no result for task {self.task_name!r} (id {self.id}){within}")
 
     def get(self, timeout: float | None = None) -> Any:
         """Wait for the result (at most `timeout` seconds; None: no limit) and return it.
