@@ -49,7 +49,7 @@ def setup(ctx: RowContext) -> BenchApp:
 def worker(ctx: RowContext, concurrency: int) -> list[str]:
     script = Path(sys.executable).with_name("rabbittask")
     base = [str(script)] if script.exists() else [sys.executable, "-m", "rabbittask"]
-    args = ["worker", "-A", "bench.tasks:app", "-Q", ctx.queue, "--prefetch", "1000"]  # TEMP
+    args = ["worker", "-A", "bench.tasks:app", "-Q", ctx.queue, "-c", str(concurrency), "--prefetch", "1000"]
     return [*base, *args]
 
 
