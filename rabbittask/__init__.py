@@ -9,6 +9,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from rabbittask.app import App
+from rabbittask.context import TaskContext
 from rabbittask.errors import (
     ArgumentsInvalid,
     BatchNotConfirmed,
@@ -22,6 +23,7 @@ from rabbittask.errors import (
     RabbitTaskError,
     Reject,
     ResultBackendError,
+    Retry,
     TaskError,
     TaskNotFound,
     TopologyMismatch,
@@ -40,8 +42,10 @@ __all__ = [
     "Settings",
     "Task",
     "TaskHandle",
+    "TaskContext",
     # control flow raised by tasks
     "Reject",
+    "Retry",
     # errors
     "RabbitTaskError",
     "ConfigError",

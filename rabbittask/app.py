@@ -10,10 +10,11 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from pika.adapters.blocking_connection import BlockingChannel
 
+from rabbittask.context import TaskContext
 from rabbittask.errors import BatchNotConfirmed, ConfigError, TaskNotFound
 from rabbittask.publish.aio import AsyncPublisher, Pipeline
 from rabbittask.publish.declare import declare_sync
@@ -22,14 +23,17 @@ from rabbittask.publish.sync import SyncPublisher
 from rabbittask.results.backend import ResultBackend, load_backend
 from rabbittask.results.rpc import AsyncRpc
 from rabbittask.results.sync_rpc import SyncRpc
+from rabbittask.retry import RETRY_OPTIONS, policy_for
 from rabbittask.settings import QueueType, Settings
 from rabbittask.task import Task, TaskHandle
-from rabbittask.topology import Declaration, QueueSpec, declarations
+from rabbittask.topology import Declaration, QueueSpec, check_delay_queue_name, declarations, delay_declarations
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 TASK_OPTIONS = frozenset({"name", "queue", "queue_type", "max_priority", "delivery_limit", "ignore_result"})
+# Retries (issue 6): the retry policy's fields, and bind=True for a TaskContext first argument.
+TASK_OPTIONS |= RETRY_OPTIONS | {"bind"}
 _LAZY_INIT = threading.Lock()  # builds the shared RPC client and the backend once, whichever thread asks first
 _TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
 
@@ -44,7 +48,15 @@ class _Batch:
 class App:
     """A rabbittask application: tasks, the queues they map to, and how to reach the broker."""
 
-    def __init__(self, name: str, broker_url: str | None = None, **settings: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        broker_url: str | None = None,
+        *,
+        autoretry_for: tuple[type[BaseException], ...] = (),
+        **settings: Any,
+    ) -> None:
+        """`settings` are `Settings` fields; `autoretry_for` are exceptions every task retries on."""
         if broker_url is not None:
             settings["broker_url"] = broker_url
         try:
@@ -52,6 +64,8 @@ class App:
         except ValueError as e:
             raise ConfigError(f"invalid settings for app {name!r}: {e}") from None
         self.name = name
+        self.autoretry_for = tuple(autoretry_for)
+        policy_for(self.settings, self.autoretry_for, {})  # refuses a bad app-wide retry setting now
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.queues: dict[str, QueueSpec] = {}
         self._local = threading.local()
@@ -76,10 +90,18 @@ class App:
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
     @overload
+    def task(
+        self, fn: None = None, /, *, bind: Literal[True], **options: Any
+    ) -> Callable[[Callable[Concatenate[TaskContext, P], R]], Task[P, R]]: ...
+
+    @overload
     def task(self, fn: None = None, /, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(self, fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
-        """Declare a task: `@app.task` or `@app.task(queue="emails", name="send")`."""
+        """Declare a task: `@app.task` or `@app.task(queue="emails", name="send", max_retries=5)`.
+
+        `bind=True` passes a `TaskContext` (id, attempt, headers, `.retry()`) as the first argument.
+        """
         unknown = set(options) - TASK_OPTIONS
         if unknown:
             raise ConfigError(
@@ -101,6 +123,8 @@ class App:
         max_priority: int | None = None,
         delivery_limit: int | None = None,
         ignore_result: bool = False,
+        bind: bool = False,
+        **retry_options: Any,
     ) -> Task[P, R]:
         name = name or f"{fn.__module__}.{fn.__qualname__.replace('<locals>.', '')}"
         if not _TASK_NAME.match(name):
@@ -118,8 +142,10 @@ class App:
             raise ConfigError(
                 f"queue {spec.name!r} is declared with different options by two tasks: {known} and {spec}"
             )
+        check_delay_queue_name(spec.name)
+        retry = policy_for(self.settings, self.autoretry_for, retry_options)
         self.queues.setdefault(spec.name, spec)
-        task: Task[P, R] = Task(self, fn, name, spec.name)
+        task: Task[P, R] = Task(self, fn, name, spec.name, retry=retry, bind=bind)
         task.ignore_result = ignore_result
         self.tasks[name] = task
         return task
@@ -134,7 +160,9 @@ class App:
     def declarations(self, queues: list[str] | None = None) -> list[Declaration]:
         """What the broker must have for this app (or for some of its queues)."""
         specs = [self.queues[q] for q in queues] if queues else list(self.queues.values())
-        return declarations(self.settings.exchange, specs)
+        exchange = self.settings.exchange
+        ladder = delay_declarations(exchange, [s.name for s in specs], self.settings.delay_queue_type)
+        return declarations(exchange, specs) + ladder
 
     def declare(self) -> None:
         """Declare the app's whole topology on the broker now (it is also declared on first use)."""

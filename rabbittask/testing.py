@@ -240,6 +240,16 @@ class RabbitNode:
         """SIGKILL the node (beam and its helpers) like a crash: no shutdown, clients see a reset."""
         self._reap()
 
+    def pause(self) -> None:
+        """SIGSTOP the node: sockets stay open but nothing answers, like a hung or partitioned broker."""
+        if self._process is not None:
+            os.killpg(self._process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused node."""
+        if self._process is not None:
+            os.killpg(self._process.pid, signal.SIGCONT)
+
     def restart(self, timeout_s: float = 60) -> None:
         """Stop the node gracefully and start it again on the same ports and data."""
         self.stop()

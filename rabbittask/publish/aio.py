@@ -15,7 +15,7 @@ from pamqp.commands import Basic
 
 from rabbittask.errors import PublishConnectionError, PublishNotConfirmed, TopologyMismatch
 from rabbittask.publish.declare import declare_async
-from rabbittask.publish.outgoing import Outgoing
+from rabbittask.publish.outgoing import Outgoing, publish_target
 from rabbittask.settings import Settings, host_port, mask_url
 from rabbittask.topology import Declaration
 
@@ -40,11 +40,23 @@ def amqp_url(settings: Settings, role: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+class _Connection(aiormq.Connection):
+    # aiormq gives up on a silent broker after (heartbeat + 1) x 3 s; 1.5 keeps detection within
+    # the AMQP norm of two missed heartbeats (checked every heartbeat / 2): 2 x heartbeat + 2 s.
+    HEARTBEAT_GRACE_MULTIPLIER = 1.5  # type: ignore[assignment]
+
+
+async def _open(url: str) -> aiormq.abc.AbstractConnection:
+    connection = _Connection(url)
+    await connection.connect()
+    return connection
+
+
 async def connect(settings: Settings, role: str) -> aiormq.abc.AbstractConnection:
     """Open an aiormq connection within the connect timeout, with clear errors."""
     where = host_port(settings.broker_url)
     try:
-        return await asyncio.wait_for(aiormq.connect(amqp_url(settings, role)), settings.connect_timeout_s)
+        return await asyncio.wait_for(_open(amqp_url(settings, role)), settings.connect_timeout_s)
     except TimeoutError:
         raise PublishConnectionError(
             f"cannot connect to the broker at {where}: no answer within {settings.connect_timeout_s:g} s"
@@ -115,12 +127,12 @@ class AsyncPublisher:
             await self._publish(await self.channel(), msg)
 
     async def _publish(self, channel: aiormq.abc.AbstractChannel, msg: Outgoing) -> None:
-        exchange = self.settings.exchange if msg.exchange is None else msg.exchange
+        exchange, routing_key = publish_target(msg, self.settings.exchange)
         try:
             confirm = await channel.basic_publish(
                 msg.body,
                 exchange=exchange,
-                routing_key=msg.routing_key,
+                routing_key=routing_key,
                 properties=properties(msg),
                 mandatory=msg.mandatory,
                 timeout=self.settings.publish_timeout_s,
@@ -187,7 +199,9 @@ class Pipeline:
     def _done(self, message_id: str, task: asyncio.Task[None]) -> None:
         self._pending.discard(task)
         self._slots.release()
-        if not task.cancelled() and task.exception() is not None:
+        if task.cancelled():  # aiormq cancels the confirms outstanding on a channel that closed
+            self.failed.append((message_id, PublishConnectionError("the channel closed before the confirm")))
+        elif task.exception() is not None:
             self.failed.append((message_id, task.exception()))  # type: ignore[arg-type]
 
     async def wait(self) -> None:
