@@ -22,6 +22,7 @@ from rabbittask.errors import (
     PublishNotConfirmed,
     RabbitTaskError,
     Reject,
+    ResultBackendError,
     Retry,
     TaskError,
     TaskNotFound,
@@ -59,6 +60,7 @@ __all__ = [
     "PublishConnectionError",
     "PublishNotConfirmed",
     "BatchNotConfirmed",
+    "ResultBackendError",
     "TaskError",
     "__version__",
 ]
