@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field
@@ -65,6 +66,11 @@ class Settings(BaseSettings):
         description="How long a worker retries storing a result before it hands the message back to the queue "
         "(it never acks a task whose result is not stored).",
     )
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # URLs carry passwords (broker, result backend): never print them, not even in a repr.
+        for key, value in super().__repr_args__():
+            yield key, mask_url(value) if isinstance(value, str) else value
 
 
 _PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]*:)(?P<password>[^@/]*)@", re.IGNORECASE)
