@@ -21,8 +21,10 @@ from rabbittask.errors import (
     PublishNotConfirmed,
     RabbitTaskError,
     Reject,
+    SoftTimeLimitExceeded,
     TaskError,
     TaskNotFound,
+    TimeLimitExceeded,
     TopologyMismatch,
 )
 from rabbittask.settings import Settings
@@ -39,8 +41,10 @@ __all__ = [
     "Settings",
     "Task",
     "TaskHandle",
-    # control flow raised by tasks
+    # control flow raised by tasks, or into them
     "Reject",
+    "SoftTimeLimitExceeded",
+    "TimeLimitExceeded",
     # errors
     "RabbitTaskError",
     "ConfigError",

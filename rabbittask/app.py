@@ -27,7 +27,9 @@ from rabbittask.topology import Declaration, QueueSpec, declarations
 P = ParamSpec("P")
 R = TypeVar("R")
 
-TASK_OPTIONS = frozenset({"name", "queue", "queue_type", "max_priority", "delivery_limit"})
+TASK_OPTIONS = frozenset(
+    {"name", "queue", "queue_type", "max_priority", "delivery_limit", "time_limit", "soft_time_limit"}
+)
 _TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
 
 
@@ -109,6 +111,8 @@ class App:
         queue_type: QueueType | None = None,
         max_priority: int | None = None,
         delivery_limit: int | None = None,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
     ) -> Task[P, R]:
         name = name or f"{fn.__module__}.{fn.__qualname__.replace('<locals>.', '')}"
         if not _TASK_NAME.match(name):
@@ -128,6 +132,7 @@ class App:
             )
         self.queues.setdefault(spec.name, spec)
         task: Task[P, R] = Task(self, fn, name, spec.name)
+        task.set_time_limits(time_limit, soft_time_limit)
         self.tasks[name] = task
         return task
 

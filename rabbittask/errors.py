@@ -15,6 +15,8 @@
     └── TaskError                            a task failed remotely (results, RPC)
 
 Control flow, not failure: `Reject` is raised by a task on purpose and is not logged as an error.
+Time limits: `SoftTimeLimitExceeded` is raised inside a task at its `soft_time_limit` (it may catch
+it and clean up); `TimeLimitExceeded` names the failure of a task stopped at its hard `time_limit`.
 """
 
 from __future__ import annotations
@@ -90,3 +92,11 @@ class Reject(Exception):  # noqa: N818 - control flow, named for what the task a
     def __init__(self, reason: str = "rejected by task") -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class SoftTimeLimitExceeded(Exception):  # noqa: N818 - named like the limit it reports
+    """Raised inside a running task when it passes its `soft_time_limit`; catch it to clean up."""
+
+
+class TimeLimitExceeded(Exception):  # noqa: N818 - named like the limit it reports
+    """Raised (async tasks) or reported (sync tasks) when a task passes its hard `time_limit`."""

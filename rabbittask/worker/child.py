@@ -5,6 +5,11 @@ task runs for minutes; async tasks run on the event loop, at most `prefetch` at 
 reconnects with back-off when the connection drops and never acks a tag from an older channel.
 Publishing (dead letters, replies) goes over a second connection, because a memory alarm blocks
 a publishing connection and would stop its acks too.
+
+A child retires (stops consuming, finishes and acks what it holds, returns) after `max_tasks`
+deliveries or above `max_memory_bytes`, and after a sync task passed its hard time limit (its
+thread cannot be stopped, so the child dead-letters the message and hands the rest back). The
+supervisor hears of it through `on_retire` and starts the successor before this child is done.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import os
 import queue
 import signal
 import threading
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiormq
@@ -24,14 +30,15 @@ import aiormq.abc
 from aiormq.abc import DeliveredMessage
 from pydantic_core import PydanticSerializationError, to_json
 
-from rabbittask.errors import PublishError, TopologyMismatch
+from rabbittask.errors import PublishError, SoftTimeLimitExceeded, TopologyMismatch
 from rabbittask.publish.aio import CONNECTION_ERRORS, AsyncPublisher, connect
 from rabbittask.publish.declare import declare_async
 from rabbittask.publish.outgoing import Outgoing
 from rabbittask.settings import mask_url
 from rabbittask.topology import dlx_name
 from rabbittask.worker.acks import Acker, delivery_tag
-from rabbittask.worker.execute import Outcome, prepare, run_async, run_sync
+from rabbittask.worker.execute import Outcome, prepare, run_async, run_sync, soft_limit_outcome, time_limit_outcome
+from rabbittask.worker.limits import MemoryLimit, ThreadLimits
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -40,6 +47,7 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_CONFIG = 78  # sysexits EX_CONFIG: a restart would fail the same way
+LIMITS_TICK_S = 0.1  # how often time limits of sync tasks are checked (their precision)
 PUBLISH_ERRORS: tuple[type[Exception], ...] = (PublishError, *CONNECTION_ERRORS)
 DEATH_HEADERS = (
     "x-death",
@@ -63,6 +71,10 @@ class Child:
         prefetch: int | None = None,
         threads: int = 1,
         shutdown_timeout_s: float = 30.0,
+        max_tasks: int = 0,
+        max_memory_bytes: int = 0,
+        on_ready: Callable[[], None] | None = None,
+        on_retire: Callable[[str], None] | None = None,
     ) -> None:
         unknown = [q for q in queues if q not in app.queues]
         if unknown:
@@ -73,7 +85,23 @@ class Child:
         self.prefetch = prefetch or app.settings.prefetch
         self.threads = threads
         self.shutdown_timeout_s = shutdown_timeout_s
+        self.max_tasks = max_tasks
+        self.on_ready = on_ready
+        self.on_retire = on_retire
+        self.stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
         self.tasks_done = 0
+        self.received = 0
+        self._retire_at = max_tasks or -1
+        self._retiring: str | None = None
+        self._shutdown = asyncio.Event()  # warm shutdown: hand back what has not started, bounded wait
+        self._signalled = False
+        self._memory = MemoryLimit(max_memory_bytes) if max_memory_bytes else None
+        limited = any(
+            t.time_limit is not None or t.soft_time_limit is not None
+            for t in app.tasks.values()
+            if t.queue in self.queues and not t.is_async
+        )
+        self._limits = ThreadLimits() if limited else None
         self._jobs: queue.SimpleQueue[DeliveredMessage | None] = queue.SimpleQueue()
         self._results: deque[Outcome] = deque()
         self._wake_pending = False
@@ -92,8 +120,10 @@ class Child:
         """Consume until a stop is requested; reconnect with back-off when the broker goes away."""
         self._loop = asyncio.get_running_loop()
         self._idle.set()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in self.stop_signals:
             self._loop.add_signal_handler(sig, self.stop)
+        if self._limits is not None:
+            self._loop.call_later(LIMITS_TICK_S, self._check_time_limits)
         workers = [
             threading.Thread(target=self._thread_main, name=f"rabbittask-task-{i}", daemon=True)
             for i in range(self.threads)
@@ -113,6 +143,12 @@ class Child:
                 except CONNECTION_ERRORS + (PublishError, aiormq.exceptions.AMQPError) as e:
                     if self._stopping:
                         break
+                    if "acknowledgement" in str(e):  # 406 "delivery acknowledgement on channel N timed out"
+                        log.error(
+                            "the broker's consumer_timeout closed the channel: a message was held unacked longer "
+                            "than it allows, and what the channel held is redelivered. Raise consumer_timeout in "
+                            "rabbitmq.conf, or lower --prefetch and the tasks' time limits"
+                        )
                     log.warning(
                         "broker connection lost (%s); reconnecting in %.1f s",
                         mask_url(str(e) or type(e).__name__),
@@ -132,11 +168,28 @@ class Child:
 
     def stop(self) -> None:
         """Warm shutdown: stop consuming, hand back what has not started, finish what runs, ack, exit."""
-        if self._stopping:
+        if self._signalled:
             log.warning("second stop signal: cold shutdown, unfinished tasks go back to the queue")
             os._exit(1)
         log.info("warm shutdown: finishing running tasks (at most %.0f s)", self.shutdown_timeout_s)
+        self._signalled = True
         self._stopping = True
+        self._shutdown.set()
+        self._stop.set()
+
+    def retire(self, reason: str, *, hand_back: bool = False) -> None:
+        """Stop consuming, finish and ack what it holds (or hand back what has not started), then return."""
+        if self._retiring is not None or self._signalled:
+            if hand_back:
+                self._shutdown.set()
+            return
+        log.info("retiring (%s) after %d task(s); its successor is starting", reason, self.tasks_done)
+        self._retiring = reason
+        if self.on_retire is not None:
+            self.on_retire(reason)
+        self._stopping = True
+        if hand_back:
+            self._shutdown.set()
         self._stop.set()
 
     async def _session(self) -> None:
@@ -144,15 +197,19 @@ class Child:
         try:
             channel = await connection.channel(publisher_confirms=False)
             await declare_async(channel, self.app.declarations(self.queues))
-            await channel.basic_qos(prefetch_count=self.prefetch)  # per consumer, never global
+            prefetch = self.prefetch
+            if self.max_tasks:  # hold no more than it will run: a child never hands back for retiring
+                prefetch = max(1, min(prefetch, self.max_tasks - self.received))
+            await channel.basic_qos(prefetch_count=prefetch)  # per consumer, never global
             self._acker = Acker(channel)
             tags: list[str] = []
             for q in self.queues:
                 ok = await channel.basic_consume(q, self._on_message)
                 tags.append(ok.consumer_tag or "")
-            log.info(
-                "consuming from %s (prefetch %d, %d thread(s))", ", ".join(self.queues), self.prefetch, self.threads
-            )
+            log.info("consuming from %s (prefetch %d, %d thread(s))", ", ".join(self.queues), prefetch, self.threads)
+            if self.on_ready is not None:
+                self.on_ready()
+                self.on_ready = None
             stop = asyncio.ensure_future(self._stop.wait())
             await asyncio.wait([stop, channel.closing], return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
@@ -168,8 +225,15 @@ class Child:
     async def _drain(self, channel: aiormq.abc.AbstractChannel, consumer_tags: list[str]) -> None:
         for tag in consumer_tags:
             await channel.basic_cancel(tag)
+        await asyncio.sleep(0)  # deliveries that came before the cancel-ok run their callbacks first
         acker = self._acker
         assert acker is not None
+        if not self._shutdown.is_set():  # retiring: finish all it holds, unless a stop signal comes
+            idle = asyncio.ensure_future(self._idle.wait())
+            shutdown = asyncio.ensure_future(self._shutdown.wait())
+            await asyncio.wait([idle, shutdown], return_when=asyncio.FIRST_COMPLETED)
+            idle.cancel()
+            shutdown.cancel()
         handed_back = 0
         while True:  # prefetched messages that have not started go straight back to the queue
             try:
@@ -198,11 +262,17 @@ class Child:
 
     async def _on_message(self, message: DeliveredMessage) -> None:
         acker = self._acker
-        if acker is None or self._stopping:
+        if acker is None:
             return  # not acked: the broker requeues it when the channel closes
         acker.delivered(delivery_tag(message))
+        if self._shutdown.is_set():  # came before the cancel-ok: hand it back at once
+            acker.reject(delivery_tag(message), requeue=True)
+            return
         self._in_flight += 1
         self._idle.clear()
+        self.received += 1
+        if self.received == self._retire_at:
+            self.retire(f"received {self.received} messages, --max-tasks-per-child")
         task = self.app.tasks.get(message.header.properties.message_type or "")
         if task is None or not task.is_async:
             self._jobs.put(message)
@@ -215,8 +285,12 @@ class Child:
         self._settle(outcome)
 
     def _thread_main(self) -> None:
+        limits = self._limits
         while (message := self._jobs.get()) is not None:
-            self._results.append(run_sync(self.app, message))
+            outcome = run_sync(self.app, message) if limits is None else self._run_limited(limits, message)
+            if outcome is None:
+                continue  # abandoned at its hard time limit: the event loop settled it
+            self._results.append(outcome)
             if not self._wake_pending:
                 self._wake_pending = True
                 assert self._loop is not None
@@ -224,6 +298,35 @@ class Child:
                     self._loop.call_soon_threadsafe(self._collect)
                 except RuntimeError:  # the loop is closed: the process is exiting
                     return
+
+    def _run_limited(self, limits: ThreadLimits, message: DeliveredMessage) -> Outcome | None:
+        task = self.app.tasks.get(message.header.properties.message_type or "")
+        entry = limits.start(task, message) if task is not None else None
+        if entry is None:
+            return run_sync(self.app, message)
+        outcome: Outcome | None = None
+        while True:
+            try:
+                if outcome is None:
+                    outcome = run_sync(self.app, message)
+                return None if limits.finish(entry) else outcome
+            except SoftTimeLimitExceeded:  # raised after the task returned, before finish(): sent once only
+                if outcome is None:
+                    outcome = soft_limit_outcome(message, entry.task)
+
+    def _check_time_limits(self) -> None:
+        assert self._limits is not None and self._loop is not None
+        for entry in self._limits.check(time.monotonic()):
+            log.error(
+                "task %s [%s] still runs at its time_limit of %g s: dead-lettering it and replacing this child "
+                "(a thread cannot be stopped)",
+                entry.task.name,
+                entry.message.header.properties.message_id,
+                entry.task.time_limit,
+            )
+            self._settle(time_limit_outcome(entry.message, entry.task))
+            self.retire("a sync task passed its time limit", hand_back=True)
+        self._loop.call_later(LIMITS_TICK_S, self._check_time_limits)
 
     def _collect(self) -> None:
         self._wake_pending = False
@@ -245,7 +348,13 @@ class Child:
         elif outcome.ok and not message.header.properties.reply_to:
             acker.ack(delivery_tag(message))
         else:
+            self._in_flight += 1  # until the reply or dead letter is confirmed and the message acked
             self._spawn(self._publish_then_ack(acker, outcome))
+        if self._memory is not None and not self._stopping:
+            rss = self._memory.exceeded()
+            if rss:
+                limit_mb = self._memory.max_bytes / 2**20
+                self.retire(f"RSS {rss / 2**20:.0f} MB above --max-memory-per-child {limit_mb:g} MB")
         if self._in_flight <= 0:
             self._idle.set()
 
@@ -256,7 +365,6 @@ class Child:
 
     async def _publish_then_ack(self, acker: Acker, outcome: Outcome) -> None:
         tag = delivery_tag(outcome.message)
-        self._in_flight += 1
         try:
             if outcome.message.header.properties.reply_to:
                 try:

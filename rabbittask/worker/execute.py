@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -12,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiormq.abc import DeliveredMessage
 
-from rabbittask.errors import ArgumentsInvalid, PayloadError, Reject, TaskNotFound
+from rabbittask.errors import (
+    ArgumentsInvalid,
+    PayloadError,
+    Reject,
+    SoftTimeLimitExceeded,
+    TaskNotFound,
+    TimeLimitExceeded,
+)
 from rabbittask.message import (
     H_EXC_MESSAGE,
     H_EXC_TYPE,
@@ -39,6 +47,8 @@ REASON_MALFORMED = "malformed message"
 REASON_UNKNOWN = "unknown task"
 REASON_INVALID = "invalid arguments"
 REASON_REJECTED = "rejected by task"
+REASON_TIME_LIMIT = "time limit"
+REASON_SOFT_TIME_LIMIT = "soft time limit"
 
 
 @dataclass(slots=True)
@@ -77,12 +87,14 @@ class Outcome:
 
 
 def _failure(message: DeliveredMessage, name: str, reason: str, exc: BaseException, tb: bool) -> Outcome:
+    if isinstance(exc, SoftTimeLimitExceeded):  # raised into the task, which let it escape
+        reason = REASON_SOFT_TIME_LIMIT
     return Outcome(
         message,
         name,
         reason=reason,
         exc_type=type(exc).__name__,
-        exc_message=str(exc),
+        exc_message=str(exc) or "the task ran past its soft_time_limit",
         traceback="".join(traceback.format_exception(exc)) if tb else "",
     )
 
@@ -102,6 +114,18 @@ def prepare(app: App, message: DeliveredMessage) -> tuple[Task[Any, Any], tuple[
     except ArgumentsInvalid as e:
         return _failure(message, name, REASON_INVALID, e, tb=False)
     return task, args, kwargs
+
+
+def time_limit_outcome(message: DeliveredMessage, task: Task[Any, Any]) -> Outcome:
+    """The failure of a sync task still running at its hard time limit (its thread is abandoned)."""
+    exc = TimeLimitExceeded(f"task {task.name!r} ran past its time_limit of {task.time_limit:g} s")
+    return _failure(message, task.name, REASON_TIME_LIMIT, exc, tb=False)
+
+
+def soft_limit_outcome(message: DeliveredMessage, task: Task[Any, Any]) -> Outcome:
+    """The failure of a sync task whose soft-limit exception arrived outside the task's own code."""
+    exc = SoftTimeLimitExceeded(f"task {task.name!r} ran past its soft_time_limit of {task.soft_time_limit:g} s")
+    return _failure(message, task.name, REASON_SOFT_TIME_LIMIT, exc, tb=False)
 
 
 def run_sync(app: App, message: DeliveredMessage) -> Outcome:
@@ -126,9 +150,37 @@ async def run_async(
     """Run an async task on the child's event loop."""
     start = time.perf_counter()
     try:
-        value = await task.fn(*args, **kwargs)
+        if task.time_limit is None and task.soft_time_limit is None:
+            value = await task.fn(*args, **kwargs)
+        else:
+            value = await _limited(task, task.fn(*args, **kwargs))
     except Reject as e:
         return _failure(message, task.name, REASON_REJECTED, e, tb=False)
+    except TimeLimitExceeded as e:
+        return _failure(message, task.name, REASON_TIME_LIMIT, e, tb=False)
     except Exception as e:  # noqa: BLE001 - a task's failure is data, not a crash of the worker
         return _failure(message, task.name, REASON_FAILED, e, tb=True)
     return Outcome(message, task.name, value=value, runtime_s=time.perf_counter() - start)
+
+
+async def _limited(task: Task[Any, Any], coro: Any) -> Any:
+    """Await `coro` under the task's limits: cancelled at each, reported as the matching exception."""
+    hard = asyncio.timeout(task.time_limit)
+    try:
+        async with hard:
+            soft = asyncio.timeout(task.soft_time_limit)
+            try:
+                async with soft:
+                    return await coro
+            except TimeoutError:
+                if not soft.expired():
+                    raise  # the task's own TimeoutError
+                raise SoftTimeLimitExceeded(
+                    f"task {task.name!r} was cancelled at its soft_time_limit of {task.soft_time_limit:g} s"
+                ) from None
+    except TimeoutError:
+        if not hard.expired():
+            raise
+        raise TimeLimitExceeded(
+            f"task {task.name!r} was cancelled at its time_limit of {task.time_limit:g} s"
+        ) from None
