@@ -19,6 +19,7 @@ import logging
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_CONFIG = 78  # sysexits EX_CONFIG: a restart would fail the same way
 LIMITS_TICK_S = 0.1  # how often time limits of sync tasks are checked (their precision)
+BUDGET_IDLE_S = 0.2  # at its max-tasks budget with nothing to do: how long to wait for more before retiring
 PUBLISH_ERRORS: tuple[type[Exception], ...] = (PublishError, *CONNECTION_ERRORS)
 DEATH_HEADERS = (
     "x-death",
@@ -92,6 +94,7 @@ class Child:
         self.tasks_done = 0
         self.received = 0
         self._retire_at = max_tasks or -1
+        self._acks_left = sys.maxsize  # acks this channel may send before the broker could exceed max_tasks
         self._retiring: str | None = None
         self._shutdown = asyncio.Event()  # warm shutdown: hand back what has not started, bounded wait
         self._signalled = False
@@ -185,6 +188,8 @@ class Child:
             return
         log.info("retiring (%s) after %d task(s); its successor is starting", reason, self.tasks_done)
         self._retiring = reason
+        if self._acker is not None:
+            self._acker.hold()  # until the consumer is cancelled: an ack now could bring one more message
         if self.on_retire is not None:
             self.on_retire(reason)
         self._stopping = True
@@ -198,8 +203,13 @@ class Child:
             channel = await connection.channel(publisher_confirms=False)
             await declare_async(channel, self.app.declarations(self.queues))
             prefetch = self.prefetch
-            if self.max_tasks:  # hold no more than it will run: a child never hands back for retiring
-                prefetch = max(1, min(prefetch, self.max_tasks - self.received))
+            if self.max_tasks:
+                # The broker sends at most prefetch + (acks so far) messages: once that reaches the budget, the
+                # consumer is cancelled before the next ack goes out. So a retiring child holds no more than it
+                # will run, and never hands a message back (quorum queues count every return).
+                budget = max(1, self.max_tasks - self.received)
+                prefetch = min(prefetch, budget)
+                self._acks_left = budget - prefetch
             await channel.basic_qos(prefetch_count=prefetch)  # per consumer, never global
             self._acker = Acker(channel)
             tags: list[str] = []
@@ -228,6 +238,7 @@ class Child:
         await asyncio.sleep(0)  # deliveries that came before the cancel-ok run their callbacks first
         acker = self._acker
         assert acker is not None
+        acker.release()  # acks held back until the broker stopped sending
         if not self._shutdown.is_set():  # retiring: finish all it holds, unless a stop signal comes
             idle = asyncio.ensure_future(self._idle.wait())
             shutdown = asyncio.ensure_future(self._shutdown.wait())
@@ -272,7 +283,7 @@ class Child:
         self._idle.clear()
         self.received += 1
         if self.received == self._retire_at:
-            self.retire(f"received {self.received} messages, --max-tasks-per-child")
+            self.retire(f"--max-tasks-per-child {self.max_tasks} reached")
         task = self.app.tasks.get(message.header.properties.message_type or "")
         if task is None or not task.is_async:
             self._jobs.put(message)
@@ -337,6 +348,9 @@ class Child:
     def _settle(self, outcome: Outcome) -> None:
         self._in_flight -= 1
         self.tasks_done += 1
+        self._acks_left -= 1
+        if self._acks_left < 0 or self._memory is not None:
+            self._check_limits()
         acker = self._acker
         message = outcome.message
         if acker is None or message.channel is not acker.channel or not acker.alive:
@@ -350,13 +364,28 @@ class Child:
         else:
             self._in_flight += 1  # until the reply or dead letter is confirmed and the message acked
             self._spawn(self._publish_then_ack(acker, outcome))
-        if self._memory is not None and not self._stopping:
-            rss = self._memory.exceeded()
-            if rss:
-                limit_mb = self._memory.max_bytes / 2**20
-                self.retire(f"RSS {rss / 2**20:.0f} MB above --max-memory-per-child {limit_mb:g} MB")
         if self._in_flight <= 0:
             self._idle.set()
+
+    def _check_limits(self) -> None:
+        """After a task: retire above the memory limit; at the max-tasks budget, hold acks and retire when done."""
+        if self._stopping:
+            return
+        acker = self._acker
+        if self._memory is not None and (rss := self._memory.exceeded()):
+            limit_mb = self._memory.max_bytes / 2**20
+            self.retire(f"RSS {rss / 2**20:.0f} MB above --max-memory-per-child {limit_mb:g} MB")
+        elif self._acks_left < 0:
+            # One more ack and the broker could send more than max_tasks: hold acks. The broker still sends
+            # up to the budget; the child retires at the last one (`_on_message`), or now if nothing else came.
+            if acker is not None:
+                acker.hold()
+            if self._in_flight <= 0 and self._loop is not None:  # wait for deliveries still on the wire
+                self._loop.call_later(BUDGET_IDLE_S, self._retire_if_idle)
+
+    def _retire_if_idle(self) -> None:
+        if not self._stopping and self._in_flight <= 0:
+            self.retire(f"--max-tasks-per-child {self.max_tasks}: no more messages came within its budget")
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
