@@ -8,6 +8,7 @@ supervisor then forks the new children from the freshly imported app.
 from __future__ import annotations
 
 import importlib
+import site
 import sys
 import sysconfig
 from collections.abc import Callable, Iterable
@@ -20,13 +21,15 @@ if TYPE_CHECKING:
 def project_modules(names: Iterable[str]) -> list[str]:
     """The modules among `names` loaded from project files (not stdlib, not installed, not rabbittask)."""
     paths = sysconfig.get_paths()
-    installed = tuple({paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths})
+    installed = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    installed |= {*site.getsitepackages(), site.getusersitepackages()}
+    prefixes = tuple(installed)
     out = []
     for name in names:
         file = getattr(sys.modules.get(name), "__file__", None)
         if not file or name == "rabbittask" or name.startswith("rabbittask."):
             continue
-        if not file.startswith(installed):
+        if not file.startswith(prefixes) and not file.endswith((".so", ".pyd")):
             out.append(name)
     return sorted(out)
 

@@ -280,8 +280,11 @@ class Supervisor:
             if code != 0:
                 self.exit_code = 1
             return
-        if code == 0 and child.retiring:
-            log.info("child %d (pid %d) retired", child.number, child.pid)
+        if child.retiring:  # its successor runs already
+            if code == 0:
+                log.info("child %d (pid %d) retired", child.number, child.pid)
+            else:
+                log.warning("%s while it was retiring; its successor runs already", what)
             return
         if code == EXIT_CONFIG:
             raise Halt(f"{what}: a configuration error (see its log above); a restart would fail the same way", code)
