@@ -318,3 +318,37 @@ def test_a_time_limit_above_the_consumer_timeout_warns_and_strict_refuses(prefix
     assert "task 'sup.stuck': time_limit 1 s is not shorter than the broker's consumer_timeout (0.5 s)" in result.stderr
     assert "raise consumer_timeout in rabbitmq.conf" in result.stderr
     assert "refusing to start (--strict-timeouts)" in result.stderr
+
+
+RELOADABLE = """
+import os
+from rabbittask import App
+
+app = App("reload-tests")
+
+
+@app.task(queue=os.environ["RT_TEST_PREFIX"] + ".main", name="reload.version")
+def version() -> str:
+    return {version!r}
+"""
+
+
+def test_sighup_reloads_the_apps_code(prefix, broker_url, tmp_path, worker_factory) -> None:
+    # Given a worker running an app module that returns "v1"
+    module = f"reloadable_{prefix.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(RELOADABLE.format(version="v1"))
+    env = {"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
+    w = worker_factory(f"{module}:app", "-c", "1", prefix=prefix, env=env)
+    w.wait_for_log("consuming from")
+    caller = App("reload-tests", broker_url=broker_url)
+    version = caller.task(queue=f"{prefix}.main", name="reload.version")(lambda: "")
+    try:
+        assert version.call(timeout=10) == "v1"
+        # When the code changes and the supervisor gets SIGHUP
+        (tmp_path / f"{module}.py").write_text(RELOADABLE.format(version="v2, reloaded"))
+        w.signal(signal.SIGHUP)
+        w.wait_for_log("retired", timeout_s=20)
+        # Then the new child runs the new code
+        assert version.call(timeout=10) == "v2, reloaded"
+    finally:
+        caller.close()

@@ -6,10 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from pydantic import ValidationError
 
 from rabbittask import App
-from rabbittask.worker.options import WorkerOptions, parse_size_mb
+from rabbittask.cli import main
+from rabbittask.worker.options import WorkerOptions, describe, parse_size_mb
 from rabbittask.worker.reload import AppLoader
 from rabbittask.worker.timeouts import consumer_timeout_problems
 
@@ -88,3 +90,15 @@ def test_reload_imports_the_apps_project_modules_again(tmp_path: Path, monkeypat
         assert loader.reload().name == "v2"
     finally:
         sys.modules.pop("reloadable_app", None)
+
+
+def test_the_worker_command_refuses_a_bad_memory_size_before_importing_anything() -> None:
+    result = CliRunner().invoke(main, ["worker", "-A", "no.such.module:app", "--max-memory-per-child", "lots"])
+    assert result.exit_code == 2
+    assert "invalid worker options: max_memory_per_child_mb" in result.output and "e.g. 300MB" in result.output
+
+
+def test_the_worker_help_comes_from_the_option_descriptions() -> None:
+    result = CliRunner().invoke(main, ["worker", "--help"], terminal_width=200)
+    for field in ("max_tasks_per_child", "max_memory_per_child_mb", "consumer_timeout_s", "strict_timeouts"):
+        assert describe(field)[:40] in " ".join(result.output.split())
