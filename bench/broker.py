@@ -84,9 +84,14 @@ async def server_version(url: str) -> str:
     conn = await aiormq.connect(url)
     try:
         props = conn.server_properties
-        return f"{props.get('product', 'RabbitMQ')} {props.get('version', '?')}"
+        product, version = (_text(props.get(k, "?")) for k in ("product", "version"))
+        return f"{product} {version}"
     finally:
         await conn.close()
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class ReadyWatcher:

@@ -39,13 +39,13 @@ def measure(
     With `barrier`, the processes are raw consumers that wait for a go line once connected.
     """
     sampler = MemorySampler([p.pid for p in procs])
-    sampler.start()
     try:
+        sampler.start()
         if barrier:
             wait_ready_files(workdir, procs)
         totals = wait_count(workdir, n, procs, timeout_s=60 + n / 200)
-    finally:
         memory = sampler.finish()
+    finally:
         stop(procs)
     leftover = asyncio.run(broker.check_empty(url, queue))
     return DrainResult(totals.rate(), memory, leftover)

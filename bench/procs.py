@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -81,7 +81,6 @@ class MemoryPeak:
     total_rss: float = 0.0
     total_pss: float = 0.0
     samples: int = 0
-    errors: list[str] = field(default_factory=list)
 
 
 class MemorySampler(threading.Thread):

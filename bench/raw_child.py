@@ -29,16 +29,24 @@ PREFETCH = 1000
 ACK_EVERY = 100
 
 
-async def until_stopped(on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Signal readiness, wait for the go line, start via `on_ready`, then wait for SIGTERM."""
-    stopped = asyncio.Event()
+async def until_stopped(on_go: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Say ready, wait for the go line, start via `on_go`, then run until SIGTERM or the bench goes away."""
+    go, stopped = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stopped.set)
+
+    def on_stdin() -> None:
+        # A line is the go signal; end of file means the bench died, so do not linger.
+        (go if os.read(sys.stdin.fileno(), 64) else stopped).set()
+
+    loop.add_reader(sys.stdin.fileno(), on_stdin)
     Path(os.environ[ENV], f"{os.getpid()}.ready").touch()
-    await loop.run_in_executor(None, sys.stdin.readline)
-    if on_ready is not None:
-        await on_ready()
+    waits = [asyncio.create_task(go.wait()), asyncio.create_task(stopped.wait())]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    if on_go is not None and not stopped.is_set():
+        await on_go()
     await stopped.wait()
+    loop.remove_reader(sys.stdin.fileno())
 
 
 def counter() -> Counter:
@@ -73,7 +81,8 @@ async def drain_aio_pika(queue_name: str) -> None:
         tags.append(await queue.consume(on_message))
 
     await until_stopped(consume)
-    await queue.cancel(tags[0])
+    for tag in tags:
+        await queue.cancel(tag)
     if pending is not None:
         await pending.ack(multiple=True)
     await conn.close()
@@ -101,10 +110,11 @@ async def drain_aiormq(queue_name: str) -> None:
 
     async def consume() -> None:
         ok = await channel.basic_consume(queue_name, on_message, no_ack=False)
-        tags.append(ok.consumer_tag)
+        tags.append(ok.consumer_tag or "")
 
     await until_stopped(consume)
-    await channel.basic_cancel(tags[0])
+    for tag in tags:
+        await channel.basic_cancel(tag)
     if pending:
         await channel.basic_ack(pending, multiple=True)
     await conn.close()

@@ -22,6 +22,7 @@ COLUMNS = ["case", "queue", "rabbittask", "reference in the same run", "ratio", 
 class Results:
     samples: dict[Key, list[Measurement]] = field(default_factory=dict)
     errors: dict[Key, list[str]] = field(default_factory=dict)
+    loads: dict[Key, list[float]] = field(default_factory=dict)  # 1-min load average before each rep
 
     def add(self, key: Key, m: Measurement) -> None:
         self.samples.setdefault(key, []).append(m)
@@ -161,6 +162,7 @@ def write(directory: Path, meta: dict[str, Any], table_lines: list[Line], result
             "p99_ms": [m.p99_ms for m in ms if m.p99_ms is not None],
             "memory": [asdict(m.memory) for m in ms if m.memory],
             "leftover": [m.leftover for m in ms],
+            "loadavg_1m_before": results.loads.get(k, []),
         }
         for k, ms in results.samples.items()
     ]

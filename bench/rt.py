@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from bench import drain
 from bench.broker import ReadyWatcher
-from bench.procs import spawn, stop
+from bench.procs import ChildFailed, spawn, stop
 from bench.row import Measurement, RowContext, percentile
 
 if TYPE_CHECKING:
@@ -108,12 +109,26 @@ def drain_with(concurrency: int) -> Callable[[RowContext], Measurement]:
     return row
 
 
+def wait_for_worker(bench: BenchApp, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    """Call until the worker answers (its start-up is not measured); fail at once if it exited."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise ChildFailed(f"worker exited with {proc.returncode} before answering a call")
+        try:
+            bench.echo.call(-1, timeout=2)
+            return
+        except Exception:  # whatever .call raises on a timeout; give up only at the deadline
+            if time.monotonic() > deadline:
+                raise
+
+
 def call(ctx: RowContext) -> Measurement:
     """`echo.call(i, timeout=10)`, sequential, against a `-c 1` worker."""
     bench = setup(ctx)
     proc = spawn(worker(ctx, 1), ctx.workdir, "worker", worker_env(ctx))
     try:
-        bench.echo.call(-1, timeout=60)  # waits out the worker's start-up
+        wait_for_worker(bench, proc)
         latencies_ms: list[float] = []
         for i in range(WARMUP_CALLS + ctx.n):
             started = time.perf_counter()

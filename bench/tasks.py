@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 from typing import Any, NamedTuple
 
-from rabbittask import App
-
 from bench.config import broker_url
 from bench.counter import process_counter
+from rabbittask import App
 
 QUEUE_ENV, TYPE_ENV, EXCHANGE_ENV = "BENCH_QUEUE", "BENCH_QUEUE_TYPE", "BENCH_EXCHANGE"
 
@@ -45,4 +44,6 @@ def build(queue: str, queue_type: str = "quorum", exchange: str | None = None) -
     return BenchApp(app, app.task(queue=queue, **options)(noop), app.task(queue=queue, **options)(echo))
 
 
-app = build(os.environ.get(QUEUE_ENV, "bench.unset"), os.environ.get(TYPE_ENV, "quorum"), os.environ.get(EXCHANGE_ENV)).app
+app = build(
+    os.environ.get(QUEUE_ENV, "bench.unset"), os.environ.get(TYPE_ENV, "quorum"), os.environ.get(EXCHANGE_ENV)
+).app

@@ -9,6 +9,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from rabbittask.app import App
+from rabbittask.context import TaskContext
 from rabbittask.errors import (
     ArgumentsInvalid,
     BatchNotConfirmed,
@@ -21,6 +22,7 @@ from rabbittask.errors import (
     PublishNotConfirmed,
     RabbitTaskError,
     Reject,
+    Retry,
     SoftTimeLimitExceeded,
     TaskError,
     TaskNotFound,
@@ -41,8 +43,10 @@ __all__ = [
     "Settings",
     "Task",
     "TaskHandle",
+    "TaskContext",
     # control flow raised by tasks, or into them
     "Reject",
+    "Retry",
     "SoftTimeLimitExceeded",
     "TimeLimitExceeded",
     # errors

@@ -10,26 +10,30 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from pika.adapters.blocking_connection import BlockingChannel
 
+from rabbittask.context import TaskContext
 from rabbittask.errors import BatchNotConfirmed, ConfigError, TaskNotFound
-from rabbittask.publish.aio import AsyncPublisher
+from rabbittask.publish.aio import AsyncPublisher, Pipeline
 from rabbittask.publish.declare import declare_sync
 from rabbittask.publish.outgoing import Outgoing
 from rabbittask.publish.sync import SyncPublisher
 from rabbittask.results.rpc import AsyncRpc, SyncRpc
+from rabbittask.retry import RETRY_OPTIONS, policy_for
 from rabbittask.settings import QueueType, Settings
 from rabbittask.task import Task, TaskHandle
-from rabbittask.topology import Declaration, QueueSpec, declarations
+from rabbittask.topology import Declaration, QueueSpec, check_delay_queue_name, declarations, delay_declarations
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-TASK_OPTIONS = frozenset(
-    {"name", "queue", "queue_type", "max_priority", "delivery_limit", "time_limit", "soft_time_limit"}
-)
+TASK_OPTIONS = frozenset({"name", "queue", "queue_type", "max_priority", "delivery_limit"})
+# Retries (issue 6): the retry policy's fields, and bind=True for a TaskContext first argument.
+TASK_OPTIONS |= RETRY_OPTIONS | {"bind"}
+# Time limits (issue 4), in seconds.
+TASK_OPTIONS |= {"time_limit", "soft_time_limit"}
 _TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
 
 
@@ -40,28 +44,18 @@ class _Batch:
         self.messages: list[Outgoing] = []
 
 
-class _AsyncBatch:
-    """Publishes started inside `app.abatch()`, awaited at its end."""
-
-    def __init__(self, window: int) -> None:
-        self.pending: set[asyncio.Task[None]] = set()
-        self.failed: list[tuple[str, BaseException]] = []
-        self.window = window
-        self.ids: dict[asyncio.Task[None], str] = {}
-        self.count = 0
-
-    def collect(self, done: set[asyncio.Task[None]]) -> None:
-        for t in done:
-            exc = t.exception()
-            if exc is not None:
-                self.failed.append((self.ids[t], exc))
-            del self.ids[t]
-
-
 class App:
     """A rabbittask application: tasks, the queues they map to, and how to reach the broker."""
 
-    def __init__(self, name: str, broker_url: str | None = None, **settings: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        broker_url: str | None = None,
+        *,
+        autoretry_for: tuple[type[BaseException], ...] = (),
+        **settings: Any,
+    ) -> None:
+        """`settings` are `Settings` fields; `autoretry_for` are exceptions every task retries on."""
         if broker_url is not None:
             settings["broker_url"] = broker_url
         try:
@@ -69,11 +63,13 @@ class App:
         except ValueError as e:
             raise ConfigError(f"invalid settings for app {name!r}: {e}") from None
         self.name = name
+        self.autoretry_for = tuple(autoretry_for)
+        policy_for(self.settings, self.autoretry_for, {})  # refuses a bad app-wide retry setting now
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.queues: dict[str, QueueSpec] = {}
         self._local = threading.local()
         self._aio: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncPublisher] = weakref.WeakKeyDictionary()
-        self._abatch: contextvars.ContextVar[_AsyncBatch | None] = contextvars.ContextVar("abatch", default=None)
+        self._abatch: contextvars.ContextVar[Pipeline | None] = contextvars.ContextVar("abatch", default=None)
         self._declared_pid = 0
         self._guards: weakref.WeakSet[AsyncIterator[None]] = weakref.WeakSet()
         self._arpc: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRpc] = weakref.WeakKeyDictionary()
@@ -87,10 +83,18 @@ class App:
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
     @overload
+    def task(
+        self, fn: None = None, /, *, bind: Literal[True], **options: Any
+    ) -> Callable[[Callable[Concatenate[TaskContext, P], R]], Task[P, R]]: ...
+
+    @overload
     def task(self, fn: None = None, /, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(self, fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
-        """Declare a task: `@app.task` or `@app.task(queue="emails", name="send")`."""
+        """Declare a task: `@app.task` or `@app.task(queue="emails", name="send", max_retries=5)`.
+
+        `bind=True` passes a `TaskContext` (id, attempt, headers, `.retry()`) as the first argument.
+        """
         unknown = set(options) - TASK_OPTIONS
         if unknown:
             raise ConfigError(
@@ -111,8 +115,10 @@ class App:
         queue_type: QueueType | None = None,
         max_priority: int | None = None,
         delivery_limit: int | None = None,
+        bind: bool = False,
         time_limit: float | None = None,
         soft_time_limit: float | None = None,
+        **retry_options: Any,
     ) -> Task[P, R]:
         name = name or f"{fn.__module__}.{fn.__qualname__.replace('<locals>.', '')}"
         if not _TASK_NAME.match(name):
@@ -130,8 +136,10 @@ class App:
             raise ConfigError(
                 f"queue {spec.name!r} is declared with different options by two tasks: {known} and {spec}"
             )
+        check_delay_queue_name(spec.name)
+        retry = policy_for(self.settings, self.autoretry_for, retry_options)
         self.queues.setdefault(spec.name, spec)
-        task: Task[P, R] = Task(self, fn, name, spec.name)
+        task: Task[P, R] = Task(self, fn, name, spec.name, retry=retry, bind=bind)
         task.set_time_limits(time_limit, soft_time_limit)
         self.tasks[name] = task
         return task
@@ -146,7 +154,9 @@ class App:
     def declarations(self, queues: list[str] | None = None) -> list[Declaration]:
         """What the broker must have for this app (or for some of its queues)."""
         specs = [self.queues[q] for q in queues] if queues else list(self.queues.values())
-        return declarations(self.settings.exchange, specs)
+        exchange = self.settings.exchange
+        ladder = delay_declarations(exchange, [s.name for s in specs], self.settings.delay_queue_type)
+        return declarations(exchange, specs) + ladder
 
     def declare(self) -> None:
         """Declare the app's whole topology on the broker now (it is also declared on first use)."""
@@ -203,18 +213,11 @@ class App:
 
     async def asend(self, msg: Outgoing) -> TaskHandle:
         """Async twin of `send`: inside `abatch()` the confirm is awaited at the end of the batch."""
-        publisher = self._async_publisher()
         batch = self._abatch.get()
         if batch is None:
-            await publisher.publish(msg)
+            await self._async_publisher().publish(msg)
         else:
-            if len(batch.pending) >= batch.window:
-                done, batch.pending = await asyncio.wait(batch.pending, return_when=asyncio.FIRST_COMPLETED)
-                batch.collect(done)
-            task = asyncio.ensure_future(publisher.publish(msg))
-            batch.ids[task] = msg.message_id
-            batch.pending.add(task)
-            batch.count += 1
+            await batch.add(msg)
         return TaskHandle(msg.message_id, msg.task_name, msg.routing_key)
 
     def rpc_call(self, msg: Outgoing, timeout_s: float) -> Any:
@@ -274,15 +277,13 @@ class App:
         if self._abatch.get() is not None:
             yield
             return
-        batch = _AsyncBatch(self.settings.batch_in_flight)
+        batch = Pipeline(self._async_publisher(), self.settings.batch_in_flight)
         token = self._abatch.set(batch)
         try:
             yield
         finally:
             self._abatch.reset(token)
-            if batch.pending:
-                done, _ = await asyncio.wait(batch.pending)
-                batch.collect(done)
+            await batch.wait()
         _raise_failed(batch.failed, batch.count)
 
     def close(self) -> None:

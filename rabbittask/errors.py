@@ -14,7 +14,8 @@
     │       └── BatchNotConfirmed               some messages of a batch were not confirmed
     └── TaskError                            a task failed remotely (results, RPC)
 
-Control flow, not failure: `Reject` is raised by a task on purpose and is not logged as an error.
+Control flow, not failure: `Retry` and `Reject` are raised by a task on purpose and are not
+logged as errors.
 Time limits: `SoftTimeLimitExceeded` is raised inside a task at its `soft_time_limit` (it may catch
 it and clean up); `TimeLimitExceeded` names the failure of a task stopped at its hard `time_limit`.
 """
@@ -22,6 +23,7 @@ it and clean up); `TimeLimitExceeded` names the failure of a task stopped at its
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 
 class RabbitTaskError(Exception):
@@ -92,6 +94,30 @@ class Reject(Exception):  # noqa: N818 - control flow, named for what the task a
     def __init__(self, reason: str = "rejected by task") -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class Retry(Exception):  # noqa: N818 - control flow, named for what the task asks for
+    """Raised by a task to run it again later: `raise Retry(countdown=30)` or `raise ctx.retry(exc=e)`.
+
+    `countdown` (seconds) or `eta` (a datetime) say when; without either the task's retry policy
+    chooses the delay. `exc` is the failure being retried: it is what the dead-letter queue shows
+    once the retries are used up. `max_retries` overrides the task's limit for this decision.
+    """
+
+    def __init__(
+        self,
+        countdown: float | None = None,
+        *,
+        eta: datetime | None = None,
+        exc: BaseException | None = None,
+        max_retries: int | None = None,
+    ) -> None:
+        when = f"in {countdown:g} s" if countdown is not None else f"at {eta.isoformat()}" if eta else "later"
+        super().__init__(f"retry {when}" + (f" after {type(exc).__name__}: {exc}" if exc is not None else ""))
+        self.countdown = countdown
+        self.eta = eta
+        self.exc = exc
+        self.max_retries = max_retries
 
 
 class SoftTimeLimitExceeded(Exception):  # noqa: N818 - named like the limit it reports

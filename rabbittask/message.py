@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic_core import PydanticSerializationError, from_json, to_json
@@ -28,6 +29,25 @@ H_TRACEBACK = "rt-traceback"
 H_WORKER = "rt-worker"
 H_FAILED_AT = "rt-failed-at"
 H_QUEUE = "rt-queue"
+H_FIRST_SEEN = "rt-first-seen"
+H_EXPIRES = "rt-expires"
+H_ETA = "rt-eta"
+H_DELIVERY_COUNT = "rt-delivery-count"
+X_DELIVERY_COUNT = "x-delivery-count"
+# Headers the broker writes. A copy re-published with them (a retry through the delay ladder) can
+# be taken for a dead-letter cycle on its next pass and dropped silently, though confirmed.
+DEATH_HEADERS = frozenset(
+    {
+        "x-death",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+        X_DELIVERY_COUNT,
+    }
+)
 
 
 def new_id() -> str:
@@ -68,3 +88,31 @@ def decode_body(body: bytes, content_type: str | None) -> Body:
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise PayloadError("body needs 'args' as a JSON array and 'kwargs' as a JSON object")
     return Body(args, kwargs)
+
+
+def format_time(epoch_s: float) -> str:
+    """A time as rabbittask writes it in headers: ISO 8601, UTC, milliseconds."""
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")
+
+
+def parse_time(value: Any) -> float | None:
+    """A header time as epoch seconds: ISO 8601 text (UTC if no offset), or a number of seconds; else None."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    if isinstance(value, datetime):  # an AMQP timestamp field
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def attempt_of(headers: dict[str, Any] | None) -> int:
+    """Which run of its task a message is (1 = the first); `rt-attempt`, absent on a first run."""
+    value = headers.get(H_ATTEMPT, 1) if headers else 1
+    return value if isinstance(value, int) and value >= 1 else 1

@@ -29,6 +29,28 @@ class Settings(BaseSettings):
     heartbeat_s: int = Field(30, ge=0, description="AMQP heartbeat interval negotiated with the broker.")
     prefetch: int = Field(16, ge=1, description="Unacked messages a worker consumer may hold (per consumer).")
     batch_in_flight: int = Field(1000, ge=1, description="Unconfirmed publishes in flight inside a batch.")
+    max_payload_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1,
+        description="Largest message body a client sends (keep it below the broker's max_message_size).",
+    )
+    # Retry defaults of every task; a task overrides each with the option of the same name.
+    max_retries: int | None = Field(
+        3, ge=0, description="Retries of a failed task after its first run (None: no limit)."
+    )
+    retry_backoff: bool | float = Field(
+        True,
+        description="Exponential back-off: the first retry waits this many seconds (True: 1 s), each next one "
+        "twice as long; False: every retry waits retry_delay.",
+    )
+    retry_backoff_max: float = Field(600.0, gt=0, description="Longest wait before a retry, in seconds.")
+    retry_jitter: bool = Field(
+        True, description="Pick each retry's wait at random between half and all of it, so failures spread out."
+    )
+    retry_delay: float = Field(1.0, ge=0, description="Wait before each retry when retry_backoff is False, in seconds.")
+    delay_queue_type: QueueType = Field(
+        "quorum", description="Type of the delay-ladder queues that hold countdown, eta and retry messages."
+    )
 
 
 _PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]*:)(?P<password>[^@/]*)@", re.IGNORECASE)

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import inspect
+import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from pydantic import ValidationError
 from pydantic.experimental.arguments_schema import generate_arguments_schema
 from pydantic_core import ArgsKwargs, SchemaValidator
 
-from rabbittask.errors import ArgumentsInvalid, ConfigError
+from rabbittask.context import TaskContext
+from rabbittask.errors import ArgumentsInvalid, ConfigError, PayloadError
 from rabbittask.message import encode_body, new_id
 from rabbittask.publish.outgoing import Outgoing
+from rabbittask.retry import RetryPolicy, due_in_ms, schedule_headers
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -31,9 +36,14 @@ class TaskHandle:
     queue: str
 
 
-def _validator(fn: Callable[..., Any], name: str) -> SchemaValidator:
+def _skip_context(index: int, name: str, annotation: Any) -> Literal["skip"] | None:
+    return "skip" if index == 0 else None
+
+
+def _validator(fn: Callable[..., Any], name: str, bind: bool = False) -> SchemaValidator:
     try:
-        return SchemaValidator(generate_arguments_schema(fn))
+        # bind=True: the first parameter is the TaskContext the worker passes, not a task argument.
+        return SchemaValidator(generate_arguments_schema(fn, parameters_callback=_skip_context if bind else None))
     except Exception as e:  # pydantic raises several types for unsupported annotations
         raise ConfigError(f"task {name!r}: its signature cannot be validated: {e}") from e
 
@@ -60,14 +70,25 @@ class Task(Generic[P, R]):
     soft_time_limit: float | None = None
     """Soft limit in seconds: `SoftTimeLimitExceeded` is raised inside the task (async tasks are cancelled)."""
 
-    def __init__(self, app: App, fn: Callable[P, R], name: str, queue: str) -> None:
+    def __init__(
+        self,
+        app: App,
+        fn: Callable[P, R],
+        name: str,
+        queue: str,
+        *,
+        retry: RetryPolicy | None = None,
+        bind: bool = False,
+    ) -> None:
         self.app = app
         self.fn = fn
         self.name = name
         self.queue = queue
         self.is_async = inspect.iscoroutinefunction(fn)
-        self._validator = _validator(fn, name)
-        self._params = list(inspect.signature(fn).parameters)
+        self.retry_policy = retry or RetryPolicy()
+        self.bind = bind
+        self._validator = _validator(fn, name, bind)
+        self._params = list(inspect.signature(fn).parameters)[1 if bind else 0 :]
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -88,6 +109,9 @@ class Task(Generic[P, R]):
         self.soft_time_limit = soft_time_limit
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        if self.bind:  # called in-process: a context of a first run that was never sent
+            ctx = TaskContext(new_id(), self.name, self.queue)
+            return self.fn(ctx, *args, **kwargs)  # type: ignore[arg-type]
         return self.fn(*args, **kwargs)
 
     def validate(
@@ -112,18 +136,47 @@ class Task(Generic[P, R]):
         headers: Mapping[str, Any] | None = None,
         message_id: str | None = None,
         reply_to: str | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
     ) -> Outgoing:
         """Validate the call and build the message that `.apply_async` would publish."""
         args, kw = self.validate(args, kwargs or {})
-        return Outgoing(
+        body = encode_body(args, kw)
+        if len(body) > self.app.settings.max_payload_bytes:
+            raise PayloadError(
+                f"task {self.name!r}: the message body is {len(body)} bytes, above max_payload_bytes "
+                f"({self.app.settings.max_payload_bytes}); pass a reference (a URL, a key) instead of the data"
+            )
+        msg = Outgoing(
             routing_key=queue or self.queue,
-            body=encode_body(args, kw),
+            body=body,
             message_id=message_id or new_id(),
             task_name=self.name,
             priority=priority,
             headers=dict(headers) if headers else None,
             reply_to=reply_to,
         )
+        if countdown is not None or eta is not None or expires is not None:
+            self._schedule(msg, countdown, eta, expires)
+        return msg
+
+    def _schedule(
+        self, msg: Outgoing, countdown: float | None, eta: datetime | None, expires: float | datetime | None
+    ) -> None:
+        now = time.time()
+        delay_ms = due_in_ms(countdown, eta, now)
+        if delay_ms > 0 and msg.routing_key not in self.app.queues:
+            # Only the app's queues are bound to the ladder's due exchange; a delayed message for
+            # any other queue would wait its delay and then find no way out.
+            raise ConfigError(
+                f"task {self.name!r}: queue {msg.routing_key!r} is not one of the app's queues, so it cannot "
+                "receive delayed messages; declare a task on it or send without countdown/eta"
+            )
+        extra = schedule_headers(delay_ms, expires, now)
+        if extra:
+            msg.headers = {**(msg.headers or {}), **extra}
+        msg.delay_ms = math.ceil(delay_ms)
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Send the task; return once the broker confirmed it."""
@@ -138,9 +191,27 @@ class Task(Generic[P, R]):
         priority: int | None = None,
         headers: Mapping[str, Any] | None = None,
         message_id: str | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
     ) -> TaskHandle:
-        """Send the task with options; return once the broker confirmed it."""
-        msg = self.message(args, kwargs, queue=queue, priority=priority, headers=headers, message_id=message_id)
+        """Send the task with options; return once the broker confirmed it.
+
+        `countdown` (seconds) or `eta` (a datetime; naive means local time) delay it on the broker's
+        delay ladder; `expires` (seconds from now, or a datetime) makes a worker drop it unrun,
+        into the dead-letter queue with reason "expired", once that time has passed.
+        """
+        msg = self.message(
+            args,
+            kwargs,
+            queue=queue,
+            priority=priority,
+            headers=headers,
+            message_id=message_id,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+        )
         return self.app.send(msg)
 
     def call(self, *args: Any, timeout: float = 30.0, **kwargs: Any) -> R:
@@ -169,9 +240,22 @@ class Task(Generic[P, R]):
         priority: int | None = None,
         headers: Mapping[str, Any] | None = None,
         message_id: str | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
     ) -> TaskHandle:
         """Async twin of `apply_async`."""
-        msg = self.message(args, kwargs, queue=queue, priority=priority, headers=headers, message_id=message_id)
+        msg = self.message(
+            args,
+            kwargs,
+            queue=queue,
+            priority=priority,
+            headers=headers,
+            message_id=message_id,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+        )
         return await self.app.asend(msg)
 
 

@@ -144,7 +144,7 @@ class RabbitNode:
         self.url = f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
         self.dir: Path | None = None
         self.start_duration_s = 0.0
-        self._bin_dir = rabbitmq_bin_dir()
+        self._bin_dir: Path | None = None  # looked up on start(), so a node can be built without RabbitMQ
         self._owner_pid = os.getpid()
         self._process: subprocess.Popen[bytes] | None = None
         self._watchdog: subprocess.Popen[bytes] | None = None
@@ -154,7 +154,11 @@ class RabbitNode:
 
     def __enter__(self) -> RabbitNode:
         if not self.running:
-            self.start()
+            try:
+                self.start()
+            except BaseException:
+                self.cleanup()  # __exit__ does not run when __enter__ raises
+                raise
         return self
 
     def __exit__(
@@ -182,6 +186,7 @@ class RabbitNode:
         if self.running:
             raise NodeError(f"{self.nodename} is already running")
         self._reap()  # a node that died on its own still has a watchdog to retire
+        self._bin_dir = self._bin_dir or rabbitmq_bin_dir()
         if self.dir is None:
             self._prepare_dir()
         _live_nodes.add(self)
@@ -206,7 +211,7 @@ class RabbitNode:
         )
         while not broker_answers(self.url, timeout_s=min(2.0, max(0.1, deadline - time.monotonic()))):
             if not self.running:
-                self._fail(f"{self.nodename} exited during start-up (status {self._returncode()})")
+                self._fail(f"{self.nodename} exited during start-up")
             if time.monotonic() > deadline:
                 self._fail(f"{self.nodename} did not accept AMQP connections within {timeout_s:.0f} s")
             time.sleep(0.1)
@@ -227,18 +232,23 @@ class RabbitNode:
         # The server script turns SIGTERM into a graceful shutdown, like `rabbitmqctl stop`,
         # without starting a CLI VM; the process exiting is the proof that the node is down.
         self._process.terminate()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self._process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        self._reap()
+        self._reap()  # SIGKILLs whatever is left
 
     def kill(self) -> None:
-        """SIGKILL the node (beam and its helpers): a crash, nothing flushed, no goodbye to clients."""
-        if self._process is not None and self._process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._process.pid, signal.SIGKILL)
+        """SIGKILL the node (beam and its helpers) like a crash: no shutdown, clients see a reset."""
         self._reap()
+
+    def pause(self) -> None:
+        """SIGSTOP the node: sockets stay open but nothing answers, like a hung or partitioned broker."""
+        if self._process is not None:
+            os.killpg(self._process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused node."""
+        if self._process is not None:
+            os.killpg(self._process.pid, signal.SIGCONT)
 
     def restart(self, timeout_s: float = 60) -> None:
         """Stop the node gracefully and start it again on the same ports and data."""
@@ -264,7 +274,7 @@ class RabbitNode:
 
     def cli(self, tool: str, *args: str, timeout_s: float = 60) -> str:
         """Run a RabbitMQ CLI tool (``rabbitmq-queues``, ``rabbitmq-diagnostics``, ...) against this node."""
-        if self.dir is None:
+        if self.dir is None or self._bin_dir is None:
             raise NodeError(f"{self.nodename} was never started")
         command = [str(self._bin_dir / tool), "-n", self.nodename, *args]
         try:
@@ -289,12 +299,17 @@ class RabbitNode:
             self.dir = None
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
-        """The last ``lines`` lines of the start-up output and of the node log, for error messages."""
+        """The first errors and the last ``lines`` lines of the start-up output and of the node log."""
         parts = []
         for path in (self._path("log", "startup.log"), self.log_file):
             with contextlib.suppress(OSError):
-                text = path.read_text(errors="replace").splitlines()[-lines:]
-                parts.append(f"--- {path.name} ---\n" + "\n".join(text))
+                text = path.read_text(errors="replace").splitlines()
+                tail = text[-lines:]
+                # The cause (e.g. an unknown config key) comes first; crash reports bury it.
+                first_errors = [line for line in text[: len(text) - len(tail)] if "[error]" in line][:10]
+                if first_errors:
+                    parts.append(f"--- {path.name}, first errors ---\n" + "\n".join(first_errors))
+                parts.append(f"--- {path.name}, last {len(tail)} lines ---\n" + "\n".join(tail))
         return "\n".join(parts)
 
     def _fail(self, message: str) -> NoReturn:
@@ -303,10 +318,15 @@ class RabbitNode:
         raise NodeError(f"{message}\n{tail}")
 
     def _reap(self) -> None:
-        """Wait for the dead node's process and retire its watchdog, keeping the directory."""
+        """Kill what is left of the node's process group and retire its watchdog, keeping the directory."""
         if self._process is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._process.wait(10)
+            if self._process.poll() is None:
+                # The whole group, not just the script we started: beam runs as its child.
+                # (Once the script is reaped its pid may be reused, so the group is not signalled.)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait()
+            self._process = None
         if self._watchdog is not None:
             # Kill before closing stdin: EOF alone would make it delete the data directory.
             self._watchdog.kill()
@@ -314,9 +334,6 @@ class RabbitNode:
             if self._watchdog.stdin is not None:
                 self._watchdog.stdin.close()
             self._watchdog = None
-
-    def _returncode(self) -> int | None:
-        return None if self._process is None else self._process.returncode
 
     def _path(self, *parts: str) -> Path:
         assert self.dir is not None

@@ -1,9 +1,10 @@
-"""The `rabbittask` command line: `worker`, `topology`."""
+"""The `rabbittask` command line: `worker`, `topology`, `dlq`."""
 
 from __future__ import annotations
 
 import click
 
+from rabbittask.cli.dlq import dlq
 from rabbittask.cli.topology import topology
 from rabbittask.cli.worker import worker
 
@@ -16,3 +17,4 @@ def main() -> None:
 
 main.add_command(worker)
 main.add_command(topology)
+main.add_command(dlq)

@@ -27,6 +27,10 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if level.upper() != "DEBUG":
+        # aiormq logs every broker-initiated close with a traceback; the worker logs one line saying
+        # what happened and what it does about it.
+        logging.getLogger("aiormq").setLevel(logging.CRITICAL)
 
 
 def _options(given: dict[str, Any]) -> WorkerOptions:

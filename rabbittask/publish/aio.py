@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -14,7 +15,7 @@ from pamqp.commands import Basic
 
 from rabbittask.errors import PublishConnectionError, PublishNotConfirmed, TopologyMismatch
 from rabbittask.publish.declare import declare_async
-from rabbittask.publish.outgoing import Outgoing
+from rabbittask.publish.outgoing import Outgoing, publish_target
 from rabbittask.settings import Settings, host_port, mask_url
 from rabbittask.topology import Declaration
 
@@ -39,11 +40,23 @@ def amqp_url(settings: Settings, role: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+class _Connection(aiormq.Connection):
+    # aiormq gives up on a silent broker after (heartbeat + 1) x 3 s; 1.5 keeps detection within
+    # the AMQP norm of two missed heartbeats (checked every heartbeat / 2): 2 x heartbeat + 2 s.
+    HEARTBEAT_GRACE_MULTIPLIER = 1.5  # type: ignore[assignment]
+
+
+async def _open(url: str) -> aiormq.abc.AbstractConnection:
+    connection = _Connection(url)
+    await connection.connect()
+    return connection
+
+
 async def connect(settings: Settings, role: str) -> aiormq.abc.AbstractConnection:
     """Open an aiormq connection within the connect timeout, with clear errors."""
     where = host_port(settings.broker_url)
     try:
-        return await asyncio.wait_for(aiormq.connect(amqp_url(settings, role)), settings.connect_timeout_s)
+        return await asyncio.wait_for(_open(amqp_url(settings, role)), settings.connect_timeout_s)
     except TimeoutError:
         raise PublishConnectionError(
             f"cannot connect to the broker at {where}: no answer within {settings.connect_timeout_s:g} s"
@@ -114,12 +127,12 @@ class AsyncPublisher:
             await self._publish(await self.channel(), msg)
 
     async def _publish(self, channel: aiormq.abc.AbstractChannel, msg: Outgoing) -> None:
-        exchange = self.settings.exchange if msg.exchange is None else msg.exchange
+        exchange, routing_key = publish_target(msg, self.settings.exchange)
         try:
             confirm = await channel.basic_publish(
                 msg.body,
                 exchange=exchange,
-                routing_key=msg.routing_key,
+                routing_key=routing_key,
                 properties=properties(msg),
                 mandatory=msg.mandatory,
                 timeout=self.settings.publish_timeout_s,
@@ -148,29 +161,11 @@ class AsyncPublisher:
 
     async def publish_many(self, msgs: Iterable[Outgoing]) -> list[tuple[str, BaseException]]:
         """Publish with up to `batch_in_flight` confirms outstanding; return (id, error) of each failure."""
-        await self.channel()
-        window = self.settings.batch_in_flight
-        failed: list[tuple[str, BaseException]] = []
-        pending: set[asyncio.Task[None]] = set()
-        ids: dict[asyncio.Task[None], str] = {}
-
-        def collect(done: set[asyncio.Task[None]]) -> None:
-            for t in done:
-                if t.exception() is not None:
-                    failed.append((ids[t], t.exception()))  # type: ignore[arg-type]
-                del ids[t]
-
+        pipeline = Pipeline(self, self.settings.batch_in_flight)
         for msg in msgs:
-            if len(pending) >= window:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                collect(done)
-            task = asyncio.ensure_future(self.publish(msg))
-            ids[task] = msg.message_id
-            pending.add(task)
-        if pending:
-            done, _ = await asyncio.wait(pending)
-            collect(done)
-        return failed
+            await pipeline.add(msg)
+        await pipeline.wait()
+        return pipeline.failed
 
     async def close(self) -> None:
         """Close the connection, ignoring errors of an already broken one."""
@@ -180,3 +175,36 @@ class AsyncPublisher:
                 await connection.close()
             except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
                 log.debug("closing a broken publisher connection failed", exc_info=True)
+
+
+class Pipeline:
+    """Publishes with at most `window` confirms outstanding and collects the failures."""
+
+    def __init__(self, publisher: AsyncPublisher, window: int) -> None:
+        self.publisher = publisher
+        self.failed: list[tuple[str, BaseException]] = []
+        self.count = 0
+        self._slots = asyncio.Semaphore(window)
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def add(self, msg: Outgoing) -> None:
+        """Start publishing `msg`; waits only while `window` confirms are outstanding."""
+        await self._slots.acquire()
+        channel = await self.publisher.channel()
+        task = asyncio.ensure_future(self.publisher._publish(channel, msg))
+        task.add_done_callback(functools.partial(self._done, msg.message_id))
+        self._pending.add(task)
+        self.count += 1
+
+    def _done(self, message_id: str, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        self._slots.release()
+        if task.cancelled():  # aiormq cancels the confirms outstanding on a channel that closed
+            self.failed.append((message_id, PublishConnectionError("the channel closed before the confirm")))
+        elif task.exception() is not None:
+            self.failed.append((message_id, task.exception()))  # type: ignore[arg-type]
+
+    async def wait(self) -> None:
+        """Wait for every confirm."""
+        if self._pending:
+            await asyncio.wait(set(self._pending))

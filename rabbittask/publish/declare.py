@@ -10,7 +10,14 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from rabbittask.errors import TopologyMismatch
-from rabbittask.topology import BindingDecl, Declaration, ExchangeDecl, QueueDecl, explain_precondition
+from rabbittask.topology import (
+    BindingDecl,
+    Declaration,
+    ExchangeBindingDecl,
+    ExchangeDecl,
+    QueueDecl,
+    explain_precondition,
+)
 
 PRECONDITION_FAILED = 406
 
@@ -27,6 +34,8 @@ def declare_sync(channel: BlockingChannel, decls: Sequence[Declaration]) -> None
                 channel.exchange_declare(d.name, d.type, durable=True, arguments=d.arguments or None)
             elif isinstance(d, QueueDecl):
                 channel.queue_declare(d.name, durable=True, arguments=d.arguments)
+            elif isinstance(d, ExchangeBindingDecl):
+                channel.exchange_bind(d.destination, d.source, routing_key=d.routing_key)
             else:
                 channel.queue_bind(d.queue, d.exchange, routing_key=d.routing_key)
         except pika.exceptions.ChannelClosedByBroker as e:
@@ -45,5 +54,7 @@ async def declare_async(channel: aiormq.abc.AbstractChannel, decls: Sequence[Dec
                 await channel.queue_declare(d.name, durable=True, arguments=d.arguments)
             elif isinstance(d, BindingDecl):
                 await channel.queue_bind(d.queue, d.exchange, routing_key=d.routing_key)
+            elif isinstance(d, ExchangeBindingDecl):
+                await channel.exchange_bind(d.destination, d.source, routing_key=d.routing_key)
         except aiormq.exceptions.ChannelPreconditionFailed as e:
             raise TopologyMismatch(explain_precondition(str(e.args[0] if e.args else e), _wanted(d))) from None

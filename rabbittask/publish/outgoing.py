@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rabbittask.message import CONTENT_TYPE
+from rabbittask.topology import delay_entry
 
 
 @dataclass(slots=True)
@@ -24,3 +25,12 @@ class Outgoing:
     exchange: str | None = None  # None: the app's task exchange
     # Direct replies go out without `mandatory`: RabbitMQ 3.x returns them as unroutable although it delivered them.
     mandatory: bool = True
+    # > 0: publish into the delay ladder, due for `routing_key` (the task queue) after this long.
+    delay_ms: int = 0
+
+
+def publish_target(msg: Outgoing, exchange: str) -> tuple[str, str]:
+    """Exchange and routing key of `msg`: the task exchange (or its own), or the delay ladder's entry."""
+    if msg.delay_ms > 0:
+        return delay_entry(exchange, msg.routing_key, msg.delay_ms)
+    return (exchange if msg.exchange is None else msg.exchange), msg.routing_key

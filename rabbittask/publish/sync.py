@@ -16,7 +16,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from rabbittask.errors import PublishConnectionError, PublishNotConfirmed, TopologyMismatch
-from rabbittask.publish.outgoing import Outgoing
+from rabbittask.publish.outgoing import Outgoing, publish_target
 from rabbittask.settings import Settings, host_port, mask_url
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,11 @@ def connect_error(settings: Settings, e: BaseException) -> PublishConnectionErro
     where = host_port(settings.broker_url)
     if isinstance(e, pika.exceptions.ProbableAuthenticationError | pika.exceptions.AuthenticationError):
         why = "the broker refused the login: check the user and password in the broker URL"
+    elif isinstance(e, pika.exceptions.ConnectionBlockedTimeout):
+        why = (
+            f"the broker blocked publishing for more than {settings.publish_timeout_s:g} s "
+            "(a memory or disk alarm); nothing was confirmed"
+        )
     elif isinstance(e, pika.exceptions.ProbableAccessDeniedError):
         why = "access to the virtual host was refused: check the vhost in the URL and the user's permissions"
     else:
@@ -79,7 +84,7 @@ class SyncPublisher:
         except TopologyMismatch:
             self.close()
             raise
-        except (*_CONNECTION_ERRORS, pika.exceptions.AMQPError) as e:
+        except Exception as e:  # noqa: BLE001 - pika raises connection-workflow errors outside AMQPError
             self.close()
             raise connect_error(self.settings, e) from None
         self._channel = channel
@@ -93,8 +98,8 @@ class SyncPublisher:
         try:
             self._publish(channel, msg)
         except _CONNECTION_ERRORS as e:
-            self.close()
-            if not was_open:
+            self.close(abort=True)
+            if not was_open or isinstance(e, pika.exceptions.ConnectionBlockedTimeout):
                 raise connect_error(self.settings, e) from None
             log.info("publisher connection was closed (%s); reopening once", type(e).__name__)
             self._publish(self.open(), msg)
@@ -110,13 +115,13 @@ class SyncPublisher:
             headers=msg.headers,
             reply_to=msg.reply_to,
         )
-        exchange = self.settings.exchange if msg.exchange is None else msg.exchange
+        exchange, routing_key = publish_target(msg, self.settings.exchange)
         # pika's BlockingChannel waits for a confirm without a bound; a timer in its own I/O loop
         # raises out of that wait, so a paused or partitioned broker cannot hang the caller.
         ioloop = self._connection._impl.ioloop  # type: ignore[union-attr]
         timer = ioloop.call_later(self.settings.publish_timeout_s, _raise_timeout)
         try:
-            channel.basic_publish(exchange, msg.routing_key, msg.body, props, mandatory=True)
+            channel.basic_publish(exchange, routing_key, msg.body, props, mandatory=True)
         except pika.exceptions.UnroutableError:
             raise PublishNotConfirmed(
                 f"task {msg.task_name!r} (id {msg.message_id}) was returned by the broker: no queue is bound "
@@ -129,7 +134,7 @@ class SyncPublisher:
                 f"queue {msg.routing_key!r} may be full (x-overflow=reject-publish) or unavailable"
             ) from None
         except _Timeout:
-            self.close()
+            self.close(abort=True)
             raise PublishNotConfirmed(
                 f"task {msg.task_name!r} (id {msg.message_id}) was not confirmed by the broker at "
                 f"{host_port(self.settings.broker_url)} within {self.settings.publish_timeout_s:g} s; "
@@ -138,14 +143,30 @@ class SyncPublisher:
         finally:
             ioloop.remove_timeout(timer)
 
-    def close(self) -> None:
-        """Close the connection, ignoring errors of an already broken one."""
+    def close(self, *, abort: bool = False) -> None:
+        """Close the connection (`abort`: drop it without the close handshake a stuck broker never answers)."""
         connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None and connection.is_open:
+        if connection is None:
+            return
+        if abort:
+            abort_connection(connection)
+        elif connection.is_open:
             try:
                 connection.close()
             except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
                 log.debug("closing a broken publisher connection failed", exc_info=True)
+
+
+def abort_connection(connection: pika.BlockingConnection) -> None:
+    """Close a pika connection's socket and I/O loop at once, without waiting for the broker."""
+    impl = connection._impl
+    try:
+        impl._adapter_disconnect_stream()
+        impl.ioloop.process_timeouts()
+    except Exception:  # noqa: BLE001 - the connection is being thrown away
+        log.debug("aborting a publisher connection failed", exc_info=True)
+    finally:
+        impl.ioloop.close()
 
 
 def _raise_timeout() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import queue
 import signal
@@ -31,14 +32,26 @@ import aiormq.abc
 from aiormq.abc import DeliveredMessage
 from pydantic_core import PydanticSerializationError, to_json
 
-from rabbittask.errors import PublishError, SoftTimeLimitExceeded, TopologyMismatch
+from rabbittask.errors import ConnectionLost, PublishError, SoftTimeLimitExceeded, TopologyMismatch
+from rabbittask.message import H_ATTEMPT, H_ETA, H_EXPIRES
 from rabbittask.publish.aio import CONNECTION_ERRORS, AsyncPublisher, connect
 from rabbittask.publish.declare import declare_async
 from rabbittask.publish.outgoing import Outgoing
+from rabbittask.retry import schedule_headers
 from rabbittask.settings import mask_url
 from rabbittask.topology import dlx_name
 from rabbittask.worker.acks import Acker, delivery_tag
-from rabbittask.worker.execute import Outcome, prepare, run_async, run_sync, soft_limit_outcome, time_limit_outcome
+from rabbittask.worker.admit import admit
+from rabbittask.worker.execute import (
+    REASON_RETRY,
+    Outcome,
+    prepare,
+    run_async,
+    run_sync,
+    soft_limit_outcome,
+    source_queue,
+    time_limit_outcome,
+)
 from rabbittask.worker.limits import MemoryLimit, ThreadLimits
 
 if TYPE_CHECKING:
@@ -50,16 +63,15 @@ EXIT_OK = 0
 EXIT_CONFIG = 78  # sysexits EX_CONFIG: a restart would fail the same way
 LIMITS_TICK_S = 0.1  # how often time limits of sync tasks are checked (their precision)
 BUDGET_IDLE_S = 0.2  # at its max-tasks budget with nothing to do: how long to wait for more before retiring
-PUBLISH_ERRORS: tuple[type[Exception], ...] = (PublishError, *CONNECTION_ERRORS)
-DEATH_HEADERS = (
-    "x-death",
-    "x-first-death-exchange",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-last-death-exchange",
-    "x-last-death-queue",
-    "x-last-death-reason",
+RECONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    ConnectionLost,
+    PublishError,
+    aiormq.exceptions.AMQPError,
+    asyncio.CancelledError,  # aiormq cancels its reader when heartbeats stop
 )
+STALE = "stale delivery"  # not run: its channel closed before it started
+PUBLISH_ERRORS: tuple[type[Exception], ...] = (PublishError, *CONNECTION_ERRORS)
 
 
 class Child:
@@ -133,7 +145,9 @@ class Child:
         ]
         for t in workers:
             t.start()
-        self._publisher = AsyncPublisher(self.app.settings, self.app.declarations(self.queues), role="worker-publish")
+        # The consuming session declares the topology; the publisher need not repeat it (a first retry
+        # or dead letter would wait for a hundred declarations).
+        self._publisher = AsyncPublisher(self.app.settings, (), role="worker-publish")
         backoff_s = 0.5
         try:
             while not self._stopping:
@@ -143,7 +157,10 @@ class Child:
                 except TopologyMismatch as e:
                     log.error("%s", e)
                     return EXIT_CONFIG
-                except CONNECTION_ERRORS + (PublishError, aiormq.exceptions.AMQPError) as e:
+                except RECONNECT_ERRORS as e:
+                    current = asyncio.current_task()
+                    if isinstance(e, asyncio.CancelledError) and current is not None and current.cancelling():
+                        raise  # we are being cancelled; aiormq's internal cancellations are connection losses
                     if self._stopping:
                         break
                     if "acknowledgement" in str(e):  # 406 "delivery acknowledgement on channel N timed out"
@@ -225,8 +242,8 @@ class Child:
             stop.cancel()
             if self._stopping and not channel.is_closed:
                 await self._drain(channel, tags)
-            elif channel.closing.done() and channel.closing.exception() is not None:
-                raise channel.closing.exception()  # type: ignore[misc]
+            elif channel.is_closed or channel.closing.done():
+                raise ConnectionLost(f"channel closed: {_close_reason(channel.closing)}")
         finally:
             self._acker = None
             if not connection.is_closed:
@@ -284,7 +301,17 @@ class Child:
         self.received += 1
         if self.received == self._retire_at:
             self.retire(f"--max-tasks-per-child {self.max_tasks} reached")
-        task = self.app.tasks.get(message.header.properties.message_type or "")
+        props = message.header.properties
+        headers = props.headers
+        # Expired, not due yet, or delivered too often: settle it unrun (see admit.py). Inline, as
+        # the whole cost on the hot path: a flag and, on messages with headers, two dict lookups.
+        redelivered = message.delivery.redelivered  # type: ignore[union-attr]
+        if redelivered or (headers and (H_EXPIRES in headers or H_ETA in headers)):
+            held = admit(self.app, message)
+            if held is not None:
+                self._settle(held)
+                return
+        task = self.app.tasks.get(props.message_type or "")
         if task is None or not task.is_async:
             self._jobs.put(message)
             return
@@ -298,7 +325,12 @@ class Child:
     def _thread_main(self) -> None:
         limits = self._limits
         while (message := self._jobs.get()) is not None:
-            outcome = run_sync(self.app, message) if limits is None else self._run_limited(limits, message)
+            if message.channel.is_closed:  # the broker already requeued it: running it now only duplicates
+                outcome: Outcome | None = Outcome(message, "", reason=STALE)
+            elif limits is None:
+                outcome = run_sync(self.app, message)
+            else:
+                outcome = self._run_limited(limits, message)
             if outcome is None:
                 continue  # abandoned at its hard time limit: the event loop settled it
             self._results.append(outcome)
@@ -323,7 +355,7 @@ class Child:
                 return None if limits.finish(entry) else outcome
             except SoftTimeLimitExceeded:  # raised after the task returned, before finish(): sent once only
                 if outcome is None:
-                    outcome = soft_limit_outcome(message, entry.task)
+                    outcome = soft_limit_outcome(message, entry.task, entry.task.soft_time_limit or 0.0)
 
     def _check_time_limits(self) -> None:
         assert self._limits is not None and self._loop is not None
@@ -335,7 +367,7 @@ class Child:
                 entry.message.header.properties.message_id,
                 entry.task.time_limit,
             )
-            self._settle(time_limit_outcome(entry.message, entry.task))
+            self._settle(time_limit_outcome(entry.message, entry.task, entry.task.time_limit or 0.0))
             self.retire("a sync task passed its time limit", hand_back=True)
         self._loop.call_later(LIMITS_TICK_S, self._check_time_limits)
 
@@ -353,7 +385,9 @@ class Child:
             self._check_limits()
         acker = self._acker
         message = outcome.message
-        if acker is None or message.channel is not acker.channel or not acker.alive:
+        if outcome.reason is STALE:
+            pass
+        elif acker is None or message.channel is not acker.channel or not acker.alive:
             log.info(
                 "task %s [%s] finished after its channel closed; the broker redelivers it",
                 outcome.task_name,
@@ -395,18 +429,22 @@ class Child:
     async def _publish_then_ack(self, acker: Acker, outcome: Outcome) -> None:
         tag = delivery_tag(outcome.message)
         try:
-            if outcome.message.header.properties.reply_to:
-                try:
-                    await self._reply(outcome)
-                except PUBLISH_ERRORS as e:  # the caller may be gone; the task still ran
-                    log.warning("task %s [%s]: reply not delivered: %s", outcome.task_name, outcome.message_id, e)
-            if not outcome.ok:
-                await self._dead_letter(outcome)
+            if outcome.republish is not None:  # a retry (or a re-park): the copy is confirmed before the ack
+                await self._republish(outcome)
+            else:
+                if outcome.message.header.properties.reply_to:
+                    try:
+                        await self._reply(outcome)
+                    except PUBLISH_ERRORS as e:  # the caller may be gone; the task still ran
+                        log.warning("task %s [%s]: reply not delivered: %s", outcome.task_name, outcome.message_id, e)
+                if not outcome.ok:
+                    await self._dead_letter(outcome)
         except PUBLISH_ERRORS as e:
             log.warning(
-                "task %s [%s]: could not publish its dead letter (%s); the broker dead-letters it instead",
+                "task %s [%s]: could not publish its %s (%s); the broker dead-letters it instead",
                 outcome.task_name,
                 outcome.message_id,
+                "copy" if outcome.republish is not None else "dead letter",
                 e,
             )
             if acker.alive:
@@ -419,9 +457,42 @@ class Child:
             if self._in_flight <= 0:
                 self._idle.set()
 
+    async def _republish(self, outcome: Outcome) -> None:
+        republish = outcome.republish
+        assert republish is not None and self._publisher is not None
+        props = outcome.message.header.properties
+        if outcome.reason == REASON_RETRY:
+            log.info(
+                "task %s [%s] failed (%s: %s); attempt %s in %.3f s",
+                outcome.task_name,
+                outcome.message_id,
+                outcome.exc_type,
+                outcome.exc_message,
+                republish.headers.get(H_ATTEMPT, "?"),
+                republish.delay_s,
+            )
+        else:
+            log.info("task %s [%s] re-published (%s)", outcome.task_name, outcome.message_id, outcome.reason)
+        delay_ms = math.ceil(republish.delay_s * 1000)
+        extra = schedule_headers(delay_ms, None, time.time())  # rt-eta again if beyond one ladder pass
+        await self._publisher.publish(
+            Outgoing(
+                routing_key=source_queue(self.app, outcome.message),
+                body=outcome.message.body,
+                message_id=outcome.message_id,
+                task_name=outcome.task_name,
+                priority=props.priority,
+                headers=outcome.copy_headers({**republish.headers, **extra}),
+                reply_to=props.reply_to,
+                correlation_id=props.correlation_id,
+                content_type=props.content_type or "",
+                delay_ms=delay_ms,
+            )
+        )
+
     async def _dead_letter(self, outcome: Outcome) -> None:
         props = outcome.message.header.properties
-        queue_name = outcome.message.delivery.routing_key or ""  # type: ignore[union-attr]
+        queue_name = source_queue(self.app, outcome.message)
         log.error(
             "task %s [%s] dead-lettered: %s: %s %s",
             outcome.task_name,
@@ -430,10 +501,7 @@ class Child:
             outcome.exc_type,
             outcome.exc_message,
         )
-        # Strip the broker's x-death headers: re-published with them, a later dead-lettering of this
-        # message can be taken for a cycle and dropped silently.
-        headers = {k: v for k, v in (props.headers or {}).items() if k not in DEATH_HEADERS}
-        headers.update(outcome.failure_headers(queue_name, os.getpid()))
+        headers = outcome.copy_headers(outcome.failure_headers(queue_name, os.getpid()))
         assert self._publisher is not None
         await self._publisher.publish(
             Outgoing(
@@ -480,3 +548,14 @@ class Child:
                 mandatory=False,
             )
         )
+
+
+def _close_reason(closing: asyncio.Future[Any]) -> str:
+    """Why a channel or connection closed, from its `closing` future, without raising."""
+    if not closing.done() or closing.cancelled():
+        return "connection lost"
+    try:
+        exc = closing.exception()
+    except BaseException as e:  # noqa: BLE001 - aiormq may store a CancelledError here
+        exc = e
+    return "closed" if exc is None else (str(exc) or type(exc).__name__)

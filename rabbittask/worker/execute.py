@@ -8,29 +8,38 @@ import socket
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiormq.abc import DeliveredMessage
 
+from rabbittask.context import TaskContext
 from rabbittask.errors import (
     ArgumentsInvalid,
     PayloadError,
     Reject,
+    Retry,
     SoftTimeLimitExceeded,
     TaskNotFound,
     TimeLimitExceeded,
 )
 from rabbittask.message import (
+    DEATH_HEADERS,
+    H_ATTEMPT,
+    H_DELIVERY_COUNT,
     H_EXC_MESSAGE,
     H_EXC_TYPE,
     H_FAILED_AT,
+    H_FIRST_SEEN,
     H_QUEUE,
     H_REASON,
     H_TRACEBACK,
     H_WORKER,
+    attempt_of,
     decode_body,
+    format_time,
 )
+from rabbittask.retry import due_in_ms
+from rabbittask.topology import delivered_queue
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -47,6 +56,25 @@ REASON_MALFORMED = "malformed message"
 REASON_UNKNOWN = "unknown task"
 REASON_INVALID = "invalid arguments"
 REASON_REJECTED = "rejected by task"
+REASON_MAX_RETRIES = "max retries exceeded"
+REASON_EXPIRED = "expired"
+REASON_DELIVERY_LIMIT = "delivery limit"
+# Not failures: the message is re-published (retry, not due yet, classic redelivery count).
+REASON_RETRY = "retry"
+REASON_NOT_DUE = "not due"
+REASON_REDELIVERED = "redelivered"
+# What `failure_headers` writes besides the attempt count; a replay from the DLQ removes them.
+FAILURE_HEADERS = frozenset({H_REASON, H_EXC_TYPE, H_EXC_MESSAGE, H_TRACEBACK, H_WORKER, H_FAILED_AT, H_QUEUE})
+
+
+@dataclass(frozen=True, slots=True)
+class Republish:
+    """Instead of acking: publish a copy to the task queue after `delay_s`, with `headers` set, then ack."""
+
+    delay_s: float
+    headers: dict[str, Any]
+
+
 REASON_TIME_LIMIT = "time limit"
 REASON_SOFT_TIME_LIMIT = "soft time limit"
 
@@ -64,6 +92,7 @@ class Outcome:
     traceback: str = ""
     runtime_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    republish: Republish | None = None
 
     @property
     def ok(self) -> bool:
@@ -75,26 +104,43 @@ class Outcome:
 
     def failure_headers(self, queue: str, pid: int) -> dict[str, Any]:
         """The `rt-*` headers that tell why a message is in its dead-letter queue."""
+        now = time.time()
+        headers = self.message.header.properties.headers
         return {
             H_REASON: self.reason,
             H_EXC_TYPE: self.exc_type,
             H_EXC_MESSAGE: self.exc_message[:MESSAGE_CHARS],
             H_TRACEBACK: self.traceback[-TRACEBACK_CHARS:],
             H_WORKER: WORKER_ID.format(pid=pid),
-            H_FAILED_AT: datetime.now(UTC).isoformat(timespec="milliseconds"),
+            H_FAILED_AT: format_time(now),
             H_QUEUE: queue,
+            H_ATTEMPT: attempt_of(headers),
+            H_FIRST_SEEN: (headers or {}).get(H_FIRST_SEEN) or format_time(now - self.runtime_s),
         }
+
+    def copy_headers(self, updates: dict[str, Any]) -> dict[str, Any]:
+        """Headers of a copy re-published to the task queue: without the broker's, with `updates`.
+
+        The broker's `x-death` must go: a copy that passes the delay ladder again with it is taken
+        for a dead-letter cycle and dropped silently. `rt-delivery-count` counts deliveries of one
+        message, so a copy starts without it unless `updates` sets it. `rt-first-seen` records the
+        first run.
+        """
+        old = self.message.header.properties.headers or {}
+        headers = {k: v for k, v in old.items() if k not in DEATH_HEADERS and k != H_DELIVERY_COUNT}
+        headers.setdefault(H_FIRST_SEEN, format_time(time.time() - self.runtime_s))
+        headers.update(updates)
+        return headers
 
 
 def _failure(message: DeliveredMessage, name: str, reason: str, exc: BaseException, tb: bool) -> Outcome:
-    if isinstance(exc, SoftTimeLimitExceeded):  # raised into the task, which let it escape
-        reason = REASON_SOFT_TIME_LIMIT
     return Outcome(
         message,
         name,
         reason=reason,
         exc_type=type(exc).__name__,
-        exc_message=str(exc) or "the task ran past its soft_time_limit",
+        exc_message=str(exc)
+        or ("the task ran past its soft_time_limit" if isinstance(exc, SoftTimeLimitExceeded) else ""),
         traceback="".join(traceback.format_exception(exc)) if tb else "",
     )
 
@@ -116,16 +162,30 @@ def prepare(app: App, message: DeliveredMessage) -> tuple[Task[Any, Any], tuple[
     return task, args, kwargs
 
 
-def time_limit_outcome(message: DeliveredMessage, task: Task[Any, Any]) -> Outcome:
-    """The failure of a sync task still running at its hard time limit (its thread is abandoned)."""
+def source_queue(app: App, message: DeliveredMessage) -> str:
+    """The task queue a consumed message came from (also when the delay ladder delivered it)."""
+    deliver = message.delivery
+    exchange, routing_key = getattr(deliver, "exchange", None), getattr(deliver, "routing_key", None)
+    return delivered_queue(app.settings.exchange, exchange, routing_key)
+
+
+def context(app: App, task: Task[Any, Any], message: DeliveredMessage) -> TaskContext:
+    """The `TaskContext` a `bind=True` task gets as its first argument."""
+    props = message.header.properties
+    headers = props.headers or {}
+    return TaskContext(props.message_id or "", task.name, source_queue(app, message), attempt_of(headers), headers)
+
+
+def time_limit_outcome(message: DeliveredMessage, task: Task[Any, Any], runtime_s: float) -> Outcome:
+    """The outcome of a sync task still running at its hard time limit (its thread is abandoned)."""
     exc = TimeLimitExceeded(f"task {task.name!r} ran past its time_limit of {task.time_limit:g} s")
-    return _failure(message, task.name, REASON_TIME_LIMIT, exc, tb=False)
+    return failed(message, task, exc, runtime_s)
 
 
-def soft_limit_outcome(message: DeliveredMessage, task: Task[Any, Any]) -> Outcome:
-    """The failure of a sync task whose soft-limit exception arrived outside the task's own code."""
+def soft_limit_outcome(message: DeliveredMessage, task: Task[Any, Any], runtime_s: float) -> Outcome:
+    """The outcome of a sync task whose soft-limit exception arrived outside the task's own code."""
     exc = SoftTimeLimitExceeded(f"task {task.name!r} ran past its soft_time_limit of {task.soft_time_limit:g} s")
-    return _failure(message, task.name, REASON_SOFT_TIME_LIMIT, exc, tb=False)
+    return failed(message, task, exc, runtime_s)
 
 
 def run_sync(app: App, message: DeliveredMessage) -> Outcome:
@@ -134,13 +194,13 @@ def run_sync(app: App, message: DeliveredMessage) -> Outcome:
     if isinstance(prepared, Outcome):
         return prepared
     task, args, kwargs = prepared
+    if task.bind:
+        args = (context(app, task, message), *args)
     start = time.perf_counter()
     try:
         value = task.fn(*args, **kwargs)
-    except Reject as e:
-        return _failure(message, task.name, REASON_REJECTED, e, tb=False)
     except Exception as e:  # noqa: BLE001 - a task's failure is data, not a crash of the worker
-        return _failure(message, task.name, REASON_FAILED, e, tb=True)
+        return failed(message, task, e, time.perf_counter() - start)
     return Outcome(message, task.name, value=value, runtime_s=time.perf_counter() - start)
 
 
@@ -148,19 +208,51 @@ async def run_async(
     task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], message: DeliveredMessage
 ) -> Outcome:
     """Run an async task on the child's event loop."""
+    if task.bind:
+        args = (context(task.app, task, message), *args)
     start = time.perf_counter()
     try:
         if task.time_limit is None and task.soft_time_limit is None:
             value = await task.fn(*args, **kwargs)
         else:
             value = await _limited(task, task.fn(*args, **kwargs))
-    except Reject as e:
-        return _failure(message, task.name, REASON_REJECTED, e, tb=False)
-    except TimeLimitExceeded as e:
-        return _failure(message, task.name, REASON_TIME_LIMIT, e, tb=False)
     except Exception as e:  # noqa: BLE001 - a task's failure is data, not a crash of the worker
-        return _failure(message, task.name, REASON_FAILED, e, tb=True)
+        return failed(message, task, e, time.perf_counter() - start)
     return Outcome(message, task.name, value=value, runtime_s=time.perf_counter() - start)
+
+
+def failed(message: DeliveredMessage, task: Task[Any, Any], exc: Exception, runtime_s: float) -> Outcome:
+    """The outcome of a run that raised: rejected, retried, or dead-lettered with the traceback."""
+    if isinstance(exc, Reject):
+        outcome = _failure(message, task.name, REASON_REJECTED, exc, tb=False)
+    elif isinstance(exc, Retry) or task.retry_policy.retries_on(exc):
+        outcome = _retry(message, task, exc)
+    elif isinstance(exc, TimeLimitExceeded):
+        outcome = _failure(message, task.name, REASON_TIME_LIMIT, exc, tb=False)
+    elif isinstance(exc, SoftTimeLimitExceeded):  # raised into the task, which let it escape
+        outcome = _failure(message, task.name, REASON_SOFT_TIME_LIMIT, exc, tb=True)
+    else:
+        outcome = _failure(message, task.name, REASON_FAILED, exc, tb=True)
+    outcome.runtime_s = runtime_s
+    return outcome
+
+
+def _retry(message: DeliveredMessage, task: Task[Any, Any], exc: Exception) -> Outcome:
+    request = exc if isinstance(exc, Retry) else None
+    cause = request.exc if request is not None and request.exc is not None else exc
+    attempt = attempt_of(message.header.properties.headers)
+    limit = task.retry_policy.max_retries
+    if request is not None and request.max_retries is not None:
+        limit = request.max_retries
+    if limit is not None and attempt > limit:  # attempt n has had n-1 retries
+        return _failure(message, task.name, REASON_MAX_RETRIES, cause, tb=True)
+    if request is not None and (request.countdown is not None or request.eta is not None):
+        delay_s = due_in_ms(request.countdown, request.eta) / 1000.0
+    else:
+        delay_s = task.retry_policy.delay_s(attempt)
+    outcome = _failure(message, task.name, REASON_RETRY, cause, tb=False)
+    outcome.republish = Republish(delay_s, {H_ATTEMPT: attempt + 1})
+    return outcome
 
 
 async def _limited(task: Task[Any, Any], coro: Any) -> Any:

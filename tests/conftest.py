@@ -1,0 +1,166 @@
+"""Broker fixtures shared by the whole test suite.
+
+``broker_url`` is the broker most tests use, chosen once per session, first that applies:
+``RABBITTASK_TEST_BROKER_URL``; a testcontainers RabbitMQ where a Docker engine answers (and the
+package is installed); a throwaway node started from the local ``rabbitmq-server`` binary.
+Fault tests get their own node (``rabbit_node``, ``rabbit_node_factory``) to stop, kill and restart.
+Tests isolate by ``unique_name`` and delete what they declare through ``amqp_cleanup``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pika
+import pytest
+
+from rabbittask.testing import RabbitNode, broker_answers
+
+RabbitNodeFactory = Callable[..., RabbitNode]
+
+
+def _masked(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc}"))
+
+
+def _docker_answers(timeout_s: float = 0.5) -> bool:
+    """True if a Docker engine accepts a connection (unix socket or DOCKER_HOST=tcp://...)."""
+    docker_host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    parts = urlsplit(docker_host)
+    try:
+        if parts.scheme == "unix":
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(timeout_s)
+                sock.connect(parts.path)
+        elif parts.scheme == "tcp" and parts.hostname:
+            with socket.create_connection((parts.hostname, parts.port or 2375), timeout=timeout_s):
+                pass
+        else:
+            return False
+    except OSError:
+        return False
+    return True
+
+
+def _testcontainers_broker(stack: contextlib.ExitStack) -> str | None:
+    """Start a RabbitMQ container if testcontainers is installed and Docker answers, else None."""
+    if not _docker_answers():
+        return None
+    try:
+        from testcontainers.rabbitmq import RabbitMqContainer  # optional, never a hard dependency
+    except ImportError:
+        return None
+    image = os.environ.get("RABBITTASK_TEST_RABBITMQ_IMAGE", "rabbitmq:3.10")
+    container = stack.enter_context(RabbitMqContainer(image))
+    host = container.get_container_host_ip()
+    port = container.get_exposed_port(5672)
+    return f"amqp://guest:guest@{host}:{port}/"
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> Iterator[str]:
+    """URL of the broker shared by the session's integration tests."""
+    url = os.environ.get("RABBITTASK_TEST_BROKER_URL")
+    if url:
+        if not broker_answers(url, timeout_s=5):
+            pytest.fail(f"RABBITTASK_TEST_BROKER_URL={_masked(url)} does not answer; start it or unset the variable")
+        yield url
+        return
+    with contextlib.ExitStack() as stack:
+        url = _testcontainers_broker(stack)
+        if url is None:
+            url = stack.enter_context(RabbitNode()).url
+        yield url
+
+
+@pytest.fixture
+def rabbit_node() -> Iterator[RabbitNode]:
+    """A fresh throwaway node for this test alone (stop, kill, restart it at will)."""
+    with RabbitNode() as node:
+        yield node
+
+
+@pytest.fixture
+def rabbit_node_factory() -> Iterator[RabbitNodeFactory]:
+    """Start throwaway nodes with extra config, e.g. ``rabbit_node_factory(["consumer_timeout = 5000"])``."""
+    nodes: list[RabbitNode] = []
+
+    def start(extra_config: Sequence[str] = (), plugins: Sequence[str] = (), **kwargs: Any) -> RabbitNode:
+        node = RabbitNode(extra_config, plugins, **kwargs)
+        nodes.append(node)  # before start(): a node that fails to boot is cleaned up too
+        node.start()
+        return node
+
+    yield start
+    for node in nodes:
+        node.cleanup()
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> str:
+    """A short name unique to this test run, derived from the test name (for queues, exchanges)."""
+    base = re.sub(r"[^A-Za-z0-9_.]+", "-", request.node.name.removeprefix("test_")).strip("-.")[:40]
+    return f"rt-{base}-{uuid.uuid4().hex[:8]}"
+
+
+class AmqpCleanup:
+    """Queues and exchanges a test declared, deleted from the broker after the test."""
+
+    def __init__(self, url: str, connection_name: str) -> None:
+        self.url = url
+        self.connection_name = connection_name
+        self.queues: list[str] = []
+        self.exchanges: list[str] = []
+
+    def queue(self, name: str) -> str:
+        """Delete queue ``name`` after the test; returns the name."""
+        self.queues.append(name)
+        return name
+
+    def exchange(self, name: str) -> str:
+        """Delete exchange ``name`` after the test; returns the name."""
+        self.exchanges.append(name)
+        return name
+
+    def run(self) -> None:
+        """Delete everything collected (missing ones are fine: delete is idempotent on RabbitMQ)."""
+        if not (self.queues or self.exchanges):
+            return
+        params = pika.URLParameters(self.url)
+        params.client_properties = {"connection_name": self.connection_name}
+        connection = pika.BlockingConnection(params)
+        try:
+            channel = connection.channel()
+            for queue in self.queues:
+                channel.queue_delete(queue)
+            for exchange in self.exchanges:
+                channel.exchange_delete(exchange)
+        finally:
+            connection.close()
+
+
+@pytest.fixture
+def amqp_cleanup(broker_url: str, request: pytest.FixtureRequest) -> Iterator[AmqpCleanup]:
+    """Collects names to delete on ``broker_url`` after the test: ``q = amqp_cleanup.queue(unique_name)``."""
+    cleanup = AmqpCleanup(broker_url, f"rabbittask-tests cleanup {request.node.nodeid}"[:255])
+    yield cleanup
+    cleanup.run()
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker fixtures go below this line (appended by the worker/ authors): e.g. a `worker_factory`
+# that starts `rabbittask worker` against `broker_url` (or a `rabbit_node`) and always stops it.
+# ----------------------------------------------------------------------------------------------
+from tests.workers import worker_factory  # noqa: E402, F401 - the worker subprocess fixture

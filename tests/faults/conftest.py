@@ -1,0 +1,44 @@
+"""Fixtures of the fault suite: a ledger per scenario and worker env for the ledger app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.faults.ledger import Ledger, Report
+
+REPORTS: list[Report] = []
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    directory = tmp_path / "ledger"
+    directory.mkdir()
+    return Ledger(directory)
+
+
+@pytest.fixture
+def ledger_env(ledger: Ledger, unique_name: str) -> dict[str, str]:
+    """Environment for a worker on tests.apps.ledger_app with quick heartbeats and timeouts."""
+    return {
+        "RT_LEDGER_DIR": str(ledger.directory),
+        "RT_TEST_PREFIX": unique_name,
+        "RABBITTASK_HEARTBEAT_S": "2",
+        "RABBITTASK_PUBLISH_TIMEOUT_S": "3",
+        "RABBITTASK_CONNECT_TIMEOUT_S": "3",
+    }
+
+
+@pytest.fixture
+def record_report() -> Iterator[list[Report]]:
+    """Scenarios append their report; it is printed in the terminal summary."""
+    yield REPORTS
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if REPORTS:
+        terminalreporter.section("fault scenarios (ledger)")
+        for report in REPORTS:
+            terminalreporter.write_line(report.line())

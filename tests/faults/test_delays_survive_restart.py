@@ -1,0 +1,43 @@
+"""Delayed messages live on the broker: a restart of the node keeps them, and they still run when due."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from rabbittask.testing import RabbitNode
+from tests.apps.retries_app import make_app
+from tests.integration.test_retries import APP, runs, wait_runs
+
+pytestmark = pytest.mark.faults
+
+
+def test_delayed_messages_survive_a_crash_and_restart_of_the_broker_and_run_when_due(
+    rabbit_node: RabbitNode,
+    worker_factory,
+    tmp_path: Path,
+) -> None:
+    # Given delayed tasks for a quorum and a classic task queue, one due while the broker is down
+    prefix, exchange = "rt-restart", "rt-restart-x"
+    app = make_app(prefix, exchange, rabbit_node.url)
+    sent = time.time()
+    app.tasks["retries.record"].apply_async(("due-while-down",), countdown=1)
+    app.tasks["retries.record"].apply_async(("due-after",), countdown=12)
+    app.tasks["retries.classic_record"].apply_async(("classic-due-after",), countdown=12)
+    app.close()
+    # When the node crashes and starts again (no worker holds anything: the messages are only on the broker)
+    rabbit_node.kill()
+    rabbit_node.start()
+    restarted = time.time()
+    w = worker_factory(APP, prefix=prefix, broker_url=rabbit_node.url, env={"RT_TEST_EXCHANGE": exchange})
+    w.wait_for_log("consuming from")
+    # Then each runs once: the overdue one right away, the others not before they are due
+    record = {tag: t for tag, _, t in wait_runs(tmp_path, prefix, "record", 2, timeout_s=30)}
+    (classic,) = [t for _, _, t in wait_runs(tmp_path, prefix, "classic_record", 1, timeout_s=30)]
+    assert record["due-while-down"] < restarted + 5
+    assert sent + 12 <= record["due-after"] <= max(sent + 12, restarted) + 1.5
+    assert sent + 12 <= classic <= max(sent + 12, restarted) + 1.5
+    time.sleep(0.5)
+    assert len(runs(tmp_path, prefix, "record")) == 2
