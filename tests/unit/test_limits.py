@@ -20,6 +20,7 @@ class FakeMessage:
     class header:  # noqa: N801 - mirrors aiormq's attribute names
         class properties:  # noqa: N801
             message_id = "m1"
+            headers = None
 
     body = b""
 
@@ -114,6 +115,17 @@ async def test_an_async_task_is_cancelled_at_its_soft_limit_and_sees_it_as_cance
     outcome = await run_limited(sleepy)
     assert cancelled == [True]
     assert outcome.reason == REASON_SOFT_TIME_LIMIT and outcome.exc_type == "SoftTimeLimitExceeded"
+
+
+async def test_a_time_limit_is_retried_when_the_retry_policy_names_it() -> None:
+    app = make_app()
+
+    @app.task(time_limit=0.05, autoretry_for=(TimeLimitExceeded,), max_retries=2)
+    async def sleepy() -> None:
+        await asyncio.sleep(5)
+
+    outcome = await run_limited(sleepy)
+    assert outcome.reason == "retry" and outcome.republish is not None
 
 
 async def test_a_tasks_own_timeout_error_is_a_plain_failure() -> None:
