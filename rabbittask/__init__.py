@@ -30,7 +30,7 @@ from rabbittask.errors import (
     TopologyMismatch,
 )
 from rabbittask.settings import Settings
-from rabbittask.task import Task, TaskHandle
+from rabbittask.task import Signature, Task, TaskHandle
 
 try:
     __version__ = version("rabbittask")
@@ -44,6 +44,7 @@ __all__ = [
     "Task",
     "TaskHandle",
     "TaskContext",
+    "Signature",
     # control flow raised by tasks, or into them
     "Reject",
     "Retry",

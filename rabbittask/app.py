@@ -10,7 +10,8 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from pika.adapters.blocking_connection import BlockingChannel
 
@@ -23,8 +24,18 @@ from rabbittask.publish.sync import SyncPublisher
 from rabbittask.results.rpc import AsyncRpc, SyncRpc
 from rabbittask.retry import RETRY_OPTIONS, policy_for
 from rabbittask.settings import QueueType, Settings
-from rabbittask.task import Task, TaskHandle
-from rabbittask.topology import Declaration, QueueSpec, check_delay_queue_name, declarations, delay_declarations
+from rabbittask.task import Signature, Task, TaskHandle
+from rabbittask.topology import (
+    Declaration,
+    Overflow,
+    QueueSpec,
+    check_delay_queue_name,
+    declarations,
+    delay_declarations,
+)
+
+if TYPE_CHECKING:
+    from rabbittask.beat.entry import CatchUp, ScheduleEntry
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -32,6 +43,8 @@ R = TypeVar("R")
 TASK_OPTIONS = frozenset({"name", "queue", "queue_type", "max_priority", "delivery_limit"})
 # Retries (issue 6): the retry policy's fields, and bind=True for a TaskContext first argument.
 TASK_OPTIONS |= RETRY_OPTIONS | {"bind"}
+# Per-queue options beyond the core ones (topology as code, issue 8).
+TASK_OPTIONS |= {"max_length", "overflow", "single_active_consumer", "message_ttl_ms"}
 # Time limits (issue 4), in seconds.
 TASK_OPTIONS |= {"time_limit", "soft_time_limit"}
 _TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
@@ -67,6 +80,7 @@ class App:
         policy_for(self.settings, self.autoretry_for, {})  # refuses a bad app-wide retry setting now
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.queues: dict[str, QueueSpec] = {}
+        self.schedules: dict[str, ScheduleEntry] = {}
         self._local = threading.local()
         self._aio: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncPublisher] = weakref.WeakKeyDictionary()
         self._abatch: contextvars.ContextVar[Pipeline | None] = contextvars.ContextVar("abatch", default=None)
@@ -115,6 +129,10 @@ class App:
         queue_type: QueueType | None = None,
         max_priority: int | None = None,
         delivery_limit: int | None = None,
+        max_length: int | None = None,
+        overflow: Overflow | None = None,
+        single_active_consumer: bool = False,
+        message_ttl_ms: int | None = None,
         bind: bool = False,
         time_limit: float | None = None,
         soft_time_limit: float | None = None,
@@ -130,9 +148,18 @@ class App:
             queue_type=queue_type or self.settings.queue_type,
             delivery_limit=delivery_limit or self.settings.delivery_limit,
             max_priority=max_priority,
+            max_length=max_length,
+            overflow=overflow,
+            single_active_consumer=single_active_consumer,
+            message_ttl_ms=message_ttl_ms,
         )
+        queue_options = (queue_type, max_priority, delivery_limit, max_length, overflow, message_ttl_ms)
         known = self.queues.get(spec.name)
-        if known is not None and known != spec and (queue_type or max_priority or delivery_limit):
+        if (
+            known is not None
+            and known != spec
+            and (single_active_consumer or any(o is not None for o in queue_options))
+        ):
             raise ConfigError(
                 f"queue {spec.name!r} is declared with different options by two tasks: {known} and {spec}"
             )
@@ -143,6 +170,56 @@ class App:
         task.set_time_limits(time_limit, soft_time_limit)
         self.tasks[name] = task
         return task
+
+    def schedule(
+        self,
+        name: str,
+        target: Signature | Task[Any, Any],
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        tz: str = "UTC",
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        queue: str | None = None,
+        expires: timedelta | float | None = None,
+        catch_up: CatchUp = "skip",
+        catch_up_limit: int = 100,
+        grace_s: float = 30.0,
+    ) -> ScheduleEntry:
+        """Send `target` periodically: `app.schedule("nightly", report.s(day="yesterday"), cron="0 3 * * *")`.
+
+        `cron` (5 fields, in time zone `tz`) or `every` (a timedelta or seconds, counted from the Unix
+        epoch). `expires`: a tick no worker started this long after it was sent is dropped. `catch_up`:
+        what to do with ticks missed (more than `grace_s` late) while no scheduler ran: `skip` them,
+        send the latest `once`, or send `all` (the latest `catch_up_limit`). `rabbittask beat` runs them;
+        see docs/scheduling.md.
+        """
+        from rabbittask.beat.build import build_entry  # croniter is loaded only by apps that schedule
+
+        if name in self.schedules:
+            raise ConfigError(f"schedule {name!r} is declared twice in app {self.name!r}")
+        entry = build_entry(
+            self,
+            name,
+            target,
+            cron=cron,
+            every=every,
+            tz=tz,
+            args=args,
+            kwargs=kwargs,
+            queue=queue,
+            expires=expires,
+            catch_up=catch_up,
+            catch_up_limit=catch_up_limit,
+            grace_s=grace_s,
+        )
+        if entry.queue not in self.queues:  # a queue no task names: declared like a task's default queue
+            self.queues[entry.queue] = QueueSpec(
+                name=entry.queue, queue_type=self.settings.queue_type, delivery_limit=self.settings.delivery_limit
+            )
+        self.schedules[name] = entry
+        return entry
 
     def get_task(self, name: str) -> Task[Any, Any]:
         """The task called `name`; raise `TaskNotFound` naming the known ones."""
@@ -155,8 +232,14 @@ class App:
         """What the broker must have for this app (or for some of its queues)."""
         specs = [self.queues[q] for q in queues] if queues else list(self.queues.values())
         exchange = self.settings.exchange
-        ladder = delay_declarations(exchange, [s.name for s in specs], self.settings.delay_queue_type)
-        return declarations(exchange, specs) + ladder
+        decls = declarations(exchange, specs) + delay_declarations(
+            exchange, [s.name for s in specs], self.settings.delay_queue_type
+        )
+        if self.schedules and not queues:
+            from rabbittask.beat.state import state_declaration
+
+            decls.append(state_declaration(exchange, self.name))
+        return decls
 
     def declare(self) -> None:
         """Declare the app's whole topology on the broker now (it is also declared on first use)."""

@@ -6,7 +6,7 @@ import inspect
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
@@ -227,6 +227,11 @@ class Task(Generic[P, R]):
         result: R = await self.app.arpc_call(self.message(args, kwargs), timeout)
         return result
 
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+        """This task with these arguments, validated now, to be sent later (e.g. by `app.schedule`)."""
+        self.message(args, kwargs)  # validates and JSON-encodes: a bad call fails here, not at send time
+        return Signature(self, tuple(args), dict(kwargs))
+
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Async twin of `delay`."""
         return await self.app.asend(self.message(args, kwargs))
@@ -257,6 +262,26 @@ class Task(Generic[P, R]):
             expires=expires,
         )
         return await self.app.asend(msg)
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """A task and the arguments to call it with (`task.s(...)`), checked when it was made."""
+
+    task: Task[Any, Any]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"<Signature {self.task.name} args={self.args!r} kwargs={self.kwargs!r}>"
+
+    def delay(self) -> TaskHandle:
+        """Send the task with these arguments; return once the broker confirmed it."""
+        return self.task.apply_async(self.args, self.kwargs)
+
+    async def adelay(self) -> TaskHandle:
+        """Async twin of `delay`."""
+        return await self.task.aapply_async(self.args, self.kwargs)
 
 
 AsyncFn = Callable[..., Awaitable[Any]]

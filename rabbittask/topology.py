@@ -10,12 +10,14 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from rabbittask.errors import ConfigError
 from rabbittask.settings import QueueType
 
 Arguments = dict[str, Any]
+Overflow = Literal["drop-head", "reject-publish", "reject-publish-dlx"]
+OVERFLOWS: tuple[Overflow, ...] = ("drop-head", "reject-publish", "reject-publish-dlx")
 
 
 def dlx_name(exchange: str) -> str:
@@ -36,6 +38,10 @@ class QueueSpec:
     queue_type: QueueType = "quorum"
     delivery_limit: int | None = 20
     max_priority: int | None = None
+    max_length: int | None = None
+    overflow: Overflow | None = None
+    single_active_consumer: bool = False
+    message_ttl_ms: int | None = None
 
     def __post_init__(self) -> None:
         if not self.name or self.name.startswith("amq.") or len(self.name) > 200:
@@ -48,6 +54,7 @@ class QueueSpec:
                 )
             if not 1 <= self.max_priority <= 255:
                 raise ConfigError(f"queue {self.name!r}: max_priority must be 1..255, got {self.max_priority}")
+        check_queue_options(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +106,59 @@ def queue_arguments(spec: QueueSpec, exchange: str) -> Arguments:
         args["x-overflow"] = "reject-publish"
     if spec.max_priority is not None:
         args["x-max-priority"] = spec.max_priority
+    args.update(option_arguments(spec))
+    return args
+
+
+def check_queue_options(spec: QueueSpec) -> None:
+    """Refuse option values and combinations RabbitMQ 3.10 rejects or silently weakens, saying what to do."""
+    where = f"queue {spec.name!r}"
+    if spec.max_length is not None and not 0 <= spec.max_length < 2**31:
+        raise ConfigError(f"{where}: max_length must be 0..2147483647 messages, got {spec.max_length}")
+    if spec.message_ttl_ms is not None and not 0 <= spec.message_ttl_ms < 2**32:
+        raise ConfigError(f"{where}: message_ttl_ms must be 0..4294967295, got {spec.message_ttl_ms}")
+    if spec.delivery_limit is not None and spec.delivery_limit < 0:
+        raise ConfigError(f"{where}: delivery_limit must be >= 0, got {spec.delivery_limit}")
+    if spec.overflow is not None:
+        if spec.overflow not in OVERFLOWS:
+            raise ConfigError(f"{where}: overflow must be one of {', '.join(OVERFLOWS)}, got {spec.overflow!r}")
+        if spec.max_length is None:
+            raise ConfigError(f"{where}: overflow={spec.overflow!r} has no effect without max_length; set both")
+        if spec.queue_type == "quorum" and spec.overflow != "reject-publish":
+            # Quorum task queues dead-letter at-least-once, which the broker honours only with
+            # reject-publish; with drop-head it falls back to at-most-once and logs a warning.
+            raise ConfigError(
+                f"{where}: a quorum queue here must use overflow='reject-publish' (at-least-once dead-lettering "
+                f"needs it; {spec.overflow!r} would drop dead letters); use queue_type='classic' for "
+                f"{spec.overflow!r}"
+            )
+
+
+# Which task option sets which queue argument, for messages that say how to fix a difference.
+ARGUMENT_OPTIONS: dict[str, str] = {
+    "x-queue-type": "queue_type",
+    "x-delivery-limit": "delivery_limit",
+    "x-max-priority": "max_priority",
+    "x-max-length": "max_length",
+    "x-overflow": "overflow",
+    "x-single-active-consumer": "single_active_consumer",
+    "x-message-ttl": "message_ttl_ms",
+}
+
+
+def option_arguments(spec: QueueSpec) -> Arguments:
+    """The `x-*` arguments of the optional per-queue settings (length limit, single consumer, TTL)."""
+    args: Arguments = {}
+    if spec.max_length is not None:
+        args["x-max-length"] = spec.max_length
+        if spec.overflow is not None:
+            args["x-overflow"] = spec.overflow
+    if spec.single_active_consumer:
+        # One consumer at a time gets the queue's messages, in order; others wait as hot standbys.
+        args["x-single-active-consumer"] = True
+    if spec.message_ttl_ms is not None:
+        # An expired task is dead-lettered to <queue>.dlq (reason "expired"), not silently dropped.
+        args["x-message-ttl"] = spec.message_ttl_ms
     return args
 
 

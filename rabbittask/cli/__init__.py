@@ -1,9 +1,10 @@
-"""The `rabbittask` command line: `worker`, `topology`, `dlq`."""
+"""The `rabbittask` command line: `worker`, `topology`, `dlq`, `beat`."""
 
 from __future__ import annotations
 
 import click
 
+from rabbittask.cli.beat import beat
 from rabbittask.cli.dlq import dlq
 from rabbittask.cli.topology import topology
 from rabbittask.cli.worker import worker
@@ -18,3 +19,4 @@ def main() -> None:
 main.add_command(worker)
 main.add_command(topology)
 main.add_command(dlq)
+main.add_command(beat)

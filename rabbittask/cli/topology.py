@@ -1,24 +1,162 @@
-"""`rabbittask topology`: the app's broker topology as RabbitMQ definitions."""
+"""`rabbittask topology`: export the app's broker topology, compare it with a broker, apply it.
+
+Exit codes of `diff` and `apply`: 0 same / applied, 1 differs / conflicts (nothing changed),
+2 the comparison could not be made (broker or management API unreachable, login refused).
+"""
 
 from __future__ import annotations
 
-import json
+import contextlib
+import sys
+from typing import NoReturn
 
 import click
 
+from rabbittask.admin.apply import Conflict, Plan, plan
+from rabbittask.admin.apply import apply as apply_declarations
+from rabbittask.admin.compare import compare, ways_out
+from rabbittask.admin.formats import FORMATS, Format, render
+from rabbittask.admin.live import Management, connect, read_passive, vhost_of
+from rabbittask.app import App
 from rabbittask.cli.common import APP_OPTION, load_app
-from rabbittask.topology import definitions
+from rabbittask.errors import RabbitTaskError
+from rabbittask.settings import host_port, mask_url
+from rabbittask.topology import BindingDecl, ExchangeDecl
+
+EXIT_DIFFERENT = 1
+EXIT_ERROR = 2
 
 
 @click.group()
 def topology() -> None:
-    """Show the exchanges, queues and bindings an app uses."""
+    """Export, compare and apply the exchanges, queues and bindings an app uses."""
 
 
 @topology.command()
 @APP_OPTION
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="definitions",
+    show_default=True,
+    help="definitions: JSON for `rabbitmqctl import_definitions`; yaml: the same as YAML; "
+    "markdown: tables for a pull request.",
+)
 @click.option("--vhost", default="/", show_default=True, help="Virtual host written into the definitions.")
-def export(app_spec: str, vhost: str) -> None:
-    """Print the topology as definitions JSON (for `rabbitmqctl import_definitions`)."""
+def export(app_spec: str, fmt: Format, vhost: str) -> None:
+    """Print the topology (sorted, byte-identical across runs, so it can be committed and diffed)."""
     app = load_app(app_spec)
-    click.echo(json.dumps(definitions(app.declarations(), vhost), indent=2, sort_keys=True))
+    schedules = [e.definition() for _, e in sorted(app.schedules.items())]
+    click.echo(render(app.declarations(), fmt, vhost, title=f"app `{app.name}`", schedules=schedules), nl=False)
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {mask_url(message)}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def _where(app: App, vhost: str) -> str:
+    return f"{host_port(app.settings.broker_url)} vhost {vhost!r}"
+
+
+@topology.command()
+@APP_OPTION
+@click.option("--dry-run", is_flag=True, help="Only say what would be created; change nothing.")
+def apply(app_spec: str, dry_run: bool) -> None:
+    """Declare the topology idempotently; on a conflict list each difference and the ways out, change nothing.
+
+    Connects with RABBITTASK_BROKER_URL (the app's broker URL), e.g. as a deploy user. Exit status:
+    0 applied (or nothing to do), 1 conflicts (nothing was changed), 2 error.
+    """
+    app = load_app(app_spec)
+    decls = app.declarations()
+    try:
+        connection = connect(app.settings.broker_url, "topology apply")
+        try:
+            found = plan(connection, decls)
+            _print_plan(found, dry_run or bool(found.conflicts))
+            if found.conflicts:
+                _print_conflicts(found.conflicts)
+                click.echo("nothing was changed")
+                sys.exit(EXIT_DIFFERENT)
+            if not dry_run:
+                apply_declarations(connection, decls)
+                click.echo(f"applied to {_where(app, vhost_of(app.settings.broker_url))}")
+        finally:
+            with contextlib.suppress(Exception):
+                connection.close()
+    except RabbitTaskError as e:
+        _fail(str(e))
+
+
+def _print_plan(found: Plan, hypothetical: bool) -> None:
+    for obj in found.same:
+        click.echo(f"  = {obj}: exists as declared")
+    verb = "would declare" if hypothetical else "declare"
+    for d in found.create:
+        if isinstance(d, BindingDecl):
+            click.echo(f"  + {verb} binding {d.exchange!r} -> queue {d.queue!r} (key {d.routing_key!r})")
+        else:
+            kind = "exchange" if isinstance(d, ExchangeDecl) else "queue"
+            click.echo(f"  + {verb} {kind} {d.name!r}")
+
+
+def _print_conflicts(conflicts: list[Conflict]) -> None:
+    click.echo(f"{len(conflicts)} conflict(s) with what the broker has:")
+    for c in conflicts:
+        click.echo(f"  ~ {c.obj}:")
+        for text in sorted(c.differences):
+            click.echo(f"      {text}")
+        if not c.complete:
+            click.echo("      (more differences may exist: `rabbittask topology diff --management-url` shows all)")
+        click.echo("    safe ways out:")
+        for way in ways_out(c.obj, c.differences):
+            click.echo(f"      - {way}")
+
+
+@topology.command()
+@APP_OPTION
+@click.option(
+    "--management-url",
+    default=None,
+    metavar="URL",
+    help="Management HTTP API, e.g. http://user:pass@host:15672/ (user and password default to the broker URL's). "
+    "Without it only existence is checked, by passive declares.",
+)
+@click.option("--vhost", default=None, help="Virtual host to compare [default: the broker URL's].")
+@click.option("--ignore-extra", is_flag=True, help="Do not count objects the code no longer declares as differences.")
+def diff(app_spec: str, management_url: str | None, vhost: str | None, ignore_extra: bool) -> None:
+    """Compare the code's topology with a live broker; exit 1 if they differ (a deploy gate).
+
+    Exit status: 0 same, 1 different, 2 could not compare (unreachable, login refused).
+    """
+    app = load_app(app_spec)
+    vhost = vhost or vhost_of(app.settings.broker_url)
+    decls = app.declarations()
+    try:
+        if management_url:
+            live = Management(management_url, app.settings.broker_url).read(vhost)
+            source = f"management API {Management(management_url).base} vhost {vhost!r}"
+        else:
+            connection = connect(app.settings.broker_url, "topology diff")
+            try:
+                live = read_passive(connection, decls)
+            finally:
+                with contextlib.suppress(Exception):
+                    connection.close()
+            source = f"{_where(app, vhost_of(app.settings.broker_url))} (passive declares)"
+    except RabbitTaskError as e:
+        _fail(str(e))
+    differences, notes = compare(decls, live)
+    if ignore_extra:
+        differences = [d for d in differences if d.kind != "extra"]
+    click.echo(f"code (app {app.name!r}) vs {source}:")
+    for d in differences:
+        click.echo(f"  {d}")
+    for note in notes:
+        click.echo(f"  note: {note}")
+    if differences:
+        click.echo(f"{len(differences)} difference(s)")
+        sys.exit(EXIT_DIFFERENT)
+    click.echo("no differences")

@@ -13,7 +13,7 @@ import aiormq
 import aiormq.abc
 from pamqp.commands import Basic
 
-from rabbittask.errors import PublishConnectionError, PublishNotConfirmed, TopologyMismatch
+from rabbittask.errors import PublishConnectionError, PublishError, PublishNotConfirmed, TopologyMismatch
 from rabbittask.publish.declare import declare_async
 from rabbittask.publish.outgoing import Outgoing, publish_target
 from rabbittask.settings import Settings, host_port, mask_url
@@ -28,6 +28,13 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
     ConnectionError,
     OSError,
     RuntimeError,  # aiormq raises RuntimeError("... closed") on a channel of a closed connection
+)
+
+# aiormq cancels pending calls (CancelledError) when their connection closes under them.
+CHANNEL_OPEN_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    aiormq.exceptions.AMQPError,
+    asyncio.CancelledError,
 )
 
 
@@ -111,6 +118,14 @@ class AsyncPublisher:
                 except TopologyMismatch:
                     await connection.close()
                     raise
+                except CHANNEL_OPEN_ERRORS as e:
+                    current = asyncio.current_task()
+                    if isinstance(e, asyncio.CancelledError) and current is not None and current.cancelling():
+                        raise
+                    raise PublishConnectionError(
+                        f"lost the connection to the broker at {host_port(self.settings.broker_url)} while "
+                        f"opening a channel: {mask_url(str(e) or type(e).__name__)}"
+                    ) from None
                 self._connection, self._channel = connection, channel
         return self._channel
 
@@ -162,8 +177,13 @@ class AsyncPublisher:
     async def publish_many(self, msgs: Iterable[Outgoing]) -> list[tuple[str, BaseException]]:
         """Publish with up to `batch_in_flight` confirms outstanding; return (id, error) of each failure."""
         pipeline = Pipeline(self, self.settings.batch_in_flight)
-        for msg in msgs:
-            await pipeline.add(msg)
+        pending = iter(msgs)
+        for msg in pending:
+            try:
+                await pipeline.add(msg)
+            except PublishError as e:  # no channel to publish on: this and the rest are not confirmed
+                pipeline.failed += [(m.message_id, e) for m in (msg, *pending)]
+                break
         await pipeline.wait()
         return pipeline.failed
 

@@ -1,0 +1,127 @@
+"""Export -> `rabbitmqctl import_definitions` -> worker, and `topology diff` through the management API.
+
+All on one throwaway node with the management plugin (never the shared broker: imports and
+deletes here touch fixed names such as `emails`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from rabbittask.cli import main
+from rabbittask.testing import RabbitNode
+from tests import amqp
+from tests.workers import ROOT, WorkerFactory
+
+APP = "examples.emails:app"
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[RabbitNode]:
+    with RabbitNode(plugins=["rabbitmq_management"]) as node:
+        yield node
+
+
+@pytest.fixture(scope="module")
+def management_url(node: RabbitNode) -> str:
+    return f"http://guest:guest@127.0.0.1:{node.management_port}/"
+
+
+def export(fmt: str = "definitions", hash_seed: str = "0") -> str:
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "rabbittask", "topology", "export", "-A", APP, "--format", fmt],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout
+
+
+def diff(node: RabbitNode, *args: str) -> tuple[int, str]:
+    env = {"RABBITTASK_BROKER_URL": node.url}
+    result = CliRunner(env=env).invoke(main, ["topology", "diff", "-A", APP, *args])
+    return result.exit_code, result.output
+
+
+def test_export_is_byte_identical_across_processes() -> None:
+    for fmt in ("definitions", "yaml", "markdown"):
+        assert export(fmt, hash_seed="1") == export(fmt, hash_seed="2")
+
+
+def test_exported_definitions_import_into_a_fresh_node_and_a_worker_starts_without_conflict(
+    node: RabbitNode, tmp_path: Path, worker_factory: WorkerFactory
+) -> None:
+    # Given the definitions ops would commit, imported without running any Python on the broker host
+    path = tmp_path / "definitions.json"
+    path.write_text(export())
+    node.ctl("import_definitions", str(path))
+    assert amqp.depth(node.url, "emails") == 0
+
+    # When a worker of the app starts against that broker, it declares the same topology
+    worker = worker_factory(APP, broker_url=node.url)
+    worker.wait_for_log("consuming from emails, thumbs")
+
+    # Then there was no declaration conflict
+    assert "exists with other arguments" not in worker.log()
+    assert worker.stop() == 0
+
+
+def test_diff_exits_0_when_the_broker_has_what_the_code_declares(node: RabbitNode, management_url: str) -> None:
+    CliRunner(env={"RABBITTASK_BROKER_URL": node.url}).invoke(main, ["topology", "apply", "-A", APP])
+    code, out = diff(node, "--management-url", management_url)
+    assert code == 0, out
+    assert "no differences" in out
+    assert "guest:guest" not in out
+
+
+def test_diff_exits_1_and_lists_changed_missing_and_extra_objects(node: RabbitNode, management_url: str) -> None:
+    CliRunner(env={"RABBITTASK_BROKER_URL": node.url}).invoke(main, ["topology", "apply", "-A", APP])
+    connection = amqp.connect(node.url)
+    channel = connection.channel()
+    # a queue recreated by hand with another delivery limit, a binding gone, a queue left by a removed task
+    channel.queue_delete("thumbs")
+    channel.queue_declare(
+        "thumbs",
+        durable=True,
+        arguments={"x-queue-type": "quorum", "x-delivery-limit": 3, "x-dead-letter-exchange": "rabbittask.dlx"},
+    )
+    channel.queue_declare("old-task", durable=True, arguments={"x-queue-type": "quorum"})
+    channel.queue_bind("old-task", "rabbittask", "old-task")
+    channel.queue_unbind("emails.dlq", "rabbittask.dlx", "emails")
+    connection.close()
+    node.ctl("set_policy", "--apply-to", "queues", "limit", "^emails$", '{"max-length": 1000}')
+
+    code, out = diff(node, "--management-url", management_url)
+
+    assert code == 1, out
+    assert "~ queue 'thumbs': x-delivery-limit is 3 on the broker, the code declares 20" in out
+    assert "~ queue 'thumbs': x-dead-letter-routing-key is not set on the broker, the code declares \"thumbs\"" in out
+    assert "- binding 'rabbittask' -> queue 'thumbs' (key 'thumbs'): missing on the broker" in out
+    assert "- binding 'rabbittask.dlx' -> queue 'emails.dlq' (key 'emails'): missing on the broker" in out
+    assert "+ binding 'rabbittask' -> queue 'old-task' (key 'old-task'): on the broker, not in the code" in out
+    assert "+ queue 'old-task': on the broker, not in the code" in out
+    assert "note: policy 'limit' ({\"max-length\": 1000}) applies to queue 'emails'" in out
+
+    code, out = diff(node, "--management-url", management_url, "--ignore-extra")
+    assert code == 1 and "old-task" not in out
+
+    code, out = diff(node)  # passive declares: everything exists, the rest is not compared
+    assert code == 0, out
+    assert "not compared without --management-url" in out
+
+
+def test_diff_refused_login_is_exit_2_and_masks_the_password(node: RabbitNode) -> None:
+    code, out = diff(node, "--management-url", f"http://guest:wrong-pw@127.0.0.1:{node.management_port}/")
+    assert code == 2, out
+    assert "refused the login of user 'guest'" in out
+    assert "wrong-pw" not in out
