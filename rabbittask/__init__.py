@@ -22,6 +22,7 @@ from rabbittask.errors import (
     PublishNotConfirmed,
     RabbitTaskError,
     Reject,
+    ResultBackendError,
     Retry,
     SoftTimeLimitExceeded,
     TaskError,
@@ -63,6 +64,7 @@ __all__ = [
     "PublishConnectionError",
     "PublishNotConfirmed",
     "BatchNotConfirmed",
+    "ResultBackendError",
     "TaskError",
     "__version__",
 ]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field
@@ -51,6 +52,25 @@ class Settings(BaseSettings):
     delay_queue_type: QueueType = Field(
         "quorum", description="Type of the delay-ladder queues that hold countdown, eta and retry messages."
     )
+    result_backend: str | None = Field(
+        None,
+        description="URL of the result backend that stores task results (e.g. redis://localhost:6379/0); "
+        "its scheme picks the plugin. None: results only over direct reply-to (.call()).",
+    )
+    result_expires_s: float = Field(
+        86400.0, gt=0, description="How long a stored result is kept before the backend expires it (default 1 day)."
+    )
+    result_store_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="How long a worker retries storing a result before it hands the message back to the queue "
+        "(it never acks a task whose result is not stored).",
+    )
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # URLs carry passwords (broker, result backend): never print them, not even in a repr.
+        for key, value in super().__repr_args__():
+            yield key, mask_url(value) if isinstance(value, str) else value
 
 
 _PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]*:)(?P<password>[^@/]*)@", re.IGNORECASE)
