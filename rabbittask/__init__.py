@@ -24,8 +24,10 @@ from rabbittask.errors import (
     Reject,
     ResultBackendError,
     Retry,
+    SoftTimeLimitExceeded,
     TaskError,
     TaskNotFound,
+    TimeLimitExceeded,
     TopologyMismatch,
 )
 from rabbittask.settings import Settings
@@ -44,9 +46,11 @@ __all__ = [
     "TaskHandle",
     "TaskContext",
     "Signature",
-    # control flow raised by tasks
+    # control flow raised by tasks, or into them
     "Reject",
     "Retry",
+    "SoftTimeLimitExceeded",
+    "TimeLimitExceeded",
     # errors
     "RabbitTaskError",
     "ConfigError",

@@ -47,6 +47,8 @@ TASK_OPTIONS = frozenset({"name", "queue", "queue_type", "max_priority", "delive
 TASK_OPTIONS |= RETRY_OPTIONS | {"bind"}
 # Per-queue options beyond the core ones (topology as code, issue 8).
 TASK_OPTIONS |= {"max_length", "overflow", "single_active_consumer", "message_ttl_ms"}
+# Time limits (issue 4), in seconds.
+TASK_OPTIONS |= {"time_limit", "soft_time_limit"}
 
 _LAZY_INIT = threading.Lock()  # builds the shared RPC client and the backend once, whichever thread asks first
 _TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
@@ -143,6 +145,8 @@ class App:
         message_ttl_ms: int | None = None,
         ignore_result: bool = False,
         bind: bool = False,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
         **retry_options: Any,
     ) -> Task[P, R]:
         name = name or f"{fn.__module__}.{fn.__qualname__.replace('<locals>.', '')}"
@@ -175,6 +179,7 @@ class App:
         self.queues.setdefault(spec.name, spec)
         task: Task[P, R] = Task(self, fn, name, spec.name, retry=retry, bind=bind)
         task.ignore_result = ignore_result
+        task.set_time_limits(time_limit, soft_time_limit)
         self.tasks[name] = task
         return task
 

@@ -17,6 +17,8 @@
 
 Control flow, not failure: `Retry` and `Reject` are raised by a task on purpose and are not
 logged as errors.
+Time limits: `SoftTimeLimitExceeded` is raised inside a task at its `soft_time_limit` (it may catch
+it and clean up); `TimeLimitExceeded` names the failure of a task stopped at its hard `time_limit`.
 """
 
 from __future__ import annotations
@@ -121,3 +123,11 @@ class Retry(Exception):  # noqa: N818 - control flow, named for what the task as
         self.eta = eta
         self.exc = exc
         self.max_retries = max_retries
+
+
+class SoftTimeLimitExceeded(Exception):  # noqa: N818 - named like the limit it reports
+    """Raised inside a running task when it passes its `soft_time_limit`; catch it to clean up."""
+
+
+class TimeLimitExceeded(Exception):  # noqa: N818 - named like the limit it reports
+    """Raised (async tasks) or reported (sync tasks) when a task passes its hard `time_limit`."""

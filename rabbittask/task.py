@@ -118,6 +118,11 @@ def describe_validation_error(task_name: str, error: ValidationError, params: li
 class Task(Generic[P, R]):
     """A task declared with `@app.task`; calling it runs the function here, `.delay()` sends it."""
 
+    time_limit: float | None = None
+    """Hard limit in seconds: the task is stopped and its message dead-lettered with reason "time limit"."""
+    soft_time_limit: float | None = None
+    """Soft limit in seconds: `SoftTimeLimitExceeded` is raised inside the task (async tasks are cancelled)."""
+
     def __init__(
         self,
         app: App,
@@ -143,6 +148,19 @@ class Task(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.queue}>"
+
+    def set_time_limits(self, time_limit: float | None, soft_time_limit: float | None) -> None:
+        """Set the hard and soft time limits (seconds; None for none); the soft one must come first."""
+        for label, value in (("time_limit", time_limit), ("soft_time_limit", soft_time_limit)):
+            if value is not None and not value > 0:
+                raise ConfigError(f"task {self.name!r}: {label} must be a positive number of seconds, got {value!r}")
+        if time_limit is not None and soft_time_limit is not None and soft_time_limit >= time_limit:
+            raise ConfigError(
+                f"task {self.name!r}: soft_time_limit ({soft_time_limit:g} s) must be shorter than "
+                f"time_limit ({time_limit:g} s), or the soft limit never fires"
+            )
+        self.time_limit = time_limit
+        self.soft_time_limit = soft_time_limit
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         if self.bind:  # called in-process: a context of a first run that was never sent

@@ -21,7 +21,7 @@ from rabbittask.app import App
 from rabbittask.cli.common import APP_OPTION, load_app
 from rabbittask.errors import RabbitTaskError
 from rabbittask.settings import host_port, mask_url
-from rabbittask.topology import BindingDecl, ExchangeDecl
+from rabbittask.topology import BindingDecl, ExchangeBindingDecl, ExchangeDecl
 
 EXIT_DIFFERENT = 1
 EXIT_ERROR = 2
@@ -97,6 +97,8 @@ def _print_plan(found: Plan, hypothetical: bool) -> None:
     for d in found.create:
         if isinstance(d, BindingDecl):
             click.echo(f"  + {verb} binding {d.exchange!r} -> queue {d.queue!r} (key {d.routing_key!r})")
+        elif isinstance(d, ExchangeBindingDecl):
+            click.echo(f"  + {verb} binding {d.source!r} -> exchange {d.destination!r} (key {d.routing_key!r})")
         else:
             kind = "exchange" if isinstance(d, ExchangeDecl) else "queue"
             click.echo(f"  + {verb} {kind} {d.name!r}")
