@@ -26,9 +26,9 @@ import aiormq.abc
 from aiormq.abc import DeliveredMessage
 from pydantic_core import PydanticSerializationError, to_json
 
-from rabbittask.errors import ConnectionLost, PublishError, TopologyMismatch
+from rabbittask.errors import AccessRefused, ConnectionLost, PublishError, TopologyMismatch
 from rabbittask.message import H_ATTEMPT, H_ETA, H_EXPIRES
-from rabbittask.publish.aio import CONNECTION_ERRORS, AsyncPublisher, connect
+from rabbittask.publish.aio import CONNECTION_ERRORS, AsyncPublisher, access_refused, connect
 from rabbittask.publish.declare import declare_async
 from rabbittask.publish.outgoing import Outgoing
 from rabbittask.retry import schedule_headers
@@ -52,6 +52,7 @@ RECONNECT_ERRORS: tuple[type[BaseException], ...] = (
     aiormq.exceptions.AMQPError,
     asyncio.CancelledError,  # aiormq cancels its reader when heartbeats stop
 )
+ACCESS_ATTEMPTS = 3  # connections tried before a refused login or permission ends the worker
 STALE = "stale delivery"  # not run: its channel closed before it started
 PUBLISH_ERRORS: tuple[type[Exception], ...] = (PublishError, *CONNECTION_ERRORS)
 
@@ -108,6 +109,7 @@ class Child:
         # or dead letter would wait for a hundred declarations).
         self._publisher = AsyncPublisher(self.app.settings, (), role="worker-publish")
         backoff_s = 0.5
+        refusals = 0
         try:
             while not self._stopping:
                 try:
@@ -116,7 +118,18 @@ class Child:
                 except TopologyMismatch as e:
                     log.error("%s", e)
                     return EXIT_CONFIG
+                except AccessRefused as e:
+                    # A refused login or permission is a configuration error, not an outage: retry a
+                    # few times (a user being created right now), then exit so nobody loops on it.
+                    refusals += 1
+                    if refusals >= ACCESS_ATTEMPTS or self._stopping:
+                        log.error("%s; giving up after %d attempt(s) (exit status %d)", e, refusals, EXIT_CONFIG)
+                        return EXIT_CONFIG
+                    log.error("%s; attempt %d of %d, retrying in %.1f s", e, refusals, ACCESS_ATTEMPTS, backoff_s)
+                    await self._pause(backoff_s)
+                    backoff_s = min(backoff_s * 2, 30.0)
                 except RECONNECT_ERRORS as e:
+                    refusals = 0
                     current = asyncio.current_task()
                     if isinstance(e, asyncio.CancelledError) and current is not None and current.cancelling():
                         raise  # we are being cancelled; aiormq's internal cancellations are connection losses
@@ -127,10 +140,7 @@ class Child:
                         mask_url(str(e) or type(e).__name__),
                         backoff_s,
                     )
-                    try:
-                        await asyncio.wait_for(self._stop.wait(), backoff_s)
-                    except TimeoutError:
-                        pass
+                    await self._pause(backoff_s)
                     backoff_s = min(backoff_s * 2, 30.0)
         finally:
             for _ in workers:
@@ -138,6 +148,13 @@ class Child:
             await self._publisher.close()
         log.info("worker stopped after %d task(s)", self.tasks_done)
         return EXIT_OK
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if a stop is requested meanwhile."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except TimeoutError:
+            pass
 
     def stop(self) -> None:
         """Warm shutdown: stop consuming, hand back what has not started, finish what runs, ack, exit."""
@@ -152,13 +169,19 @@ class Child:
         connection = await connect(self.app.settings, f"worker q={','.join(self.queues)}")
         try:
             channel = await connection.channel(publisher_confirms=False)
-            await declare_async(channel, self.app.declarations(self.queues))
-            await channel.basic_qos(prefetch_count=self.prefetch)  # per consumer, never global
-            self._acker = Acker(channel)
-            tags: list[str] = []
-            for q in self.queues:
-                ok = await channel.basic_consume(q, self._on_message)
-                tags.append(ok.consumer_tag or "")
+            try:
+                if self.app.settings.declare_topology:
+                    await declare_async(channel, self.app.declarations(self.queues))
+                else:  # pre-applied by an admin: the worker needs no configure permission
+                    await check_queues(channel, self.queues)
+                await channel.basic_qos(prefetch_count=self.prefetch)  # per consumer, never global
+                self._acker = Acker(channel)
+                tags: list[str] = []
+                for q in self.queues:
+                    ok = await channel.basic_consume(q, self._on_message)
+                    tags.append(ok.consumer_tag or "")
+            except aiormq.exceptions.ChannelAccessRefused as e:
+                raise access_refused(self.app.settings, e, f"declare or consume {', '.join(self.queues)}") from None
             log.info(
                 "consuming from %s (prefetch %d, %d thread(s))", ", ".join(self.queues), self.prefetch, self.threads
             )
@@ -401,6 +424,18 @@ class Child:
                 mandatory=False,
             )
         )
+
+
+async def check_queues(channel: aiormq.abc.AbstractChannel, queues: Sequence[str]) -> None:
+    """Passively check that `queues` exist; raise `TopologyMismatch` naming the first one missing."""
+    for q in queues:
+        try:
+            await channel.queue_declare(q, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            raise TopologyMismatch(
+                f"queue {q!r} does not exist and declare_topology is False: apply the topology first "
+                "(`rabbittask topology apply -A ...` as a user with configure permission)"
+            ) from None
 
 
 def _close_reason(closing: asyncio.Future[Any]) -> str:

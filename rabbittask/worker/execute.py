@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from aiormq.abc import DeliveredMessage
 
 from rabbittask.context import TaskContext
-from rabbittask.errors import ArgumentsInvalid, PayloadError, Reject, Retry, TaskNotFound
+from rabbittask.errors import ArgumentsInvalid, PayloadError, Reject, Retry, SignatureInvalid, TaskNotFound
 from rabbittask.message import (
     DEATH_HEADERS,
     H_ATTEMPT,
@@ -30,6 +30,7 @@ from rabbittask.message import (
     format_time,
 )
 from rabbittask.retry import due_in_ms
+from rabbittask.signing import verify
 from rabbittask.topology import delivered_queue
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ REASON_REJECTED = "rejected by task"
 REASON_MAX_RETRIES = "max retries exceeded"
 REASON_EXPIRED = "expired"
 REASON_DELIVERY_LIMIT = "delivery limit"
+REASON_SIGNATURE = "signature invalid"
 # Not failures: the message is re-published (retry, not due yet, classic redelivery count).
 REASON_RETRY = "retry"
 REASON_NOT_DUE = "not due"
@@ -135,6 +137,11 @@ def prepare(app: App, message: DeliveredMessage) -> tuple[Task[Any, Any], tuple[
     """The task and validated arguments of a message, or the failure that dead-letters it."""
     props = message.header.properties
     name = props.message_type or ""
+    try:
+        if app.settings.signing_keys:  # before decoding: an unverified body is never parsed
+            verify(app.settings.signing_keys, name, props.message_id or "", props.headers, message.body)
+    except SignatureInvalid as e:
+        return _failure(message, name, REASON_SIGNATURE, e, tb=False)
     try:
         body = decode_body(message.body, props.content_type)
         task = app.get_task(name)
