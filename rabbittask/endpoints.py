@@ -68,19 +68,10 @@ def hostname(url: str) -> str:
     return urlsplit(url).hostname or "localhost"
 
 
-def explain(url: str, e: BaseException) -> str | None:
+def explain(settings: Settings, url: str, e: BaseException) -> str | None:
     """A sentence for a TLS failure or a TLS/plaintext mismatch, or None when `e` is something else."""
     where = host_port(url)
-    chain: list[BaseException] = []
-    cause: BaseException | None = e
-    while cause is not None and len(chain) < 5:
-        chain.append(cause)
-        cause = (
-            cause.__cause__
-            or cause.__context__
-            or next((a for a in getattr(cause, "args", ()) if isinstance(a, BaseException)), None)
-        )
-    text = " ".join(str(c) for c in chain)
+    chain = _chain(e)
     for c in chain:
         if isinstance(c, ssl.SSLCertVerificationError):
             reason = c.verify_message or str(c)
@@ -93,22 +84,45 @@ def explain(url: str, e: BaseException) -> str | None:
                 f"TLS: the certificate of the broker at {where} is not trusted ({reason}): set tls_ca_file to "
                 "the CA that signed it"
             )
-    if "certificate required" in text or "CERTIFICATE_REQUIRED" in text or "unknown ca" in text.lower():
+    text = " ".join(f"{type(c).__name__} {c}" for c in chain)
+    cut = any(m in text for m in _CUT_MARKERS)
+    if urlsplit(url).scheme == "amqps":
+        if cut or "certificate required" in text or "unknown ca" in text.lower():
+            # TLS 1.3: the broker checks the client's certificate after the handshake and hangs up.
+            if not settings.tls_cert_file:
+                return (
+                    f"TLS: the broker at {where} closed the connection: it requires a client certificate and "
+                    "none was presented; set tls_cert_file and tls_key_file"
+                )
+            return (
+                f"TLS: the broker at {where} closed the connection: it did not accept the client certificate "
+                f"{settings.tls_cert_file!r}; it must be signed by a CA the broker trusts (its cacertfile)"
+            )
+        if any(isinstance(c, ssl.SSLError) for c in chain):
+            return f"TLS handshake with the broker at {where} failed: {_ssl_reason(text)}"
+        return None
+    if cut:
         return (
-            f"TLS: the broker at {where} refused this client's certificate ({_ssl_reason(text)}): it requires a "
-            "client certificate signed by a CA it trusts; set tls_cert_file and tls_key_file"
+            f"the broker at {where} closed the connection before the AMQP handshake: if it accepts only "
+            "TLS, use an amqps:// URL (with tls_ca_file)"
         )
-    if urlsplit(url).scheme == "amqps" and any(isinstance(c, ssl.SSLError) for c in chain):
-        return f"TLS handshake with the broker at {where} failed: {_ssl_reason(text)}"
     return None
 
 
-def plaintext_refused(url: str) -> str:
-    """What to say when a plain `amqp://` connection is cut before the AMQP handshake."""
-    return (
-        f"the broker at {host_port(url)} closed the connection before the AMQP handshake: if it accepts only "
-        "TLS, use an amqps:// URL (with tls_ca_file)"
-    )
+_CUT_MARKERS = ("ConnectionResetError", "SSLEOFError", "StreamLostError", "IncompatibleProtocolError", "reset")
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    todo: list[BaseException] = [e]
+    while todo and len(chain) < 8:
+        c = todo.pop(0)
+        if c in chain:
+            continue
+        chain.append(c)
+        todo += [a for a in getattr(c, "args", ()) if isinstance(a, BaseException)]
+        todo += [x for x in (c.__cause__, c.__context__) if x is not None]
+    return chain
 
 
 def _ssl_reason(text: str) -> str:

@@ -103,9 +103,7 @@ async def _connect_one(settings: Settings, url: str, role: str) -> aiormq.abc.Ab
             f"and the user's permissions ({mask_url(_reply_text(e))})"
         ) from None
     except CONNECTION_ERRORS + (aiormq.exceptions.AMQPError,) as e:
-        why = endpoints.explain(url, e)
-        if why is None and isinstance(e, aiormq.exceptions.IncompatibleProtocolError | ConnectionResetError):
-            why = endpoints.plaintext_refused(url) if urlsplit(url).scheme == "amqp" else None
+        why = endpoints.explain(settings, url, e)
         if why is None:
             why = f"cannot connect to the broker at {where}: {mask_url(str(e) or type(e).__name__)}"
             why += " (is RabbitMQ running and reachable?)"

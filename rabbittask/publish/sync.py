@@ -17,7 +17,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from rabbittask import endpoints
-from rabbittask.errors import AccessRefused, PublishConnectionError, PublishNotConfirmed, TopologyMismatch
+from rabbittask.errors import AccessRefused, ConfigError, PublishConnectionError, PublishNotConfirmed, TopologyMismatch
 from rabbittask.publish.outgoing import Outgoing, publish_target
 from rabbittask.settings import Settings, host_port, mask_url
 
@@ -98,20 +98,10 @@ def connect_error(settings: Settings, e: BaseException) -> PublishConnectionErro
             "(a memory or disk alarm); nothing was confirmed"
         )
     else:
-        urls = settings.broker_urls
-        tls = next((w for w in (endpoints.explain(u, e) for u in urls) if w), None) if len(urls) == 1 else None
-        if tls is not None:
-            why = tls
-        elif len(urls) == 1 and urlsplit(urls[0]).scheme == "amqp" and _cut_in_handshake(e):
-            why = endpoints.plaintext_refused(urls[0])
-        else:
-            why = mask_url(str(e) or type(e).__name__) + " (is RabbitMQ running and reachable?)"
+        urls = settings.broker_urls  # pika reports the last node's error: explain it only for one node
+        tls = endpoints.explain(settings, urls[0], e) if len(urls) == 1 else None
+        why = tls or mask_url(str(e) or type(e).__name__) + " (is RabbitMQ running and reachable?)"
     return PublishConnectionError(f"cannot publish to the broker at {where}: {why}")
-
-
-def _cut_in_handshake(e: BaseException) -> bool:
-    text = f"{type(e).__name__} {e!r}"
-    return any(m in text for m in ("IncompatibleProtocolError", "StreamLostError", "ConnectionResetError"))
 
 
 class SyncPublisher:
@@ -132,7 +122,7 @@ class SyncPublisher:
             channel = self._connection.channel()
             channel.confirm_delivery()
             self._declare(channel)
-        except TopologyMismatch:
+        except (TopologyMismatch, ConfigError):
             self.close()
             raise
         except Exception as e:  # noqa: BLE001 - pika raises connection-workflow errors outside AMQPError
