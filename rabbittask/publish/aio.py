@@ -64,21 +64,25 @@ async def _open(url: str, context: ssl.SSLContext | None) -> aiormq.abc.Abstract
 async def connect(settings: Settings, role: str) -> aiormq.abc.AbstractConnection:
     """Open an aiormq connection to the first node that accepts one (see endpoints.py), with clear errors.
 
-    Each node gets the connect timeout. A refused login or virtual host (`AccessRefused`) is final:
-    every node of a cluster shares its users, so trying the next one would only repeat it.
+    Each node gets the connect timeout. When no node accepts, a refused login or virtual host
+    (`AccessRefused`) wins over the other failures: it is the one a person must act on.
     """
     failures: list[str] = []
+    refused: AccessRefused | None = None
     for url in endpoints.candidates(settings):
         try:
             connection = await _connect_one(settings, url, role)
-        except AccessRefused:
-            raise
+        except AccessRefused as e:
+            refused = refused or e
+            continue
         except PublishConnectionError as e:
             endpoints.unreachable(settings, url)
             failures.append(str(e))
             continue
         endpoints.connected(settings, url)
         return connection
+    if refused is not None:
+        raise refused
     if len(failures) == 1:
         raise PublishConnectionError(failures[0])
     raise PublishConnectionError(f"no node of the broker accepted a connection: {'; '.join(failures)}")
@@ -101,6 +105,14 @@ async def _connect_one(settings: Settings, url: str, role: str) -> aiormq.abc.Ab
         raise AccessRefused(
             f"the broker at {where} refused access to virtual host {vhost(url)!r}: check the vhost in the URL "
             f"and the user's permissions ({mask_url(_reply_text(e))})"
+        ) from None
+    except aiormq.exceptions.InvalidFrameError as e:
+        if "Connection.Close" not in str(e):
+            raise PublishConnectionError(f"cannot connect to the broker at {where}: {mask_url(str(e))}") from None
+        # aiormq reports a close in answer to connection.open so; RabbitMQ sends it when the user may not use the vhost
+        raise AccessRefused(
+            f"the broker at {where} refused access to virtual host {vhost(url)!r}: check the vhost in the URL "
+            "and the user's permissions"
         ) from None
     except CONNECTION_ERRORS + (aiormq.exceptions.AMQPError,) as e:
         why = endpoints.explain(settings, url, e)
