@@ -174,6 +174,9 @@ class SyncPublisher:
                 "(start a worker or run `rabbittask topology apply`)."
             ) from None
         except pika.exceptions.NackError:
+            # A channel whose quorum queue lost its leader can go on nacking after a new one is elected
+            # (seen on 3.10): the next publish starts on a new connection.
+            self.close(abort=True)
             raise PublishNotConfirmed(
                 f"task {msg.task_name!r} (id {msg.message_id}) was rejected by the broker (nack): "
                 f"queue {msg.routing_key!r} may be full (x-overflow=reject-publish) or unavailable"
