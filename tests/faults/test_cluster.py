@@ -141,7 +141,9 @@ def test_sigkill_of_a_quorum_queue_leader_loses_nothing_and_publishing_stalls_un
         time.sleep(8)
         stall_s = traffic.longest_stall_s(killed_at, time.monotonic())
     after = [t - killed_at for t in traffic.confirms if t > killed_at]
-    print(f"[cluster] first confirm {after[:1]} s after the kill; {len(traffic.failures)} failures: {traffic.failures[-1:]}")
+    print(
+        f"[cluster] first confirm {after[:1]} s after the kill; {len(traffic.failures)} failures: {traffic.failures[-1:]}"
+    )
     new_leader = queue_info(next(n for n in cluster if n is not leader), queue)["leader"]
     leader.start()
     deadline = time.monotonic() + 30
@@ -190,6 +192,8 @@ def test_with_two_of_three_nodes_down_nothing_is_confirmed_and_all_confirmed_run
         failed_during[:3]
     )
     assert len(traffic.confirms) > confirmed_before  # publishing works again after the restore
-    report = finish(ledger, f"2 of 3 nodes down 30 s ({len(failed_during)} publishes refused)", record_report, fault_end)
+    report = finish(
+        ledger, f"2 of 3 nodes down 30 s ({len(failed_during)} publishes refused)", record_report, fault_end
+    )
     print(f"[cluster] outage: {len(failed_during)} publishes failed, 0 confirmed; recovery {report.recovery_s}")
     assert w.proc.poll() is None
