@@ -23,6 +23,7 @@ from rabbittask.errors import (
     PublishNotConfirmed,
     RabbitTaskError,
     Reject,
+    ResultBackendError,
     Retry,
     TaskError,
     TaskNotFound,
@@ -61,6 +62,7 @@ __all__ = [
     "AccessRefused",
     "PublishNotConfirmed",
     "BatchNotConfirmed",
+    "ResultBackendError",
     "TaskError",
     "__version__",
 ]

@@ -21,7 +21,9 @@ from rabbittask.publish.aio import AsyncPublisher, Pipeline
 from rabbittask.publish.declare import declare_sync
 from rabbittask.publish.outgoing import Outgoing
 from rabbittask.publish.sync import SyncPublisher
-from rabbittask.results.rpc import AsyncRpc, SyncRpc
+from rabbittask.results.backend import ResultBackend, load_backend
+from rabbittask.results.rpc import AsyncRpc
+from rabbittask.results.sync_rpc import SyncRpc
 from rabbittask.retry import RETRY_OPTIONS, policy_for
 from rabbittask.settings import QueueType, Settings
 from rabbittask.task import Signature, Task, TaskHandle
@@ -40,11 +42,13 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-TASK_OPTIONS = frozenset({"name", "queue", "queue_type", "max_priority", "delivery_limit"})
+TASK_OPTIONS = frozenset({"name", "queue", "queue_type", "max_priority", "delivery_limit", "ignore_result"})
 # Retries (issue 6): the retry policy's fields, and bind=True for a TaskContext first argument.
 TASK_OPTIONS |= RETRY_OPTIONS | {"bind"}
 # Per-queue options beyond the core ones (topology as code, issue 8).
 TASK_OPTIONS |= {"max_length", "overflow", "single_active_consumer", "message_ttl_ms"}
+
+_LAZY_INIT = threading.Lock()  # builds the shared RPC client and the backend once, whichever thread asks first
 _TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
 
 
@@ -83,8 +87,14 @@ class App:
         self._aio: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncPublisher] = weakref.WeakKeyDictionary()
         self._abatch: contextvars.ContextVar[Pipeline | None] = contextvars.ContextVar("abatch", default=None)
         self._declared_pid = 0
-        self._guards: weakref.WeakSet[AsyncIterator[None]] = weakref.WeakSet()
+        # Held strongly (one per loop): a guard that is only weakly referenced is collected at once,
+        # and its finalizer would close the loop's connections right after they opened.
+        self._guards: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncIterator[None]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._arpc: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRpc] = weakref.WeakKeyDictionary()
+        self._rpc: SyncRpc | None = None
+        self._backend: ResultBackend | None = None
 
     def __repr__(self) -> str:
         return f"<App {self.name} tasks={len(self.tasks)}>"
@@ -131,6 +141,7 @@ class App:
         overflow: Overflow | None = None,
         single_active_consumer: bool = False,
         message_ttl_ms: int | None = None,
+        ignore_result: bool = False,
         bind: bool = False,
         **retry_options: Any,
     ) -> Task[P, R]:
@@ -163,6 +174,7 @@ class App:
         retry = policy_for(self.settings, self.autoretry_for, retry_options)
         self.queues.setdefault(spec.name, spec)
         task: Task[P, R] = Task(self, fn, name, spec.name, retry=retry, bind=bind)
+        task.ignore_result = ignore_result
         self.tasks[name] = task
         return task
 
@@ -266,7 +278,7 @@ class App:
                 self._flush(batch)
         else:
             self._sync_publisher().publish(msg)
-        return TaskHandle(msg.message_id, msg.task_name, msg.routing_key)
+        return TaskHandle(msg.message_id, msg.task_name, msg.routing_key, self)
 
     def _async_publisher(self) -> AsyncPublisher:
         loop = asyncio.get_running_loop()
@@ -279,14 +291,18 @@ class App:
     def _close_with_loop(self) -> None:
         # An async generator started on the loop is closed by the loop's shutdown_asyncgens(), which
         # asyncio.run() calls before closing the loop: the app's connections of that loop close with it.
+        loop = asyncio.get_running_loop()
+        if loop in self._guards:
+            return
+
         async def guard() -> AsyncIterator[None]:
             try:
                 yield
             finally:
+                self._guards.pop(loop, None)
                 await self.aclose()
 
-        gen = guard()
-        self._guards.add(gen)
+        gen = self._guards[loop] = guard()
         asyncio.ensure_future(gen.__anext__())
 
     async def asend(self, msg: Outgoing) -> TaskHandle:
@@ -296,25 +312,48 @@ class App:
             await self._async_publisher().publish(msg)
         else:
             await batch.add(msg)
-        return TaskHandle(msg.message_id, msg.task_name, msg.routing_key)
+        return TaskHandle(msg.message_id, msg.task_name, msg.routing_key, self)
 
     def rpc_call(self, msg: Outgoing, timeout_s: float) -> Any:
-        """Publish a request over direct reply-to and wait for the task's return value."""
-        if self._declared_pid != os.getpid():
-            self._sync_publisher().open()
-        rpc: SyncRpc | None = getattr(self._local, "rpc", None)
+        """Publish a request over direct reply-to and wait for the task's return value (any thread)."""
+        rpc = self._rpc
         if rpc is None:
-            rpc = self._local.rpc = SyncRpc(self.settings)
+            with _LAZY_INIT:
+                rpc = self._rpc = self._rpc or SyncRpc(self.settings, self.declarations())
         return rpc.call(msg, timeout_s)
 
     async def arpc_call(self, msg: Outgoing, timeout_s: float) -> Any:
-        """Async twin of `rpc_call`."""
+        """Async twin of `rpc_call`: the calls of one event loop share a connection and reply consumer."""
         loop = asyncio.get_running_loop()
         rpc = self._arpc.get(loop)
         if rpc is None:
-            await self._async_publisher().channel()  # declares the topology once
-            rpc = self._arpc[loop] = AsyncRpc(self.settings)
+            self._close_with_loop()
+            rpc = self._arpc[loop] = AsyncRpc(self.settings, self.declarations())
         return await rpc.call(msg, timeout_s)
+
+    # -- results ---------------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> ResultBackend | None:
+        """The result backend chosen by `result_backend`'s URL scheme, or None when results are not stored."""
+        if self._backend is None and self.settings.result_backend:
+            with _LAZY_INIT:
+                self._backend = self._backend or load_backend(self.settings.result_backend)
+        return self._backend
+
+    def result_backend_for(self, task_name: str) -> ResultBackend:
+        """The backend that holds `task_name`'s results; `ConfigError` saying why there is none."""
+        backend = self.backend
+        if backend is None:
+            raise ConfigError(
+                f"app {self.name!r} has no result backend, so task results are not stored: set "
+                "result_backend='redis://host:6379/0' (or RABBITTASK_RESULT_BACKEND), or use .call() to wait "
+                "for a result over direct reply-to"
+            )
+        task = self.tasks.get(task_name)
+        if task is not None and task.ignore_result:
+            raise ConfigError(f"task {task_name!r} is declared with ignore_result=True: its results are not stored")
+        return backend
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -365,16 +404,17 @@ class App:
         _raise_failed(batch.failed, batch.count)
 
     def close(self) -> None:
-        """Close this thread's publisher connection."""
+        """Close this thread's publisher connection, the process's RPC connection and the backend's."""
         publisher: SyncPublisher | None = getattr(self._local, "publisher", None)
         if publisher is not None:
             publisher.close()
-        rpc: SyncRpc | None = getattr(self._local, "rpc", None)
-        if rpc is not None:
-            rpc.close()
+        if self._rpc is not None:
+            self._rpc.close()  # shared by all threads: a later call reopens it
+        if self._backend is not None:
+            self._backend.close()
 
     async def aclose(self) -> None:
-        """Close this event loop's publisher connection."""
+        """Close this event loop's publisher, RPC and result-backend connections."""
         loop = asyncio.get_running_loop()
         publisher = self._aio.pop(loop, None)
         if publisher is not None:
@@ -382,6 +422,8 @@ class App:
         rpc = self._arpc.pop(loop, None)
         if rpc is not None:
             await rpc.close()
+        if self._backend is not None:
+            await self._backend.aclose()
 
 
 def _raise_failed(failed: list[tuple[str, BaseException]], total: int) -> None:

@@ -14,6 +14,7 @@
     │       │   └── AccessRefused (PermissionError)    login, virtual host or permission refused
     │       ├── PublishNotConfirmed             nacked, unroutable or unanswered in time
     │       └── BatchNotConfirmed               some messages of a batch were not confirmed
+    ├── ResultBackendError                   the result backend failed or cannot be reached
     └── TaskError                            a task failed remotely (results, RPC)
 
 Control flow, not failure: `Retry` and `Reject` are raised by a task on purpose and are not
@@ -84,6 +85,10 @@ class BatchNotConfirmed(PublishError):
     def __init__(self, message: str, failed_ids: Sequence[str]) -> None:
         super().__init__(message)
         self.failed_ids = list(failed_ids)
+
+
+class ResultBackendError(RabbitTaskError):
+    """Raised when the result backend cannot be reached or fails a store, fetch or delete."""
 
 
 class TaskError(RabbitTaskError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -55,6 +56,26 @@ class Settings(BaseSettings):
     delay_queue_type: QueueType = Field(
         "quorum", description="Type of the delay-ladder queues that hold countdown, eta and retry messages."
     )
+    result_backend: str | None = Field(
+        None,
+        description="URL of the result backend that stores task results (e.g. redis://localhost:6379/0); "
+        "its scheme picks the plugin. None: results only over direct reply-to (.call()).",
+    )
+    result_expires_s: float = Field(
+        86400.0, gt=0, description="How long a stored result is kept before the backend expires it (default 1 day)."
+    )
+    result_store_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="How long a worker retries storing a result before it hands the message back to the queue "
+        "(it never acks a task whose result is not stored).",
+    )
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # URLs carry passwords (broker, result backend): never print them, not even in a repr.
+        for key, value in super().__repr_args__():
+            yield key, mask_url(value) if isinstance(value, str) else value
+
     # Security (issue 10): TLS files for amqps:// URLs, pre-applied topology, message signing.
     tls_ca_file: str | None = Field(
         None, description="amqps: CA bundle that signs the broker's certificate (default: the system's CAs)."
@@ -84,11 +105,6 @@ class Settings(BaseSettings):
     def broker_urls(self) -> list[str]:
         """The broker URL(s), in failover order."""
         return [u.strip() for u in self.broker_url.split(",") if u.strip()]
-
-    def __repr_args__(self) -> Any:
-        # A settings object ends up in logs and tracebacks: never with a password in it.
-        for name, value in super().__repr_args__():
-            yield name, mask_url(value) if name == "broker_url" else value
 
 
 _PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]*:)(?P<password>[^@/]*)@", re.IGNORECASE)

@@ -18,11 +18,13 @@ from rabbittask.context import TaskContext
 from rabbittask.errors import ArgumentsInvalid, ConfigError, PayloadError
 from rabbittask.message import encode_body, new_id
 from rabbittask.publish.outgoing import Outgoing
+from rabbittask.results.record import PENDING, Status, decode_result, status_of
 from rabbittask.retry import RetryPolicy, due_in_ms, schedule_headers
 from rabbittask.signing import sign
 
 if TYPE_CHECKING:
     from rabbittask.app import App
+    from rabbittask.results.backend import ResultBackend
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -30,11 +32,62 @@ R = TypeVar("R")
 
 @dataclass(frozen=True, slots=True)
 class TaskHandle:
-    """What `.delay()` returns: the id of the confirmed task message and where it went."""
+    """What `.delay()` returns: the id of the confirmed task message and where it went.
+
+    With a result backend (`result_backend=` on the app), it also reads the task's result:
+    `get()`/`aget()` wait for it, `status` says PENDING, SUCCESS or FAILURE, `forget()` deletes it.
+    """
 
     id: str
     task_name: str
     queue: str
+    app: App | None = field(default=None, repr=False, compare=False)
+
+    def _backend(self) -> ResultBackend:
+        if self.app is None:
+            raise ConfigError(f"handle of task {self.task_name!r} (id {self.id}) has no app to read results from")
+        return self.app.result_backend_for(self.task_name)
+
+    def _timeout(self, timeout: float | None) -> TimeoutError:
+        within = "" if timeout is None else f" within {timeout:g} s"
+        return TimeoutError(f"no result for task {self.task_name!r} (id {self.id}){within}")
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Wait for the result (at most `timeout` seconds; None: no limit) and return it.
+
+        A failed task raises `TaskError` with the remote type, message and traceback; no result in
+        time raises `TimeoutError`.
+        """
+        data = self._backend().wait(self.id, timeout)
+        if data is None:
+            raise self._timeout(timeout)
+        return decode_result(data)
+
+    async def aget(self, timeout: float | None = None) -> Any:
+        """Async twin of `get`."""
+        data = await self._backend().await_(self.id, timeout)
+        if data is None:
+            raise self._timeout(timeout)
+        return decode_result(data)
+
+    @property
+    def status(self) -> Status:
+        """PENDING (no result stored yet, or expired), SUCCESS or FAILURE."""
+        data = self._backend().fetch(self.id)
+        return PENDING if data is None else status_of(data)
+
+    async def astatus(self) -> Status:
+        """Async twin of `status`."""
+        data = await self._backend().afetch(self.id)
+        return PENDING if data is None else status_of(data)
+
+    def forget(self) -> None:
+        """Delete the stored result now, before it expires."""
+        self._backend().forget(self.id)
+
+    async def aforget(self) -> None:
+        """Async twin of `forget`."""
+        await self._backend().aforget(self.id)
 
 
 def _skip_context(index: int, name: str, annotation: Any) -> Literal["skip"] | None:
@@ -82,6 +135,7 @@ class Task(Generic[P, R]):
         self.queue = queue
         self.is_async = inspect.iscoroutinefunction(fn)
         self.retry_policy = retry or RetryPolicy()
+        self.ignore_result = False  # set by @app.task(ignore_result=True): no result is stored
         self.bind = bind
         self._validator = _validator(fn, name, bind)
         self._params = list(inspect.signature(fn).parameters)[1 if bind else 0 :]
@@ -216,6 +270,10 @@ class Task(Generic[P, R]):
         """This task with these arguments, validated now, to be sent later (e.g. by `app.schedule`)."""
         self.message(args, kwargs)  # validates and JSON-encodes: a bad call fails here, not at send time
         return Signature(self, tuple(args), dict(kwargs))
+
+    def handle(self, task_id: str) -> TaskHandle:
+        """The handle of an earlier call of this task, from its id (e.g. kept in a web session)."""
+        return TaskHandle(task_id, self.name, self.queue, self.app)
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Async twin of `delay`."""

@@ -4,7 +4,8 @@ Sync tasks run in worker threads fed by a queue, so heartbeats and acks keep flo
 task runs for minutes; async tasks run on the event loop, at most `prefetch` at a time. The loop
 reconnects with back-off when the connection drops and never acks a tag from an older channel.
 Publishing (dead letters, replies) goes over a second connection, because a memory alarm blocks
-a publishing connection and would stop its acks too.
+a publishing connection and would stop its acks too. With a result backend, a task's result is
+stored before its message is acked, so an acked task never lacks its result.
 """
 
 from __future__ import annotations
@@ -24,19 +25,27 @@ from typing import TYPE_CHECKING, Any
 import aiormq
 import aiormq.abc
 from aiormq.abc import DeliveredMessage
-from pydantic_core import PydanticSerializationError, to_json
 
-from rabbittask.errors import AccessRefused, ConnectionLost, PublishError, TopologyMismatch
+from rabbittask.errors import AccessRefused, ConnectionLost, PublishError, PublishNotConfirmed, TopologyMismatch
 from rabbittask.message import H_ATTEMPT, H_ETA, H_EXPIRES
 from rabbittask.publish.aio import CONNECTION_ERRORS, AsyncPublisher, access_refused, connect
 from rabbittask.publish.declare import declare_async
 from rabbittask.publish.outgoing import Outgoing
+from rabbittask.results.record import ResultNotSerialisable, encode_failure, encode_success
 from rabbittask.retry import schedule_headers
 from rabbittask.settings import mask_url
 from rabbittask.topology import dlx_name
 from rabbittask.worker.acks import Acker, delivery_tag
 from rabbittask.worker.admit import admit
-from rabbittask.worker.execute import REASON_RETRY, Outcome, prepare, run_async, run_sync, source_queue
+from rabbittask.worker.execute import (
+    REASON_NOT_SERIALISABLE,
+    REASON_RETRY,
+    Outcome,
+    prepare,
+    run_async,
+    run_sync,
+    source_queue,
+)
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -90,6 +99,7 @@ class Child:
         self._publisher: AsyncPublisher | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._backend = app.backend  # loaded now: a bad result_backend URL stops the worker at start
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -146,6 +156,8 @@ class Child:
             for _ in workers:
                 self._jobs.put(None)
             await self._publisher.close()
+            if self._backend is not None:
+                await self._backend.aclose()
         log.info("worker stopped after %d task(s)", self.tasks_done)
         return EXIT_OK
 
@@ -289,12 +301,23 @@ class Child:
                 outcome.task_name,
                 outcome.message_id,
             )
-        elif outcome.ok and not message.header.properties.reply_to:
+        elif (
+            outcome.ok
+            and not message.header.properties.reply_to
+            and (self._backend is None or not self._stores(outcome))
+        ):
             acker.ack(delivery_tag(message))
         else:
             self._spawn(self._publish_then_ack(acker, outcome))
         if self._in_flight <= 0:
             self._idle.set()
+
+    def _stores(self, outcome: Outcome) -> bool:
+        """True when the outcome goes to the result backend (the app has one, the task keeps results)."""
+        if self._backend is None:
+            return False
+        task = self.app.tasks.get(outcome.task_name)
+        return task is None or not task.ignore_result
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -303,16 +326,20 @@ class Child:
 
     async def _publish_then_ack(self, acker: Acker, outcome: Outcome) -> None:
         tag = delivery_tag(outcome.message)
+        reply_to = outcome.message.header.properties.reply_to
+        stores = self._stores(outcome)
         self._in_flight += 1
         try:
             if outcome.republish is not None:  # a retry (or a re-park): the copy is confirmed before the ack
-                await self._republish(outcome)
+                await self._republish(outcome)  # no reply and no stored result: the task is not finished
             else:
-                if outcome.message.header.properties.reply_to:
-                    try:
-                        await self._reply(outcome)
-                    except PUBLISH_ERRORS as e:  # the caller may be gone; the task still ran
-                        log.warning("task %s [%s]: reply not delivered: %s", outcome.task_name, outcome.message_id, e)
+                record = self._record(outcome) if reply_to or stores else b""
+                if reply_to:
+                    await self._reply(outcome, record)
+                if stores and not await self._store(outcome, record):
+                    if acker.alive:
+                        acker.reject(tag, requeue=True)
+                    return
                 if not outcome.ok:
                     await self._dead_letter(outcome)
         except PUBLISH_ERRORS as e:
@@ -393,37 +420,66 @@ class Child:
             )
         )
 
-    async def _reply(self, outcome: Outcome) -> None:
-        props = outcome.message.header.properties
+    @staticmethod
+    def _record(outcome: Outcome) -> bytes:
+        """The result record for the reply and the backend; a result that is not JSON fails the task."""
         if outcome.ok:
             try:
-                body = to_json({"v": 1, "ok": True, "result": outcome.value})
-            except PydanticSerializationError as e:
-                outcome.reason, outcome.exc_type = "result not JSON-serialisable", "TypeError"
-                outcome.exc_message = f"the result of type {type(outcome.value).__name__} cannot be sent as JSON: {e}"
-        if not outcome.ok:
-            body = to_json(
-                {
-                    "v": 1,
-                    "ok": False,
-                    "exc_type": outcome.exc_type,
-                    "message": outcome.exc_message,
-                    "traceback": outcome.traceback,
-                    "reason": outcome.reason,
-                }
-            )
-        assert self._publisher is not None
-        await self._publisher.publish(
-            Outgoing(
-                routing_key=props.reply_to or "",
-                body=body,
-                message_id=outcome.message_id,
-                task_name=outcome.task_name,
-                correlation_id=props.correlation_id or outcome.message_id,
-                exchange="",
-                mandatory=False,
-            )
+                return encode_success(outcome.task_name, outcome.value)
+            except ResultNotSerialisable as e:
+                outcome.reason, outcome.exc_type, outcome.exc_message = REASON_NOT_SERIALISABLE, "TypeError", str(e)
+        return encode_failure(
+            outcome.task_name, outcome.exc_type, outcome.exc_message, outcome.traceback, outcome.reason or ""
         )
+
+    async def _reply(self, outcome: Outcome, record: bytes) -> None:
+        props = outcome.message.header.properties
+        assert self._publisher is not None
+        try:
+            await self._publisher.publish(
+                Outgoing(
+                    routing_key=props.reply_to or "",
+                    body=record,
+                    message_id=outcome.message_id,
+                    task_name=outcome.task_name,
+                    correlation_id=props.correlation_id or outcome.message_id,
+                    exchange="",
+                    # Not mandatory: RabbitMQ 3.x returns every direct reply as unroutable although it
+                    # delivered it. A reply to a caller that is gone is dropped by the broker, silently.
+                    mandatory=False,
+                )
+            )
+        except PublishNotConfirmed as e:  # nacked: the caller may be gone; the task still ran
+            log.debug("task %s [%s]: reply not confirmed: %s", outcome.task_name, outcome.message_id, e)
+        except PUBLISH_ERRORS as e:
+            log.warning("task %s [%s]: reply not delivered: %s", outcome.task_name, outcome.message_id, e)
+
+    async def _store(self, outcome: Outcome, record: bytes) -> bool:
+        """Store the result, retrying for `result_store_timeout_s`; False when it could not be stored."""
+        assert self._backend is not None
+        deadline, pause_s = time.monotonic() + self.app.settings.result_store_timeout_s, 0.1
+        while True:
+            try:
+                await self._backend.astore(outcome.message_id, record, self.app.settings.result_expires_s)
+                return True
+            except Exception as e:  # noqa: BLE001 - any plugin failure: the message must not be acked
+                if time.monotonic() + pause_s > deadline or self._stopping:
+                    log.error(
+                        "task %s [%s]: its result could not be stored (%s); the message goes back to the queue",
+                        outcome.task_name,
+                        outcome.message_id,
+                        e,
+                    )
+                    return False
+                log.warning(
+                    "task %s [%s]: storing its result failed (%s); retrying in %.1f s",
+                    outcome.task_name,
+                    outcome.message_id,
+                    e,
+                    pause_s,
+                )
+                await asyncio.sleep(pause_s)
+                pause_s = min(pause_s * 2, 2.0)
 
 
 async def check_queues(channel: aiormq.abc.AbstractChannel, queues: Sequence[str]) -> None:

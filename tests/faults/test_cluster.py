@@ -141,9 +141,7 @@ def test_sigkill_of_a_quorum_queue_leader_loses_nothing_and_publishing_stalls_un
         time.sleep(8)
         stall_s = traffic.longest_stall_s(killed_at, time.monotonic())
     after = [t - killed_at for t in traffic.confirms if t > killed_at]
-    print(
-        f"[cluster] first confirm {after[:1]} s after the kill; {len(traffic.failures)} failures: {traffic.failures[-1:]}"
-    )
+    print(f"[cluster] first confirm {after[:1]} s after the kill; {len(traffic.failures)} failure(s)")
     new_leader = queue_info(next(n for n in cluster if n is not leader), queue)["leader"]
     leader.start()
     deadline = time.monotonic() + 30
