@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from rabbittask.app import App
 from rabbittask.context import TaskContext
 from rabbittask.errors import (
+    AccessRefused,
     ArgumentsInvalid,
     BatchNotConfirmed,
     BrokerError,
@@ -62,6 +63,7 @@ __all__ = [
     "TopologyMismatch",
     "PublishError",
     "PublishConnectionError",
+    "AccessRefused",
     "PublishNotConfirmed",
     "BatchNotConfirmed",
     "ResultBackendError",

@@ -261,7 +261,7 @@ class App:
         publisher.open()
 
     def _declare_once(self, channel: BlockingChannel) -> None:
-        if self._declared_pid != os.getpid():
+        if self._declared_pid != os.getpid() and self.settings.declare_topology:
             declare_sync(channel, self.declarations())
             self._declared_pid = os.getpid()
 

@@ -5,11 +5,13 @@
     ├── TaskNotFound (LookupError)          a task name the app does not know
     ├── ArgumentsInvalid (TypeError)        a call whose arguments do not fit the task's signature
     ├── PayloadError (ValueError)           a message body that cannot be decoded or encoded
+    │   └── SignatureInvalid                unsigned or tampered message where signatures are required
     ├── BrokerError
     │   ├── ConnectionLost (ConnectionError)    the broker cannot be reached or went away
     │   ├── TopologyMismatch                    a queue exists with other arguments
     │   └── PublishError
     │       ├── PublishConnectionError (ConnectionLost)   no connection to publish on
+    │       │   └── AccessRefused (PermissionError)    login, virtual host or permission refused
     │       ├── PublishNotConfirmed             nacked, unroutable or unanswered in time
     │       └── BatchNotConfirmed               some messages of a batch were not confirmed
     ├── ResultBackendError                   the result backend failed or cannot be reached
@@ -47,6 +49,10 @@ class PayloadError(RabbitTaskError, ValueError):
     """Raised when a message cannot be decoded, or a value cannot be encoded as JSON."""
 
 
+class SignatureInvalid(PayloadError):
+    """Raised when a message's signature is missing, names an unknown key, or does not match."""
+
+
 class BrokerError(RabbitTaskError):
     """Raised when the broker refuses or fails an operation."""
 
@@ -65,6 +71,10 @@ class PublishError(BrokerError):
 
 class PublishConnectionError(PublishError, ConnectionLost):
     """Raised when a publish cannot reach the broker: down, unreachable, or the login was refused."""
+
+
+class AccessRefused(PublishConnectionError, PermissionError):
+    """Raised when the broker refuses the login, the virtual host, or an operation the user may not do."""
 
 
 class PublishNotConfirmed(PublishError):

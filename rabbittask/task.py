@@ -20,6 +20,7 @@ from rabbittask.message import encode_body, new_id
 from rabbittask.publish.outgoing import Outgoing
 from rabbittask.results.record import PENDING, Status, decode_result, status_of
 from rabbittask.retry import RetryPolicy, due_in_ms, schedule_headers
+from rabbittask.signing import sign
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -213,6 +214,8 @@ class Task(Generic[P, R]):
         )
         if countdown is not None or eta is not None or expires is not None:
             self._schedule(msg, countdown, eta, expires)
+        if self.app.settings.signing_key_id is not None:
+            sign(self.app.settings, msg)
         return msg
 
     def _schedule(

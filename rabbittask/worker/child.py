@@ -32,9 +32,16 @@ import aiormq
 import aiormq.abc
 from aiormq.abc import DeliveredMessage
 
-from rabbittask.errors import ConnectionLost, PublishError, PublishNotConfirmed, SoftTimeLimitExceeded, TopologyMismatch
+from rabbittask.errors import (
+    AccessRefused,
+    ConnectionLost,
+    PublishError,
+    PublishNotConfirmed,
+    SoftTimeLimitExceeded,
+    TopologyMismatch,
+)
 from rabbittask.message import H_ATTEMPT, H_ETA, H_EXPIRES
-from rabbittask.publish.aio import CONNECTION_ERRORS, AsyncPublisher, connect
+from rabbittask.publish.aio import CONNECTION_ERRORS, AsyncPublisher, access_refused, connect
 from rabbittask.publish.declare import declare_async
 from rabbittask.publish.outgoing import Outgoing
 from rabbittask.results.record import ResultNotSerialisable, encode_failure, encode_success
@@ -72,6 +79,7 @@ RECONNECT_ERRORS: tuple[type[BaseException], ...] = (
     aiormq.exceptions.AMQPError,
     asyncio.CancelledError,  # aiormq cancels its reader when heartbeats stop
 )
+ACCESS_ATTEMPTS = 3  # connections tried before a refused login or permission ends the worker
 STALE = "stale delivery"  # not run: its channel closed before it started
 PUBLISH_ERRORS: tuple[type[Exception], ...] = (PublishError, *CONNECTION_ERRORS)
 
@@ -151,40 +159,62 @@ class Child:
         # The consuming session declares the topology; the publisher need not repeat it (a first retry
         # or dead letter would wait for a hundred declarations).
         self._publisher = AsyncPublisher(self.app.settings, (), role="worker-publish")
-        backoff_s = 0.5
         try:
-            while not self._stopping:
-                try:
-                    await self._session()
-                    backoff_s = 0.5
-                except TopologyMismatch as e:
-                    log.error("%s", e)
-                    return EXIT_CONFIG
-                except RECONNECT_ERRORS as e:
-                    current = asyncio.current_task()
-                    if isinstance(e, asyncio.CancelledError) and current is not None and current.cancelling():
-                        raise  # we are being cancelled; aiormq's internal cancellations are connection losses
-                    if self._stopping:
-                        break
-                    _explain_consumer_timeout(e)
-                    log.warning(
-                        "broker connection lost (%s); reconnecting in %.1f s",
-                        mask_url(str(e) or type(e).__name__),
-                        backoff_s,
-                    )
-                    try:
-                        await asyncio.wait_for(self._stop.wait(), backoff_s)
-                    except TimeoutError:
-                        pass
-                    backoff_s = min(backoff_s * 2, 30.0)
+            code = await self._consume_until_stopped()
         finally:
             for _ in workers:
                 self._jobs.put(None)
             await self._publisher.close()
             if self._backend is not None:
                 await self._backend.aclose()
-        log.info("worker stopped after %d task(s)", self.tasks_done)
+        if code == EXIT_OK:
+            log.info("worker stopped after %d task(s)", self.tasks_done)
+        return code
+
+    async def _consume_until_stopped(self) -> int:
+        """Run sessions until a stop; back off on connection loss, give up on configuration errors."""
+        backoff_s = 0.5
+        refusals = 0
+        while not self._stopping:
+            try:
+                await self._session()
+                backoff_s = 0.5
+            except TopologyMismatch as e:
+                log.error("%s", e)
+                return EXIT_CONFIG
+            except AccessRefused as e:
+                # A refused login or permission is a configuration error, not an outage: retry a
+                # few times (a user being created right now), then exit so nobody loops on it.
+                refusals += 1
+                if refusals >= ACCESS_ATTEMPTS or self._stopping:
+                    log.error("%s; giving up after %d attempt(s) (exit status %d)", e, refusals, EXIT_CONFIG)
+                    return EXIT_CONFIG
+                log.error("%s; attempt %d of %d, retrying in %.1f s", e, refusals, ACCESS_ATTEMPTS, backoff_s)
+                await self._pause(backoff_s)
+                backoff_s = min(backoff_s * 2, 30.0)
+            except RECONNECT_ERRORS as e:
+                refusals = 0
+                current = asyncio.current_task()
+                if isinstance(e, asyncio.CancelledError) and current is not None and current.cancelling():
+                    raise  # we are being cancelled; aiormq's internal cancellations are connection losses
+                if self._stopping:
+                    break
+                _explain_consumer_timeout(e)
+                log.warning(
+                    "broker connection lost (%s); reconnecting in %.1f s",
+                    mask_url(str(e) or type(e).__name__),
+                    backoff_s,
+                )
+                await self._pause(backoff_s)
+                backoff_s = min(backoff_s * 2, 30.0)
         return EXIT_OK
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if a stop is requested meanwhile."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except TimeoutError:
+            pass
 
     def stop(self) -> None:
         """Warm shutdown: stop consuming, hand back what has not started, finish what runs, ack, exit."""
@@ -218,21 +248,27 @@ class Child:
         connection = await connect(self.app.settings, f"worker q={','.join(self.queues)}")
         try:
             channel = await connection.channel(publisher_confirms=False)
-            await declare_async(channel, self.app.declarations(self.queues))
-            prefetch = self.prefetch
-            if self.max_tasks:
-                # The broker sends at most prefetch + (acks so far) messages: once that reaches the budget, the
-                # consumer is cancelled before the next ack goes out. So a retiring child holds no more than it
-                # will run, and never hands a message back (quorum queues count every return).
-                budget = max(1, self.max_tasks - self.received)
-                prefetch = min(prefetch, budget)
-                self._acks_left = budget - prefetch
-            await channel.basic_qos(prefetch_count=prefetch)  # per consumer, never global
-            self._acker = Acker(channel)
-            tags: list[str] = []
-            for q in self.queues:
-                ok = await channel.basic_consume(q, self._on_message)
-                tags.append(ok.consumer_tag or "")
+            try:
+                if self.app.settings.declare_topology:
+                    await declare_async(channel, self.app.declarations(self.queues))
+                else:  # pre-applied by an admin: the worker needs no configure permission
+                    await check_queues(channel, self.queues)
+                prefetch = self.prefetch
+                if self.max_tasks:
+                    # The broker sends at most prefetch + (acks so far) messages: once that reaches the budget, the
+                    # consumer is cancelled before the next ack goes out. So a retiring child holds no more than it
+                    # will run, and never hands a message back (quorum queues count every return).
+                    budget = max(1, self.max_tasks - self.received)
+                    prefetch = min(prefetch, budget)
+                    self._acks_left = budget - prefetch
+                await channel.basic_qos(prefetch_count=prefetch)  # per consumer, never global
+                self._acker = Acker(channel)
+                tags: list[str] = []
+                for q in self.queues:
+                    ok = await channel.basic_consume(q, self._on_message)
+                    tags.append(ok.consumer_tag or "")
+            except aiormq.exceptions.ChannelAccessRefused as e:
+                raise access_refused(self.app.settings, e, f"declare or consume {', '.join(self.queues)}") from None
             log.info("consuming from %s (prefetch %d, %d thread(s))", ", ".join(self.queues), prefetch, self.threads)
             if self.on_ready is not None:
                 self.on_ready()
@@ -592,6 +628,18 @@ class Child:
                 )
                 await asyncio.sleep(pause_s)
                 pause_s = min(pause_s * 2, 2.0)
+
+
+async def check_queues(channel: aiormq.abc.AbstractChannel, queues: Sequence[str]) -> None:
+    """Passively check that `queues` exist; raise `TopologyMismatch` naming the first one missing."""
+    for q in queues:
+        try:
+            await channel.queue_declare(q, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            raise TopologyMismatch(
+                f"queue {q!r} does not exist and declare_topology is False: apply the topology first "
+                "(`rabbittask topology apply -A ...` as a user with configure permission)"
+            ) from None
 
 
 def _close_reason(closing: asyncio.Future[Any]) -> str:

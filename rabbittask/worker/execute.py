@@ -18,6 +18,7 @@ from rabbittask.errors import (
     PayloadError,
     Reject,
     Retry,
+    SignatureInvalid,
     SoftTimeLimitExceeded,
     TaskNotFound,
     TimeLimitExceeded,
@@ -39,6 +40,7 @@ from rabbittask.message import (
     format_time,
 )
 from rabbittask.retry import due_in_ms
+from rabbittask.signing import verify
 from rabbittask.topology import delivered_queue
 
 if TYPE_CHECKING:
@@ -60,6 +62,7 @@ REASON_NOT_SERIALISABLE = "result not JSON-serialisable"
 REASON_MAX_RETRIES = "max retries exceeded"
 REASON_EXPIRED = "expired"
 REASON_DELIVERY_LIMIT = "delivery limit"
+REASON_SIGNATURE = "signature invalid"
 # Not failures: the message is re-published (retry, not due yet, classic redelivery count).
 REASON_RETRY = "retry"
 REASON_NOT_DUE = "not due"
@@ -150,6 +153,11 @@ def prepare(app: App, message: DeliveredMessage) -> tuple[Task[Any, Any], tuple[
     """The task and validated arguments of a message, or the failure that dead-letters it."""
     props = message.header.properties
     name = props.message_type or ""
+    try:
+        if app.settings.signing_keys:  # before decoding: an unverified body is never parsed
+            verify(app.settings.signing_keys, name, props.message_id or "", props.headers, message.body)
+    except SignatureInvalid as e:
+        return _failure(message, name, REASON_SIGNATURE, e, tb=False)
     try:
         body = decode_body(message.body, props.content_type)
         task = app.get_task(name)
