@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar,
 from pika.adapters.blocking_connection import BlockingChannel
 
 from rabbittask.context import TaskContext
-from rabbittask.errors import BatchNotConfirmed, ConfigError, TaskNotFound
+from rabbittask.errors import BatchNotConfirmed, ConfigError, PublishError, TaskNotFound
 from rabbittask.publish.aio import AsyncPublisher, Pipeline
 from rabbittask.publish.declare import declare_sync
 from rabbittask.publish.outgoing import Outgoing
@@ -387,8 +387,15 @@ class App:
         _raise_failed(failed, len(msgs))
 
     async def _publish_all(self, msgs: list[Outgoing]) -> list[tuple[str, BaseException]]:
-        publisher = AsyncPublisher(self.settings, self.declarations())
+        # Each flush runs on a loop of its own; the topology is declared once per process, not per flush.
+        declared = self._declared_pid == os.getpid()
+        publisher = AsyncPublisher(self.settings, () if declared else self.declarations())
         try:
+            try:
+                await publisher.channel()
+            except PublishError as e:
+                return [(m.message_id, e) for m in msgs]
+            self._declared_pid = os.getpid()
             return await publisher.publish_many(msgs)
         finally:
             await publisher.close()
