@@ -7,6 +7,7 @@ the broker's confirm, bounded by `publish_timeout_s`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -116,6 +117,8 @@ class SyncPublisher:
 
     def open(self) -> BlockingChannel:
         """Connect, open the confirm channel and declare the topology."""
+        if self._connection is not None:
+            self.close()  # a connection the broker dropped: its sockets are released before a new one opens
         try:
             self._connection = pika.BlockingConnection(connection_params(self.settings, "publisher"))
             opened(self.settings, self._connection)
@@ -196,13 +199,14 @@ class SyncPublisher:
         connection, self._connection, self._channel = self._connection, None, None
         if connection is None:
             return
-        if abort:
+        if abort or not connection.is_open:
+            abort_connection(connection)  # a connection the broker closed still holds its I/O loop's sockets
+            return
+        try:
+            connection.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
+            log.debug("closing a broken publisher connection failed", exc_info=True)
             abort_connection(connection)
-        elif connection.is_open:
-            try:
-                connection.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
-                log.debug("closing a broken publisher connection failed", exc_info=True)
 
 
 def abort_connection(connection: pika.BlockingConnection) -> None:
@@ -214,7 +218,8 @@ def abort_connection(connection: pika.BlockingConnection) -> None:
     except Exception:  # noqa: BLE001 - the connection is being thrown away
         log.debug("aborting a publisher connection failed", exc_info=True)
     finally:
-        impl.ioloop.close()
+        with contextlib.suppress(Exception):
+            impl.ioloop.close()
 
 
 def _raise_timeout() -> None:

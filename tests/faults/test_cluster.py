@@ -64,6 +64,12 @@ class Traffic:
     n: int = 0
 
     def run(self) -> None:
+        try:
+            self._publish_until_stopped()
+        finally:
+            self.app.close()  # this thread's publisher connection (pika connections belong to one thread)
+
+    def _publish_until_stopped(self) -> None:
         work = self.app.tasks["ledger.work"]
         while not self.stop.is_set():
             key = f"t{self.n}"
