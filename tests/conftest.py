@@ -71,8 +71,11 @@ def _testcontainers_broker(stack: contextlib.ExitStack) -> str | None:
     return f"amqp://guest:guest@{host}:{port}/"
 
 
+_SESSION_NAMES: set[str] = set()
+
+
 def _delete_test_objects(url: str) -> None:
-    """Delete every queue and exchange named `rt-*` (what `unique_name` names) from a long-lived broker.
+    """Delete every queue and exchange this session named with `unique_name` from a long-lived broker.
 
     Tests delete what they declare, but a test with an exchange of its own also gets a delay ladder
     (26 quorum queues) and a failed test may leave its objects: hundreds of sessions of leftovers
@@ -93,7 +96,7 @@ def _delete_test_objects(url: str) -> None:
             ).stdout
         except (OSError, subprocess.SubprocessError):
             return
-        names[kind] = [n.strip() for n in out.splitlines() if n.strip().startswith("rt-")]
+        names[kind] = [n.strip() for n in out.splitlines() if n.strip().startswith(tuple(_SESSION_NAMES) or ("\0",))]
     if not names["queues"] and not names["exchanges"]:
         return
     connection = pika.BlockingConnection(pika.URLParameters(url))
@@ -162,7 +165,9 @@ def rabbit_node_factory() -> Iterator[RabbitNodeFactory]:
 def unique_name(request: pytest.FixtureRequest) -> str:
     """A short name unique to this test run, derived from the test name (for queues, exchanges)."""
     base = re.sub(r"[^A-Za-z0-9_.]+", "-", request.node.name.removeprefix("test_")).strip("-.")[:40]
-    return f"rt-{base}-{uuid.uuid4().hex[:8]}"
+    name = f"rt-{base}-{uuid.uuid4().hex[:8]}"
+    _SESSION_NAMES.add(name)  # what is left under this prefix is deleted at the end of the session
+    return name
 
 
 class AmqpCleanup:
