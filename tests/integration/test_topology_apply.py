@@ -7,16 +7,19 @@ import pytest
 from click.testing import CliRunner
 
 from rabbittask.cli import main
+from rabbittask.topology import ExchangeDecl, QueueDecl
 from tests import amqp
 from tests.apps.topo import importable, make_app
 
 
 @pytest.fixture
 def prefix(unique_name: str, amqp_cleanup: object) -> str:
-    for q in ("work", "work.dlq", "prio", "prio.dlq"):
-        amqp_cleanup.queue(f"{unique_name}.{q}")  # type: ignore[attr-defined]
-    amqp_cleanup.exchange(unique_name)  # type: ignore[attr-defined]
-    amqp_cleanup.exchange(f"{unique_name}.dlx")  # type: ignore[attr-defined]
+    # Everything the test app declares, the delay ladder included (26 queues, 27 exchanges)
+    for d in make_app(unique_name).declarations():
+        if isinstance(d, QueueDecl):
+            amqp_cleanup.queue(d.name)  # type: ignore[attr-defined]
+        elif isinstance(d, ExchangeDecl):
+            amqp_cleanup.exchange(d.name)  # type: ignore[attr-defined]
     return unique_name
 
 

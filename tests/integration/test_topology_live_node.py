@@ -76,16 +76,85 @@ def test_exported_definitions_import_into_a_fresh_node_and_a_worker_starts_witho
     assert worker.stop() == 0
 
 
+def apply(node: RabbitNode) -> tuple[int, str]:
+    result = CliRunner(env={"RABBITTASK_BROKER_URL": node.url}).invoke(main, ["topology", "apply", "-A", APP])
+    return result.exit_code, result.output
+
+
 def test_diff_exits_0_when_the_broker_has_what_the_code_declares(node: RabbitNode, management_url: str) -> None:
-    CliRunner(env={"RABBITTASK_BROKER_URL": node.url}).invoke(main, ["topology", "apply", "-A", APP])
+    code, out = apply(node)
+    assert code == 0, out
+    assert "= queue 'rabbittask.delay.3355443200': exists as declared" in out
     code, out = diff(node, "--management-url", management_url)
     assert code == 0, out
     assert "no differences" in out
     assert "guest:guest" not in out
 
 
+def test_diff_compares_the_delay_ladder_and_its_exchange_to_exchange_bindings(
+    node: RabbitNode, management_url: str
+) -> None:
+    assert apply(node)[0] == 0
+    connection = amqp.connect(node.url)
+    channel = connection.channel()
+    # a level that no longer passes messages on, a binding added by hand, a level the code does not have
+    channel.exchange_unbind("rabbittask.delay.200", "rabbittask.delay.400", "*.*.0.#")
+    channel.exchange_bind("rabbittask", "rabbittask.delay.100", "#")
+    channel.exchange_declare("rabbittask.delay.6710886400", "topic", durable=True)
+    channel.queue_declare("rabbittask.delay.6710886400", durable=True, arguments={"x-queue-type": "quorum"})
+    channel.queue_bind("rabbittask.delay.6710886400", "rabbittask.delay.6710886400", "*.1.#")
+    try:
+        code, out = diff(node, "--management-url", management_url)
+
+        assert code == 1, out
+        assert (
+            "- binding 'rabbittask.delay.400' -> exchange 'rabbittask.delay.200' (key '*.*.0.#'): missing on the broker"
+            in out
+        )
+        assert (
+            "+ binding 'rabbittask.delay.100' -> exchange 'rabbittask' (key '#'): on the broker, not in the code" in out
+        )
+        assert "+ exchange 'rabbittask.delay.6710886400': on the broker, not in the code" in out
+        assert "+ queue 'rabbittask.delay.6710886400': on the broker, not in the code" in out
+        assert "+ binding 'rabbittask.delay.6710886400' -> queue 'rabbittask.delay.6710886400' (key '*.1.#')" in out
+        assert len([line for line in out.splitlines() if line.startswith("  ")]) == 5, out  # nothing else differs
+
+        # apply restores the missing binding (bindings are idempotent); extra objects stay for ops to remove
+        assert apply(node)[0] == 0
+        out = diff(node, "--management-url", management_url)[1]
+        assert "- binding" not in out and "+ exchange 'rabbittask.delay.6710886400'" in out
+    finally:
+        channel.exchange_unbind("rabbittask", "rabbittask.delay.100", "#")
+        channel.queue_delete("rabbittask.delay.6710886400")
+        channel.exchange_delete("rabbittask.delay.6710886400")
+        connection.close()
+    assert diff(node, "--management-url", management_url)[0] == 0
+
+
+def test_apply_lists_every_difference_of_a_ladder_queue_and_the_ladder_ways_out(node: RabbitNode) -> None:
+    assert apply(node)[0] == 0
+    connection = amqp.connect(node.url)
+    channel = connection.channel()
+    channel.queue_delete("rabbittask.delay.800")
+    channel.queue_declare(
+        "rabbittask.delay.800", durable=True, arguments={"x-queue-type": "quorum", "x-message-ttl": 1000}
+    )
+    try:
+        code, out = apply(node)
+        assert code == 1, out
+        assert "~ queue 'rabbittask.delay.800':" in out
+        assert "x-message-ttl is 1000 on the broker, the code declares 800" in out
+        assert 'x-dead-letter-exchange is not set on the broker, the code declares "rabbittask.delay.400"' in out
+        assert "fixed by the ladder's layout" in out
+        assert "nothing was changed" in out
+    finally:
+        channel.queue_delete("rabbittask.delay.800")
+        connection.close()
+    assert apply(node)[0] == 0
+
+
 def test_diff_exits_1_and_lists_changed_missing_and_extra_objects(node: RabbitNode, management_url: str) -> None:
-    CliRunner(env={"RABBITTASK_BROKER_URL": node.url}).invoke(main, ["topology", "apply", "-A", APP])
+    assert apply(node)[0] == 0
     connection = amqp.connect(node.url)
     channel = connection.channel()
     # a queue recreated by hand with another delivery limit, a binding gone, a queue left by a removed task
