@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from rabbittask.cli import main
 from rabbittask.testing import RabbitNode
 from tests import amqp
-from tests.workers import ROOT, WorkerFactory
+from tests.workers import ROOT, WorkerFactory, worker_env
 
 APP = "examples.emails:app"
 
@@ -194,3 +194,60 @@ def test_diff_refused_login_is_exit_2_and_masks_the_password(node: RabbitNode) -
     assert code == 2, out
     assert "refused the login of user 'guest'" in out
     assert "wrong-pw" not in out
+
+
+def least_privilege_commands() -> list[list[str]]:
+    """The `rabbitmqctl` calls of docs/operations.md, "Least-privilege users", with their shell quoting undone."""
+    section = (ROOT / "docs" / "operations.md").read_text().split("## Least-privilege users", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    # bash expands $APP and ${APP%...} exactly as an operator's shell would; the stub prints each call
+    stub = "rabbitmqctl() { printf '%s\\0' \"$@\"; printf '\\n'; }\n"
+    out = subprocess.run(["bash", "-c", stub + block], capture_output=True, text=True, check=True).stdout
+    return [line.split("\0")[:-1] for line in out.splitlines()]
+
+
+def rabbittask(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rabbittask", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_the_documented_least_privilege_users_can_apply_publish_delays_consume_and_diff(
+    node: RabbitNode, management_url: str, worker_factory: WorkerFactory
+) -> None:
+    # Given the users and permissions docs/operations.md tells ops to create (all passwords '...')
+    for argv in least_privilege_commands():
+        node.ctl(*argv)
+    node.ctl("set_permissions", "-p", "shop", "guest", "^$", "^$", ".*")  # the test's own eyes: queue depths
+    url = node.url.replace("guest:guest", "{user}:...") + "shop"
+    try:
+        # The deploy user applies the whole topology, delay ladder and exchange-to-exchange bindings included
+        # (in a fresh process: examples.emails reads the broker URL when it is first imported)
+        deploy = worker_env(url.format(user="shop-deploy"))
+        done = rabbittask(deploy, "topology", "apply", "-A", APP)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+        # The CI user compares it, read-only through the management API
+        ci = management_url.replace("guest:guest", "shop-ci:...")
+        done = rabbittask(deploy, "topology", "diff", "-A", APP, "--management-url", ci)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+        # The web user publishes a delayed task: it passes the ladder's levels into the task queue
+        web = worker_env(url.format(user="shop-web"))
+        later = "from examples.emails import send_email; send_email.apply_async(('a@b.c', 'later'), countdown=0.7)"
+        subprocess.run([sys.executable, "-c", later], env=web, cwd=ROOT, check=True, timeout=60)
+        amqp.wait_depth(node.url + "shop", "emails", 1)
+
+        # The worker user consumes it and replies to a call of the web user
+        worker = worker_factory(APP, broker_url=url.format(user="shop-worker"))
+        worker.wait_for_log("consuming from emails, thumbs")
+        call = "from examples.emails import send_email; print(send_email.call('a@b.c', 'now', timeout=30))"
+        done = subprocess.run(
+            [sys.executable, "-c", call], env=web, cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        assert done.stdout.strip() == "sent 'now' to a@b.c", done.stderr
+        amqp.wait_depth(node.url + "shop", "emails", 0)
+        assert "ACCESS_REFUSED" not in worker.log()
+        assert worker.stop() == 0
+    finally:
+        node.ctl("delete_vhost", "shop")
