@@ -13,9 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from rabbittask.cli import main
 from rabbittask.testing import RabbitNode
 from tests import amqp
 from tests.workers import ROOT, WorkerFactory, worker_env
@@ -47,10 +45,28 @@ def export(fmt: str = "definitions", hash_seed: str = "0") -> str:
     return done.stdout
 
 
+def rabbittask(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rabbittask", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+def cli(node: RabbitNode, *args: str) -> tuple[int, str]:
+    """`rabbittask topology ... -A examples.emails:app` against `node`, in a process of its own.
+
+    Not in this process: examples.emails reads RABBITTASK_BROKER_URL when it is first imported, which
+    may have happened already (e.g. at collection) with another broker, such as the shared one.
+    """
+    done = rabbittask(worker_env(node.url), "topology", *args, "-A", APP)
+    return done.returncode, done.stdout + done.stderr
+
+
 def diff(node: RabbitNode, *args: str) -> tuple[int, str]:
-    env = {"RABBITTASK_BROKER_URL": node.url}
-    result = CliRunner(env=env).invoke(main, ["topology", "diff", "-A", APP, *args])
-    return result.exit_code, result.output
+    return cli(node, "diff", *args)
+
+
+def apply(node: RabbitNode) -> tuple[int, str]:
+    return cli(node, "apply")
 
 
 def test_export_is_byte_identical_across_processes() -> None:
@@ -74,11 +90,6 @@ def test_exported_definitions_import_into_a_fresh_node_and_a_worker_starts_witho
     # Then there was no declaration conflict
     assert "exists with other arguments" not in worker.log()
     assert worker.stop() == 0
-
-
-def apply(node: RabbitNode) -> tuple[int, str]:
-    result = CliRunner(env={"RABBITTASK_BROKER_URL": node.url}).invoke(main, ["topology", "apply", "-A", APP])
-    return result.exit_code, result.output
 
 
 def test_diff_exits_0_when_the_broker_has_what_the_code_declares(node: RabbitNode, management_url: str) -> None:
@@ -206,12 +217,6 @@ def least_privilege_commands() -> list[list[str]]:
     return [line.split("\0")[:-1] for line in out.splitlines()]
 
 
-def rabbittask(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "rabbittask", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-
-
 def test_the_documented_least_privilege_users_can_apply_publish_delays_consume_and_diff(
     node: RabbitNode, management_url: str, worker_factory: WorkerFactory
 ) -> None:
@@ -222,7 +227,6 @@ def test_the_documented_least_privilege_users_can_apply_publish_delays_consume_a
     url = node.url.replace("guest:guest", "{user}:...") + "shop"
     try:
         # The deploy user applies the whole topology, delay ladder and exchange-to-exchange bindings included
-        # (in a fresh process: examples.emails reads the broker URL when it is first imported)
         deploy = worker_env(url.format(user="shop-deploy"))
         done = rabbittask(deploy, "topology", "apply", "-A", APP)
         assert done.returncode == 0, done.stdout + done.stderr
