@@ -81,4 +81,13 @@ CASES = [
         1.1,
         higher_is_better=False,
     ),
+    Case(
+        "C2",
+        ".acall() round trip, sequential",
+        lambda c: c.calls,
+        rt.acall,
+        (("raw aio-pika", raw.call_echo),),
+        1.1,
+        higher_is_better=False,
+    ),
 ]

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -135,6 +136,29 @@ def call(ctx: RowContext) -> Measurement:
             bench.echo.call(i, timeout=10)
             if i >= WARMUP_CALLS:
                 latencies_ms.append((time.perf_counter() - started) * 1000)
+    finally:
+        stop([proc])
+        bench.app.close()
+    return Measurement(percentile(latencies_ms, 50), p99_ms=percentile(latencies_ms, 99))
+
+
+def acall(ctx: RowContext) -> Measurement:
+    """`await echo.acall(i, timeout=10)`, sequential, against a `-c 1` worker."""
+    bench = setup(ctx)
+    proc = spawn(worker(ctx, 1), ctx.workdir, "worker", worker_env(ctx))
+
+    async def calls() -> list[float]:
+        latencies_ms: list[float] = []
+        for i in range(WARMUP_CALLS + ctx.n):
+            started = time.perf_counter()
+            await bench.echo.acall(i, timeout=10)
+            if i >= WARMUP_CALLS:
+                latencies_ms.append((time.perf_counter() - started) * 1000)
+        return latencies_ms
+
+    try:
+        wait_for_worker(bench, proc)
+        latencies_ms = asyncio.run(calls())
     finally:
         stop([proc])
         bench.app.close()

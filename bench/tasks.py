@@ -40,8 +40,10 @@ def build(queue: str, queue_type: str = "quorum", exchange: str | None = None) -
     """The app for one row. Quorum rows leave the queue type to rabbittask's default, as a user would."""
     settings: dict[str, Any] = {"exchange": exchange} if exchange else {}
     app = App("bench", broker_url=broker_url(), **settings)
-    options: dict[str, Any] = {} if queue_type == "quorum" else {"queue_type": queue_type}
-    return BenchApp(app, app.task(queue=queue, **options)(noop), app.task(queue=queue, **options)(echo))
+    if queue_type == "quorum":
+        return BenchApp(app, app.task(queue=queue)(noop), app.task(queue=queue)(echo))
+    classic = app.task(queue=queue, queue_type="classic")
+    return BenchApp(app, classic(noop), classic(echo))
 
 
 app = build(

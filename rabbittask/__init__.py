@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from rabbittask.app import App
 from rabbittask.context import TaskContext
 from rabbittask.errors import (
+    AccessRefused,
     ArgumentsInvalid,
     BatchNotConfirmed,
     BrokerError,
@@ -22,13 +23,16 @@ from rabbittask.errors import (
     PublishNotConfirmed,
     RabbitTaskError,
     Reject,
+    ResultBackendError,
     Retry,
+    SoftTimeLimitExceeded,
     TaskError,
     TaskNotFound,
+    TimeLimitExceeded,
     TopologyMismatch,
 )
 from rabbittask.settings import Settings
-from rabbittask.task import Task, TaskHandle
+from rabbittask.task import Signature, Task, TaskHandle
 
 try:
     __version__ = version("rabbittask")
@@ -42,9 +46,12 @@ __all__ = [
     "Task",
     "TaskHandle",
     "TaskContext",
-    # control flow raised by tasks
+    "Signature",
+    # control flow raised by tasks, or into them
     "Reject",
     "Retry",
+    "SoftTimeLimitExceeded",
+    "TimeLimitExceeded",
     # errors
     "RabbitTaskError",
     "ConfigError",
@@ -56,8 +63,10 @@ __all__ = [
     "TopologyMismatch",
     "PublishError",
     "PublishConnectionError",
+    "AccessRefused",
     "PublishNotConfirmed",
     "BatchNotConfirmed",
+    "ResultBackendError",
     "TaskError",
     "__version__",
 ]

@@ -10,20 +10,23 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from pika.adapters.blocking_connection import BlockingChannel
 
 from rabbittask.context import TaskContext
-from rabbittask.errors import BatchNotConfirmed, ConfigError, TaskNotFound
+from rabbittask.errors import BatchNotConfirmed, ConfigError, PublishError, TaskNotFound
 from rabbittask.publish.aio import AsyncPublisher, Pipeline
 from rabbittask.publish.declare import declare_sync
 from rabbittask.publish.outgoing import Outgoing
 from rabbittask.publish.sync import SyncPublisher
-from rabbittask.results.rpc import AsyncRpc, SyncRpc
+from rabbittask.results.backend import ResultBackend, load_backend
+from rabbittask.results.rpc import AsyncRpc
+from rabbittask.results.sync_rpc import SyncRpc
 from rabbittask.retry import RETRY_OPTIONS, policy_for
 from rabbittask.settings import QueueType, Settings
-from rabbittask.task import Task, TaskHandle
+from rabbittask.task import Signature, Task, TaskHandle
 from rabbittask.topology import (
     Declaration,
     Overflow,
@@ -33,14 +36,21 @@ from rabbittask.topology import (
     delay_declarations,
 )
 
+if TYPE_CHECKING:
+    from rabbittask.beat.entry import CatchUp, ScheduleEntry
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
-TASK_OPTIONS = frozenset({"name", "queue", "queue_type", "max_priority", "delivery_limit"})
+TASK_OPTIONS = frozenset({"name", "queue", "queue_type", "max_priority", "delivery_limit", "ignore_result"})
 # Retries (issue 6): the retry policy's fields, and bind=True for a TaskContext first argument.
 TASK_OPTIONS |= RETRY_OPTIONS | {"bind"}
 # Per-queue options beyond the core ones (topology as code, issue 8).
 TASK_OPTIONS |= {"max_length", "overflow", "single_active_consumer", "message_ttl_ms"}
+# Time limits (issue 4), in seconds.
+TASK_OPTIONS |= {"time_limit", "soft_time_limit"}
+
+_LAZY_INIT = threading.Lock()  # builds the shared RPC client and the backend once, whichever thread asks first
 _TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
 
 
@@ -74,12 +84,19 @@ class App:
         policy_for(self.settings, self.autoretry_for, {})  # refuses a bad app-wide retry setting now
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.queues: dict[str, QueueSpec] = {}
+        self.schedules: dict[str, ScheduleEntry] = {}
         self._local = threading.local()
         self._aio: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncPublisher] = weakref.WeakKeyDictionary()
         self._abatch: contextvars.ContextVar[Pipeline | None] = contextvars.ContextVar("abatch", default=None)
         self._declared_pid = 0
-        self._guards: weakref.WeakSet[AsyncIterator[None]] = weakref.WeakSet()
+        # Held strongly (one per loop): a guard that is only weakly referenced is collected at once,
+        # and its finalizer would close the loop's connections right after they opened.
+        self._guards: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncIterator[None]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._arpc: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRpc] = weakref.WeakKeyDictionary()
+        self._rpc: SyncRpc | None = None
+        self._backend: ResultBackend | None = None
 
     def __repr__(self) -> str:
         return f"<App {self.name} tasks={len(self.tasks)}>"
@@ -126,7 +143,10 @@ class App:
         overflow: Overflow | None = None,
         single_active_consumer: bool = False,
         message_ttl_ms: int | None = None,
+        ignore_result: bool = False,
         bind: bool = False,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
         **retry_options: Any,
     ) -> Task[P, R]:
         name = name or f"{fn.__module__}.{fn.__qualname__.replace('<locals>.', '')}"
@@ -158,8 +178,60 @@ class App:
         retry = policy_for(self.settings, self.autoretry_for, retry_options)
         self.queues.setdefault(spec.name, spec)
         task: Task[P, R] = Task(self, fn, name, spec.name, retry=retry, bind=bind)
+        task.ignore_result = ignore_result
+        task.set_time_limits(time_limit, soft_time_limit)
         self.tasks[name] = task
         return task
+
+    def schedule(
+        self,
+        name: str,
+        target: Signature | Task[Any, Any],
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        tz: str = "UTC",
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        queue: str | None = None,
+        expires: timedelta | float | None = None,
+        catch_up: CatchUp = "skip",
+        catch_up_limit: int = 100,
+        grace_s: float = 30.0,
+    ) -> ScheduleEntry:
+        """Send `target` periodically: `app.schedule("nightly", report.s(day="yesterday"), cron="0 3 * * *")`.
+
+        `cron` (5 fields, in time zone `tz`) or `every` (a timedelta or seconds, counted from the Unix
+        epoch). `expires`: a tick no worker started this long after it was sent is dropped. `catch_up`:
+        what to do with ticks missed (more than `grace_s` late) while no scheduler ran: `skip` them,
+        send the latest `once`, or send `all` (the latest `catch_up_limit`). `rabbittask beat` runs them;
+        see docs/scheduling.md.
+        """
+        from rabbittask.beat.build import build_entry  # croniter is loaded only by apps that schedule
+
+        if name in self.schedules:
+            raise ConfigError(f"schedule {name!r} is declared twice in app {self.name!r}")
+        entry = build_entry(
+            self,
+            name,
+            target,
+            cron=cron,
+            every=every,
+            tz=tz,
+            args=args,
+            kwargs=kwargs,
+            queue=queue,
+            expires=expires,
+            catch_up=catch_up,
+            catch_up_limit=catch_up_limit,
+            grace_s=grace_s,
+        )
+        if entry.queue not in self.queues:  # a queue no task names: declared like a task's default queue
+            self.queues[entry.queue] = QueueSpec(
+                name=entry.queue, queue_type=self.settings.queue_type, delivery_limit=self.settings.delivery_limit
+            )
+        self.schedules[name] = entry
+        return entry
 
     def get_task(self, name: str) -> Task[Any, Any]:
         """The task called `name`; raise `TaskNotFound` naming the known ones."""
@@ -172,8 +244,14 @@ class App:
         """What the broker must have for this app (or for some of its queues)."""
         specs = [self.queues[q] for q in queues] if queues else list(self.queues.values())
         exchange = self.settings.exchange
-        ladder = delay_declarations(exchange, [s.name for s in specs], self.settings.delay_queue_type)
-        return declarations(exchange, specs) + ladder
+        decls = declarations(exchange, specs) + delay_declarations(
+            exchange, [s.name for s in specs], self.settings.delay_queue_type
+        )
+        if self.schedules and not queues:
+            from rabbittask.beat.state import state_declaration
+
+            decls.append(state_declaration(exchange, self.name))
+        return decls
 
     def declare(self) -> None:
         """Declare the app's whole topology on the broker now (it is also declared on first use)."""
@@ -183,7 +261,7 @@ class App:
         publisher.open()
 
     def _declare_once(self, channel: BlockingChannel) -> None:
-        if self._declared_pid != os.getpid():
+        if self._declared_pid != os.getpid() and self.settings.declare_topology:
             declare_sync(channel, self.declarations())
             self._declared_pid = os.getpid()
 
@@ -205,7 +283,7 @@ class App:
                 self._flush(batch)
         else:
             self._sync_publisher().publish(msg)
-        return TaskHandle(msg.message_id, msg.task_name, msg.routing_key)
+        return TaskHandle(msg.message_id, msg.task_name, msg.routing_key, self)
 
     def _async_publisher(self) -> AsyncPublisher:
         loop = asyncio.get_running_loop()
@@ -218,14 +296,18 @@ class App:
     def _close_with_loop(self) -> None:
         # An async generator started on the loop is closed by the loop's shutdown_asyncgens(), which
         # asyncio.run() calls before closing the loop: the app's connections of that loop close with it.
+        loop = asyncio.get_running_loop()
+        if loop in self._guards:
+            return
+
         async def guard() -> AsyncIterator[None]:
             try:
                 yield
             finally:
+                self._guards.pop(loop, None)
                 await self.aclose()
 
-        gen = guard()
-        self._guards.add(gen)
+        gen = self._guards[loop] = guard()
         asyncio.ensure_future(gen.__anext__())
 
     async def asend(self, msg: Outgoing) -> TaskHandle:
@@ -235,25 +317,48 @@ class App:
             await self._async_publisher().publish(msg)
         else:
             await batch.add(msg)
-        return TaskHandle(msg.message_id, msg.task_name, msg.routing_key)
+        return TaskHandle(msg.message_id, msg.task_name, msg.routing_key, self)
 
     def rpc_call(self, msg: Outgoing, timeout_s: float) -> Any:
-        """Publish a request over direct reply-to and wait for the task's return value."""
-        if self._declared_pid != os.getpid():
-            self._sync_publisher().open()
-        rpc: SyncRpc | None = getattr(self._local, "rpc", None)
+        """Publish a request over direct reply-to and wait for the task's return value (any thread)."""
+        rpc = self._rpc
         if rpc is None:
-            rpc = self._local.rpc = SyncRpc(self.settings)
+            with _LAZY_INIT:
+                rpc = self._rpc = self._rpc or SyncRpc(self.settings, self.declarations())
         return rpc.call(msg, timeout_s)
 
     async def arpc_call(self, msg: Outgoing, timeout_s: float) -> Any:
-        """Async twin of `rpc_call`."""
+        """Async twin of `rpc_call`: the calls of one event loop share a connection and reply consumer."""
         loop = asyncio.get_running_loop()
         rpc = self._arpc.get(loop)
         if rpc is None:
-            await self._async_publisher().channel()  # declares the topology once
-            rpc = self._arpc[loop] = AsyncRpc(self.settings)
+            self._close_with_loop()
+            rpc = self._arpc[loop] = AsyncRpc(self.settings, self.declarations())
         return await rpc.call(msg, timeout_s)
+
+    # -- results ---------------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> ResultBackend | None:
+        """The result backend chosen by `result_backend`'s URL scheme, or None when results are not stored."""
+        if self._backend is None and self.settings.result_backend:
+            with _LAZY_INIT:
+                self._backend = self._backend or load_backend(self.settings.result_backend)
+        return self._backend
+
+    def result_backend_for(self, task_name: str) -> ResultBackend:
+        """The backend that holds `task_name`'s results; `ConfigError` saying why there is none."""
+        backend = self.backend
+        if backend is None:
+            raise ConfigError(
+                f"app {self.name!r} has no result backend, so task results are not stored: set "
+                "result_backend='redis://host:6379/0' (or RABBITTASK_RESULT_BACKEND), or use .call() to wait "
+                "for a result over direct reply-to"
+            )
+        task = self.tasks.get(task_name)
+        if task is not None and task.ignore_result:
+            raise ConfigError(f"task {task_name!r} is declared with ignore_result=True: its results are not stored")
+        return backend
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -282,8 +387,15 @@ class App:
         _raise_failed(failed, len(msgs))
 
     async def _publish_all(self, msgs: list[Outgoing]) -> list[tuple[str, BaseException]]:
-        publisher = AsyncPublisher(self.settings, self.declarations())
+        # Each flush runs on a loop of its own; the topology is declared once per process, not per flush.
+        declared = self._declared_pid == os.getpid()
+        publisher = AsyncPublisher(self.settings, () if declared else self.declarations())
         try:
+            try:
+                await publisher.channel()
+            except PublishError as e:
+                return [(m.message_id, e) for m in msgs]
+            self._declared_pid = os.getpid()
             return await publisher.publish_many(msgs)
         finally:
             await publisher.close()
@@ -304,16 +416,17 @@ class App:
         _raise_failed(batch.failed, batch.count)
 
     def close(self) -> None:
-        """Close this thread's publisher connection."""
+        """Close this thread's publisher connection, the process's RPC connection and the backend's."""
         publisher: SyncPublisher | None = getattr(self._local, "publisher", None)
         if publisher is not None:
             publisher.close()
-        rpc: SyncRpc | None = getattr(self._local, "rpc", None)
-        if rpc is not None:
-            rpc.close()
+        if self._rpc is not None:
+            self._rpc.close()  # shared by all threads: a later call reopens it
+        if self._backend is not None:
+            self._backend.close()
 
     async def aclose(self) -> None:
-        """Close this event loop's publisher connection."""
+        """Close this event loop's publisher, RPC and result-backend connections."""
         loop = asyncio.get_running_loop()
         publisher = self._aio.pop(loop, None)
         if publisher is not None:
@@ -321,6 +434,8 @@ class App:
         rpc = self._arpc.pop(loop, None)
         if rpc is not None:
             await rpc.close()
+        if self._backend is not None:
+            await self._backend.aclose()
 
 
 def _raise_failed(failed: list[tuple[str, BaseException]], total: int) -> None:

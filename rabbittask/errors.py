@@ -5,17 +5,22 @@
     ├── TaskNotFound (LookupError)          a task name the app does not know
     ├── ArgumentsInvalid (TypeError)        a call whose arguments do not fit the task's signature
     ├── PayloadError (ValueError)           a message body that cannot be decoded or encoded
+    │   └── SignatureInvalid                unsigned or tampered message where signatures are required
     ├── BrokerError
     │   ├── ConnectionLost (ConnectionError)    the broker cannot be reached or went away
     │   ├── TopologyMismatch                    a queue exists with other arguments
     │   └── PublishError
     │       ├── PublishConnectionError (ConnectionLost)   no connection to publish on
+    │       │   └── AccessRefused (PermissionError)    login, virtual host or permission refused
     │       ├── PublishNotConfirmed             nacked, unroutable or unanswered in time
     │       └── BatchNotConfirmed               some messages of a batch were not confirmed
+    ├── ResultBackendError                   the result backend failed or cannot be reached
     └── TaskError                            a task failed remotely (results, RPC)
 
 Control flow, not failure: `Retry` and `Reject` are raised by a task on purpose and are not
 logged as errors.
+Time limits: `SoftTimeLimitExceeded` is raised inside a task at its `soft_time_limit` (it may catch
+it and clean up); `TimeLimitExceeded` names the failure of a task stopped at its hard `time_limit`.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ class PayloadError(RabbitTaskError, ValueError):
     """Raised when a message cannot be decoded, or a value cannot be encoded as JSON."""
 
 
+class SignatureInvalid(PayloadError):
+    """Raised when a message's signature is missing, names an unknown key, or does not match."""
+
+
 class BrokerError(RabbitTaskError):
     """Raised when the broker refuses or fails an operation."""
 
@@ -64,6 +73,10 @@ class PublishConnectionError(PublishError, ConnectionLost):
     """Raised when a publish cannot reach the broker: down, unreachable, or the login was refused."""
 
 
+class AccessRefused(PublishConnectionError, PermissionError):
+    """Raised when the broker refuses the login, the virtual host, or an operation the user may not do."""
+
+
 class PublishNotConfirmed(PublishError):
     """Raised when the broker nacked, returned (unroutable) or did not confirm a message in time."""
 
@@ -74,6 +87,10 @@ class BatchNotConfirmed(PublishError):
     def __init__(self, message: str, failed_ids: Sequence[str]) -> None:
         super().__init__(message)
         self.failed_ids = list(failed_ids)
+
+
+class ResultBackendError(RabbitTaskError):
+    """Raised when the result backend cannot be reached or fails a store, fetch or delete."""
 
 
 class TaskError(RabbitTaskError):
@@ -116,3 +133,11 @@ class Retry(Exception):  # noqa: N818 - control flow, named for what the task as
         self.eta = eta
         self.exc = exc
         self.max_retries = max_retries
+
+
+class SoftTimeLimitExceeded(Exception):  # noqa: N818 - named like the limit it reports
+    """Raised inside a running task when it passes its `soft_time_limit`; catch it to clean up."""
+
+
+class TimeLimitExceeded(Exception):  # noqa: N818 - named like the limit it reports
+    """Raised (async tasks) or reported (sync tasks) when a task passes its hard `time_limit`."""

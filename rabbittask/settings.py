@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 QueueType = Literal["quorum", "classic"]
@@ -17,7 +18,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RABBITTASK_", frozen=True, extra="forbid")
 
-    broker_url: str = Field("amqp://guest:guest@localhost:5672/", description="AMQP URL of the broker.")
+    broker_url: str = Field(
+        "amqp://guest:guest@localhost:5672/",
+        description="AMQP URL of the broker, or the URLs of a cluster's nodes separated by commas (clients fail over "
+        "between them in order).",
+    )
     exchange: str = Field("rabbittask", description="Name of the direct exchange that routes tasks to queues.")
     default_queue: str = Field("default", description="Queue of tasks that do not name one.")
     queue_type: QueueType = Field("quorum", description="Type of task queues that do not choose one.")
@@ -51,6 +56,55 @@ class Settings(BaseSettings):
     delay_queue_type: QueueType = Field(
         "quorum", description="Type of the delay-ladder queues that hold countdown, eta and retry messages."
     )
+    result_backend: str | None = Field(
+        None,
+        description="URL of the result backend that stores task results (e.g. redis://localhost:6379/0); "
+        "its scheme picks the plugin. None: results only over direct reply-to (.call()).",
+    )
+    result_expires_s: float = Field(
+        86400.0, gt=0, description="How long a stored result is kept before the backend expires it (default 1 day)."
+    )
+    result_store_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="How long a worker retries storing a result before it hands the message back to the queue "
+        "(it never acks a task whose result is not stored).",
+    )
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # URLs carry passwords (broker, result backend): never print them, not even in a repr.
+        for key, value in super().__repr_args__():
+            yield key, mask_url(value) if isinstance(value, str) else value
+
+    # Security (issue 10): TLS files for amqps:// URLs, pre-applied topology, message signing.
+    tls_ca_file: str | None = Field(
+        None, description="amqps: CA bundle that signs the broker's certificate (default: the system's CAs)."
+    )
+    tls_cert_file: str | None = Field(None, description="amqps: client certificate (PEM) presented to the broker.")
+    tls_key_file: str | None = Field(None, description="amqps: private key (PEM) of the client certificate.")
+    declare_topology: bool = Field(
+        True,
+        description="Declare the app's exchanges and queues on first use; False: an admin applied them "
+        "(`rabbittask topology apply`), so clients need no configure permission.",
+    )
+    signing_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="HMAC-SHA256 message signing keys by key id (JSON in the environment); when set, workers run "
+        "only messages signed with one of them.",
+    )
+    signing_key_id: str | None = Field(None, description="Id of the signing key publishers sign with.")
+
+    @model_validator(mode="after")
+    def _check_signing(self) -> Settings:
+        if self.signing_key_id is not None and self.signing_key_id not in self.signing_keys:
+            known = ", ".join(sorted(self.signing_keys)) or "none"
+            raise ValueError(f"signing_key_id {self.signing_key_id!r} is not in signing_keys (known: {known})")
+        return self
+
+    @property
+    def broker_urls(self) -> list[str]:
+        """The broker URL(s), in failover order."""
+        return [u.strip() for u in self.broker_url.split(",") if u.strip()]
 
 
 _PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]*:)(?P<password>[^@/]*)@", re.IGNORECASE)
@@ -62,7 +116,9 @@ def mask_url(text: str) -> str:
 
 
 def host_port(url: str) -> str:
-    """Return `host:port` of an AMQP URL, for error messages."""
+    """Return `host:port` of an AMQP URL (of each, comma-separated, for a list), for error messages."""
+    if "," in url:
+        return ", ".join(host_port(u.strip()) for u in url.split(",") if u.strip())
     parts = urlsplit(url)
     default = 5671 if parts.scheme == "amqps" else 5672
     return f"{parts.hostname or 'localhost'}:{parts.port or default}"

@@ -6,7 +6,7 @@ import inspect
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
@@ -18,10 +18,13 @@ from rabbittask.context import TaskContext
 from rabbittask.errors import ArgumentsInvalid, ConfigError, PayloadError
 from rabbittask.message import encode_body, new_id
 from rabbittask.publish.outgoing import Outgoing
+from rabbittask.results.record import PENDING, Status, decode_result, status_of
 from rabbittask.retry import RetryPolicy, due_in_ms, schedule_headers
+from rabbittask.signing import sign
 
 if TYPE_CHECKING:
     from rabbittask.app import App
+    from rabbittask.results.backend import ResultBackend
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -29,11 +32,62 @@ R = TypeVar("R")
 
 @dataclass(frozen=True, slots=True)
 class TaskHandle:
-    """What `.delay()` returns: the id of the confirmed task message and where it went."""
+    """What `.delay()` returns: the id of the confirmed task message and where it went.
+
+    With a result backend (`result_backend=` on the app), it also reads the task's result:
+    `get()`/`aget()` wait for it, `status` says PENDING, SUCCESS or FAILURE, `forget()` deletes it.
+    """
 
     id: str
     task_name: str
     queue: str
+    app: App | None = field(default=None, repr=False, compare=False)
+
+    def _backend(self) -> ResultBackend:
+        if self.app is None:
+            raise ConfigError(f"handle of task {self.task_name!r} (id {self.id}) has no app to read results from")
+        return self.app.result_backend_for(self.task_name)
+
+    def _timeout(self, timeout: float | None) -> TimeoutError:
+        within = "" if timeout is None else f" within {timeout:g} s"
+        return TimeoutError(f"no result for task {self.task_name!r} (id {self.id}){within}")
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Wait for the result (at most `timeout` seconds; None: no limit) and return it.
+
+        A failed task raises `TaskError` with the remote type, message and traceback; no result in
+        time raises `TimeoutError`.
+        """
+        data = self._backend().wait(self.id, timeout)
+        if data is None:
+            raise self._timeout(timeout)
+        return decode_result(data)
+
+    async def aget(self, timeout: float | None = None) -> Any:
+        """Async twin of `get`."""
+        data = await self._backend().await_(self.id, timeout)
+        if data is None:
+            raise self._timeout(timeout)
+        return decode_result(data)
+
+    @property
+    def status(self) -> Status:
+        """PENDING (no result stored yet, or expired), SUCCESS or FAILURE."""
+        data = self._backend().fetch(self.id)
+        return PENDING if data is None else status_of(data)
+
+    async def astatus(self) -> Status:
+        """Async twin of `status`."""
+        data = await self._backend().afetch(self.id)
+        return PENDING if data is None else status_of(data)
+
+    def forget(self) -> None:
+        """Delete the stored result now, before it expires."""
+        self._backend().forget(self.id)
+
+    async def aforget(self) -> None:
+        """Async twin of `forget`."""
+        await self._backend().aforget(self.id)
 
 
 def _skip_context(index: int, name: str, annotation: Any) -> Literal["skip"] | None:
@@ -65,6 +119,11 @@ def describe_validation_error(task_name: str, error: ValidationError, params: li
 class Task(Generic[P, R]):
     """A task declared with `@app.task`; calling it runs the function here, `.delay()` sends it."""
 
+    time_limit: float | None = None
+    """Hard limit in seconds: the task is stopped and its message dead-lettered with reason "time limit"."""
+    soft_time_limit: float | None = None
+    """Soft limit in seconds: `SoftTimeLimitExceeded` is raised inside the task (async tasks are cancelled)."""
+
     def __init__(
         self,
         app: App,
@@ -81,6 +140,7 @@ class Task(Generic[P, R]):
         self.queue = queue
         self.is_async = inspect.iscoroutinefunction(fn)
         self.retry_policy = retry or RetryPolicy()
+        self.ignore_result = False  # set by @app.task(ignore_result=True): no result is stored
         self.bind = bind
         self._validator = _validator(fn, name, bind)
         self._params = list(inspect.signature(fn).parameters)[1 if bind else 0 :]
@@ -89,6 +149,19 @@ class Task(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.queue}>"
+
+    def set_time_limits(self, time_limit: float | None, soft_time_limit: float | None) -> None:
+        """Set the hard and soft time limits (seconds; None for none); the soft one must come first."""
+        for label, value in (("time_limit", time_limit), ("soft_time_limit", soft_time_limit)):
+            if value is not None and not value > 0:
+                raise ConfigError(f"task {self.name!r}: {label} must be a positive number of seconds, got {value!r}")
+        if time_limit is not None and soft_time_limit is not None and soft_time_limit >= time_limit:
+            raise ConfigError(
+                f"task {self.name!r}: soft_time_limit ({soft_time_limit:g} s) must be shorter than "
+                f"time_limit ({time_limit:g} s), or the soft limit never fires"
+            )
+        self.time_limit = time_limit
+        self.soft_time_limit = soft_time_limit
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         if self.bind:  # called in-process: a context of a first run that was never sent
@@ -141,6 +214,8 @@ class Task(Generic[P, R]):
         )
         if countdown is not None or eta is not None or expires is not None:
             self._schedule(msg, countdown, eta, expires)
+        if self.app.settings.signing_key_id is not None:
+            sign(self.app.settings, msg)
         return msg
 
     def _schedule(
@@ -209,6 +284,15 @@ class Task(Generic[P, R]):
         result: R = await self.app.arpc_call(self.message(args, kwargs), timeout)
         return result
 
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+        """This task with these arguments, validated now, to be sent later (e.g. by `app.schedule`)."""
+        self.message(args, kwargs)  # validates and JSON-encodes: a bad call fails here, not at send time
+        return Signature(self, tuple(args), dict(kwargs))
+
+    def handle(self, task_id: str) -> TaskHandle:
+        """The handle of an earlier call of this task, from its id (e.g. kept in a web session)."""
+        return TaskHandle(task_id, self.name, self.queue, self.app)
+
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Async twin of `delay`."""
         return await self.app.asend(self.message(args, kwargs))
@@ -239,6 +323,26 @@ class Task(Generic[P, R]):
             expires=expires,
         )
         return await self.app.asend(msg)
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """A task and the arguments to call it with (`task.s(...)`), checked when it was made."""
+
+    task: Task[Any, Any]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"<Signature {self.task.name} args={self.args!r} kwargs={self.kwargs!r}>"
+
+    def delay(self) -> TaskHandle:
+        """Send the task with these arguments; return once the broker confirmed it."""
+        return self.task.apply_async(self.args, self.kwargs)
+
+    async def adelay(self) -> TaskHandle:
+        """Async twin of `delay`."""
+        return await self.task.aapply_async(self.args, self.kwargs)
 
 
 AsyncFn = Callable[..., Awaitable[Any]]

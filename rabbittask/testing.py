@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import NoReturn
@@ -31,7 +32,7 @@ from urllib.parse import urlsplit
 
 import pika
 
-__all__ = ["NodeError", "RabbitNode", "broker_answers", "free_port", "rabbitmq_bin_dir"]
+__all__ = ["NodeError", "RabbitNode", "TlsFiles", "broker_answers", "free_port", "rabbitmq_bin_dir"]
 
 # Plugins that open listeners of their own: each gets a free port bound to loopback, so a
 # throwaway node never collides with the defaults (15672, 15692, 5552, 1883) of another node.
@@ -52,6 +53,15 @@ _LOG_TAIL_LINES = 40
 _WATCHDOG = 'read _ignored; kill -s KILL -- "-$1" 2>/dev/null; rm -rf -- "$2"'
 
 _live_nodes: set[RabbitNode] = set()
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a TLS node: the CA its peers' certificates must chain to, its certificate and key."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
 
 
 class NodeError(RuntimeError):
@@ -133,7 +143,15 @@ class RabbitNode:
     Nodes that share a ``cookie`` can be clustered with ``ctl("join_cluster", other.nodename)``.
     """
 
-    def __init__(self, extra_config: Sequence[str] = (), plugins: Sequence[str] = (), *, cookie: str = "") -> None:
+    def __init__(
+        self,
+        extra_config: Sequence[str] = (),
+        plugins: Sequence[str] = (),
+        *,
+        cookie: str = "",
+        tls: TlsFiles | None = None,
+    ) -> None:
+        self.tls = tls
         self.extra_config = tuple(extra_config)
         self.plugins = tuple(plugins)
         self.cookie = cookie or secrets.token_hex(16)
@@ -141,7 +159,9 @@ class RabbitNode:
         self.dist_port = free_port()
         self.plugin_ports = {name: free_port() for name in self.plugins if name in _PLUGIN_LISTENERS}
         self.nodename = f"rt-{self.amqp_port}@localhost"
-        self.url = f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
+        # A TLS node listens for amqps:// only; its certificate must name "localhost".
+        scheme, host = ("amqps", "localhost") if tls else ("amqp", "127.0.0.1")
+        self.url = f"{scheme}://guest:guest@{host}:{self.amqp_port}/"
         self.dir: Path | None = None
         self.start_duration_s = 0.0
         self._bin_dir: Path | None = None  # looked up on start(), so a node can be built without RabbitMQ
@@ -209,7 +229,7 @@ class RabbitNode:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        while not broker_answers(self.url, timeout_s=min(2.0, max(0.1, deadline - time.monotonic()))):
+        while not self._answers(timeout_s=min(2.0, max(0.1, deadline - time.monotonic()))):
             if not self.running:
                 self._fail(f"{self.nodename} exited during start-up")
             if time.monotonic() > deadline:
@@ -222,6 +242,15 @@ class RabbitNode:
         except NodeError as e:
             self._fail(f"{self.nodename} answered AMQP but did not finish booting: {e}")
         self.start_duration_s = time.monotonic() - started
+
+    def _answers(self, timeout_s: float) -> bool:
+        if self.tls is None:
+            return broker_answers(self.url, timeout_s)
+        try:  # a TLS node needs a client certificate: the open port is the sign, await_startup the proof
+            with socket.create_connection(("127.0.0.1", self.amqp_port), timeout=timeout_s):
+                return True
+        except OSError:
+            return False
 
     def stop(self, timeout_s: float = 30) -> None:
         """Stop the node gracefully (queues and messages on disk are kept); SIGKILL it after ``timeout_s``."""
@@ -352,7 +381,16 @@ class RabbitNode:
 
     def _config_lines(self) -> Iterator[str]:
         # Loopback only: a throwaway node with guest/guest must not be reachable from the network.
-        yield f"listeners.tcp.1 = 127.0.0.1:{self.amqp_port}"
+        if self.tls is None:
+            yield f"listeners.tcp.1 = 127.0.0.1:{self.amqp_port}"
+        else:  # TLS only, with the client's certificate required and verified
+            yield "listeners.tcp = none"
+            yield f"listeners.ssl.1 = 127.0.0.1:{self.amqp_port}"
+            yield f"ssl_options.cacertfile = {self.tls.ca_file}"
+            yield f"ssl_options.certfile = {self.tls.cert_file}"
+            yield f"ssl_options.keyfile = {self.tls.key_file}"
+            yield "ssl_options.verify = verify_peer"
+            yield "ssl_options.fail_if_no_peer_cert = true"
         yield "loopback_users = none"
         for name, port in self.plugin_ports.items():
             yield from (line.format(port=port) for line in _PLUGIN_LISTENERS[name])

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create the project's virtualenv and install rabbittask with its test and bench extras.
+# Create the project's virtualenv and install rabbittask with its test, bench and redis extras.
 # On a fresh Debian machine this installs python3-venv with apt first when it is missing.
 set -euo pipefail
 venv=${1:-.venv}
@@ -25,5 +25,15 @@ if ! "$py" -m venv --help >/dev/null 2>&1 || ! "$py" -c 'import ensurepip' 2>/de
 fi
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q -e '.[test,bench]'
+"$venv/bin/python" -m pip install -q -e '.[test,bench,redis]'
+# The result-backend tests start a throwaway redis-server when no Redis answers on 127.0.0.1:6379.
+if ! command -v redis-server >/dev/null && [ ! -x /usr/bin/redis-server ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing redis-server with apt-get (for the result-backend tests)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server
+  else
+    echo "note: redis-server is not installed; the result-backend tests need it (apt-get install redis-server)" >&2
+  fi
+fi
 echo "virtualenv ready: $venv"

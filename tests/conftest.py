@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import socket
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -69,6 +71,42 @@ def _testcontainers_broker(stack: contextlib.ExitStack) -> str | None:
     return f"amqp://guest:guest@{host}:{port}/"
 
 
+def _delete_test_objects(url: str) -> None:
+    """Delete every queue and exchange named `rt-*` (what `unique_name` names) from a long-lived broker.
+
+    Tests delete what they declare, but a test with an exchange of its own also gets a delay ladder
+    (26 quorum queues) and a failed test may leave its objects: hundreds of sessions of leftovers
+    once made a shared node stop answering. Names are listed with rabbitmqctl, so this only runs
+    where the broker is the local node; elsewhere it does nothing.
+    """
+    if urlsplit(url).hostname not in ("localhost", "127.0.0.1") or shutil.which("rabbitmqctl") is None:
+        return
+    names: dict[str, list[str]] = {}
+    for kind in ("queues", "exchanges"):
+        try:
+            out = subprocess.run(
+                ["rabbitmqctl", "-q", f"list_{kind}", "name", "--no-table-headers"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return
+        names[kind] = [n.strip() for n in out.splitlines() if n.strip().startswith("rt-")]
+    if not names["queues"] and not names["exchanges"]:
+        return
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        for queue in names["queues"]:
+            channel.queue_delete(queue)
+        for exchange in names["exchanges"]:
+            channel.exchange_delete(exchange)
+    finally:
+        connection.close()
+
+
 @pytest.fixture(scope="session")
 def broker_url() -> Iterator[str]:
     """URL of the broker shared by the session's integration tests."""
@@ -77,6 +115,7 @@ def broker_url() -> Iterator[str]:
         if not broker_answers(url, timeout_s=5):
             pytest.fail(f"RABBITTASK_TEST_BROKER_URL={_masked(url)} does not answer; start it or unset the variable")
         yield url
+        _delete_test_objects(url)
         return
     with contextlib.ExitStack() as stack:
         url = _testcontainers_broker(stack)

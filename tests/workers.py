@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +55,23 @@ class WorkerProcess:
     def signal(self, sig: int) -> None:
         os.kill(self.proc.pid, sig)
 
+    def children(self) -> list[int]:
+        """Pids of the supervisor's live children (the processes that consume)."""
+        try:
+            kids = psutil.Process(self.proc.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+        return [k.pid for k in kids if _alive(k)]
+
+    def wait_for_children(self, count: int, timeout_s: float = 20.0) -> list[int]:
+        """Wait until the supervisor has exactly `count` live children; return their pids."""
+        deadline = time.monotonic() + timeout_s
+        while len(pids := self.children()) != count:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(f"worker has children {pids}, expected {count}\n{self.log()[-3000:]}")
+            time.sleep(0.05)
+        return pids
+
     def kill(self) -> None:
         """SIGKILL the whole process group (worker and any children)."""
         try:
@@ -72,6 +90,24 @@ class WorkerProcess:
                 self.kill()
         self._log.close()
         return self.proc.returncode
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def gone(pids: list[int]) -> bool:
+    """True when none of `pids` runs any more (zombies count as gone: they hold no socket)."""
+    for pid in pids:
+        try:
+            if _alive(psutil.Process(pid)):
+                return False
+        except psutil.NoSuchProcess:
+            continue
+    return True
 
 
 WorkerFactory = Callable[..., WorkerProcess]

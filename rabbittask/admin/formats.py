@@ -28,14 +28,30 @@ Format = Literal["definitions", "yaml", "markdown"]
 FORMATS: tuple[Format, ...] = ("definitions", "yaml", "markdown")
 
 
-def render(decls: Iterable[Declaration], fmt: Format, vhost: str = "/", title: str = "") -> str:
-    """The declarations in format `fmt`."""
+def render(
+    decls: Iterable[Declaration],
+    fmt: Format,
+    vhost: str = "/",
+    title: str = "",
+    schedules: list[dict[str, Any]] | None = None,
+) -> str:
+    """The declarations (and the app's schedules, if any) in format `fmt`."""
     decls = list(decls)
+    data = definitions(decls, vhost)
+    if schedules:  # not a RabbitMQ object: import_definitions ignores the key, reviewers read it
+        data["rabbittask_schedules"] = schedules
     if fmt == "definitions":
-        return json.dumps(definitions(decls, vhost), indent=2, sort_keys=True) + "\n"
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
     if fmt == "yaml":
-        return str(yaml.safe_dump(definitions(decls, vhost), sort_keys=True, default_flow_style=False, width=1000))
-    return markdown(decls, vhost, title)
+        return str(yaml.safe_dump(data, sort_keys=True, default_flow_style=False, width=1000))
+    text = markdown(decls, vhost, title)
+    if schedules:
+        rows = [
+            f"| {e['name']} | {e['task']} | {e['queue']} | {e.get('cron') or str(e.get('every_s')) + ' s'} |"
+            for e in schedules
+        ]
+        text += "\n## Schedules\n\n| entry | task | queue | when |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    return text
 
 
 def canonical(decls: Iterable[Declaration]) -> list[Declaration]:

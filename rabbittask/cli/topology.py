@@ -46,7 +46,8 @@ def topology() -> None:
 def export(app_spec: str, fmt: Format, vhost: str) -> None:
     """Print the topology (sorted, byte-identical across runs, so it can be committed and diffed)."""
     app = load_app(app_spec)
-    click.echo(render(app.declarations(), fmt, vhost, title=f"app `{app.name}`"), nl=False)
+    schedules = [e.definition() for _, e in sorted(app.schedules.items())]
+    click.echo(render(app.declarations(), fmt, vhost, title=f"app `{app.name}`", schedules=schedules), nl=False)
 
 
 def _fail(message: str) -> NoReturn:

@@ -1,19 +1,23 @@
-"""`rabbittask worker`: consume task queues and run their tasks."""
+"""`rabbittask worker`: a supervisor that forks children; each consumes the task queues and runs the tasks."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
+from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from rabbittask.cli.common import APP_OPTION, load_app
 from rabbittask.errors import RabbitTaskError
-from rabbittask.settings import Settings
-from rabbittask.worker.child import Child
+from rabbittask.worker.child import EXIT_CONFIG, Child
+from rabbittask.worker.options import WorkerOptions, describe
+from rabbittask.worker.reload import AppLoader
+from rabbittask.worker.supervisor import Supervisor
+from rabbittask.worker.timeouts import consumer_timeout_problems
 
-PREFETCH_HELP = Settings.model_fields["prefetch"].description
+log = logging.getLogger("rabbittask.worker")
 
 
 def setup_logging(level: str) -> None:
@@ -29,36 +33,54 @@ def setup_logging(level: str) -> None:
         logging.getLogger("aiormq").setLevel(logging.CRITICAL)
 
 
+def _options(given: dict[str, Any]) -> WorkerOptions:
+    """Flags given on the command line over `RABBITTASK_WORKER_*` variables over defaults."""
+    try:
+        return WorkerOptions(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise click.UsageError(f"invalid worker options: {problems}") from None
+
+
 @click.command()
 @APP_OPTION
 @click.option("-Q", "--queues", default="", metavar="Q1,Q2", help="Queues to consume (default: all of the app's).")
-@click.option("--prefetch", type=click.IntRange(min=1), default=None, help=f"{PREFETCH_HELP} [default: 16]")
+@click.option("-c", "--concurrency", type=int, help=describe("concurrency") + " [default: 1]")
+@click.option("--threads", type=int, help=describe("threads") + " [default: 1]")
+@click.option("--prefetch", type=int, help=describe("prefetch"))
+@click.option("--max-tasks-per-child", type=int, metavar="N", help=describe("max_tasks_per_child"))
 @click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Threads that run sync tasks, per child.",
+    "--max-memory-per-child", "max_memory_per_child_mb", metavar="SIZE", help=describe("max_memory_per_child_mb")
 )
 @click.option(
-    "--shutdown-timeout",
-    type=click.FloatRange(min=0),
-    default=30.0,
-    show_default=True,
-    help="Seconds a warm shutdown waits for running tasks.",
+    "--shutdown-timeout", "shutdown_timeout_s", type=float, help=describe("shutdown_timeout_s") + " [default: 30]"
 )
+@click.option(
+    "--consumer-timeout", "consumer_timeout_s", type=float, help=describe("consumer_timeout_s") + " [default: 1800]"
+)
+@click.option("--strict-timeouts", is_flag=True, default=None, help=describe("strict_timeouts"))
 @click.option(
     "--loglevel", "-l", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
 )
-def worker(
-    app_spec: str, queues: str, prefetch: int | None, threads: int, shutdown_timeout: float, loglevel: str
-) -> None:
-    """Consume task queues and run their tasks; ack each message after its task finished."""
+def worker(app_spec: str, queues: str, loglevel: str, **given: Any) -> None:
+    """Consume task queues in forked children and run the tasks; ack each message after its task finished.
+
+    Signals: TERM/INT warm shutdown (a second one: cold), QUIT cold shutdown, HUP reload the code and
+    replace the children one by one.
+    """
     setup_logging(loglevel)
-    app = load_app(app_spec)
+    options = _options(given)
+    loader = AppLoader(app_spec, load_app)
+    app = loader.load()
     names = [q.strip() for q in queues.split(",") if q.strip()]
     try:
-        child = Child(app, names, prefetch=prefetch, threads=threads, shutdown_timeout_s=shutdown_timeout)
+        queues_used = Child(app, names).queues  # checks the queues before anything is forked
     except RabbitTaskError as e:
         raise click.ClickException(str(e)) from None
-    sys.exit(asyncio.run(child.run()))
+    problems = consumer_timeout_problems(app, queues_used, options)
+    for problem in problems:
+        log.warning("%s", problem)
+    if problems and options.strict_timeouts:
+        log.error("refusing to start (--strict-timeouts): fix the time limits above or the broker's consumer_timeout")
+        sys.exit(EXIT_CONFIG)
+    sys.exit(Supervisor(app, queues_used, options, reload_app=loader.reload).run())

@@ -6,14 +6,16 @@ import asyncio
 import functools
 import logging
 import os
+import ssl
 from collections.abc import Iterable, Sequence
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 import aiormq
 import aiormq.abc
 from pamqp.commands import Basic
 
-from rabbittask.errors import PublishConnectionError, PublishError, PublishNotConfirmed, TopologyMismatch
+from rabbittask import endpoints
+from rabbittask.errors import AccessRefused, PublishConnectionError, PublishError, PublishNotConfirmed, TopologyMismatch
 from rabbittask.publish.declare import declare_async
 from rabbittask.publish.outgoing import Outgoing, publish_target
 from rabbittask.settings import Settings, host_port, mask_url
@@ -38,9 +40,9 @@ CHANNEL_OPEN_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def amqp_url(settings: Settings, role: str) -> str:
-    """The broker URL with heartbeat and connection name set, as aiormq reads them."""
-    parts = urlsplit(settings.broker_url)
+def amqp_url(settings: Settings, role: str, url: str | None = None) -> str:
+    """A broker URL (the first node's by default) with heartbeat and connection name set, as aiormq reads them."""
+    parts = urlsplit(url or settings.broker_urls[0])
     query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
     query.setdefault("heartbeat", str(settings.heartbeat_s))
     query.setdefault("name", f"rabbittask {role} pid={os.getpid()}")
@@ -53,30 +55,91 @@ class _Connection(aiormq.Connection):
     HEARTBEAT_GRACE_MULTIPLIER = 1.5  # type: ignore[assignment]
 
 
-async def _open(url: str) -> aiormq.abc.AbstractConnection:
-    connection = _Connection(url)
+async def _open(url: str, context: ssl.SSLContext | None) -> aiormq.abc.AbstractConnection:
+    connection = _Connection(url, context=context)
     await connection.connect()
     return connection
 
 
 async def connect(settings: Settings, role: str) -> aiormq.abc.AbstractConnection:
-    """Open an aiormq connection within the connect timeout, with clear errors."""
-    where = host_port(settings.broker_url)
+    """Open an aiormq connection to the first node that accepts one (see endpoints.py), with clear errors.
+
+    Each node gets the connect timeout. When no node accepts, a refused login or virtual host
+    (`AccessRefused`) wins over the other failures: it is the one a person must act on.
+    """
+    failures: list[str] = []
+    refused: AccessRefused | None = None
+    for url in endpoints.candidates(settings):
+        try:
+            connection = await _connect_one(settings, url, role)
+        except AccessRefused as e:
+            refused = refused or e
+            continue
+        except PublishConnectionError as e:
+            endpoints.unreachable(settings, url)
+            failures.append(str(e))
+            continue
+        endpoints.connected(settings, url)
+        return connection
+    if refused is not None:
+        raise refused
+    if len(failures) == 1:
+        raise PublishConnectionError(failures[0])
+    raise PublishConnectionError(f"no node of the broker accepted a connection: {'; '.join(failures)}")
+
+
+async def _connect_one(settings: Settings, url: str, role: str) -> aiormq.abc.AbstractConnection:
+    where = host_port(url)
     try:
-        return await asyncio.wait_for(_open(amqp_url(settings, role)), settings.connect_timeout_s)
+        context = endpoints.ssl_context(settings, url)
+        return await asyncio.wait_for(_open(amqp_url(settings, role, url), context), settings.connect_timeout_s)
     except TimeoutError:
         raise PublishConnectionError(
             f"cannot connect to the broker at {where}: no answer within {settings.connect_timeout_s:g} s"
         ) from None
     except aiormq.exceptions.ProbableAuthenticationError:
-        raise PublishConnectionError(
+        raise AccessRefused(
             f"the broker at {where} refused the login: check the user and password in the broker URL"
         ) from None
-    except CONNECTION_ERRORS + (aiormq.exceptions.AMQPError,) as e:
-        raise PublishConnectionError(
-            f"cannot connect to the broker at {where}: {mask_url(str(e) or type(e).__name__)} "
-            "(is RabbitMQ running and reachable?)"
+    except aiormq.exceptions.ConnectionNotAllowed as e:
+        raise AccessRefused(
+            f"the broker at {where} refused access to virtual host {vhost(url)!r}: check the vhost in the URL "
+            f"and the user's permissions ({mask_url(_reply_text(e))})"
         ) from None
+    except aiormq.exceptions.InvalidFrameError as e:
+        if "Connection.Close" not in str(e):
+            raise PublishConnectionError(f"cannot connect to the broker at {where}: {mask_url(str(e))}") from None
+        # aiormq reports a close in answer to connection.open so; RabbitMQ sends it when the user may not use the vhost
+        raise AccessRefused(
+            f"the broker at {where} refused access to virtual host {vhost(url)!r}: check the vhost in the URL "
+            "and the user's permissions"
+        ) from None
+    except CONNECTION_ERRORS + (aiormq.exceptions.AMQPError,) as e:
+        why = endpoints.explain(settings, url, e)
+        if why is None:
+            why = f"cannot connect to the broker at {where}: {mask_url(str(e) or type(e).__name__)}"
+            why += " (is RabbitMQ running and reachable?)"
+        raise PublishConnectionError(why) from None
+
+
+def access_refused(settings: Settings, e: BaseException, doing: str) -> AccessRefused:
+    """The error for a 403 from the broker: which user could not do what, and the ways out."""
+    user = urlsplit(settings.broker_urls[0]).username or "guest"
+    return AccessRefused(
+        f"the broker refused user {user!r} permission to {doing}: {mask_url(_reply_text(e))}. Grant the "
+        "permission (docs/operations.md, least-privilege users), or apply the topology as an admin "
+        "(`rabbittask topology apply`) and set declare_topology=False"
+    )
+
+
+def vhost(url: str) -> str:
+    """The virtual host a URL names ("/" when it names none)."""
+    path = urlsplit(url).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
+def _reply_text(e: BaseException) -> str:
+    return " ".join(str(a) for a in e.args) or type(e).__name__
 
 
 def properties(msg: Outgoing) -> aiormq.spec.Basic.Properties:
@@ -114,10 +177,14 @@ class AsyncPublisher:
                 connection = await connect(self.settings, self.role)
                 try:
                     channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-                    await declare_async(channel, self.decls)
+                    if self.settings.declare_topology:
+                        await declare_async(channel, self.decls)
                 except TopologyMismatch:
                     await connection.close()
                     raise
+                except aiormq.exceptions.ChannelAccessRefused as e:
+                    await connection.close()
+                    raise access_refused(self.settings, e, "declare the app's topology") from None
                 except CHANNEL_OPEN_ERRORS as e:
                     current = asyncio.current_task()
                     if isinstance(e, asyncio.CancelledError) and current is not None and current.cancelling():
@@ -152,6 +219,8 @@ class AsyncPublisher:
                 mandatory=msg.mandatory,
                 timeout=self.settings.publish_timeout_s,
             )
+        except aiormq.exceptions.ChannelAccessRefused as e:
+            raise access_refused(self.settings, e, f"publish task {msg.task_name!r} to exchange {exchange!r}") from None
         except aiormq.exceptions.PublishError:
             raise PublishNotConfirmed(
                 f"task {msg.task_name!r} (id {msg.message_id}) was returned by the broker: no queue is bound "

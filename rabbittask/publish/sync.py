@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from rabbittask.errors import PublishConnectionError, PublishNotConfirmed, TopologyMismatch
+from rabbittask import endpoints
+from rabbittask.errors import AccessRefused, ConfigError, PublishConnectionError, PublishNotConfirmed, TopologyMismatch
 from rabbittask.publish.outgoing import Outgoing, publish_target
 from rabbittask.settings import Settings, host_port, mask_url
 
@@ -35,9 +37,19 @@ class _Timeout(Exception):
     """Raised inside pika's I/O loop when a confirm takes longer than the publish timeout."""
 
 
-def connection_params(settings: Settings, role: str) -> pika.URLParameters:
-    """pika parameters with every wait bounded by the settings."""
-    params = pika.URLParameters(settings.broker_url)
+def connection_params(settings: Settings, role: str) -> list[pika.URLParameters]:
+    """pika parameters of each node, in failover order (see endpoints.py), every wait bounded by the settings.
+
+    `pika.BlockingConnection` takes the list and tries each node once, in order.
+    """
+    return [_params(settings, url, role) for url in endpoints.candidates(settings)]
+
+
+def _params(settings: Settings, url: str, role: str) -> pika.URLParameters:
+    params = pika.URLParameters(url)
+    context = endpoints.ssl_context(settings, url)
+    if context is not None:
+        params.ssl_options = pika.SSLOptions(context, server_hostname=endpoints.hostname(url))
     params.socket_timeout = settings.connect_timeout_s
     params.stack_timeout = settings.connect_timeout_s
     params.blocked_connection_timeout = settings.publish_timeout_s
@@ -47,20 +59,48 @@ def connection_params(settings: Settings, role: str) -> pika.URLParameters:
     return params
 
 
+def opened(settings: Settings, connection: pika.BlockingConnection) -> None:
+    """Remember which node a new connection reached, so the next one tries it first."""
+    params = connection._impl.params
+    for url in settings.broker_urls:
+        parts = urlsplit(url)
+        if (parts.hostname or "localhost") == params.host and (parts.port or params.port) == params.port:
+            endpoints.connected(settings, url)
+            return
+
+
+ACCESS_REFUSED = 403
+
+
 def connect_error(settings: Settings, e: BaseException) -> PublishConnectionError:
     """A `PublishConnectionError` that says where and why, with the password masked."""
     where = host_port(settings.broker_url)
     if isinstance(e, pika.exceptions.ProbableAuthenticationError | pika.exceptions.AuthenticationError):
-        why = "the broker refused the login: check the user and password in the broker URL"
-    elif isinstance(e, pika.exceptions.ConnectionBlockedTimeout):
+        return AccessRefused(
+            f"cannot publish to the broker at {where}: the broker refused the login: check the user and "
+            "password in the broker URL"
+        )
+    if isinstance(e, pika.exceptions.ProbableAccessDeniedError):
+        return AccessRefused(
+            f"cannot publish to the broker at {where}: access to the virtual host was refused: check the vhost "
+            "in the URL and the user's permissions"
+        )
+    if isinstance(e, pika.exceptions.ChannelClosedByBroker) and e.reply_code == ACCESS_REFUSED:
+        user = urlsplit(settings.broker_urls[0]).username or "guest"
+        return AccessRefused(
+            f"the broker refused user {user!r} an operation: {mask_url(e.reply_text)}. Grant the permission "
+            "(docs/operations.md, least-privilege users), or apply the topology as an admin "
+            "(`rabbittask topology apply`) and set declare_topology=False"
+        )
+    if isinstance(e, pika.exceptions.ConnectionBlockedTimeout):
         why = (
             f"the broker blocked publishing for more than {settings.publish_timeout_s:g} s "
             "(a memory or disk alarm); nothing was confirmed"
         )
-    elif isinstance(e, pika.exceptions.ProbableAccessDeniedError):
-        why = "access to the virtual host was refused: check the vhost in the URL and the user's permissions"
     else:
-        why = mask_url(str(e) or type(e).__name__) + " (is RabbitMQ running and reachable?)"
+        urls = settings.broker_urls  # pika reports the last node's error: explain it only for one node
+        tls = endpoints.explain(settings, urls[0], e) if len(urls) == 1 else None
+        why = tls or mask_url(str(e) or type(e).__name__) + " (is RabbitMQ running and reachable?)"
     return PublishConnectionError(f"cannot publish to the broker at {where}: {why}")
 
 
@@ -78,13 +118,16 @@ class SyncPublisher:
         """Connect, open the confirm channel and declare the topology."""
         try:
             self._connection = pika.BlockingConnection(connection_params(self.settings, "publisher"))
+            opened(self.settings, self._connection)
             channel = self._connection.channel()
             channel.confirm_delivery()
             self._declare(channel)
-        except TopologyMismatch:
+        except (TopologyMismatch, ConfigError):
             self.close()
             raise
         except Exception as e:  # noqa: BLE001 - pika raises connection-workflow errors outside AMQPError
+            if self._connection is None:  # no node answered: the next attempt starts with another one
+                endpoints.unreachable(self.settings, endpoints.candidates(self.settings)[0])
             self.close()
             raise connect_error(self.settings, e) from None
         self._channel = channel
@@ -99,6 +142,8 @@ class SyncPublisher:
             self._publish(channel, msg)
         except _CONNECTION_ERRORS as e:
             self.close(abort=True)
+            if isinstance(e, pika.exceptions.ChannelClosedByBroker) and e.reply_code == ACCESS_REFUSED:
+                raise connect_error(self.settings, e) from None
             if not was_open or isinstance(e, pika.exceptions.ConnectionBlockedTimeout):
                 raise connect_error(self.settings, e) from None
             log.info("publisher connection was closed (%s); reopening once", type(e).__name__)
@@ -129,6 +174,9 @@ class SyncPublisher:
                 "(start a worker or run `rabbittask topology apply`)."
             ) from None
         except pika.exceptions.NackError:
+            # A channel whose quorum queue lost its leader can go on nacking after a new one is elected
+            # (seen on 3.10): the next publish starts on a new connection.
+            self.close(abort=True)
             raise PublishNotConfirmed(
                 f"task {msg.task_name!r} (id {msg.message_id}) was rejected by the broker (nack): "
                 f"queue {msg.routing_key!r} may be full (x-overflow=reject-publish) or unavailable"

@@ -1,1 +1,3 @@
-"""Results: RPC over direct reply-to (rpc.py); result backends come as plugins."""
+"""Results: RPC over direct reply-to (`sync_rpc.py` for `.call()`, `rpc.py` for `.acall()`), the result
+record both share with stored results (`record.py`), and result-backend plugins (`backend.py`,
+`backends/`)."""

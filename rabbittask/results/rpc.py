@@ -1,147 +1,148 @@
-"""`.call()` over RabbitMQ direct reply-to: no reply queue, no extra server.
+"""`.acall()` over RabbitMQ direct reply-to: no reply queue, no extra server.
 
-The reply consumer (`amq.rabbitmq.reply-to`, no-ack) is started on the channel that publishes
-the requests, before the first request, as the broker requires. Sync callers get one pika
-connection per thread (pika is not thread-safe); async callers share one aiormq channel per
-event loop, with a future per correlation id.
+The reply consumer (`amq.rabbitmq.reply-to`, no-ack) is started on the channel that publishes the
+requests, before the first request, as the broker requires. Every concurrent call of an event loop
+shares that connection and consumer: a future per correlation id, removed when the call ends
+(aio-pika's RPC pattern). Sync callers use `sync_rpc.SyncRpc` (pika, shared by all threads).
+
+A call does not wait for the request's publisher confirm before it waits for the reply: on a
+classic queue the broker may confirm a persistent message only once the worker acked it, that is
+after the reply. The confirm still matters for errors: a nack, an unroutable return, or no
+confirm in time fails the call unless its reply has already arrived.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import logging
+from collections.abc import Sequence
 from typing import Any
 
 import aiormq
 import aiormq.abc
-import pika
-import pika.exceptions
-from pika.adapters.blocking_connection import BlockingChannel
-from pydantic_core import from_json
+from pamqp.commands import Basic
 
-from rabbittask.errors import PublishConnectionError, PublishNotConfirmed, TaskError
+from rabbittask.errors import PublishConnectionError, PublishNotConfirmed, TopologyMismatch
 from rabbittask.publish.aio import CONNECTION_ERRORS, connect, properties
+from rabbittask.publish.declare import declare_async
 from rabbittask.publish.outgoing import Outgoing
-from rabbittask.publish.sync import connect_error, connection_params
-from rabbittask.settings import Settings
+from rabbittask.results.record import decode_result
+from rabbittask.settings import Settings, host_port, mask_url
+from rabbittask.topology import Declaration
+
+log = logging.getLogger(__name__)
 
 REPLY_TO = "amq.rabbitmq.reply-to"
+decode_reply = decode_result  # a reply body is a result record (results/record.py)
 
 
-def decode_reply(body: bytes) -> Any:
-    """The result in a reply, or raise the remote failure as `TaskError`."""
-    data = from_json(body)
-    if data.get("ok"):
-        return data.get("result")
-    raise TaskError(data.get("exc_type", "Error"), data.get("message", ""), data.get("traceback", ""))
+Waiter = asyncio.Future[bytes]
 
 
-def _timeout(msg: Outgoing, timeout_s: float) -> TimeoutError:
+def _settle(waiter: Waiter, body: bytes = b"", error: Exception | None = None) -> None:
+    """Resolve a waiter once; one whose caller gave up (cancelled) is left alone."""
+    if waiter.done():
+        return
+    if error is None:
+        waiter.set_result(body)
+    else:
+        waiter.set_exception(error)
+
+
+def reply_timeout(msg: Outgoing, timeout_s: float) -> TimeoutError:
+    """The error of a call whose reply did not come in time, naming the task and its id."""
     return TimeoutError(f"no reply from task {msg.task_name!r} (id {msg.message_id}) within {timeout_s:g} s")
 
 
-class SyncRpc:
-    """Direct reply-to calls on one pika connection; used by one thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._connection: pika.BlockingConnection | None = None
-        self._channel: BlockingChannel | None = None
-        self._replies: dict[str, bytes] = {}
-
-    def _open(self) -> BlockingChannel:
-        if self._channel is not None and self._channel.is_open:
-            return self._channel
-        try:
-            self._connection = pika.BlockingConnection(connection_params(self.settings, "rpc"))
-            channel = self._connection.channel()
-            channel.basic_consume(REPLY_TO, self._on_reply, auto_ack=True)
-            channel.confirm_delivery()
-        except (pika.exceptions.AMQPError, OSError) as e:
-            self.close()
-            raise connect_error(self.settings, e) from None
-        self._channel = channel
-        return channel
-
-    def _on_reply(self, _ch: Any, _method: Any, props: pika.BasicProperties, body: bytes) -> None:
-        if props.correlation_id:
-            self._replies[props.correlation_id] = body
-
-    def call(self, msg: Outgoing, timeout_s: float) -> Any:
-        """Publish `msg` with reply-to set and wait for its reply."""
-        channel = self._open()
-        msg.reply_to, msg.correlation_id = REPLY_TO, msg.message_id
-        props = pika.BasicProperties(
-            content_type=msg.content_type,
-            delivery_mode=2,
-            message_id=msg.message_id,
-            type=msg.task_name,
-            priority=msg.priority,
-            headers=msg.headers,
-            reply_to=REPLY_TO,
-            correlation_id=msg.message_id,
-        )
-        exchange = self.settings.exchange if msg.exchange is None else msg.exchange
-        try:
-            channel.basic_publish(exchange, msg.routing_key, msg.body, props, mandatory=True)
-            deadline = time.monotonic() + timeout_s
-            while msg.message_id not in self._replies:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise _timeout(msg, timeout_s)
-                assert self._connection is not None
-                self._connection.process_data_events(time_limit=min(left, 1.0))
-        except pika.exceptions.UnroutableError:
-            raise PublishNotConfirmed(f"task {msg.task_name!r}: no queue bound to {msg.routing_key!r}") from None
-        except (pika.exceptions.AMQPError, OSError) as e:
-            self.close()
-            raise PublishConnectionError(f"RPC call of task {msg.task_name!r} lost its connection: {e}") from None
-        return decode_reply(self._replies.pop(msg.message_id))
-
-    def close(self) -> None:
-        """Close the connection."""
-        connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None and connection.is_open:
-            try:
-                connection.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
-                pass
-
-
 class AsyncRpc:
-    """Direct reply-to calls for one event loop: one channel, a future per correlation id."""
+    """Direct reply-to calls for one event loop: one connection and channel, a future per correlation id."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, decls: Sequence[Declaration], role: str = "rpc") -> None:
         self.settings = settings
+        self.decls = decls
+        self.role = role
         self._connection: aiormq.abc.AbstractConnection | None = None
         self._channel: aiormq.abc.AbstractChannel | None = None
-        self._futures: dict[str, asyncio.Future[bytes]] = {}
+        self._waiting: dict[str, Waiter] = {}
+        self._sends: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
 
-    async def _open(self) -> aiormq.abc.AbstractChannel:
+    async def open(self) -> aiormq.abc.AbstractChannel:
+        """The open channel with its reply consumer; connect and declare the topology first when needed."""
+        channel = self._channel
+        if channel is not None and not channel.is_closed:
+            return channel
         async with self._lock:
             if self._channel is None or self._channel.is_closed:
                 await self.close()
-                self._connection = await connect(self.settings, "rpc")
-                channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-                await channel.basic_consume(REPLY_TO, self._on_reply, no_ack=True)
-                self._channel = channel
+                connection = await connect(self.settings, self.role)
+                try:
+                    # Returns are not raised by aiormq here: the confirm future then holds the returned
+                    # message, which `_published` reads (see there).
+                    channel = await connection.channel(publisher_confirms=True, on_return_raises=False)
+                    await declare_async(channel, self.decls)
+                    await channel.basic_consume(REPLY_TO, self._on_reply, no_ack=True)
+                except TopologyMismatch:
+                    await connection.close()
+                    raise
+                except CONNECTION_ERRORS + (aiormq.exceptions.AMQPError,) as e:
+                    await connection.close()
+                    raise PublishConnectionError(
+                        f"cannot open the RPC channel on the broker at {host_port(self.settings.broker_url)}: "
+                        f"{mask_url(str(e) or type(e).__name__)}"
+                    ) from None
+                channel.closing.add_done_callback(self._on_close)
+                self._connection, self._channel = connection, channel
             return self._channel
 
     async def _on_reply(self, message: aiormq.abc.DeliveredMessage) -> None:
-        future = self._futures.get(message.header.properties.correlation_id or "")
-        if future is not None and not future.done():
-            future.set_result(message.body)
+        waiter = self._waiting.pop(message.header.properties.correlation_id or "", None)
+        if waiter is not None:
+            _settle(waiter, message.body)
+
+    def _on_close(self, closing: asyncio.Future[Any]) -> None:
+        why = "closed" if closing.cancelled() or closing.exception() is None else str(closing.exception())
+        error = PublishConnectionError(f"the RPC connection to the broker was lost while waiting: {mask_url(why)}")
+        waiting, self._waiting = self._waiting, {}
+        for waiter in waiting.values():
+            _settle(waiter, error=error)
+
+    @property
+    def is_open(self) -> bool:
+        """True while the channel is open (no connect before the next call)."""
+        return self._channel is not None and not self._channel.is_closed
 
     async def call(self, msg: Outgoing, timeout_s: float) -> Any:
-        """Publish `msg` with reply-to set and await its reply."""
-        channel = await self._open()
+        """Publish `msg` with reply-to set and return the task's result (or raise its `TaskError`)."""
+        if not self.is_open:
+            await self.open()  # outside the timeout: it bounds the wait for the reply only
+        reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.start(msg, reply)
+        try:
+            body = await asyncio.wait_for(reply, timeout_s)
+        except TimeoutError:
+            raise reply_timeout(msg, timeout_s) from None
+        finally:
+            self._waiting.pop(msg.message_id, None)
+        return decode_reply(body)
+
+    def start(self, msg: Outgoing, waiter: Waiter) -> None:
+        """Send `msg` and resolve `waiter` with the reply body, or with the error that stopped the request."""
         msg.reply_to, msg.correlation_id = REPLY_TO, msg.message_id
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._futures[msg.message_id] = future
+        self._waiting[msg.message_id] = waiter
+        task = asyncio.ensure_future(self._send(msg, waiter))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    def forget(self, message_id: str) -> None:
+        """Stop waiting for the reply to `message_id` (its caller gave up)."""
+        self._waiting.pop(message_id, None)
+
+    async def _send(self, msg: Outgoing, waiter: Waiter) -> None:
         exchange = self.settings.exchange if msg.exchange is None else msg.exchange
         try:
-            await channel.basic_publish(
+            channel = await self.open()
+            confirm = await channel.basic_publish(
                 msg.body,
                 exchange=exchange,
                 routing_key=msg.routing_key,
@@ -149,22 +150,50 @@ class AsyncRpc:
                 mandatory=True,
                 timeout=self.settings.publish_timeout_s,
             )
-            body = await asyncio.wait_for(future, timeout_s)
+        except asyncio.CancelledError:
+            _settle(waiter, error=PublishConnectionError(f"RPC call of task {msg.task_name!r} was cancelled"))
+            raise
+        except (PublishConnectionError, TopologyMismatch) as e:
+            _settle(waiter, error=e)
         except TimeoutError:
-            raise _timeout(msg, timeout_s) from None
-        except aiormq.exceptions.PublishError:
-            raise PublishNotConfirmed(f"task {msg.task_name!r}: no queue bound to {msg.routing_key!r}") from None
-        except CONNECTION_ERRORS as e:
-            raise PublishConnectionError(f"RPC call of task {msg.task_name!r} lost its connection: {e}") from None
-        finally:
-            self._futures.pop(msg.message_id, None)
-        return decode_reply(body)
+            _settle(
+                waiter,
+                error=PublishNotConfirmed(
+                    f"task {msg.task_name!r} (id {msg.message_id}) was not confirmed by the broker within "
+                    f"{self.settings.publish_timeout_s:g} s"
+                ),
+            )
+        except Exception as e:  # noqa: BLE001 - the waiter must learn of any failure, or its caller hangs
+            _settle(
+                waiter,
+                error=PublishConnectionError(
+                    f"RPC call of task {msg.task_name!r} (id {msg.message_id}) lost its connection: "
+                    f"{mask_url(str(e) or type(e).__name__)}"
+                ),
+            )
+        else:
+            if isinstance(confirm, Basic.Nack):
+                _settle(
+                    waiter,
+                    error=PublishNotConfirmed(
+                        f"task {msg.task_name!r} (id {msg.message_id}) was rejected by the broker (nack): "
+                        f"queue {msg.routing_key!r} may be full (x-overflow=reject-publish) or unavailable"
+                    ),
+                )
+            elif isinstance(confirm, aiormq.abc.DeliveredMessage):  # returned: mandatory and unroutable
+                _settle(
+                    waiter,
+                    error=PublishNotConfirmed(
+                        f"task {msg.task_name!r} (id {msg.message_id}) was returned by the broker: no queue is "
+                        f"bound to routing key {msg.routing_key!r} on exchange {exchange!r}"
+                    ),
+                )
 
     async def close(self) -> None:
-        """Close the connection."""
+        """Close the connection; calls still waiting fail with `PublishConnectionError`."""
         connection, self._connection, self._channel = self._connection, None, None
         if connection is not None and not connection.is_closed:
             try:
                 await connection.close()
             except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
-                pass
+                log.debug("closing a broken RPC connection failed", exc_info=True)

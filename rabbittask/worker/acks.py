@@ -35,6 +35,7 @@ class Acker:
         self._done: set[int] = set()
         self._settled: set[int] = set()  # rejected or acked alone while not at the head
         self._scheduled = False
+        self._held = False
         self._sends: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
 
@@ -54,6 +55,17 @@ class Acker:
             self._scheduled = True
             self._loop.call_soon(self._flush)
 
+    def hold(self) -> None:
+        """Send the acks pending now, then keep later ones back (each would let the broker send one more message)."""
+        if self._scheduled:
+            self._flush()
+        self._held = True
+
+    def release(self) -> None:
+        """Send the acks kept back (once the consumer is cancelled), and acks from now on."""
+        self._held = False
+        self._flush()
+
     def reject(self, tag: int, *, requeue: bool) -> None:
         """Reject `tag` now: back to the queue, or dead-lettered by the broker."""
         self._settled.add(tag)
@@ -61,7 +73,7 @@ class Acker:
 
     def _flush(self) -> None:
         self._scheduled = False
-        if not self.alive:
+        if self._held or not self.alive:
             return
         order, done, settled = self._order, self._done, self._settled
         top = 0

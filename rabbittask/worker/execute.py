@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -12,7 +13,16 @@ from typing import TYPE_CHECKING, Any
 from aiormq.abc import DeliveredMessage
 
 from rabbittask.context import TaskContext
-from rabbittask.errors import ArgumentsInvalid, PayloadError, Reject, Retry, TaskNotFound
+from rabbittask.errors import (
+    ArgumentsInvalid,
+    PayloadError,
+    Reject,
+    Retry,
+    SignatureInvalid,
+    SoftTimeLimitExceeded,
+    TaskNotFound,
+    TimeLimitExceeded,
+)
 from rabbittask.message import (
     DEATH_HEADERS,
     H_ATTEMPT,
@@ -30,6 +40,7 @@ from rabbittask.message import (
     format_time,
 )
 from rabbittask.retry import due_in_ms
+from rabbittask.signing import verify
 from rabbittask.topology import delivered_queue
 
 if TYPE_CHECKING:
@@ -47,9 +58,11 @@ REASON_MALFORMED = "malformed message"
 REASON_UNKNOWN = "unknown task"
 REASON_INVALID = "invalid arguments"
 REASON_REJECTED = "rejected by task"
+REASON_NOT_SERIALISABLE = "result not JSON-serialisable"
 REASON_MAX_RETRIES = "max retries exceeded"
 REASON_EXPIRED = "expired"
 REASON_DELIVERY_LIMIT = "delivery limit"
+REASON_SIGNATURE = "signature invalid"
 # Not failures: the message is re-published (retry, not due yet, classic redelivery count).
 REASON_RETRY = "retry"
 REASON_NOT_DUE = "not due"
@@ -64,6 +77,10 @@ class Republish:
 
     delay_s: float
     headers: dict[str, Any]
+
+
+REASON_TIME_LIMIT = "time limit"
+REASON_SOFT_TIME_LIMIT = "soft time limit"
 
 
 @dataclass(slots=True)
@@ -126,7 +143,8 @@ def _failure(message: DeliveredMessage, name: str, reason: str, exc: BaseExcepti
         name,
         reason=reason,
         exc_type=type(exc).__name__,
-        exc_message=str(exc),
+        exc_message=str(exc)
+        or ("the task ran past its soft_time_limit" if isinstance(exc, SoftTimeLimitExceeded) else ""),
         traceback="".join(traceback.format_exception(exc)) if tb else "",
     )
 
@@ -135,6 +153,11 @@ def prepare(app: App, message: DeliveredMessage) -> tuple[Task[Any, Any], tuple[
     """The task and validated arguments of a message, or the failure that dead-letters it."""
     props = message.header.properties
     name = props.message_type or ""
+    try:
+        if app.settings.signing_keys:  # before decoding: an unverified body is never parsed
+            verify(app.settings.signing_keys, name, props.message_id or "", props.headers, message.body)
+    except SignatureInvalid as e:
+        return _failure(message, name, REASON_SIGNATURE, e, tb=False)
     try:
         body = decode_body(message.body, props.content_type)
         task = app.get_task(name)
@@ -162,6 +185,18 @@ def context(app: App, task: Task[Any, Any], message: DeliveredMessage) -> TaskCo
     return TaskContext(props.message_id or "", task.name, source_queue(app, message), attempt_of(headers), headers)
 
 
+def time_limit_outcome(message: DeliveredMessage, task: Task[Any, Any], runtime_s: float) -> Outcome:
+    """The outcome of a sync task still running at its hard time limit (its thread is abandoned)."""
+    exc = TimeLimitExceeded(f"task {task.name!r} ran past its time_limit of {task.time_limit:g} s")
+    return failed(message, task, exc, runtime_s)
+
+
+def soft_limit_outcome(message: DeliveredMessage, task: Task[Any, Any], runtime_s: float) -> Outcome:
+    """The outcome of a sync task whose soft-limit exception arrived outside the task's own code."""
+    exc = SoftTimeLimitExceeded(f"task {task.name!r} ran past its soft_time_limit of {task.soft_time_limit:g} s")
+    return failed(message, task, exc, runtime_s)
+
+
 def run_sync(app: App, message: DeliveredMessage) -> Outcome:
     """Run a sync task (called in a worker thread)."""
     prepared = prepare(app, message)
@@ -186,7 +221,10 @@ async def run_async(
         args = (context(task.app, task, message), *args)
     start = time.perf_counter()
     try:
-        value = await task.fn(*args, **kwargs)
+        if task.time_limit is None and task.soft_time_limit is None:
+            value = await task.fn(*args, **kwargs)
+        else:
+            value = await _limited(task, task.fn(*args, **kwargs))
     except Exception as e:  # noqa: BLE001 - a task's failure is data, not a crash of the worker
         return failed(message, task, e, time.perf_counter() - start)
     return Outcome(message, task.name, value=value, runtime_s=time.perf_counter() - start)
@@ -198,6 +236,10 @@ def failed(message: DeliveredMessage, task: Task[Any, Any], exc: Exception, runt
         outcome = _failure(message, task.name, REASON_REJECTED, exc, tb=False)
     elif isinstance(exc, Retry) or task.retry_policy.retries_on(exc):
         outcome = _retry(message, task, exc)
+    elif isinstance(exc, TimeLimitExceeded):
+        outcome = _failure(message, task.name, REASON_TIME_LIMIT, exc, tb=False)
+    elif isinstance(exc, SoftTimeLimitExceeded):  # raised into the task, which let it escape
+        outcome = _failure(message, task.name, REASON_SOFT_TIME_LIMIT, exc, tb=True)
     else:
         outcome = _failure(message, task.name, REASON_FAILED, exc, tb=True)
     outcome.runtime_s = runtime_s
@@ -220,3 +262,26 @@ def _retry(message: DeliveredMessage, task: Task[Any, Any], exc: Exception) -> O
     outcome = _failure(message, task.name, REASON_RETRY, cause, tb=False)
     outcome.republish = Republish(delay_s, {H_ATTEMPT: attempt + 1})
     return outcome
+
+
+async def _limited(task: Task[Any, Any], coro: Any) -> Any:
+    """Await `coro` under the task's limits: cancelled at each, reported as the matching exception."""
+    hard = asyncio.timeout(task.time_limit)
+    try:
+        async with hard:
+            soft = asyncio.timeout(task.soft_time_limit)
+            try:
+                async with soft:
+                    return await coro
+            except TimeoutError:
+                if not soft.expired():
+                    raise  # the task's own TimeoutError
+                raise SoftTimeLimitExceeded(
+                    f"task {task.name!r} was cancelled at its soft_time_limit of {task.soft_time_limit:g} s"
+                ) from None
+    except TimeoutError:
+        if not hard.expired():
+            raise
+        raise TimeLimitExceeded(
+            f"task {task.name!r} was cancelled at its time_limit of {task.time_limit:g} s"
+        ) from None

@@ -74,3 +74,10 @@ def test_passwords_are_masked_in_urls_and_host_port_is_derived() -> None:
     assert mask_url("amqp://localhost/") == "amqp://localhost/"
     assert host_port("amqp://u:p@rabbit.example:5673/") == "rabbit.example:5673"
     assert host_port("amqps://rabbit.example/") == "rabbit.example:5671"
+
+
+def test_settings_never_show_passwords_in_their_repr() -> None:
+    app = App("t", broker_url="amqp://alice:pw-in-url-77@h:5672/", result_backend="redis://:redis-pw-88@r:6379/0")
+    text = repr(app.settings) + str(app.settings)
+    assert "pw-in-url-77" not in text and "redis-pw-88" not in text
+    assert "amqp://alice:***@h:5672/" in text

@@ -1,0 +1,1 @@
+"""Result-backend plugins shipped with rabbittask (each needs its extra, e.g. `rabbittask[redis]`)."""

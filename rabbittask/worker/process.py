@@ -1,0 +1,144 @@
+"""What a forked child does: process set-up, then the consume loop, then `os._exit`.
+
+Set-up happens after the fork, never before: default signal handlers (SIGINT ignored, so a
+Ctrl-C at the terminal reaches the supervisor alone and the children shut down once, when it
+says so), death with the supervisor (`PR_SET_PDEATHSIG` on Linux, and a parent-pid check every
+second everywhere), a process title, and a fresh event loop. The child tells the supervisor
+what it needs to know with one byte on a pipe: `READY` once it consumes, `RETIRING` when it
+stops taking messages so its successor starts at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NoReturn
+
+from setproctitle import setproctitle
+
+from rabbittask.worker.child import Child
+from rabbittask.worker.options import WorkerOptions
+
+if TYPE_CHECKING:
+    from rabbittask.app import App
+
+log = logging.getLogger(__name__)
+
+READY = b"U"
+RETIRING = b"R"
+EXIT_CRASH = 70  # sysexits EX_SOFTWARE: the child raised out of its loop
+PARENT_CHECK_S = 1.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSpec:
+    """What a child needs from the supervisor: the app, its queues, the options, and who its parent is."""
+
+    app: App
+    queues: Sequence[str]
+    options: WorkerOptions
+    number: int
+    supervisor_pid: int
+    pipe: int  # write end of this child's pipe to the supervisor
+
+
+def title(role: str, queues: Sequence[str], extra: str = "") -> str:
+    """A process title as `ps` shows it: role, queues, and a count."""
+    return f"rabbittask {role} -Q {','.join(queues)}{' ' + extra if extra else ''}"
+
+
+def run_child(spec: ChildSpec, close_fds: Sequence[int] = ()) -> NoReturn:
+    """The body of a forked child: never returns; exits with the child's exit code."""
+    code = EXIT_CRASH
+    try:
+        _reset_signals()
+        for fd in close_fds:  # the supervisor's ends of other pipes
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        die_with_parent(spec.supervisor_pid)
+        code = _serve(spec)
+    except BaseException:  # noqa: BLE001 - whatever it is, the supervisor must hear an exit code
+        log.exception("child %d crashed", spec.number)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)  # not sys.exit: the supervisor's atexit handlers and buffers are not this process's
+
+
+def _reset_signals() -> None:
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def die_with_parent(supervisor_pid: int) -> None:
+    """Ask the kernel to SIGKILL this process when the supervisor dies (Linux); exit if it already has."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+                log.warning(
+                    "prctl(PR_SET_PDEATHSIG) failed (errno %d); relying on the parent check", ctypes.get_errno()
+                )
+        except (OSError, AttributeError) as e:
+            log.warning("prctl(PR_SET_PDEATHSIG) is not available (%s); relying on the parent check", e)
+    if os.getppid() != supervisor_pid:  # it died between the fork and the prctl
+        os._exit(EXIT_CRASH)
+
+
+def _notify(fd: int, what: bytes) -> None:
+    with contextlib.suppress(OSError):  # the supervisor is gone: the parent check ends this process
+        os.write(fd, what)
+
+
+def _serve(spec: ChildSpec) -> int:
+    options = spec.options
+    child = Child(
+        spec.app,
+        spec.queues,
+        prefetch=options.prefetch,
+        threads=options.threads,
+        shutdown_timeout_s=options.shutdown_timeout_s,
+        max_tasks=options.max_tasks_per_child,
+        max_memory_bytes=options.max_memory_bytes,
+        on_ready=lambda: _notify(spec.pipe, READY),
+        on_retire=lambda reason: _notify(spec.pipe, RETIRING),
+    )
+    child.stop_signals = (signal.SIGTERM,)
+    setproctitle(title(f"child {spec.number}", child.queues, "tasks=0"))
+    return asyncio.run(_main(child, spec))
+
+
+async def _main(child: Child, spec: ChildSpec) -> int:
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, child.retire, "rolling restart, SIGHUP")
+    watch = asyncio.ensure_future(_watch(child, spec))
+    try:
+        return await child.run()
+    finally:
+        watch.cancel()
+
+
+async def _watch(child: Child, spec: ChildSpec) -> None:
+    """Every second: exit if the supervisor is gone; show the task count in the process title."""
+    shown = 0
+    while True:
+        await asyncio.sleep(PARENT_CHECK_S)
+        if os.getppid() != spec.supervisor_pid:
+            log.error(
+                "the supervisor (pid %d) is gone: exiting; the broker requeues what was unacked", spec.supervisor_pid
+            )
+            os._exit(EXIT_CRASH)
+        if child.tasks_done != shown:
+            shown = child.tasks_done
+            setproctitle(title(f"child {spec.number}", child.queues, f"tasks={shown}"))

@@ -1,0 +1,197 @@
+"""A 3-node cluster from the local binary: clients fail over between node URLs; quorum task queues
+lose nothing when their leader is SIGKILLed, and never confirm what a minority cannot keep."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from rabbittask import App, PublishError
+from rabbittask.testing import RabbitNode
+from tests.faults.ledger import Ledger, Report
+
+pytestmark = [pytest.mark.faults, pytest.mark.cluster, pytest.mark.timeout(240)]
+APP = "tests.apps.ledger_app:app"
+
+
+@pytest.fixture
+def cluster() -> Iterator[list[RabbitNode]]:
+    """Three clustered nodes on loopback (about 20 s to form), all removed after the test."""
+    cookie = secrets.token_hex(16)
+    nodes = [RabbitNode(cookie=cookie) for _ in range(3)]
+    try:
+        for node in nodes:
+            node.start()
+        for node in nodes[1:]:
+            node.ctl("stop_app")
+            node.ctl("join_cluster", nodes[0].nodename)
+            node.ctl("start_app")
+        nodes[0].ctl("await_online_nodes", "3", "--timeout", "60")
+        yield nodes
+    finally:
+        for node in nodes:
+            node.cleanup()
+
+
+def urls(nodes: list[RabbitNode]) -> str:
+    return ",".join(n.url for n in nodes)
+
+
+def ledger_app(url: str, prefix: str) -> App:
+    app = App("ledger", broker_url=url, heartbeat_s=2, publish_timeout_s=5, connect_timeout_s=2)
+
+    @app.task(queue=f"{prefix}.work", name="ledger.work")
+    def work(key: str, sleep_s: float = 0.0) -> str: ...
+
+    return app
+
+
+@dataclass
+class Traffic:
+    """Sequential confirmed `.delay()` calls in a thread, with the time of each confirm and failure."""
+
+    app: App
+    ledger: Ledger
+    confirms: list[float] = field(default_factory=list)
+    failures: list[tuple[float, str]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    n: int = 0
+
+    def run(self) -> None:
+        work = self.app.tasks["ledger.work"]
+        while not self.stop.is_set():
+            key = f"t{self.n}"
+            self.n += 1
+            try:
+                work.apply_async((key,), message_id=key)
+            except PublishError as e:
+                self.ledger.failed.add(key)
+                self.failures.append((time.monotonic(), str(e)))
+                time.sleep(0.2)
+            else:
+                self.ledger.confirmed.add(key)
+                self.confirms.append(time.monotonic())
+                time.sleep(0.005)
+
+    def __enter__(self) -> Traffic:
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        self.app.close()
+
+    def longest_stall_s(self, after: float, until: float) -> float:
+        """The longest time between two confirms (or `until`) from shortly before `after`."""
+        times = [t for t in self.confirms if after - 5 <= t <= until] + [until]
+        return max((b - a for a, b in zip(times, times[1:], strict=False)), default=float("inf"))
+
+
+def queue_info(node: RabbitNode, queue: str) -> dict[str, str]:
+    out = node.ctl("list_queues", "-q", "--no-table-headers", "name", "leader", "members", "online")
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if parts and parts[0] == queue:
+            return {"leader": parts[1], "members": parts[2], "online": parts[3]}
+    raise AssertionError(f"queue {queue} not found:\n{out}")
+
+
+def finish(ledger: Ledger, scenario: str, reports: list[Report], fault_end: float, timeout_s: float = 60) -> Report:
+    ledger.wait_executed(ledger.confirmed, timeout_s)
+    report = ledger.report(scenario, fault_end)
+    reports.append(report)
+    print(report.line())
+    assert report.lost == [], report.line()
+    return report
+
+
+def test_sigkill_of_a_quorum_queue_leader_loses_nothing_and_publishing_stalls_under_5_s(
+    cluster: list[RabbitNode],
+    ledger: Ledger,
+    ledger_env: dict[str, str],
+    worker_factory,
+    unique_name: str,
+    record_report: list[Report],
+) -> None:
+    queue = f"{unique_name}.work"
+    app = ledger_app(urls(cluster), unique_name)
+    app.declare()  # after all three joined: a member on each node
+    info = queue_info(cluster[0], queue)
+    assert info["members"].count("@") == 3, info
+    workers = [
+        worker_factory(APP, "--prefetch", "20", env=ledger_env, broker_url=urls(cluster[i:] + cluster[:i]))
+        for i in range(2)
+    ]
+    for w in workers:
+        w.wait_for_log("consuming from")
+    with Traffic(app, ledger) as traffic:
+        time.sleep(3)
+        leader = next(n for n in cluster if n.nodename == info["leader"])
+        leader.kill()
+        killed_at = time.monotonic()
+        fault_end = time.time()
+        time.sleep(8)
+        stall_s = traffic.longest_stall_s(killed_at, time.monotonic())
+    after = [t - killed_at for t in traffic.confirms if t > killed_at]
+    print(f"[cluster] first confirm {after[:1]} s after the kill; {len(traffic.failures)} failure(s)")
+    new_leader = queue_info(next(n for n in cluster if n is not leader), queue)["leader"]
+    leader.start()
+    deadline = time.monotonic() + 30
+    while queue_info(leader, queue)["online"].count("@") < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    report = finish(ledger, f"SIGKILL quorum leader (publish stall {stall_s:.2f} s)", record_report, fault_end)
+    print(f"[cluster] leader {info['leader']} killed; new leader {new_leader}; longest publish stall {stall_s:.2f} s")
+    assert stall_s < 5, f"publishing stalled {stall_s:.2f} s; failures: {traffic.failures[:3]}"
+    assert len(traffic.confirms) > 100 and new_leader != info["leader"]
+    assert queue_info(leader, queue)["online"].count("@") == 3
+    assert report.recovery_s is not None
+    for w in workers:
+        assert w.proc.poll() is None and "Traceback" not in w.log()
+
+
+def test_with_two_of_three_nodes_down_nothing_is_confirmed_and_all_confirmed_runs_after_restore(
+    cluster: list[RabbitNode],
+    ledger: Ledger,
+    ledger_env: dict[str, str],
+    worker_factory,
+    unique_name: str,
+    record_report: list[Report],
+) -> None:
+    app = ledger_app(urls(cluster), unique_name)
+    app.declare()
+    w = worker_factory(APP, "--prefetch", "20", env=ledger_env, broker_url=urls(cluster))
+    w.wait_for_log("consuming from")
+    with Traffic(app, ledger) as traffic:
+        time.sleep(2)
+        down = cluster[1:]
+        for node in down:
+            node.stop()
+        stopped_at = time.monotonic()
+        time.sleep(30)
+        outage_end = time.monotonic()
+        confirmed_before = len(traffic.confirms)
+        for node in down:
+            node.start()
+        fault_end = time.time()
+        time.sleep(5)
+    # a publish that started before the stop may confirm just after it; none confirms later in the outage
+    during = [t for t in traffic.confirms if stopped_at + 6 < t < outage_end]
+    failed_during = [f for t, f in traffic.failures if stopped_at < t < outage_end]
+    assert during == [], f"{len(during)} publishes were confirmed without a majority"
+    assert failed_during and all("not confirmed" in f or "cannot" in f or "lost" in f for f in failed_during), (
+        failed_during[:3]
+    )
+    assert len(traffic.confirms) > confirmed_before  # publishing works again after the restore
+    report = finish(
+        ledger, f"2 of 3 nodes down 30 s ({len(failed_during)} publishes refused)", record_report, fault_end
+    )
+    print(f"[cluster] outage: {len(failed_during)} publishes failed, 0 confirmed; recovery {report.recovery_s}")
+    assert w.proc.poll() is None
