@@ -87,6 +87,14 @@ class ExchangeBindingDecl:
 
 
 Declaration = ExchangeDecl | QueueDecl | BindingDecl | ExchangeBindingDecl
+BindingKey = tuple[str, str, str, str]  # source, destination, destination type, routing key
+
+
+def binding_key(d: BindingDecl | ExchangeBindingDecl) -> BindingKey:
+    """What identifies a binding on the broker (and orders bindings in the definitions)."""
+    if isinstance(d, BindingDecl):
+        return d.exchange, d.queue, "queue", d.routing_key
+    return d.source, d.destination, "exchange", d.routing_key
 
 
 def queue_arguments(spec: QueueSpec, exchange: str) -> Arguments:
@@ -205,8 +213,27 @@ def definitions(decls: Iterable[Declaration], vhost: str = "/") -> dict[str, Any
         else:
             out["bindings"].append(_binding(d.source, d.destination, "exchange", d.routing_key, vhost))
     for key in out:
-        out[key].sort(key=lambda o: (o.get("name", ""), o.get("source", ""), o.get("destination", "")))
+        out[key].sort(key=_definition_order)
     return out
+
+
+NaturalKey = tuple[tuple[str | int, ...], str]
+
+
+def natural_key(text: str) -> NaturalKey:
+    """Sort key for names: numbers by value (`x.delay.200` before `x.delay.1600`), then the text itself.
+
+    The text breaks ties (`a01`, `a1`), so the order is total and an export is byte-identical
+    whatever order the tasks were declared in.
+    """
+    parts = re.split(r"(\d+)", text)  # odd positions are the digit runs, so like compares with like
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), text
+
+
+def _definition_order(o: dict[str, Any]) -> tuple[NaturalKey, ...]:
+    """Objects by name; bindings by source, destination, then what breaks a tie."""
+    keys = ("name", "source", "destination", "destination_type", "routing_key")
+    return tuple(natural_key(str(o.get(k, ""))) for k in keys)
 
 
 def _binding(source: str, destination: str, destination_type: str, routing_key: str, vhost: str) -> dict[str, Any]:
@@ -285,6 +312,11 @@ def delay_ttl_ms(level: int) -> int:
 def delay_level_name(exchange: str, level: int) -> str:
     """Name of the exchange and of the queue of one level of the delay ladder (`rabbittask.delay.1600`)."""
     return f"{exchange}.delay.{delay_ttl_ms(level)}"
+
+
+def delay_names(exchange: str) -> frozenset[str]:
+    """Every exchange and queue name of the delay ladder of `exchange` (the due exchange and each level)."""
+    return frozenset({delay_exchange_name(exchange), *(delay_level_name(exchange, k) for k in range(DELAY_LEVELS))})
 
 
 def delay_units(delay_ms: float) -> int:

@@ -5,6 +5,11 @@ an existing one is re-declared with the code's arguments, which the broker eithe
 equivalent (a no-op) or refuses with 406 naming one argument that differs. That argument is then
 set to the broker's value and the declare tried again, so every difference is found, not only
 the first. Objects are created only if no existing object conflicts.
+
+This covers everything `App.declarations()` returns, the delay ladder included: its queues are
+probed with their fixed x-message-ttl and dead-letter arguments like any queue. Bindings (to
+queues, and the ladder's exchange-to-exchange ones) cannot be read over AMQP; binding is
+idempotent, so apply always declares them (`topology diff --management-url` compares them).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from rabbittask.admin.compare import show
+from rabbittask.admin.compare import describe, show
 from rabbittask.admin.live import exists
 from rabbittask.errors import BrokerError
 from rabbittask.publish.declare import PRECONDITION_FAILED, declare_sync
@@ -56,10 +61,10 @@ def plan(connection: pika.BlockingConnection, decls: Sequence[Declaration]) -> P
     result = Plan()
     for d in decls:
         if not isinstance(d, ExchangeDecl | QueueDecl):
-            result.create.append(d)  # bindings: idempotent, and not readable over AMQP
+            result.create.append(d)  # bindings (to queues or exchanges): idempotent, and not readable over AMQP
             continue
         kind = "exchange" if isinstance(d, ExchangeDecl) else "queue"
-        obj = f"{kind} {d.name!r}"
+        obj = describe(d)
         if not exists(connection, kind, d.name):
             result.create.append(d)
             continue

@@ -5,8 +5,10 @@ type, argument and binding; read by passive declares it only knows which objects
 the comparison says what it could therefore not compare.
 
 "Extra" objects are those that look like the app's but that the code no longer declares:
-exchanges named `<app exchange>.*`, bindings from the app's exchanges, and queues bound to them.
-Other objects in the vhost belong to someone else and are left out.
+exchanges named `<app exchange>.*`, bindings (to queues or exchanges) from the app's exchanges
+or from those extra exchanges, and queues bound by them. The delay ladder (`<exchange>.delay*`) is part of the code's
+declarations, so its exchanges, queues and exchange-to-exchange bindings are the app's own and
+compared like any other. Other objects in the vhost belong to someone else and are left out.
 """
 
 from __future__ import annotations
@@ -17,7 +19,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from rabbittask.topology import ARGUMENT_OPTIONS, BindingDecl, Declaration, ExchangeDecl, QueueDecl
+from rabbittask.topology import (
+    ARGUMENT_OPTIONS,
+    BindingDecl,
+    Declaration,
+    ExchangeBindingDecl,
+    ExchangeDecl,
+    QueueDecl,
+    binding_key,
+    delay_names,
+)
 
 Kind = Literal["missing", "extra", "changed"]
 SIGN: dict[Kind, str] = {"missing": "-", "extra": "+", "changed": "~"}
@@ -60,6 +71,19 @@ def same(a: Any, b: Any) -> bool:
 
 def show(value: Any) -> str:
     return "not set" if value is None else json.dumps(value)
+
+
+def describe(d: Declaration) -> str:
+    """How output names a declared object: `queue 'emails'`, `binding 'ex' -> exchange 'ex.x' (key 'k')`."""
+    if isinstance(d, ExchangeDecl):
+        return f"exchange {d.name!r}"
+    if isinstance(d, QueueDecl):
+        return f"queue {d.name!r}"
+    return _binding_text(*binding_key(d))
+
+
+def _binding_text(source: str, destination: str, destination_type: str, routing_key: str) -> str:
+    return f"binding {source!r} -> {destination_type} {destination!r} (key {routing_key!r})"
 
 
 def argument_differences(code: dict[str, Any], broker: dict[str, Any], skip: Iterable[str] = ()) -> list[str]:
@@ -161,28 +185,35 @@ def _matches(pattern: str, name: str) -> bool:
 def _bindings(decls: Sequence[Declaration], live: Live) -> list[Difference]:
     assert live.bindings is not None
     own = {d.name for d in decls if isinstance(d, ExchangeDecl)}
-    wanted = {(d.exchange, d.queue, d.routing_key) for d in decls if isinstance(d, BindingDecl)}
+    extra_exchanges = sorted(x for x in live.exchanges if x not in own and any(x.startswith(f"{o}.") for o in own))
+    wanted = {binding_key(d) for d in decls if isinstance(d, BindingDecl | ExchangeBindingDecl)}
+    # Bindings to queues and to exchanges (the delay ladder passes a message from one level's exchange
+    # to the next one's), from the app's exchanges and from extra ones (e.g. a level the code dropped).
+    sources = own | set(extra_exchanges)
     found = {
-        (b["source"], b["destination"], b.get("routing_key", ""))
+        (b["source"], b["destination"], b.get("destination_type", "queue"), b.get("routing_key", ""))
         for b in live.bindings
-        if b.get("source") in own and b.get("destination_type", "queue") == "queue"
+        if b.get("source") in sources
     }
-    out = [Difference("missing", f"binding {x!r} -> queue {q!r} (key {k!r})") for x, q, k in sorted(wanted - found)]
-    out += [Difference("extra", f"binding {x!r} -> queue {q!r} (key {k!r})") for x, q, k in sorted(found - wanted)]
+    out = [Difference("missing", _binding_text(*b)) for b in sorted(wanted - found)]
+    out += [Difference("extra", _binding_text(*b)) for b in sorted(found - wanted)]
     queues = {d.name for d in decls if isinstance(d, QueueDecl)}
-    out += [Difference("extra", f"queue {q!r}") for q in sorted({q for _, q, _ in found} - queues) if q in live.queues]
-    out += [
-        Difference("extra", f"exchange {x!r}")
-        for x in sorted(live.exchanges)
-        if x not in own and any(x.startswith(f"{o}.") for o in own)
-    ]
+    bound = {q for _, q, kind, _ in found if kind == "queue"}
+    out += [Difference("extra", f"queue {q!r}") for q in sorted(bound - queues) if q in live.queues]
+    out += [Difference("extra", f"exchange {x!r}") for x in extra_exchanges]
     return out
 
 
-def ways_out(obj: str, differences: Sequence[str]) -> list[str]:
-    """The safe ways to resolve a conflict on `obj` ("queue 'emails'"), most conservative first."""
+def ways_out(obj: str, differences: Sequence[str], exchange: str = "") -> list[str]:
+    """The safe ways to resolve a conflict on `obj` ("queue 'emails'"), most conservative first.
+
+    `exchange`: the app's exchange, whose delay ladder objects get their own advice (their
+    arguments are not task options).
+    """
     kind, _, quoted = obj.partition(" ")
     args = {t.split(" ", 1)[0] for t in differences}
+    if exchange and quoted.strip("'") in delay_names(exchange):
+        return _ladder_ways_out(kind, quoted, args)
     options = sorted({ARGUMENT_OPTIONS.get(a, "queue_type" if a == "type" else "") for a in args} - {""})
     if kind == "exchange":
         return [
@@ -200,3 +231,29 @@ def ways_out(obj: str, differences: Sequence[str]) -> list[str]:
         f"`rabbitmqctl list_queues name messages`, `rabbitmqctl delete_queue {quoted}`, apply again. "
         "A queue's type and arguments never change in place",
     ]
+
+
+def _ladder_ways_out(kind: str, quoted: str, args: set[str]) -> list[str]:
+    """Ways out for an object of the delay ladder: only its queues' type is a setting."""
+    if kind == "exchange":
+        return [
+            f"the delay ladder's exchanges are always durable topic exchanges: recreate it with "
+            f"`rabbitmqctl delete_exchange {quoted}` and apply again at once (its bindings go with it and apply "
+            "restores them; delays entering at this level fail to publish in between)",
+        ]
+    ways = []
+    if args & {"type", "x-queue-type"}:
+        ways.append(
+            "make the code match the broker: set delay_queue_type (RABBITTASK_DELAY_QUEUE_TYPE) to the broker's type"
+        )
+    if args - {"type", "x-queue-type"}:
+        ways.append(
+            "its TTL and dead-letter arguments are fixed by the ladder's layout, not options: it was declared "
+            "by hand or by another rabbittask version"
+        )
+    ways.append(
+        f"or recreate it once it is empty (it holds delayed tasks and retries until they are due): stop producers "
+        f"and workers, wait until `rabbitmqctl list_queues name messages` shows 0 for {quoted} and every longer "
+        f"level, `rabbitmqctl delete_queue {quoted}`, apply again"
+    )
+    return ways

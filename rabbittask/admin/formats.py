@@ -13,7 +13,16 @@ from typing import Any, Literal
 import yaml
 
 from rabbittask.errors import ConfigError
-from rabbittask.topology import BindingDecl, Declaration, ExchangeDecl, QueueDecl, definitions
+from rabbittask.topology import (
+    BindingDecl,
+    Declaration,
+    ExchangeBindingDecl,
+    ExchangeDecl,
+    QueueDecl,
+    binding_key,
+    definitions,
+    natural_key,
+)
 
 Format = Literal["definitions", "yaml", "markdown"]
 FORMATS: tuple[Format, ...] = ("definitions", "yaml", "markdown")
@@ -41,17 +50,22 @@ def render(
             f"| {e['name']} | {e['task']} | {e['queue']} | {e.get('cron') or str(e.get('every_s')) + ' s'} |"
             for e in schedules
         ]
-        text += "\n### Schedules\n\n| entry | task | queue | when |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
+        text += "\n## Schedules\n\n| entry | task | queue | when |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
     return text
 
 
 def canonical(decls: Iterable[Declaration]) -> list[Declaration]:
-    """The declarations in the order the definitions list them: exchanges, queues, bindings, each sorted."""
+    """The declarations in the order the definitions list them: exchanges, queues, bindings, each sorted.
+
+    Names sort in natural order (the ladder's levels by their delay); bindings to queues and to
+    exchanges sort together, by source, destination, destination type and routing key.
+    """
     decls = list(decls)
-    exchanges = sorted((d for d in decls if isinstance(d, ExchangeDecl)), key=lambda d: d.name)
-    queues = sorted((d for d in decls if isinstance(d, QueueDecl)), key=lambda d: d.name)
+    exchanges = sorted((d for d in decls if isinstance(d, ExchangeDecl)), key=lambda d: natural_key(d.name))
+    queues = sorted((d for d in decls if isinstance(d, QueueDecl)), key=lambda d: natural_key(d.name))
     bindings = sorted(
-        (d for d in decls if isinstance(d, BindingDecl)), key=lambda d: (d.exchange, d.queue, d.routing_key)
+        (d for d in decls if isinstance(d, BindingDecl | ExchangeBindingDecl)),
+        key=lambda d: tuple(natural_key(part) for part in binding_key(d)),
     )
     return [*exchanges, *queues, *bindings]
 
@@ -59,8 +73,9 @@ def canonical(decls: Iterable[Declaration]) -> list[Declaration]:
 def parse_definitions(text: str) -> tuple[str, list[Declaration]]:
     """Read definitions (JSON or YAML, as exported) back into `(vhost, declarations)`.
 
-    Raises `ConfigError` for what rabbittask never declares (non-durable objects, bindings to
-    exchanges, objects in more than one vhost), so a round trip cannot lose anything silently.
+    Raises `ConfigError` for what rabbittask never declares (non-durable objects, bindings with
+    arguments or to anything but a queue or an exchange, objects in more than one vhost), so a
+    round trip cannot lose anything silently.
     """
     try:
         doc = yaml.safe_load(text)  # JSON is YAML: one reader for both
@@ -80,9 +95,14 @@ def parse_definitions(text: str) -> tuple[str, list[Declaration]]:
         decls.append(QueueDecl(q["name"], dict(q.get("arguments") or {})))
     for b in doc.get("bindings") or []:
         vhosts.add(b.get("vhost", "/"))
-        if b.get("destination_type", "queue") != "queue" or b.get("arguments"):
-            raise ConfigError(f"binding {b!r}: rabbittask declares only queue bindings without arguments")
-        decls.append(BindingDecl(b["destination"], b["source"], b.get("routing_key", "")))
+        kind = b.get("destination_type", "queue")
+        if kind not in ("queue", "exchange") or b.get("arguments"):
+            raise ConfigError(
+                f"binding {b!r}: rabbittask declares only bindings to queues and exchanges (the delay ladder's), "
+                "without arguments"
+            )
+        binding = BindingDecl if kind == "queue" else ExchangeBindingDecl
+        decls.append(binding(b["destination"], b["source"], b.get("routing_key", "")))
     if len(vhosts) > 1:
         raise ConfigError(f"definitions span several vhosts ({', '.join(sorted(vhosts))}); export one at a time")
     return (vhosts.pop() if vhosts else "/"), canonical(decls)
@@ -94,7 +114,10 @@ def _require_durable(kind: str, obj: dict[str, Any]) -> None:
 
 
 def markdown(decls: Iterable[Declaration], vhost: str = "/", title: str = "") -> str:
-    """Three tables (exchanges, queues, bindings) a reviewer reads in a pull request."""
+    """Tables a reviewer reads in a pull request: exchanges, queues, bindings, exchange-to-exchange bindings.
+
+    The last table (the delay ladder's bindings from one level to the next) is left out when empty.
+    """
     decls = canonical(decls)
     lines = [f"# RabbitMQ topology{f' of {title}' if title else ''} (vhost `{vhost}`)", ""]
     lines += ["## Exchanges", "", "| exchange | type | durable | arguments |", "|---|---|---|---|"]
@@ -113,6 +136,12 @@ def markdown(decls: Iterable[Declaration], vhost: str = "/", title: str = "") ->
     for d in decls:
         if isinstance(d, BindingDecl):
             lines.append(f"| {_code(d.exchange)} | {_code(d.routing_key)} | {_code(d.queue)} |")
+    exchange_bindings = [d for d in decls if isinstance(d, ExchangeBindingDecl)]
+    if exchange_bindings:
+        lines += ["", "## Exchange-to-exchange bindings", ""]
+        lines += ["| source exchange | routing key | destination exchange |", "|---|---|---|"]
+        for e in exchange_bindings:
+            lines.append(f"| {_code(e.source)} | {_code(e.routing_key)} | {_code(e.destination)} |")
     return "\n".join(lines) + "\n"
 
 

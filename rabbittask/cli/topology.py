@@ -14,14 +14,13 @@ import click
 
 from rabbittask.admin.apply import Conflict, Plan, plan
 from rabbittask.admin.apply import apply as apply_declarations
-from rabbittask.admin.compare import compare, ways_out
+from rabbittask.admin.compare import compare, describe, ways_out
 from rabbittask.admin.formats import FORMATS, Format, render
 from rabbittask.admin.live import Management, connect, read_passive, vhost_of
 from rabbittask.app import App
 from rabbittask.cli.common import APP_OPTION, load_app
 from rabbittask.errors import RabbitTaskError
 from rabbittask.settings import host_port, mask_url
-from rabbittask.topology import BindingDecl, ExchangeBindingDecl, ExchangeDecl
 
 EXIT_DIFFERENT = 1
 EXIT_ERROR = 2
@@ -77,7 +76,7 @@ def apply(app_spec: str, dry_run: bool) -> None:
             found = plan(connection, decls)
             _print_plan(found, dry_run or bool(found.conflicts))
             if found.conflicts:
-                _print_conflicts(found.conflicts)
+                _print_conflicts(found.conflicts, app.settings.exchange)
                 click.echo("nothing was changed")
                 sys.exit(EXIT_DIFFERENT)
             if not dry_run:
@@ -95,16 +94,10 @@ def _print_plan(found: Plan, hypothetical: bool) -> None:
         click.echo(f"  = {obj}: exists as declared")
     verb = "would declare" if hypothetical else "declare"
     for d in found.create:
-        if isinstance(d, BindingDecl):
-            click.echo(f"  + {verb} binding {d.exchange!r} -> queue {d.queue!r} (key {d.routing_key!r})")
-        elif isinstance(d, ExchangeBindingDecl):
-            click.echo(f"  + {verb} binding {d.source!r} -> exchange {d.destination!r} (key {d.routing_key!r})")
-        else:
-            kind = "exchange" if isinstance(d, ExchangeDecl) else "queue"
-            click.echo(f"  + {verb} {kind} {d.name!r}")
+        click.echo(f"  + {verb} {describe(d)}")
 
 
-def _print_conflicts(conflicts: list[Conflict]) -> None:
+def _print_conflicts(conflicts: list[Conflict], exchange: str) -> None:
     click.echo(f"{len(conflicts)} conflict(s) with what the broker has:")
     for c in conflicts:
         click.echo(f"  ~ {c.obj}:")
@@ -113,7 +106,7 @@ def _print_conflicts(conflicts: list[Conflict]) -> None:
         if not c.complete:
             click.echo("      (more differences may exist: `rabbittask topology diff --management-url` shows all)")
         click.echo("    safe ways out:")
-        for way in ways_out(c.obj, c.differences):
+        for way in ways_out(c.obj, c.differences, exchange):
             click.echo(f"      - {way}")
 
 

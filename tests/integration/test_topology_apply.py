@@ -7,16 +7,19 @@ import pytest
 from click.testing import CliRunner
 
 from rabbittask.cli import main
+from rabbittask.topology import DELAY_LEVELS, ExchangeDecl, QueueDecl, delay_level_name, delay_routing_key
 from tests import amqp
 from tests.apps.topo import importable, make_app
 
 
 @pytest.fixture
 def prefix(unique_name: str, amqp_cleanup: object) -> str:
-    for q in ("work", "work.dlq", "prio", "prio.dlq"):
-        amqp_cleanup.queue(f"{unique_name}.{q}")  # type: ignore[attr-defined]
-    amqp_cleanup.exchange(unique_name)  # type: ignore[attr-defined]
-    amqp_cleanup.exchange(f"{unique_name}.dlx")  # type: ignore[attr-defined]
+    # Everything the test app declares, the delay ladder included (26 queues, 27 exchanges)
+    for d in make_app(unique_name).declarations():
+        if isinstance(d, QueueDecl):
+            amqp_cleanup.queue(d.name)  # type: ignore[attr-defined]
+        elif isinstance(d, ExchangeDecl):
+            amqp_cleanup.exchange(d.name)  # type: ignore[attr-defined]
     return unique_name
 
 
@@ -43,14 +46,27 @@ def test_apply_declares_everything_and_a_second_apply_finds_it_all_as_declared(
     assert f"would declare queue '{prefix}.work'" in out
     assert not queue_exists(broker_url, f"{prefix}.work")  # a dry run changes nothing
 
+    assert f"would declare binding '{prefix}.delay.200' -> exchange '{prefix}.delay.100' (key '*.0.#')" in out
+
     code, out = run("topology", "apply", "-A", spec)
     assert code == 0, out
     assert queue_exists(broker_url, f"{prefix}.prio.dlq")
+    assert queue_exists(broker_url, delay_level_name(prefix, DELAY_LEVELS - 1))
+    # The exchange-to-exchange bindings exist: a message with no delay bits that enters at the top
+    # level passes all 26 of them down to the due exchange, and from there into its task queue
+    top = delay_level_name(prefix, DELAY_LEVELS - 1)
+    amqp.publish_raw(broker_url, delay_routing_key(f"{prefix}.work", 0), b"{}", exchange=top)
+    amqp.wait_depth(broker_url, f"{prefix}.work", 1)
 
     code, out = run("topology", "apply", "-A", spec)
     assert code == 0, out
     assert f"= queue '{prefix}.work': exists as declared" in out
     assert f"= exchange '{prefix}.dlx': exists as declared" in out
+    # the ladder's queues, with their fixed TTL and dead-letter arguments, and its exchanges
+    for level in range(DELAY_LEVELS):
+        assert f"= queue '{delay_level_name(prefix, level)}': exists as declared" in out
+        assert f"= exchange '{delay_level_name(prefix, level)}': exists as declared" in out
+    assert f"= exchange '{prefix}.delay': exists as declared" in out
 
 
 def test_apply_on_a_conflicting_queue_changes_nothing_and_prints_each_difference(

@@ -8,7 +8,7 @@ from typing import Any
 from rabbittask.admin.apply import _value
 from rabbittask.admin.compare import Live, applicable_policies, compare, ways_out
 from rabbittask.admin.formats import render
-from rabbittask.topology import QueueSpec, declarations
+from rabbittask.topology import Declaration, QueueSpec, declarations, delay_declarations
 
 
 def live_from(decls: list[Any]) -> Live:
@@ -43,6 +43,44 @@ def test_types_arguments_bindings_and_extra_objects_are_all_reported() -> None:
         "+ exchange 'ex.delay.1000': on the broker, not in the code",
     ]
     assert notes == []
+
+
+def with_ladder(exchange: str, specs: list[QueueSpec]) -> list[Declaration]:
+    """What `App.declarations()` returns: task queues, DLQs and the delay ladder."""
+    return declarations(exchange, specs) + delay_declarations(exchange, [s.name for s in specs])
+
+
+def test_the_delay_ladder_is_the_apps_own_and_compared_like_the_rest() -> None:
+    decls = with_ladder("ex", [QueueSpec("a")])
+    assert compare(decls, live_from(decls)) == ([], [])
+
+    # Given a broker whose ladder lost one exchange-to-exchange binding, gained another, has a level
+    # the code no longer declares, and a level queue with another TTL
+    live = live_from(decls)
+    assert live.bindings is not None
+    live.bindings = [
+        b for b in live.bindings if not (b["source"] == "ex.delay.400" and b["destination_type"] == "exchange")
+    ]
+    live.bindings.append(
+        {"source": "ex.delay.100", "destination": "ex", "destination_type": "exchange", "routing_key": "#"}
+    )
+    live.exchanges["ex.delay.6710886400"] = {"name": "ex.delay.6710886400", "type": "topic"}
+    live.queues["ex.delay.6710886400"] = {"name": "ex.delay.6710886400", "type": "quorum", "arguments": {}}
+    live.bindings.append(
+        {"source": "ex.delay.6710886400", "destination": "ex.delay.6710886400", "destination_type": "queue"}
+    )
+    live.queues["ex.delay.800"]["arguments"]["x-message-ttl"] = 1000  # type: ignore[index]
+
+    diffs, _ = compare(decls, live)
+
+    assert [str(d) for d in diffs] == [
+        "~ queue 'ex.delay.800': x-message-ttl is 1000 on the broker, the code declares 800",
+        "- binding 'ex.delay.400' -> exchange 'ex.delay.200' (key '*.*.0.#'): missing on the broker",
+        "+ binding 'ex.delay.100' -> exchange 'ex' (key '#'): on the broker, not in the code",
+        "+ binding 'ex.delay.6710886400' -> queue 'ex.delay.6710886400' (key ''): on the broker, not in the code",
+        "+ queue 'ex.delay.6710886400': on the broker, not in the code",
+        "+ exchange 'ex.delay.6710886400': on the broker, not in the code",
+    ]
 
 
 def test_values_compare_as_the_broker_sees_them() -> None:
@@ -91,3 +129,14 @@ def test_ways_out_name_the_options_to_change() -> None:
     assert "set delivery_limit, queue_type on the tasks of queue 'a'" in ways[0]
     assert any("delete_queue 'a'" in w for w in ways)
     assert any("delete_exchange 'x'" in w for w in ways_out("exchange 'x'", ["type is topic ..."]))
+
+
+def test_ladder_objects_get_ladder_ways_out() -> None:
+    ways = ways_out("queue 'ex.delay.800'", ["type is classic on the broker, the code declares quorum"], "ex")
+    assert "set delay_queue_type (RABBITTASK_DELAY_QUEUE_TYPE)" in ways[0]
+    assert "delete_queue 'ex.delay.800'" in ways[-1]
+    ways = ways_out("queue 'ex.delay.800'", ["x-message-ttl is 1000 on the broker, the code declares 800"], "ex")
+    assert "fixed by the ladder's layout" in ways[0]
+    assert "delete_exchange 'ex.delay'" in ways_out("exchange 'ex.delay'", ["type is direct ..."], "ex")[0]
+    # a task queue is not a ladder queue because its name has ".delay" in it
+    assert "set delivery_limit" in ways_out("queue 'ex.delay.5'", ["x-delivery-limit is 5 ..."], "ex")[0]

@@ -6,12 +6,21 @@ import json
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rabbittask import ConfigError
 from rabbittask.admin.formats import canonical, markdown, parse_definitions, render
-from rabbittask.topology import QueueSpec, declarations
+from rabbittask.settings import QueueType
+from rabbittask.topology import (
+    DELAY_LEVELS,
+    Declaration,
+    ExchangeBindingDecl,
+    QueueSpec,
+    declarations,
+    delay_declarations,
+    natural_key,
+)
 
 names = st.from_regex(r"[a-z][a-z0-9_.:-]{0,30}", fullmatch=True).filter(lambda n: not n.startswith("amq."))
 
@@ -45,29 +54,85 @@ def queue_specs(draw: st.DrawFn) -> QueueSpec:
 
 
 topologies = st.tuples(names, st.lists(queue_specs(), max_size=6, unique_by=lambda s: s.name))
+ladder_types = st.sampled_from(["quorum", "classic"])
+# With the ladder an example renders 100+ objects (about 50 ms): no per-example deadline on a busy machine.
+whole_apps = settings(deadline=None)
 
 
-@given(topologies, st.sampled_from(["/", "prod", "a/b"]), st.sampled_from(["definitions", "yaml"]))
+def app_declarations(exchange: str, specs: list[QueueSpec], ladder_type: QueueType) -> list[Declaration]:
+    """What `App.declarations()` returns: task queues, DLQs and the delay ladder."""
+    return declarations(exchange, specs) + delay_declarations(exchange, [s.name for s in specs], ladder_type)
+
+
+@whole_apps
+@given(topologies, ladder_types, st.sampled_from(["/", "prod", "a/b"]), st.sampled_from(["definitions", "yaml"]))
 def test_export_parses_back_to_the_same_declarations(
-    topology: tuple[str, list[QueueSpec]], vhost: str, fmt: str
+    topology: tuple[str, list[QueueSpec]], ladder_type: QueueType, vhost: str, fmt: str
 ) -> None:
     exchange, specs = topology
-    decls = declarations(exchange, specs)
+    decls = app_declarations(exchange, specs, ladder_type)
     text = render(decls, fmt, vhost)  # type: ignore[arg-type]
     assert parse_definitions(text) == (vhost, canonical(decls))
 
 
-@given(topologies, st.randoms(use_true_random=False))
+@whole_apps
+@given(topologies, ladder_types, st.randoms(use_true_random=False))
 def test_export_is_byte_identical_whatever_the_order_tasks_were_declared_in(
-    topology: tuple[str, list[QueueSpec]], rnd: random.Random
+    topology: tuple[str, list[QueueSpec]], ladder_type: QueueType, rnd: random.Random
 ) -> None:
     exchange, specs = topology
     shuffled = list(specs)
     rnd.shuffle(shuffled)
     for fmt in ("definitions", "yaml", "markdown"):
-        first = render(declarations(exchange, specs), fmt)  # type: ignore[arg-type]
-        assert render(declarations(exchange, shuffled), fmt) == first  # type: ignore[arg-type]
+        first = render(app_declarations(exchange, specs, ladder_type), fmt)  # type: ignore[arg-type]
+        assert render(app_declarations(exchange, shuffled, ladder_type), fmt) == first  # type: ignore[arg-type]
         assert first.endswith("\n")
+
+
+def test_the_ladder_exports_its_exchange_to_exchange_bindings() -> None:
+    doc = json.loads(render(app_declarations("ex", [QueueSpec("emails")], "quorum"), "definitions"))
+    to_exchanges = [b for b in doc["bindings"] if b["destination_type"] == "exchange"]
+    assert len(to_exchanges) == DELAY_LEVELS
+    assert to_exchanges[0] == {
+        "source": "ex.delay.100",
+        "vhost": "/",
+        "destination": "ex.delay",
+        "destination_type": "exchange",
+        "routing_key": "0.#",
+        "arguments": {},
+    }
+    level = next(q for q in doc["queues"] if q["name"] == "ex.delay.1600")
+    assert level["arguments"] == {
+        "x-queue-type": "quorum",
+        "x-message-ttl": 1600,
+        "x-dead-letter-exchange": "ex.delay.800",
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+    # levels in order of their delay, so a reviewer reads the ladder top to bottom
+    levels = [x["name"] for x in doc["exchanges"] if x["name"].startswith("ex.delay.")]
+    assert levels[:5] == ["ex.delay.100", "ex.delay.200", "ex.delay.400", "ex.delay.800", "ex.delay.1600"]
+    _, parsed = parse_definitions(json.dumps(doc))
+    assert ExchangeBindingDecl("ex.delay", "ex.delay.100", "0.#") in parsed
+
+
+def test_markdown_lists_exchange_to_exchange_bindings_in_their_own_table() -> None:
+    text = markdown(app_declarations("shop", [QueueSpec("emails")], "classic"))
+    table = text.split("## Exchange-to-exchange bindings\n\n", 1)[1]
+    assert table.startswith(
+        "| source exchange | routing key | destination exchange |\n"
+        "|---|---|---|\n"
+        "| `shop.delay.100` | `0.#` | `shop.delay` |\n"
+        "| `shop.delay.200` | `*.0.#` | `shop.delay.100` |\n"
+    )
+    assert "| `shop.delay.200` | classic | `shop.delay.100` | `x-message-ttl=200` |" in text
+    assert "| `shop.delay` | `*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.emails` | `emails` |" in text
+    assert "Exchange-to-exchange" not in markdown(declarations("shop", [QueueSpec("emails")]))
+
+
+def test_natural_order_is_total() -> None:
+    names = ["a10", "a9", "a01", "a1", "a", "b", "a.delay", "a.delay.100"]
+    assert sorted(names, key=natural_key) == ["a", "a01", "a1", "a9", "a10", "a.delay", "a.delay.100", "b"]
 
 
 def test_definitions_have_what_import_definitions_reads() -> None:
@@ -134,7 +199,11 @@ def test_markdown_cells_cannot_be_broken_by_a_name() -> None:
     [
         ('{"queues": [{"name": "q", "vhost": "/", "durable": false}]}', "not durable"),
         ('{"queues": [{"name": "q", "vhost": "a"}, {"name": "r", "vhost": "b"}]}', "several vhosts"),
-        ('{"bindings": [{"source": "x", "destination": "y", "destination_type": "exchange"}]}', "queue bindings"),
+        ('{"bindings": [{"source": "x", "destination": "y", "destination_type": "stream"}]}', "queues and exchanges"),
+        (
+            '{"bindings": [{"source": "x", "destination": "y", "destination_type": "exchange", "arguments": {"a": 1}}]}',  # noqa: E501
+            "without arguments",
+        ),
         ("[1, 2]", "mapping"),
         ("{: nope", "neither JSON nor YAML"),
     ],
