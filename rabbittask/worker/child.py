@@ -50,6 +50,7 @@ from rabbittask.settings import mask_url
 from rabbittask.topology import dlx_name
 from rabbittask.worker.acks import Acker, delivery_tag
 from rabbittask.worker.admit import admit
+from rabbittask.worker.events import Events
 from rabbittask.worker.execute import (
     REASON_NOT_SERIALISABLE,
     REASON_RETRY,
@@ -136,6 +137,7 @@ class Child:
         self._stopping = False
         self._acker: Acker | None = None
         self._publisher: AsyncPublisher | None = None
+        self._events: Events | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._backend = app.backend  # loaded now: a bad result_backend URL stops the worker at start
@@ -159,11 +161,16 @@ class Child:
         # The consuming session declares the topology; the publisher need not repeat it (a first retry
         # or dead letter would wait for a hundred declarations).
         self._publisher = AsyncPublisher(self.app.settings, (), role="worker-publish")
+        if self.app.settings.events:
+            self._events = Events(self.app.settings, self._publisher, self.app.name, self.queues, self._stats)
+            self._events.start()
         try:
             code = await self._consume_until_stopped()
         finally:
             for _ in workers:
                 self._jobs.put(None)
+            if self._events is not None:
+                await self._events.close()
             await self._publisher.close()
             if self._backend is not None:
                 await self._backend.aclose()
@@ -413,7 +420,15 @@ class Child:
         while results:
             self._settle(results.popleft())
 
+    def _stats(self) -> dict[str, Any]:
+        """What a heartbeat says of this child's work."""
+        consuming = self._acker is not None and self._acker.alive and not self._stopping
+        return {"done": self.tasks_done, "in_flight": self._in_flight, "consuming": consuming}
+
     def _settle(self, outcome: Outcome) -> None:
+        events = self._events
+        if events is not None and outcome.reason is not STALE:
+            events.record(outcome)
         self._in_flight -= 1
         self.tasks_done += 1
         self._acks_left -= 1
