@@ -1,0 +1,171 @@
+"""Events and status of a real worker run: task events and heartbeats on `<exchange>.events`, `status --json`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+
+from rabbittask import App
+from tests import amqp
+from tests.apps.core import make_app
+from tests.workers import ROOT, WorkerFactory, worker_env
+
+APP = "tests.apps.core:app"
+EVENTS = "rabbittask.events"
+
+
+@pytest.fixture
+def prefix(unique_name: str, amqp_cleanup: Any) -> str:
+    for q in ("main", "aio"):
+        amqp_cleanup.queue(f"{unique_name}.{q}")
+        amqp_cleanup.queue(f"{unique_name}.{q}.dlq")
+    return unique_name
+
+
+@pytest.fixture
+def app(prefix: str, broker_url: str) -> Iterator[App]:
+    app = make_app(prefix, broker_url)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def listener(broker_url: str) -> Iterator[tuple[pika.adapters.blocking_connection.BlockingChannel, str]]:
+    """An exclusive queue bound to every event, as a monitoring consumer would bind it."""
+    connection = amqp.connect(broker_url)
+    channel = connection.channel()
+    channel.exchange_declare(EVENTS, "topic", durable=True)
+    queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+    channel.queue_bind(queue, EVENTS, "#")
+    yield channel, queue
+    connection.close()
+
+
+def read_events(
+    channel: pika.adapters.blocking_connection.BlockingChannel, queue: str, pids: set[int]
+) -> list[tuple[str, dict[str, Any]]]:
+    """(routing key, body) of every message waiting in `queue` sent by one of `pids`."""
+    out = []
+    while True:
+        method, _, body = channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            return out
+        data = json.loads(body)
+        if data["pid"] in pids:
+            out.append((method.routing_key, data))
+
+
+def test_a_worker_run_emits_task_events_and_heartbeats(
+    app: App, prefix: str, worker_factory: WorkerFactory, listener: Any
+) -> None:
+    channel, queue = listener
+    # Given a worker with two children
+    w = worker_factory(APP, "-c", "2", prefix=prefix)
+    w.wait_for_log("consuming from", count=2)
+    pids = set(w.wait_for_children(2))
+    # When 20 tasks succeed and one is rejected (dead-lettered)
+    ok_ids = {app.tasks["core.add"].delay(i, 1).id for i in range(20)}  # type: ignore[attr-defined]
+    failed_id = app.tasks["core.reject"].delay("no").id  # type: ignore[attr-defined]
+    # Then the events say so, one per task, and the heartbeats count them
+    seen: list[tuple[str, dict[str, Any]]] = []
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        seen += read_events(channel, queue, pids)
+        done = [e for key, b in seen if key.startswith("task.") for e in b["events"]]
+        beats = {b["pid"]: b for key, b in seen if key == "worker.heartbeat"}
+        if len(done) >= 21 and sum(b["done"] for b in beats.values()) == 21 and len(beats) == 2:
+            break
+        time.sleep(0.2)
+    succeeded = [e for key, b in seen if key == "task.succeeded.core.add" for e in b["events"]]
+    failed = [e for key, b in seen if key == "task.failed.core.reject" for e in b["events"]]
+    assert {e["id"] for e in succeeded} == ok_ids and len(succeeded) == 20
+    assert all(e["state"] == "succeeded" and e["runtime_s"] >= 0 for e in succeeded)
+    assert [(e["id"], e["reason"]) for e in failed] == [(failed_id, "rejected by task")]
+    assert set(beats) == pids
+    for beat in beats.values():
+        assert beat["ppid"] == w.pid and beat["consuming"] is True and beat["app"] == "core-tests"
+        assert set(beat["queues"]) == {f"{prefix}.main", f"{prefix}.aio"} and beat["uptime_s"] > 0
+    assert sum(b["done"] for b in beats.values()) == 21
+    assert sum(b["failed"] for b in beats.values()) == 1
+    # When the worker stops, each child says it is going offline
+    assert w.stop() == 0
+    time.sleep(0.3)
+    offline = {b["pid"] for key, b in read_events(channel, queue, pids) if key == "worker.offline"}
+    assert offline == pids
+
+
+def test_no_events_are_sent_when_turned_off(
+    app: App, prefix: str, worker_factory: WorkerFactory, listener: Any
+) -> None:
+    channel, queue = listener
+    w = worker_factory(APP, prefix=prefix, env={"RABBITTASK_EVENTS": "false"})
+    w.wait_for_log("consuming from")
+    pids = set(w.wait_for_children(1))
+    app.tasks["core.add"].delay(1, 2)
+    amqp.wait_depth(app.settings.broker_url, f"{prefix}.main", 0)
+    time.sleep(2.5)  # longer than a flush and a heartbeat interval
+    assert w.stop() == 0
+    assert read_events(channel, queue, pids) == []
+
+
+def status(broker_url: str, prefix: str, tmp_path: Path) -> tuple[int, dict[str, Any]]:
+    env = worker_env(broker_url, {"RT_TEST_PREFIX": prefix, "RT_TEST_LEDGER": str(tmp_path)})
+    run = subprocess.run(
+        [sys.executable, "-m", "rabbittask", "status", "-A", APP, "--json"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.stdout, run.stderr
+    return run.returncode, json.loads(run.stdout)
+
+
+def test_status_json_counts_the_tasks_of_a_live_worker(
+    app: App, prefix: str, broker_url: str, worker_factory: WorkerFactory, tmp_path: Path
+) -> None:
+    # Given a worker with two children that ran 25 tasks, 2 of them dead-lettered
+    w = worker_factory(APP, "-c", "2", prefix=prefix)
+    w.wait_for_log("consuming from", count=2)
+    pids = w.wait_for_children(2)
+    for i in range(23):
+        app.tasks["core.add"].delay(i, i)
+    for _ in range(2):
+        app.tasks["core.reject"].delay("no")
+    amqp.wait_depth(broker_url, f"{prefix}.main.dlq", 2)
+    amqp.wait_depth(broker_url, f"{prefix}.main", 0)
+    time.sleep(1.2)  # a flush of the last events
+    # When `status --json` runs
+    code, data = status(broker_url, prefix, tmp_path)
+    # Then it shows the worker with its children and counts, and the queues with their consumers
+    assert code == 0, data
+    [worker] = data["workers"]
+    assert (worker["pid"], worker["children"], sorted(worker["child_pids"])) == (w.pid, 2, sorted(pids))
+    assert (worker["done"], worker["failed"], worker["consuming"]) == (25, 2, True)
+    assert worker["queues"] == sorted([f"{prefix}.main", f"{prefix}.aio"])
+    queues = {q["name"]: q for q in data["queues"]}
+    assert queues[f"{prefix}.main"] | {"unacked": None} == {
+        "name": f"{prefix}.main",
+        "exists": True,
+        "ready": 0,
+        "unacked": None,  # both queues share the children: their in-flight count is not split by queue
+        "consumers": 2,
+        "dlq": f"{prefix}.main.dlq",
+        "dlq_ready": 2,
+    }
+    assert queues[f"{prefix}.aio"]["consumers"] == 2 and data["queues_without_consumers"] == []
+    # When the worker is gone, status exits non-zero and names the queues nobody consumes
+    assert w.stop() == 0
+    code, data = status(broker_url, prefix, tmp_path)
+    assert code == 1
+    assert data["workers"] == []
+    assert sorted(data["queues_without_consumers"]) == sorted([f"{prefix}.main", f"{prefix}.aio"])
