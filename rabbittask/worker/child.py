@@ -63,6 +63,7 @@ from rabbittask.worker.execute import (
     time_limit_outcome,
 )
 from rabbittask.worker.limits import MemoryLimit, ThreadLimits
+from rabbittask.worker.metrics import TaskMetrics
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -100,6 +101,7 @@ class Child:
         max_memory_bytes: int = 0,
         on_ready: Callable[[], None] | None = None,
         on_retire: Callable[[str], None] | None = None,
+        metrics: bool = False,
     ) -> None:
         unknown = [q for q in queues if q not in app.queues]
         if unknown:
@@ -113,6 +115,7 @@ class Child:
         self.max_tasks = max_tasks
         self.on_ready = on_ready
         self.on_retire = on_retire
+        self.metrics = metrics
         self.stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
         self.tasks_done = 0
         self.received = 0
@@ -161,8 +164,16 @@ class Child:
         # The consuming session declares the topology; the publisher need not repeat it (a first retry
         # or dead letter would wait for a hundred declarations).
         self._publisher = AsyncPublisher(self.app.settings, (), role="worker-publish")
-        if self.app.settings.events:
-            self._events = Events(self.app.settings, self._publisher, self.app.name, self.queues, self._stats)
+        if self.app.settings.events or self.metrics:
+            self._events = Events(
+                self.app.settings,
+                self._publisher,
+                self.app.name,
+                self.queues,
+                self._stats,
+                publish=self.app.settings.events,
+                metrics=TaskMetrics() if self.metrics else None,
+            )
             self._events.start()
         try:
             code = await self._consume_until_stopped()

@@ -24,7 +24,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiormq
 import aiormq.abc
@@ -33,6 +33,9 @@ from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.settings import Settings
 from rabbittask.topology import events_exchange_name
 from rabbittask.worker.execute import REASON_RETRY, Outcome
+
+if TYPE_CHECKING:
+    from rabbittask.worker.metrics import TaskMetrics
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +82,17 @@ class Events:
         app_name: str,
         queues: Sequence[str],
         stats: Callable[[], dict[str, Any]],
+        *,
+        publish: bool = True,
+        metrics: TaskMetrics | None = None,
     ) -> None:
         self.buffer: list[Outcome] = []
         self.settings = settings
         self.exchange = events_exchange_name(settings.exchange)
         self.done = self.failed = self.retried = self.dropped = 0
         self._publisher = publisher
+        self._publish = publish
+        self._metrics = metrics
         self._stats = stats
         self._identity = {"host": socket.gethostname(), "pid": os.getpid(), "ppid": os.getppid()}
         self._static = {"app": app_name, "queues": list(queues), "interval_s": settings.events_heartbeat_s}
@@ -112,6 +120,8 @@ class Events:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
         self.flush()
+        if not self._publish:
+            return
         if self._sending is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._sending), SEND_TIMEOUT_S)
@@ -155,6 +165,10 @@ class Events:
                 del buffer[:-MAX_PENDING]
             return
         self.buffer = []
+        if self._metrics is not None:
+            self._metrics.observe(buffer)
+        if not self._publish:
+            return
         groups = task_events(buffer)
         for events in groups.values():
             for e in events:

@@ -113,6 +113,7 @@ def _serve(spec: ChildSpec) -> int:
         max_memory_bytes=options.max_memory_bytes,
         on_ready=lambda: _notify(spec.pipe, READY),
         on_retire=lambda reason: _notify(spec.pipe, RETIRING),
+        metrics=options.metrics_port is not None,
     )
     child.stop_signals = (signal.SIGTERM,)
     setproctitle(title(f"child {spec.number}", child.queues, "tasks=0"))

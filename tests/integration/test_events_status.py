@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -169,3 +172,61 @@ def test_status_json_counts_the_tasks_of_a_live_worker(
     assert code == 1
     assert data["workers"] == []
     assert sorted(data["queues_without_consumers"]) == sorted([f"{prefix}.main", f"{prefix}.aio"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def sample(metrics: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in metrics.splitlines():
+        if line.startswith(f"{name}{{{wanted}}} ") or (not labels and line.startswith(f"{name} ")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_count_100_tasks_summed_over_children_and_probes_answer(
+    app: App, prefix: str, broker_url: str, worker_factory: WorkerFactory
+) -> None:
+    # Given a worker with two children serving metrics
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    w = worker_factory(APP, "-c", "2", "--metrics-port", str(port), "--metrics-host", "127.0.0.1", prefix=prefix)
+    w.wait_for_log("consuming from", count=2)
+    deadline = time.monotonic() + 10
+    while get(f"{base}/readyz")[0] != 200:
+        assert time.monotonic() < deadline, "never ready"
+        time.sleep(0.1)
+    assert get(f"{base}/healthz") == (200, "ok\n")
+    # When 100 tasks succeed and 3 are rejected
+    for i in range(100):
+        app.tasks["core.add"].delay(i, 1)
+    for _ in range(3):
+        app.tasks["core.reject"].delay("no")
+    amqp.wait_depth(broker_url, f"{prefix}.main.dlq", 3)
+    # Then /metrics shows the counts, summed over both children, once their events flushed
+    deadline = time.monotonic() + 10
+    while True:
+        status_code, text = get(f"{base}/metrics")
+        succeeded = sample(text, "rabbittask_tasks_total", task="core.add", state="succeeded")
+        if succeeded == 100 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert status_code == 200
+    assert succeeded == 100
+    assert sample(text, "rabbittask_tasks_total", task="core.reject", state="failed") == 3
+    assert sample(text, "rabbittask_task_runtime_seconds_count", task="core.add") == 100
+    assert get(f"{base}/nope")[0] == 404
+    assert w.stop() == 0
