@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export RABBITTASK_BROKER_URL ?= amqp://guest:guest@localhost:5672/
 
-.PHONY: venv broker demo test faults bench check format clean
+.PHONY: venv broker demo test test-fast faults bench check format clean
 
 $(VENV)/.installed: pyproject.toml
 	bash scripts/bootstrap.sh $(VENV)
@@ -18,10 +18,17 @@ broker:
 demo: venv broker
 	$(PY) -m examples.demo
 
+# The whole suite: unit, integration, and the fault scenarios on throwaway nodes (~12 min on 2 cores).
 test: venv broker
+	RABBITTASK_TEST_BROKER_URL=$${RABBITTASK_TEST_BROKER_URL:-$$RABBITTASK_BROKER_URL} \
+		$(PY) -m pytest $(PYTEST_ARGS)
+
+# Everything but the fault scenarios (~4 min): the loop while developing.
+test-fast: venv broker
 	RABBITTASK_TEST_BROKER_URL=$${RABBITTASK_TEST_BROKER_URL:-$$RABBITTASK_BROKER_URL} \
 		$(PY) -m pytest -m "not faults" $(PYTEST_ARGS)
 
+# Only the fault scenarios (they start their own throwaway broker nodes).
 faults: venv
 	$(PY) -m pytest -m faults $(PYTEST_ARGS)
 

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pika
 import pytest
 
-from rabbittask.testing import RabbitNode, broker_answers
+from rabbittask.testing import NodeError, RabbitNode, broker_answers, rabbitmq_bin_dir
 
 RabbitNodeFactory = Callable[..., RabbitNode]
 
@@ -127,8 +127,18 @@ def broker_url() -> Iterator[str]:
 @pytest.fixture
 def rabbit_node() -> Iterator[RabbitNode]:
     """A fresh throwaway node for this test alone (stop, kill, restart it at will)."""
+    _need_rabbitmq_binary()
     with RabbitNode() as node:
         yield node
+
+
+def _need_rabbitmq_binary() -> None:
+    # Throwaway nodes run the local rabbitmq-server; `make test` installs it (as root) when no broker
+    # answers, but a machine that reaches a remote broker may not have it.
+    try:
+        rabbitmq_bin_dir()
+    except NodeError as e:
+        pytest.skip(f"needs a local rabbitmq-server for throwaway nodes (apt-get install rabbitmq-server): {e}")
 
 
 @pytest.fixture
@@ -137,6 +147,7 @@ def rabbit_node_factory() -> Iterator[RabbitNodeFactory]:
     nodes: list[RabbitNode] = []
 
     def start(extra_config: Sequence[str] = (), plugins: Sequence[str] = (), **kwargs: Any) -> RabbitNode:
+        _need_rabbitmq_binary()
         node = RabbitNode(extra_config, plugins, **kwargs)
         nodes.append(node)  # before start(): a node that fails to boot is cleaned up too
         node.start()
