@@ -101,6 +101,7 @@ class Child:
         max_memory_bytes: int = 0,
         on_ready: Callable[[], None] | None = None,
         on_retire: Callable[[str], None] | None = None,
+        on_consuming: Callable[[bool], None] | None = None,
         metrics: bool = False,
     ) -> None:
         unknown = [q for q in queues if q not in app.queues]
@@ -115,6 +116,7 @@ class Child:
         self.max_tasks = max_tasks
         self.on_ready = on_ready
         self.on_retire = on_retire
+        self.on_consuming = on_consuming
         self.metrics = metrics
         self.stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
         self.tasks_done = 0
@@ -291,6 +293,8 @@ class Child:
             if self.on_ready is not None:
                 self.on_ready()
                 self.on_ready = None
+            if self.on_consuming is not None:
+                self.on_consuming(True)
             stop = asyncio.ensure_future(self._stop.wait())
             await asyncio.wait([stop, channel.closing], return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
@@ -300,6 +304,8 @@ class Child:
                 raise ConnectionLost(f"channel closed: {_close_reason(channel.closing)}")
         finally:
             self._acker = None
+            if self.on_consuming is not None:
+                self.on_consuming(False)
             if not connection.is_closed:
                 await connection.close()
 

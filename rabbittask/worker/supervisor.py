@@ -36,7 +36,7 @@ from setproctitle import setproctitle
 from rabbittask.worker.child import EXIT_CONFIG
 from rabbittask.worker.metrics import MetricsServer
 from rabbittask.worker.options import WorkerOptions
-from rabbittask.worker.process import READY, RETIRING, ChildSpec, run_child, title
+from rabbittask.worker.process import CONSUMING, LOST, READY, RETIRING, ChildSpec, run_child, title
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -73,6 +73,7 @@ class ChildProc:
     ready: bool = False
     retiring: bool = False
     replacing: int = 0  # pid of the child it takes over from in a rolling restart (until it is ready)
+    consuming: bool = False  # its consumers are attached now (reported with --metrics-port only)
 
 
 def backoff_s(crashes: int) -> float:
@@ -146,9 +147,9 @@ class Supervisor:
                 self._metrics.close()
 
     def ready(self) -> bool:
-        """True when every child consumes (what /readyz reports)."""
+        """True when every child has its consumers attached (what /readyz reports)."""
         children = list(self.children.values())
-        consuming = sum(1 for c in children if c.ready and not c.retiring)
+        consuming = sum(1 for c in children if c.consuming and not c.retiring)
         return not self._stopping and consuming >= self.options.concurrency
 
     def _dispatch(self, sig: int) -> bool:
@@ -263,6 +264,8 @@ class Supervisor:
         if RETIRING in data and not child.retiring:
             child.retiring = True
             log.info("child %d (pid %d) is retiring; starting its successor", child.number, child.pid)
+        if CONSUMING in data or LOST in data:  # the last word counts
+            child.consuming = data.rfind(CONSUMING) > data.rfind(LOST)
         if READY in data and not child.ready:
             child.ready = True
             if child.replacing:

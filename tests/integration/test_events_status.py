@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -230,3 +232,55 @@ def test_metrics_count_100_tasks_summed_over_children_and_probes_answer(
     assert sample(text, "rabbittask_task_runtime_seconds_count", task="core.add") == 100
     assert get(f"{base}/nope")[0] == 404
     assert w.stop() == 0
+
+
+def close_worker_connections(prefix: str) -> int:
+    """Close (as the broker would on a node problem) the consuming connections of the worker on `prefix`."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties", "--no-table-headers"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    closed = 0
+    for line in listed.splitlines():
+        pid, _, name = line.partition("\t")
+        if "rabbittask worker q=" in name and prefix in name:
+            subprocess.run(["rabbitmqctl", "-q", "close_connection", pid.strip(), "test"], timeout=60, check=True)
+            closed += 1
+    return closed
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl of the local broker")
+def test_readyz_turns_unready_when_the_connection_is_lost_and_ready_again_after(
+    app: App, prefix: str, broker_url: str, worker_factory: WorkerFactory
+) -> None:
+    port = free_port()
+    readyz = f"http://127.0.0.1:{port}/readyz"
+    w = worker_factory(APP, "--metrics-port", str(port), "--metrics-host", "127.0.0.1", prefix=prefix)
+    w.wait_for_log("consuming from")
+    deadline = time.monotonic() + 10
+    while get(readyz)[0] != 200:
+        assert time.monotonic() < deadline, "never ready"
+        time.sleep(0.05)
+    # When the broker closes the worker's consuming connection, /readyz says 503 until it consumes again
+    codes: list[int] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            codes.append(get(readyz)[0])
+            time.sleep(0.02)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        assert close_worker_connections(prefix) == 1
+        w.wait_for_log("consuming from", count=2)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        prober.join()
+    assert 503 in codes
+    assert codes[-1] == 200 and codes.index(503) < len(codes) - 1
