@@ -42,6 +42,7 @@ def setup(ctx: RowContext) -> BenchApp:
         is_exchange = type(decl).__name__ == "ExchangeDecl"
         if hasattr(decl, "name"):
             (ctx.delete_exchanges if is_exchange else ctx.delete_queues).append(decl.name)
+    ctx.delete_exchanges.append(f"{ctx.queue}.x.events")  # declared by the worker when it sends events
     bench.app.declare()
     return bench
 

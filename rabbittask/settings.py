@@ -71,6 +71,13 @@ class Settings(BaseSettings):
         "(it never acks a task whose result is not stored).",
     )
 
+    events: bool = Field(
+        True,
+        description="Workers publish task events and heartbeats, batched and best-effort, to the "
+        "`<exchange>.events` topic exchange (`rabbittask status` reads them).",
+    )
+    events_heartbeat_s: float = Field(2.0, gt=0, description="Seconds between two heartbeats of a worker child.")
+
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # URLs carry passwords (broker, result backend): never print them, not even in a repr.
         for key, value in super().__repr_args__():

@@ -25,6 +25,11 @@ def dlx_name(exchange: str) -> str:
     return f"{exchange}.dlx"
 
 
+def events_exchange_name(exchange: str) -> str:
+    """Name of the topic exchange that carries task events and worker heartbeats beside a task exchange."""
+    return f"{exchange}.events"
+
+
 def dlq_name(queue: str) -> str:
     """Name of the dead-letter queue of a task queue."""
     return f"{queue}.dlq"

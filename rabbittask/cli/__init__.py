@@ -1,4 +1,4 @@
-"""The `rabbittask` command line: `worker`, `topology`, `dlq`, `beat`.
+"""The `rabbittask` command line: `worker`, `topology`, `dlq`, `beat`, `status`.
 
 Commands are imported when they run: a worker's supervisor (and so every forked child) never
 loads what only `topology` (yaml), `dlq` (rich) or `beat` (croniter) need.
@@ -15,6 +15,7 @@ COMMANDS = {
     "topology": ("rabbittask.cli.topology", "topology", "Export, apply and diff the broker topology."),
     "dlq": ("rabbittask.cli.dlq", "dlq", "Inspect, replay and purge dead-letter queues."),
     "beat": ("rabbittask.cli.beat", "beat", "Run the periodic-task scheduler."),
+    "status": ("rabbittask.cli.status", "status", "Show live workers and queue depths."),
 }
 
 

@@ -58,6 +58,8 @@ def _options(given: dict[str, Any]) -> WorkerOptions:
 @click.option(
     "--consumer-timeout", "consumer_timeout_s", type=float, help=describe("consumer_timeout_s") + " [default: 1800]"
 )
+@click.option("--metrics-port", type=int, metavar="PORT", help=describe("metrics_port"))
+@click.option("--metrics-host", metavar="ADDRESS", help=describe("metrics_host") + " [default: 0.0.0.0]")
 @click.option("--strict-timeouts", is_flag=True, default=None, help=describe("strict_timeouts"))
 @click.option(
     "--loglevel", "-l", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True

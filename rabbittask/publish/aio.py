@@ -196,6 +196,15 @@ class AsyncPublisher:
                 self._connection, self._channel = connection, channel
         return self._channel
 
+    async def side_channel(self) -> aiormq.abc.AbstractChannel:
+        """A new channel without confirms on this publisher's connection, for best-effort messages (events).
+
+        Its own channel: an error there (say, a missing exchange) closes it alone, not the confirm channel.
+        """
+        await self.channel()
+        assert self._connection is not None
+        return await self._connection.channel(publisher_confirms=False)
+
     async def publish(self, msg: Outgoing) -> None:
         """Publish one message and wait for its confirm; reopen a connection found closed, once."""
         was_open = self._channel is not None and not self._channel.is_closed

@@ -50,6 +50,7 @@ from rabbittask.settings import mask_url
 from rabbittask.topology import dlx_name
 from rabbittask.worker.acks import Acker, delivery_tag
 from rabbittask.worker.admit import admit
+from rabbittask.worker.events import Events
 from rabbittask.worker.execute import (
     REASON_NOT_SERIALISABLE,
     REASON_RETRY,
@@ -62,6 +63,7 @@ from rabbittask.worker.execute import (
     time_limit_outcome,
 )
 from rabbittask.worker.limits import MemoryLimit, ThreadLimits
+from rabbittask.worker.metrics import TaskMetrics
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -99,6 +101,8 @@ class Child:
         max_memory_bytes: int = 0,
         on_ready: Callable[[], None] | None = None,
         on_retire: Callable[[str], None] | None = None,
+        on_consuming: Callable[[bool], None] | None = None,
+        metrics: bool = False,
     ) -> None:
         unknown = [q for q in queues if q not in app.queues]
         if unknown:
@@ -112,6 +116,8 @@ class Child:
         self.max_tasks = max_tasks
         self.on_ready = on_ready
         self.on_retire = on_retire
+        self.on_consuming = on_consuming
+        self.metrics = metrics
         self.stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
         self.tasks_done = 0
         self.received = 0
@@ -136,6 +142,7 @@ class Child:
         self._stopping = False
         self._acker: Acker | None = None
         self._publisher: AsyncPublisher | None = None
+        self._events: Events | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._backend = app.backend  # loaded now: a bad result_backend URL stops the worker at start
@@ -159,11 +166,24 @@ class Child:
         # The consuming session declares the topology; the publisher need not repeat it (a first retry
         # or dead letter would wait for a hundred declarations).
         self._publisher = AsyncPublisher(self.app.settings, (), role="worker-publish")
+        if self.app.settings.events or self.metrics:
+            self._events = Events(
+                self.app.settings,
+                self._publisher,
+                self.app.name,
+                self.queues,
+                self._stats,
+                publish=self.app.settings.events,
+                metrics=TaskMetrics() if self.metrics else None,
+            )
+            self._events.start()
         try:
             code = await self._consume_until_stopped()
         finally:
             for _ in workers:
                 self._jobs.put(None)
+            if self._events is not None:
+                await self._events.close()
             await self._publisher.close()
             if self._backend is not None:
                 await self._backend.aclose()
@@ -273,6 +293,8 @@ class Child:
             if self.on_ready is not None:
                 self.on_ready()
                 self.on_ready = None
+            if self.on_consuming is not None:
+                self.on_consuming(True)
             stop = asyncio.ensure_future(self._stop.wait())
             await asyncio.wait([stop, channel.closing], return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
@@ -282,6 +304,8 @@ class Child:
                 raise ConnectionLost(f"channel closed: {_close_reason(channel.closing)}")
         finally:
             self._acker = None
+            if self.on_consuming is not None:
+                self.on_consuming(False)
             if not connection.is_closed:
                 await connection.close()
 
@@ -413,7 +437,15 @@ class Child:
         while results:
             self._settle(results.popleft())
 
+    def _stats(self) -> dict[str, Any]:
+        """What a heartbeat says of this child's work."""
+        consuming = self._acker is not None and self._acker.alive and not self._stopping
+        return {"done": self.tasks_done, "in_flight": self._in_flight, "consuming": consuming}
+
     def _settle(self, outcome: Outcome) -> None:
+        events = self._events
+        if events is not None and outcome.reason is not STALE:
+            events.record(outcome)
         self._in_flight -= 1
         self.tasks_done += 1
         self._acks_left -= 1

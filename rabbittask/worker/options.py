@@ -56,6 +56,14 @@ class WorkerOptions(BaseSettings):
         False, description="Refuse to start (instead of warning) when a time limit exceeds the consumer timeout."
     )
 
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus /metrics (summed over the children), /healthz and /readyz on this port.",
+    )
+    metrics_host: str = Field("0.0.0.0", description="Address the metrics port binds to.")  # noqa: S104 - probes
+
     @field_validator("max_memory_per_child_mb", mode="before")
     @classmethod
     def _memory_units(cls, value: Any) -> Any:

@@ -5,7 +5,8 @@ Ctrl-C at the terminal reaches the supervisor alone and the children shut down o
 says so), death with the supervisor (`PR_SET_PDEATHSIG` on Linux, and a parent-pid check every
 second everywhere), a process title, and a fresh event loop. The child tells the supervisor
 what it needs to know with one byte on a pipe: `READY` once it consumes, `RETIRING` when it
-stops taking messages so its successor starts at once.
+stops taking messages so its successor starts at once, and (for `/readyz`) `CONSUMING` / `LOST`
+each time its consumers attach or its session ends.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 READY = b"U"
 RETIRING = b"R"
+CONSUMING = b"C"  # its consumers are attached (again); with --metrics-port only, for /readyz
+LOST = b"L"  # its session ended (connection lost, or stopping)
 EXIT_CRASH = 70  # sysexits EX_SOFTWARE: the child raised out of its loop
 PARENT_CHECK_S = 1.0
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -113,6 +116,8 @@ def _serve(spec: ChildSpec) -> int:
         max_memory_bytes=options.max_memory_bytes,
         on_ready=lambda: _notify(spec.pipe, READY),
         on_retire=lambda reason: _notify(spec.pipe, RETIRING),
+        on_consuming=(lambda up: _notify(spec.pipe, CONSUMING if up else LOST)) if options.metrics_port else None,
+        metrics=options.metrics_port is not None,
     )
     child.stop_signals = (signal.SIGTERM,)
     setproctitle(title(f"child {spec.number}", child.queues, "tasks=0"))

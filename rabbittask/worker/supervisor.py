@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING
 from setproctitle import setproctitle
 
 from rabbittask.worker.child import EXIT_CONFIG
+from rabbittask.worker.metrics import MetricsServer
 from rabbittask.worker.options import WorkerOptions
-from rabbittask.worker.process import READY, RETIRING, ChildSpec, run_child, title
+from rabbittask.worker.process import CONSUMING, LOST, READY, RETIRING, ChildSpec, run_child, title
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -72,6 +73,7 @@ class ChildProc:
     ready: bool = False
     retiring: bool = False
     replacing: int = 0  # pid of the child it takes over from in a rolling restart (until it is ready)
+    consuming: bool = False  # its consumers are attached now (reported with --metrics-port only)
 
 
 def backoff_s(crashes: int) -> float:
@@ -115,6 +117,7 @@ class Supervisor:
         self._to_replace: list[int] = []
         self._signals: list[int] = []
         self._wake_r, self._wake_w = -1, -1
+        self._metrics: MetricsServer | None = None
 
     # -- the loop ------------------------------------------------------------------------------------
 
@@ -123,6 +126,9 @@ class Supervisor:
         self._init_signals()
         setproctitle(title("supervisor", self.queues, f"app={self.app.name} -c {self.options.concurrency}"))
         log.info("supervisor pid %d: %d child(ren) on %s", self.pid, self.options.concurrency, ", ".join(self.queues))
+        if self.options.metrics_port is not None:
+            self._metrics = MetricsServer(self.options.metrics_host, self.options.metrics_port, self.ready)
+            self._metrics.start()
         try:
             while True:
                 for sig in self._pop_signals():
@@ -137,6 +143,14 @@ class Supervisor:
             return halt.code
         finally:
             self._close_signals()
+            if self._metrics is not None:
+                self._metrics.close()
+
+    def ready(self) -> bool:
+        """True when every child has its consumers attached (what /readyz reports)."""
+        children = list(self.children.values())
+        consuming = sum(1 for c in children if c.consuming and not c.retiring)
+        return not self._stopping and consuming >= self.options.concurrency
 
     def _dispatch(self, sig: int) -> bool:
         """Handle one queued signal; True when the worker has shut down."""
@@ -211,6 +225,8 @@ class Supervisor:
         pid = os.fork()
         if pid == 0:
             others = [c.pipe for c in self.children.values()] + [read_fd, self._wake_r, self._wake_w]
+            if self._metrics is not None:
+                others.append(self._metrics.fileno)
             run_child(ChildSpec(self.app, self.queues, self.options, number, self.pid, write_fd), others)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
@@ -248,6 +264,8 @@ class Supervisor:
         if RETIRING in data and not child.retiring:
             child.retiring = True
             log.info("child %d (pid %d) is retiring; starting its successor", child.number, child.pid)
+        if CONSUMING in data or LOST in data:  # the last word counts
+            child.consuming = data.rfind(CONSUMING) > data.rfind(LOST)
         if READY in data and not child.ready:
             child.ready = True
             if child.replacing:

@@ -1,0 +1,86 @@
+"""`rabbittask status`: live workers (from their heartbeats) and the app's queues, as a table or JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+import click
+
+from rabbittask.cli.common import APP_OPTION, load_app
+from rabbittask.errors import RabbitTaskError
+from rabbittask.status import LISTEN_S, gather
+
+EXIT_NO_CONSUMER = 1
+
+
+@click.command()
+@APP_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of tables.")
+@click.option(
+    "--wait", "wait_s", type=float, default=LISTEN_S, show_default=True, help="Seconds to listen for heartbeats."
+)
+def status(app_spec: str, as_json: bool, wait_s: float) -> None:
+    """Show live workers and queue depths; exit 1 when a queue has no consumer."""
+    app = load_app(app_spec)
+    try:
+        data = asyncio.run(gather(app, wait_s))
+    except RabbitTaskError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        app.close()
+    idle = [q["name"] for q in data["queues"] if not q["consumers"]]
+    data["queues_without_consumers"] = idle
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        _print_tables(data)
+    if idle:
+        sys.exit(EXIT_NO_CONSUMER)
+
+
+def _print_tables(data: dict[str, Any]) -> None:
+    from rich.console import Console  # lazily: a worker never loads rich
+    from rich.table import Table
+
+    console = Console()
+    workers = Table(title="Workers")
+    for column in ("host", "pid", "queues", "children", "done", "failed", "retried", "uptime"):
+        workers.add_column(column, justify="right" if column in ("pid", "children", "done", "failed") else "left")
+    for w in data["workers"]:
+        workers.add_row(
+            w["host"],
+            str(w["pid"]),
+            ", ".join(w["queues"]),
+            str(w["children"]),
+            str(w["done"]),
+            str(w["failed"]),
+            str(w["retried"]),
+            _duration(w["uptime_s"]),
+        )
+    console.print(workers if data["workers"] else "[yellow]no live workers (no heartbeat heard)[/yellow]")
+    queues = Table(title="Queues")
+    for column in ("queue", "ready", "unacked", "consumers", "dlq"):
+        queues.add_column(column, justify="left" if column == "queue" else "right")
+    for q in data["queues"]:
+        consumers = str(q["consumers"]) if q["consumers"] else "[red]0[/red]"
+        queues.add_row(
+            q["name"] if q["exists"] else f"{q['name']} [red](missing)[/red]",
+            _number(q["ready"]),
+            _number(q["unacked"]),
+            consumers,
+            _number(q["dlq_ready"]),
+        )
+    console.print(queues)
+
+
+def _number(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(int(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h{m:02d}m{s:02d}s" if hours else f"{m}m{s:02d}s"

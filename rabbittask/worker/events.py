@@ -1,0 +1,211 @@
+"""Task events and heartbeats of a worker child, published best-effort to the `<exchange>.events` topic exchange.
+
+Cheap enough to leave on: a settled task costs one `list.append` (of its `Outcome`); once a second,
+or every `BATCH` tasks, the list is grouped by routing key and sent as one JSON message per key
+on a channel of the child's publishing connection, without confirms. Events never block or fail
+task processing: while a send is still under way (a memory alarm blocks publishing connections)
+they pile up to `MAX_PENDING` and older ones are dropped; a broken channel is reopened later.
+
+Routing keys: `task.<state>.<task name>` (state: succeeded, failed, retried) and
+`worker.heartbeat` / `worker.offline`. Bodies (see docs/events.md):
+
+    task.*:  {"host", "pid", "ts", "events": [{"id", "task", "state", "runtime_s"[, "reason", "exc_type"]}]}
+    worker.*: {"host", "pid", "ppid", "ts", "app", "queues", "done", "failed", "retried", "uptime_s",
+               "consuming", "in_flight", "interval_s"}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import aiormq
+import aiormq.abc
+
+from rabbittask.publish.aio import AsyncPublisher
+from rabbittask.settings import Settings
+from rabbittask.topology import events_exchange_name
+from rabbittask.worker.execute import REASON_RETRY, Outcome
+
+if TYPE_CHECKING:
+    from rabbittask.worker.metrics import TaskMetrics
+
+log = logging.getLogger(__name__)
+
+BATCH = 500  # events per flush at most; a drain at 20,000 msg/s sends 40 small messages a second
+FLUSH_S = 1.0
+MAX_PENDING = 20 * BATCH  # events kept while a send is stuck; older ones are dropped beyond it
+RETRY_CHANNEL_S = 5.0  # after a failed send, how long events are dropped before a new channel is tried
+SEND_TIMEOUT_S = 2.0
+HEARTBEAT = "worker.heartbeat"
+OFFLINE = "worker.offline"
+PROPERTIES = aiormq.spec.Basic.Properties(content_type="application/json", delivery_mode=1)
+
+
+def state_of(outcome: Outcome) -> str | None:
+    """The event state of a settled task, or None for a message that was only put back to wait (not run)."""
+    if outcome.reason is None:
+        return "succeeded"
+    if outcome.republish is not None:
+        return "retried" if outcome.reason == REASON_RETRY else None
+    return "failed"
+
+
+def task_events(outcomes: Sequence[Outcome]) -> dict[str, list[dict[str, Any]]]:
+    """Events of `outcomes` grouped by routing key."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for o in outcomes:
+        state = state_of(o)
+        if state is None:
+            continue
+        event: dict[str, Any] = {"id": o.message_id, "task": o.task_name, "state": state, "runtime_s": o.runtime_s}
+        if o.reason is not None:
+            event["reason"], event["exc_type"] = o.reason, o.exc_type
+        groups.setdefault(f"task.{state}.{o.task_name}", []).append(event)
+    return groups
+
+
+class Events:
+    """Collects a child's settled tasks and sends them, and its heartbeats, on a side channel."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        publisher: AsyncPublisher,
+        app_name: str,
+        queues: Sequence[str],
+        stats: Callable[[], dict[str, Any]],
+        *,
+        publish: bool = True,
+        metrics: TaskMetrics | None = None,
+    ) -> None:
+        self.buffer: list[Outcome] = []
+        self.settings = settings
+        self.exchange = events_exchange_name(settings.exchange)
+        self.done = self.failed = self.retried = self.dropped = 0
+        self._publisher = publisher
+        self._publish = publish
+        self._metrics = metrics
+        self._stats = stats
+        self._identity = {"host": socket.gethostname(), "pid": os.getpid(), "ppid": os.getppid()}
+        self._static = {"app": app_name, "queues": list(queues), "interval_s": settings.events_heartbeat_s}
+        self._started = time.monotonic()
+        self._channel: aiormq.abc.AbstractChannel | None = None
+        self._sending: asyncio.Task[None] | None = None
+        self._broken_until = 0.0
+        self._runner: asyncio.Task[None] | None = None
+
+    def record(self, outcome: Outcome) -> None:
+        """The per-task cost: an append (and, every `BATCH` tasks, a flush)."""
+        buffer = self.buffer
+        buffer.append(outcome)
+        if len(buffer) >= BATCH:
+            self.flush()
+
+    def start(self) -> None:
+        """Flush once a second and send a heartbeat every `events_heartbeat_s`, until `close()`."""
+        self._runner = asyncio.ensure_future(self._run())
+
+    async def close(self) -> None:
+        """Send what is left and a `worker.offline` message, waiting at most `SEND_TIMEOUT_S`."""
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        self.flush()
+        if not self._publish:
+            return
+        if self._sending is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._sending), SEND_TIMEOUT_S)
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(self._send([(OFFLINE, self.heartbeat())]), SEND_TIMEOUT_S)
+
+    async def _run(self) -> None:
+        next_beat = 0.0
+        while True:
+            now = time.monotonic()
+            beat = now >= next_beat
+            if beat:
+                next_beat = now + self.settings.events_heartbeat_s
+            self.flush(heartbeat=beat)
+            await asyncio.sleep(min(FLUSH_S, self.settings.events_heartbeat_s))
+
+    def heartbeat(self) -> dict[str, Any]:
+        """The body of a heartbeat: who this child is and what it did so far."""
+        return {
+            **self._identity,
+            **self._static,
+            "ts": time.time(),
+            "uptime_s": round(time.monotonic() - self._started, 3),
+            "failed": self.failed,
+            "retried": self.retried,
+            "dropped": self.dropped,
+            **self._stats(),
+        }
+
+    def flush(self, *, heartbeat: bool = False) -> None:
+        """Start sending the buffered events (and a heartbeat), unless a send is under way.
+
+        Meanwhile events are kept, up to `MAX_PENDING`, and a heartbeat is skipped.
+        """
+        buffer = self.buffer
+        if not buffer and not heartbeat:
+            return
+        if (self._sending is not None and not self._sending.done()) or time.monotonic() < self._broken_until:
+            if len(buffer) > MAX_PENDING:
+                self.dropped += len(buffer) - MAX_PENDING
+                del buffer[:-MAX_PENDING]
+            return
+        self.buffer = []
+        if self._metrics is not None:
+            self._metrics.observe(buffer)
+        if not self._publish:
+            return
+        groups = task_events(buffer)
+        for events in groups.values():
+            for e in events:
+                if e["state"] == "failed":
+                    self.failed += 1
+                elif e["state"] == "retried":
+                    self.retried += 1
+        now = time.time()
+        messages = [(key, {**self._identity, "ts": now, "events": events}) for key, events in groups.items()]
+        if heartbeat:
+            messages.append((HEARTBEAT, self.heartbeat()))
+        self._sending = asyncio.ensure_future(self._send(messages))
+
+    async def _send(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
+        try:
+            channel = self._channel
+            if channel is None or channel.is_closed:
+                channel = await asyncio.wait_for(self._open(), SEND_TIMEOUT_S)
+            for routing_key, body in messages:
+                await channel.basic_publish(
+                    json.dumps(body, separators=(",", ":")).encode(),
+                    exchange=self.exchange,
+                    routing_key=routing_key,
+                    properties=PROPERTIES,
+                )
+        except (Exception, asyncio.CancelledError) as e:  # noqa: BLE001 - events must never fail a task
+            current = asyncio.current_task()
+            if isinstance(e, asyncio.CancelledError) and current is not None and current.cancelling():
+                raise
+            self._channel = None
+            self._broken_until = time.monotonic() + RETRY_CHANNEL_S
+            self.dropped += sum(len(b.get("events", ())) for _, b in messages)
+            log.debug("events not sent (%s); retrying in %.0f s", e, RETRY_CHANNEL_S)
+
+    async def _open(self) -> aiormq.abc.AbstractChannel:
+        channel = await self._publisher.side_channel()
+        if self.settings.declare_topology:
+            await channel.exchange_declare(self.exchange, exchange_type="topic", durable=True)
+        self._channel = channel
+        return channel

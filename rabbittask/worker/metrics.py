@@ -1,0 +1,114 @@
+"""Prometheus metrics and health probes of a worker (`rabbittask worker --metrics-port 9400`).
+
+Children count into prometheus_client's multiprocess files (`PROMETHEUS_MULTIPROC_DIR`, a temp
+directory the supervisor creates before it forks and removes when it exits); the supervisor serves
+their sum, so counts of replaced children stay in the totals. Children count at the events flush
+(see events.py), from the same buffer: a task costs no more than its append to that list.
+
+The supervisor's HTTP thread answers `/metrics`, `/healthz` (the supervisor is alive) and `/readyz`
+(200 once every child said it consumes, 503 before, and during a shutdown).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rabbittask.worker.execute import Outcome
+
+log = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class TaskMetrics:
+    """A child's task counters and run-time histogram (import prometheus_client after the fork)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Histogram
+
+        self.tasks = Counter("rabbittask_tasks", "Tasks settled by a worker, by task and state.", ["task", "state"])
+        self.runtime = Histogram("rabbittask_task_runtime_seconds", "Run time of tasks, by task.", ["task"])
+
+    def observe(self, outcomes: Sequence[Outcome]) -> None:
+        """Count a flushed batch: one counter increment per (task, state), one histogram sample per task."""
+        from rabbittask.worker.events import state_of
+
+        counts: dict[tuple[str, str], int] = {}
+        for o in outcomes:
+            state = state_of(o)
+            if state is None:
+                continue
+            counts[(o.task_name, state)] = counts.get((o.task_name, state), 0) + 1
+            self.runtime.labels(o.task_name).observe(o.runtime_s)
+        for (task, state), n in counts.items():
+            self.tasks.labels(task, state).inc(n)
+
+
+class MetricsServer:
+    """The supervisor's `/metrics`, `/healthz` and `/readyz` endpoints, on a daemon thread."""
+
+    def __init__(self, host: str, port: int, ready: Callable[[], bool]) -> None:
+        self.directory = tempfile.mkdtemp(prefix="rabbittask-metrics-")
+        os.environ[MULTIPROC_ENV] = self.directory  # before prometheus_client is imported, here or in a child
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    self._send(200, b"ok\n")
+                elif path == "/readyz":
+                    is_ready = _safe(ready)
+                    self._send(200 if is_ready else 503, b"ready\n" if is_ready else b"not ready\n")
+                else:
+                    self._send(404, b"not found\n")
+
+            def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's signature
+                pass
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(target=self.server.serve_forever, name="rabbittask-metrics", daemon=True)
+
+    @property
+    def fileno(self) -> int:
+        """The listening socket, which forked children close."""
+        return self.server.fileno()
+
+    def start(self) -> None:
+        self._thread.start()
+        host, port = self.server.server_address[:2]
+        log.info("metrics on http://%s:%s/metrics (and /healthz, /readyz)", host, port)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+        os.environ.pop(MULTIPROC_ENV, None)
+
+
+def _safe(ready: Callable[[], bool]) -> bool:
+    with contextlib.suppress(RuntimeError):  # the supervisor changed its children meanwhile: ask again next probe
+        return ready()
+    return False

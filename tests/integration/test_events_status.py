@@ -1,0 +1,286 @@
+"""Events and status of a real worker run: task events and heartbeats on `<exchange>.events`, `status --json`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+
+from rabbittask import App
+from tests import amqp
+from tests.apps.core import make_app
+from tests.workers import ROOT, WorkerFactory, worker_env
+
+APP = "tests.apps.core:app"
+EVENTS = "rabbittask.events"
+
+
+@pytest.fixture
+def prefix(unique_name: str, amqp_cleanup: Any) -> str:
+    for q in ("main", "aio"):
+        amqp_cleanup.queue(f"{unique_name}.{q}")
+        amqp_cleanup.queue(f"{unique_name}.{q}.dlq")
+    return unique_name
+
+
+@pytest.fixture
+def app(prefix: str, broker_url: str) -> Iterator[App]:
+    app = make_app(prefix, broker_url)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def listener(broker_url: str) -> Iterator[tuple[pika.adapters.blocking_connection.BlockingChannel, str]]:
+    """An exclusive queue bound to every event, as a monitoring consumer would bind it."""
+    connection = amqp.connect(broker_url)
+    channel = connection.channel()
+    channel.exchange_declare(EVENTS, "topic", durable=True)
+    queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+    channel.queue_bind(queue, EVENTS, "#")
+    yield channel, queue
+    connection.close()
+
+
+def read_events(
+    channel: pika.adapters.blocking_connection.BlockingChannel, queue: str, pids: set[int]
+) -> list[tuple[str, dict[str, Any]]]:
+    """(routing key, body) of every message waiting in `queue` sent by one of `pids`."""
+    out = []
+    while True:
+        method, _, body = channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            return out
+        data = json.loads(body)
+        if data["pid"] in pids:
+            out.append((method.routing_key, data))
+
+
+def test_a_worker_run_emits_task_events_and_heartbeats(
+    app: App, prefix: str, worker_factory: WorkerFactory, listener: Any
+) -> None:
+    channel, queue = listener
+    # Given a worker with two children
+    w = worker_factory(APP, "-c", "2", prefix=prefix)
+    w.wait_for_log("consuming from", count=2)
+    pids = set(w.wait_for_children(2))
+    # When 20 tasks succeed and one is rejected (dead-lettered)
+    ok_ids = {app.tasks["core.add"].delay(i, 1).id for i in range(20)}  # type: ignore[attr-defined]
+    failed_id = app.tasks["core.reject"].delay("no").id  # type: ignore[attr-defined]
+    # Then the events say so, one per task, and the heartbeats count them
+    seen: list[tuple[str, dict[str, Any]]] = []
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        seen += read_events(channel, queue, pids)
+        done = [e for key, b in seen if key.startswith("task.") for e in b["events"]]
+        beats = {b["pid"]: b for key, b in seen if key == "worker.heartbeat"}
+        if len(done) >= 21 and sum(b["done"] for b in beats.values()) == 21 and len(beats) == 2:
+            break
+        time.sleep(0.2)
+    succeeded = [e for key, b in seen if key == "task.succeeded.core.add" for e in b["events"]]
+    failed = [e for key, b in seen if key == "task.failed.core.reject" for e in b["events"]]
+    assert {e["id"] for e in succeeded} == ok_ids and len(succeeded) == 20
+    assert all(e["state"] == "succeeded" and e["runtime_s"] >= 0 for e in succeeded)
+    assert [(e["id"], e["reason"]) for e in failed] == [(failed_id, "rejected by task")]
+    assert set(beats) == pids
+    for beat in beats.values():
+        assert beat["ppid"] == w.pid and beat["consuming"] is True and beat["app"] == "core-tests"
+        assert set(beat["queues"]) == {f"{prefix}.main", f"{prefix}.aio"} and beat["uptime_s"] > 0
+    assert sum(b["done"] for b in beats.values()) == 21
+    assert sum(b["failed"] for b in beats.values()) == 1
+    # When the worker stops, each child says it is going offline
+    assert w.stop() == 0
+    time.sleep(0.3)
+    offline = {b["pid"] for key, b in read_events(channel, queue, pids) if key == "worker.offline"}
+    assert offline == pids
+
+
+def test_no_events_are_sent_when_turned_off(
+    app: App, prefix: str, worker_factory: WorkerFactory, listener: Any
+) -> None:
+    channel, queue = listener
+    w = worker_factory(APP, prefix=prefix, env={"RABBITTASK_EVENTS": "false"})
+    w.wait_for_log("consuming from")
+    pids = set(w.wait_for_children(1))
+    app.tasks["core.add"].delay(1, 2)
+    amqp.wait_depth(app.settings.broker_url, f"{prefix}.main", 0)
+    time.sleep(2.5)  # longer than a flush and a heartbeat interval
+    assert w.stop() == 0
+    assert read_events(channel, queue, pids) == []
+
+
+def status(broker_url: str, prefix: str, tmp_path: Path) -> tuple[int, dict[str, Any]]:
+    env = worker_env(broker_url, {"RT_TEST_PREFIX": prefix, "RT_TEST_LEDGER": str(tmp_path)})
+    run = subprocess.run(
+        [sys.executable, "-m", "rabbittask", "status", "-A", APP, "--json"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.stdout, run.stderr
+    return run.returncode, json.loads(run.stdout)
+
+
+def test_status_json_counts_the_tasks_of_a_live_worker(
+    app: App, prefix: str, broker_url: str, worker_factory: WorkerFactory, tmp_path: Path
+) -> None:
+    # Given a worker with two children that ran 25 tasks, 2 of them dead-lettered
+    w = worker_factory(APP, "-c", "2", prefix=prefix)
+    w.wait_for_log("consuming from", count=2)
+    pids = w.wait_for_children(2)
+    for i in range(23):
+        app.tasks["core.add"].delay(i, i)
+    for _ in range(2):
+        app.tasks["core.reject"].delay("no")
+    amqp.wait_depth(broker_url, f"{prefix}.main.dlq", 2)
+    amqp.wait_depth(broker_url, f"{prefix}.main", 0)
+    time.sleep(1.2)  # a flush of the last events
+    # When `status --json` runs
+    code, data = status(broker_url, prefix, tmp_path)
+    # Then it shows the worker with its children and counts, and the queues with their consumers
+    assert code == 0, data
+    [worker] = data["workers"]
+    assert (worker["pid"], worker["children"], sorted(worker["child_pids"])) == (w.pid, 2, sorted(pids))
+    assert (worker["done"], worker["failed"], worker["consuming"]) == (25, 2, True)
+    assert worker["queues"] == sorted([f"{prefix}.main", f"{prefix}.aio"])
+    queues = {q["name"]: q for q in data["queues"]}
+    assert queues[f"{prefix}.main"] | {"unacked": None} == {
+        "name": f"{prefix}.main",
+        "exists": True,
+        "ready": 0,
+        "unacked": None,  # both queues share the children: their in-flight count is not split by queue
+        "consumers": 2,
+        "dlq": f"{prefix}.main.dlq",
+        "dlq_ready": 2,
+    }
+    assert queues[f"{prefix}.aio"]["consumers"] == 2 and data["queues_without_consumers"] == []
+    # When the worker is gone, status exits non-zero and names the queues nobody consumes
+    assert w.stop() == 0
+    code, data = status(broker_url, prefix, tmp_path)
+    assert code == 1
+    assert data["workers"] == []
+    assert sorted(data["queues_without_consumers"]) == sorted([f"{prefix}.main", f"{prefix}.aio"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def sample(metrics: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in metrics.splitlines():
+        if line.startswith(f"{name}{{{wanted}}} ") or (not labels and line.startswith(f"{name} ")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_count_100_tasks_summed_over_children_and_probes_answer(
+    app: App, prefix: str, broker_url: str, worker_factory: WorkerFactory
+) -> None:
+    # Given a worker with two children serving metrics
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    w = worker_factory(APP, "-c", "2", "--metrics-port", str(port), "--metrics-host", "127.0.0.1", prefix=prefix)
+    w.wait_for_log("consuming from", count=2)
+    deadline = time.monotonic() + 10
+    while get(f"{base}/readyz")[0] != 200:
+        assert time.monotonic() < deadline, "never ready"
+        time.sleep(0.1)
+    assert get(f"{base}/healthz") == (200, "ok\n")
+    # When 100 tasks succeed and 3 are rejected
+    for i in range(100):
+        app.tasks["core.add"].delay(i, 1)
+    for _ in range(3):
+        app.tasks["core.reject"].delay("no")
+    amqp.wait_depth(broker_url, f"{prefix}.main.dlq", 3)
+    # Then /metrics shows the counts, summed over both children, once their events flushed
+    deadline = time.monotonic() + 10
+    while True:
+        status_code, text = get(f"{base}/metrics")
+        succeeded = sample(text, "rabbittask_tasks_total", task="core.add", state="succeeded")
+        if succeeded == 100 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert status_code == 200
+    assert succeeded == 100
+    assert sample(text, "rabbittask_tasks_total", task="core.reject", state="failed") == 3
+    assert sample(text, "rabbittask_task_runtime_seconds_count", task="core.add") == 100
+    assert get(f"{base}/nope")[0] == 404
+    assert w.stop() == 0
+
+
+def close_worker_connections(prefix: str) -> int:
+    """Close (as the broker would on a node problem) the consuming connections of the worker on `prefix`."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties", "--no-table-headers"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    closed = 0
+    for line in listed.splitlines():
+        pid, _, name = line.partition("\t")
+        if "rabbittask worker q=" in name and prefix in name:
+            subprocess.run(["rabbitmqctl", "-q", "close_connection", pid.strip(), "test"], timeout=60, check=True)
+            closed += 1
+    return closed
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl of the local broker")
+def test_readyz_turns_unready_when_the_connection_is_lost_and_ready_again_after(
+    app: App, prefix: str, broker_url: str, worker_factory: WorkerFactory
+) -> None:
+    port = free_port()
+    readyz = f"http://127.0.0.1:{port}/readyz"
+    w = worker_factory(APP, "--metrics-port", str(port), "--metrics-host", "127.0.0.1", prefix=prefix)
+    w.wait_for_log("consuming from")
+    deadline = time.monotonic() + 10
+    while get(readyz)[0] != 200:
+        assert time.monotonic() < deadline, "never ready"
+        time.sleep(0.05)
+    # When the broker closes the worker's consuming connection, /readyz says 503 until it consumes again
+    codes: list[int] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            codes.append(get(readyz)[0])
+            time.sleep(0.02)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        assert close_worker_connections(prefix) == 1
+        w.wait_for_log("consuming from", count=2)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        prober.join()
+    assert 503 in codes
+    assert codes[-1] == 200 and codes.index(503) < len(codes) - 1

@@ -1,0 +1,134 @@
+"""Task events without a broker: states, grouping by routing key, batching, and failures that never reach a task."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from rabbittask.settings import Settings
+from rabbittask.status import workers_of
+from rabbittask.worker import events as ev
+from rabbittask.worker.execute import REASON_NOT_DUE, REASON_REJECTED, REASON_RETRY, Outcome, Republish
+
+
+def outcome(task: str = "t.add", reason: str | None = None, republish: bool = False, mid: str = "m1") -> Outcome:
+    message: Any = SimpleNamespace(header=SimpleNamespace(properties=SimpleNamespace(message_id=mid)))
+    return Outcome(
+        message,
+        task,
+        reason=reason,
+        exc_type="ValueError" if reason else "",
+        runtime_s=0.5,
+        republish=Republish(delay_s=1.0, headers={}) if republish else None,
+    )
+
+
+def test_each_settled_task_maps_to_one_state_and_a_wait_is_no_event() -> None:
+    assert ev.state_of(outcome()) == "succeeded"
+    assert ev.state_of(outcome(reason=REASON_REJECTED)) == "failed"
+    assert ev.state_of(outcome(reason=REASON_RETRY, republish=True)) == "retried"
+    assert ev.state_of(outcome(reason=REASON_NOT_DUE, republish=True)) is None
+
+
+def test_events_are_grouped_by_routing_key() -> None:
+    groups = ev.task_events([outcome(mid="a"), outcome(mid="b"), outcome("t.x", REASON_REJECTED, mid="c")])
+    assert sorted(groups) == ["task.failed.t.x", "task.succeeded.t.add"]
+    assert [e["id"] for e in groups["task.succeeded.t.add"]] == ["a", "b"]
+    assert groups["task.failed.t.x"] == [
+        {
+            "id": "c",
+            "task": "t.x",
+            "state": "failed",
+            "runtime_s": 0.5,
+            "reason": REASON_REJECTED,
+            "exc_type": "ValueError",
+        }
+    ]
+
+
+class FakeChannel:
+    def __init__(self, fail: bool = False) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.fail = fail
+        self.is_closed = False
+
+    async def exchange_declare(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    async def basic_publish(self, body: bytes, *, exchange: str, routing_key: str, properties: Any) -> None:
+        if self.fail:
+            raise ConnectionError("gone")
+        assert exchange == "rabbittask.events"
+        self.sent.append((routing_key, json.loads(body)))
+
+
+class FakePublisher:
+    def __init__(self, channel: FakeChannel) -> None:
+        self.channel = channel
+
+    async def side_channel(self) -> FakeChannel:
+        return self.channel
+
+
+def events(channel: FakeChannel) -> ev.Events:
+    stats = {"done": 0, "in_flight": 0, "consuming": True}
+    return ev.Events(Settings(), FakePublisher(channel), "app", ["q"], lambda: stats)  # type: ignore[arg-type]
+
+
+def test_a_full_batch_goes_out_as_one_message_per_routing_key() -> None:
+    async def main() -> FakeChannel:
+        channel = FakeChannel()
+        e = events(channel)
+        for i in range(ev.BATCH):
+            e.record(outcome(mid=str(i)))
+        assert e.buffer == []  # flushed at the batch size, without waiting for the timer
+        await asyncio.sleep(0.01)
+        return channel
+
+    channel = asyncio.run(main())
+    [(key, body)] = channel.sent
+    assert key == "task.succeeded.t.add" and len(body["events"]) == ev.BATCH
+
+
+def test_a_broken_channel_drops_events_and_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> ev.Events:
+        e = events(FakeChannel(fail=True))
+        e.record(outcome(reason=REASON_REJECTED))
+        e.flush()
+        await asyncio.sleep(0.01)
+        e.record(outcome())  # within the back-off: kept, not sent
+        e.flush()
+        await e.close()
+        return e
+
+    e = asyncio.run(main())
+    assert e.dropped == 1 and e.failed == 1 and len(e.buffer) == 1
+
+
+def test_a_stuck_send_keeps_at_most_max_pending_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> ev.Events:
+        e = events(FakeChannel())
+        e._sending = asyncio.get_running_loop().create_future()  # type: ignore[assignment]
+        for i in range(ev.MAX_PENDING + 7):
+            e.buffer.append(outcome(mid=str(i)))
+        e.flush()
+        return e
+
+    e = asyncio.run(main())
+    assert len(e.buffer) == ev.MAX_PENDING and e.dropped == 7
+
+
+def test_status_sums_the_heartbeats_of_a_workers_children() -> None:
+    beat = {"host": "h", "ppid": 10, "queues": ["q"], "done": 5, "failed": 1, "uptime_s": 3.0, "consuming": True}
+    [worker] = workers_of([{**beat, "pid": 11}, {**beat, "pid": 12, "done": 7, "uptime_s": 4.0}])
+    assert (worker["pid"], worker["children"], worker["child_pids"]) == (10, 2, [11, 12])
+    assert (worker["done"], worker["failed"], worker["uptime_s"], worker["consuming"]) == (12, 2, 4.0, True)
+
+
+def test_events_can_be_turned_off_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RABBITTASK_EVENTS", "false")
+    assert Settings().events is False
