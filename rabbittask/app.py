@@ -29,11 +29,13 @@ from rabbittask.settings import QueueType, Settings
 from rabbittask.task import Signature, Task, TaskHandle
 from rabbittask.topology import (
     Declaration,
+    ExchangeDecl,
     Overflow,
     QueueSpec,
     check_delay_queue_name,
     declarations,
     delay_declarations,
+    events_exchange_name,
 )
 
 if TYPE_CHECKING:
@@ -247,6 +249,8 @@ class App:
         decls = declarations(exchange, specs) + delay_declarations(
             exchange, [s.name for s in specs], self.settings.delay_queue_type
         )
+        if not queues and self.settings.events:  # workers publish task events and heartbeats there
+            decls.append(ExchangeDecl(events_exchange_name(exchange), "topic"))
         if self.schedules and not queues:
             from rabbittask.beat.state import state_declaration
 
