@@ -235,6 +235,8 @@ class AsyncPublisher:
                 f"task {msg.task_name!r} (id {msg.message_id}) was returned by the broker: no queue is bound "
                 f"to routing key {msg.routing_key!r} on exchange {exchange!r}"
             ) from None
+        except aiormq.exceptions.DeliveryError:  # aiormq raises this for a basic.nack
+            raise _nacked(msg) from None
         except TimeoutError:
             raise PublishNotConfirmed(
                 f"task {msg.task_name!r} (id {msg.message_id}) was not confirmed by the broker at "
@@ -247,10 +249,7 @@ class AsyncPublisher:
                 f"task {msg.task_name!r} (id {msg.message_id}): {mask_url(str(e) or type(e).__name__)}"
             ) from None
         if isinstance(confirm, Basic.Nack):
-            raise PublishNotConfirmed(
-                f"task {msg.task_name!r} (id {msg.message_id}) was rejected by the broker (nack): "
-                f"queue {msg.routing_key!r} may be full (x-overflow=reject-publish) or unavailable"
-            )
+            raise _nacked(msg)
 
     async def publish_many(self, msgs: Iterable[Outgoing]) -> list[tuple[str, BaseException]]:
         """Publish with up to `batch_in_flight` confirms outstanding; return (id, error) of each failure."""
@@ -306,3 +305,10 @@ class Pipeline:
         """Wait for every confirm."""
         if self._pending:
             await asyncio.wait(set(self._pending))
+
+
+def _nacked(msg: Outgoing) -> PublishNotConfirmed:
+    return PublishNotConfirmed(
+        f"task {msg.task_name!r} (id {msg.message_id}) was rejected by the broker (nack): "
+        f"queue {msg.routing_key!r} may be full (x-overflow=reject-publish) or unavailable"
+    )

@@ -9,7 +9,7 @@ import json
 import os
 import time
 
-from rabbittask import App
+from rabbittask import App, TaskContext
 
 PREFIX = os.environ.get("RT_TEST_PREFIX", "ledger")
 app = App("ledger")
@@ -39,3 +39,13 @@ def work(key: str, sleep_s: float = 0.0) -> str:
 def canary(path: str) -> None:
     with open(path, "w") as f:
         f.write("the canary task ran")
+
+
+@app.task(queue=f"{PREFIX}.work", name="ledger.flaky", bind=True, max_retries=3)
+def flaky(ctx: TaskContext, key: str, delay_s: float) -> str:
+    """Fails three times, each retry `delay_s` later; the ledger notes every attempt and its start."""
+    _write({"key": key, "pid": os.getpid(), "event": f"attempt{ctx.attempt}", "t": time.time()})
+    if ctx.attempt <= 3:
+        raise ctx.retry(countdown=delay_s)
+    _write({"key": key, "pid": os.getpid(), "event": "end", "t": time.time()})
+    return key
