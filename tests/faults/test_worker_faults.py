@@ -7,6 +7,7 @@ import statistics
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
 import pytest
 
 from rabbittask import App, BatchNotConfirmed, PayloadError, PublishNotConfirmed
@@ -136,3 +137,24 @@ def test_500_tasks_retried_3_times_through_the_ladder_are_never_dropped(
     assert 1.0 + p99[1.0] < 2.0  # the 1 s tier's p99 is under 2 s
     assert min(min(v) for v in lateness.values()) > -0.05  # never early
     assert amqp.depth(rabbit_node.url, f"{unique_name}.work.dlq") == 0
+
+
+def test_one_task_per_child_over_1k_tasks_loses_and_repeats_nothing_and_the_supervisor_does_not_grow(
+    app: App,
+    rabbit_node: RabbitNode,
+    ledger: Ledger,
+    ledger_env: dict[str, Any],
+    worker_factory,
+    record_report: list[Report],
+) -> None:
+    w = worker_factory(APP, "-c", "2", "--max-tasks-per-child", "1", env=ledger_env, broker_url=rabbit_node.url)
+    w.wait_for_log("consuming from", count=2)
+    supervisor = psutil.Process(w.pid)
+    rss_start = supervisor.memory_info().rss
+    publish(app, ledger, 1000)
+    report = finish(ledger, "--max-tasks-per-child 1, 1k tasks", record_report, timeout_s=200, allow_duplicates=False)
+    growth = supervisor.memory_info().rss / rss_start - 1
+    print(f"[ledger] supervisor RSS {rss_start / 2**20:.1f} MB -> {supervisor.memory_info().rss / 2**20:.1f} MB")
+    assert report.executed == 1000
+    assert len({r["pid"] for r in ledger.records()}) == 1000  # every task ran in a child of its own
+    assert growth < 0.10
