@@ -105,6 +105,20 @@ def connect_error(settings: Settings, e: BaseException) -> PublishConnectionErro
     return PublishConnectionError(f"cannot publish to the broker at {where}: {why}")
 
 
+def pika_properties(msg: Outgoing) -> pika.BasicProperties:
+    """AMQP properties of a task message (see docs/protocol.md), for pika."""
+    return pika.BasicProperties(
+        content_type=msg.content_type,
+        delivery_mode=2,
+        message_id=msg.message_id,
+        correlation_id=msg.correlation_id,
+        type=msg.task_name,
+        priority=msg.priority,
+        headers=msg.headers,
+        reply_to=msg.reply_to,
+    )
+
+
 class SyncPublisher:
     """A pika connection with a confirm channel, used by one thread."""
 
@@ -153,16 +167,7 @@ class SyncPublisher:
             self._publish(self.open(), msg)
 
     def _publish(self, channel: BlockingChannel, msg: Outgoing) -> None:
-        props = pika.BasicProperties(
-            content_type=msg.content_type,
-            delivery_mode=2,
-            message_id=msg.message_id,
-            correlation_id=msg.correlation_id,
-            type=msg.task_name,
-            priority=msg.priority,
-            headers=msg.headers,
-            reply_to=msg.reply_to,
-        )
+        props = pika_properties(msg)
         exchange, routing_key = publish_target(msg, self.settings.exchange)
         # pika's BlockingChannel waits for a confirm without a bound; a timer in its own I/O loop
         # raises out of that wait, so a paused or partitioned broker cannot hang the caller.

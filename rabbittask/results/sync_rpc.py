@@ -35,7 +35,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from rabbittask.errors import PublishConnectionError, PublishNotConfirmed, TopologyMismatch
 from rabbittask.publish.declare import declare_sync
 from rabbittask.publish.outgoing import Outgoing
-from rabbittask.publish.sync import connect_error, connection_params
+from rabbittask.publish.sync import connect_error, connection_params, pika_properties
 from rabbittask.results.record import decode_result
 from rabbittask.results.rpc import REPLY_TO, reply_timeout
 from rabbittask.settings import Settings, mask_url
@@ -203,16 +203,8 @@ class SyncRpc:
         if call.done or call.msg.message_id not in self._calls or self._channel is None:
             return  # answered, failed or given up (a hand-over that ran late)
         msg = call.msg
-        props = pika.BasicProperties(
-            content_type=msg.content_type,
-            delivery_mode=2,
-            message_id=msg.message_id,
-            type=msg.task_name,
-            priority=msg.priority,
-            headers=msg.headers,
-            reply_to=REPLY_TO,
-            correlation_id=msg.message_id,
-        )
+        msg.reply_to, msg.correlation_id = REPLY_TO, msg.message_id
+        props = pika_properties(msg)
         exchange = self.settings.exchange if msg.exchange is None else msg.exchange
         self._channel._impl.basic_publish(exchange, msg.routing_key, msg.body, props, mandatory=True)
         call.submitted = True
