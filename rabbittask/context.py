@@ -31,6 +31,13 @@ class TaskContext:
     """Which run this is: 1 the first, 2 the first retry, ..."""
     headers: Mapping[str, Any] = field(default_factory=dict)
     """The message's AMQP headers (read-only; `rt-*` are rabbittask's, `x-*` the broker's)."""
+    redelivered: bool = False
+    """True if this message was delivered before and not settled then (its worker died, lost its
+    connection or was cut off by `consumer_timeout`): the task may have run, in part or in full."""
+    delivery_count: int = 1
+    """Which delivery of this message this is, 1 the first; redeliveries after a retry start again at 1.
+    Quorum queues count (`x-delivery-count`); on classic queues it is the worker's `rt-delivery-count`,
+    and 2 for a redelivery the worker has not counted (a queue without a `delivery_limit`), a lower bound."""
 
     @property
     def retries(self) -> int:

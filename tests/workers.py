@@ -110,6 +110,16 @@ def gone(pids: list[int]) -> bool:
     return True
 
 
+def wait_until(condition: Callable[[], object], timeout_s: float, what: str) -> float:
+    """Poll `condition()` until true; return how long it took (fail naming `what` after `timeout_s`)."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout_s:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
 WorkerFactory = Callable[..., WorkerProcess]
 
 

@@ -13,10 +13,15 @@ no count: a redelivered message is re-published (through the ladder's 100 ms lev
 of its queue with the count in `rt-delivery-count` (confirmed, then the original acked), and
 dead-lettered once the count reaches the queue's `delivery_limit`. Either way a message is
 started at most `delivery_limit` times.
+
+On quorum queues, the messages a dying child held but had not started are counted too. With the
+supervisor's running markers (running.py), a quorum message at the limit is dead-lettered only if
+it was running when a child died; one that never was runs (the broker's limit stays the backstop).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +38,12 @@ from rabbittask.worker.execute import (
     Republish,
     source_queue,
 )
+from rabbittask.worker.running import RunningMarkers
 
 if TYPE_CHECKING:
     from rabbittask.app import App
+
+log = logging.getLogger(__name__)
 
 
 def needs_admission(message: DeliveredMessage) -> bool:
@@ -46,7 +54,9 @@ def needs_admission(message: DeliveredMessage) -> bool:
     )
 
 
-def admit(app: App, message: DeliveredMessage, now: float | None = None) -> Outcome | None:
+def admit(
+    app: App, message: DeliveredMessage, now: float | None = None, markers: RunningMarkers | None = None
+) -> Outcome | None:
     """None to run the message now; else the outcome that settles it without running."""
     props = message.header.properties
     headers: dict[str, Any] = props.headers or {}
@@ -65,11 +75,13 @@ def admit(app: App, message: DeliveredMessage, now: float | None = None) -> Outc
         # Due later than one pass of the delay ladder reaches (or a producer set rt-eta itself).
         return Outcome(message, name, reason=REASON_NOT_DUE, republish=Republish(eta - now, {}))
     if getattr(message.delivery, "redelivered", False):
-        return _count_delivery(app, message, headers, name)
+        return _count_delivery(app, message, headers, name, markers)
     return None
 
 
-def _count_delivery(app: App, message: DeliveredMessage, headers: dict[str, Any], name: str) -> Outcome | None:
+def _count_delivery(
+    app: App, message: DeliveredMessage, headers: dict[str, Any], name: str, markers: RunningMarkers | None
+) -> Outcome | None:
     spec = app.queues.get(source_queue(app, message))
     limit = app.settings.delivery_limit if spec is None else spec.delivery_limit
     if limit is None:
@@ -81,6 +93,19 @@ def _count_delivery(app: App, message: DeliveredMessage, headers: dict[str, Any]
     else:
         count = headers.get(X_DELIVERY_COUNT, 0)
         if not isinstance(count, int):
+            return None
+        if (
+            count >= limit
+            and markers is not None
+            and not markers.died_running(message.header.properties.message_id or "")
+        ):
+            log.info(
+                "task %s [%s] was delivered %d time(s) unsettled but never died running here: running it (it came "
+                "back with a message that killed its child?)",
+                name,
+                message.header.properties.message_id,
+                count,
+            )
             return None
     if count >= limit:
         return Outcome(

@@ -64,6 +64,7 @@ from rabbittask.worker.execute import (
 )
 from rabbittask.worker.limits import MemoryLimit, ThreadLimits
 from rabbittask.worker.metrics import TaskMetrics
+from rabbittask.worker.running import RunningMarkers
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -103,6 +104,7 @@ class Child:
         on_retire: Callable[[str], None] | None = None,
         on_consuming: Callable[[bool], None] | None = None,
         metrics: bool = False,
+        running_markers: RunningMarkers | None = None,
     ) -> None:
         unknown = [q for q in queues if q not in app.queues]
         if unknown:
@@ -146,6 +148,9 @@ class Child:
         self._background: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._backend = app.backend  # loaded now: a bad result_backend URL stops the worker at start
+        # Redelivered messages admitted to run, by id: marked as running while they do (see running.py).
+        self._markers = running_markers
+        self._marked: set[str] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -367,10 +372,14 @@ class Child:
         # the whole cost on the hot path: a flag and, on messages with headers, two dict lookups.
         redelivered = message.delivery.redelivered  # type: ignore[union-attr]
         if redelivered or (headers and (H_EXPIRES in headers or H_ETA in headers)):
-            held = admit(self.app, message)
+            held = admit(self.app, message, markers=self._markers)
             if held is not None:
+                if self._markers is not None:
+                    self._markers.done(props.message_id or "")
                 self._settle(held)
                 return
+            if redelivered and self._markers is not None:
+                self._marked.add(props.message_id or "")
         task = self.app.tasks.get(props.message_type or "")
         if task is None or not task.is_async:
             self._jobs.put(message)
@@ -379,18 +388,31 @@ class Child:
         if isinstance(prepared, Outcome):
             outcome = prepared
         else:
+            if self._marked:
+                self._mark_running(message)
             outcome = await run_async(*prepared, message)
         self._settle(outcome)
+
+    def _mark_running(self, message: DeliveredMessage) -> None:
+        message_id = message.header.properties.message_id or ""
+        if message_id in self._marked and self._markers is not None:
+            self._markers.start(message_id)
+
+    def _unmark(self, message: DeliveredMessage) -> None:
+        message_id = message.header.properties.message_id or ""
+        if message_id in self._marked and self._markers is not None:
+            self._marked.discard(message_id)
+            self._markers.done(message_id)
 
     def _thread_main(self) -> None:
         limits = self._limits
         while (message := self._jobs.get()) is not None:
             if message.channel.is_closed:  # the broker already requeued it: running it now only duplicates
                 outcome: Outcome | None = Outcome(message, "", reason=STALE)
-            elif limits is None:
-                outcome = run_sync(self.app, message)
             else:
-                outcome = self._run_limited(limits, message)
+                if self._marked:  # empty unless redeliveries run (a marker is written before they start)
+                    self._mark_running(message)
+                outcome = run_sync(self.app, message) if limits is None else self._run_limited(limits, message)
             if outcome is None:
                 continue  # abandoned at its hard time limit: the event loop settled it
             self._results.append(outcome)
@@ -453,6 +475,8 @@ class Child:
             self._check_limits()
         acker = self._acker
         message = outcome.message
+        if self._marked:
+            self._unmark(message)
         if outcome.reason is STALE:
             pass
         elif acker is None or message.channel is not acker.channel or not acker.alive:

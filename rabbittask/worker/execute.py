@@ -7,6 +7,7 @@ import logging
 import socket
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ from rabbittask.message import (
     H_REASON,
     H_TRACEBACK,
     H_WORKER,
+    X_DELIVERY_COUNT,
     attempt_of,
     decode_body,
     format_time,
@@ -182,7 +184,26 @@ def context(app: App, task: Task[Any, Any], message: DeliveredMessage) -> TaskCo
     """The `TaskContext` a `bind=True` task gets as its first argument."""
     props = message.header.properties
     headers = props.headers or {}
-    return TaskContext(props.message_id or "", task.name, source_queue(app, message), attempt_of(headers), headers)
+    redelivered, count = delivery_of(message, headers)
+    return TaskContext(
+        props.message_id or "", task.name, source_queue(app, message), attempt_of(headers), headers, redelivered, count
+    )
+
+
+def delivery_of(message: DeliveredMessage, headers: Mapping[str, Any]) -> tuple[bool, int]:
+    """Was this message delivered before without being settled, and which delivery is this (1 the first)?
+
+    A quorum queue counts returns in `x-delivery-count`. A classic queue counts nothing: the worker
+    re-publishes a redelivered message with `rt-delivery-count` (see admit.py), so that copy arrives
+    with the broker's flag clear but is a redelivery all the same; a redelivery it did not count (no
+    `delivery_limit`) is at least the second.
+    """
+    flag = bool(getattr(message.delivery, "redelivered", False))
+    returns = headers.get(X_DELIVERY_COUNT)
+    if not isinstance(returns, int):
+        counted = headers.get(H_DELIVERY_COUNT)
+        returns = (counted if isinstance(counted, int) else 0) + flag
+    return flag or returns > 0, returns + 1
 
 
 def time_limit_outcome(message: DeliveredMessage, task: Task[Any, Any], runtime_s: float) -> Outcome:

@@ -26,6 +26,7 @@ from setproctitle import setproctitle
 
 from rabbittask.worker.child import Child
 from rabbittask.worker.options import WorkerOptions
+from rabbittask.worker.running import RunningMarkers
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -51,6 +52,7 @@ class ChildSpec:
     number: int
     supervisor_pid: int
     pipe: int  # write end of this child's pipe to the supervisor
+    running_dir: str = ""  # the supervisor's directory of running markers (running.py); "" for none
 
 
 def title(role: str, queues: Sequence[str], extra: str = "") -> str:
@@ -118,6 +120,7 @@ def _serve(spec: ChildSpec) -> int:
         on_retire=lambda reason: _notify(spec.pipe, RETIRING),
         on_consuming=(lambda up: _notify(spec.pipe, CONSUMING if up else LOST)) if options.metrics_port else None,
         metrics=options.metrics_port is not None,
+        running_markers=RunningMarkers(spec.running_dir) if spec.running_dir else None,
     )
     child.stop_signals = (signal.SIGTERM,)
     setproctitle(title(f"child {spec.number}", child.queues, "tasks=0"))

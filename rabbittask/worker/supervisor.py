@@ -25,7 +25,9 @@ import contextlib
 import logging
 import os
 import select
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -118,12 +120,14 @@ class Supervisor:
         self._signals: list[int] = []
         self._wake_r, self._wake_w = -1, -1
         self._metrics: MetricsServer | None = None
+        self._running_dir = ""  # shared with the children: which redelivered message died running (running.py)
 
     # -- the loop ------------------------------------------------------------------------------------
 
     def run(self) -> int:
         """Fork the children and supervise them until a shutdown; return the worker's exit code."""
         self._init_signals()
+        self._running_dir = tempfile.mkdtemp(prefix="rabbittask-running-")
         setproctitle(title("supervisor", self.queues, f"app={self.app.name} -c {self.options.concurrency}"))
         log.info("supervisor pid %d: %d child(ren) on %s", self.pid, self.options.concurrency, ", ".join(self.queues))
         if self.options.metrics_port is not None:
@@ -143,6 +147,7 @@ class Supervisor:
             return halt.code
         finally:
             self._close_signals()
+            shutil.rmtree(self._running_dir, ignore_errors=True)
             if self._metrics is not None:
                 self._metrics.close()
 
@@ -227,7 +232,9 @@ class Supervisor:
             others = [c.pipe for c in self.children.values()] + [read_fd, self._wake_r, self._wake_w]
             if self._metrics is not None:
                 others.append(self._metrics.fileno)
-            run_child(ChildSpec(self.app, self.queues, self.options, number, self.pid, write_fd), others)
+            run_child(
+                ChildSpec(self.app, self.queues, self.options, number, self.pid, write_fd, self._running_dir), others
+            )
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         child = ChildProc(pid, number, read_fd, time.monotonic())

@@ -1,12 +1,16 @@
 """The fault suite's app: every run of `work` is written to a per-process ledger file.
 
-RT_LEDGER_DIR holds one `<pid>.jsonl` per worker process; RT_TEST_PREFIX names the queue.
+RT_LEDGER_DIR holds one `<pid>.jsonl` per worker process; RT_TEST_PREFIX names the queue. A run
+writes a `start` record (with the delivery's redelivered flag and count) and, if it gets there, an
+`end` record.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import time
 
 from rabbittask import App, TaskContext
@@ -25,13 +29,45 @@ def _write(record: dict[str, object]) -> None:
     _ledger.write(json.dumps(record) + "\n")
 
 
-@app.task(queue=f"{PREFIX}.work", name="ledger.work")
-def work(key: str, sleep_s: float = 0.0) -> str:
-    start = time.time()
-    _write({"key": key, "pid": os.getpid(), "event": "start", "t": start})
+def _start(ctx: TaskContext, key: str) -> None:
+    _write(
+        {
+            "key": key,
+            "pid": os.getpid(),
+            "event": "start",
+            "t": time.time(),
+            "redelivered": ctx.redelivered,
+            "count": ctx.delivery_count,
+        }
+    )
+
+
+@app.task(queue=f"{PREFIX}.work", name="ledger.work", bind=True)
+def work(ctx: TaskContext, key: str, sleep_s: float = 0.0, cpu_s: float = 0.0) -> str:
+    """Sleeps `sleep_s`, then keeps a CPU busy for `cpu_s` (in pure Python, holding the GIL)."""
+    _start(ctx, key)
     if sleep_s:
         time.sleep(sleep_s)
+    if cpu_s:
+        until = time.perf_counter() + cpu_s
+        while time.perf_counter() < until:
+            sum(i * i for i in range(1000))
     _write({"key": key, "pid": os.getpid(), "event": "end", "t": time.time()})
+    return key
+
+
+@app.task(queue=f"{PREFIX}.work", name="ledger.crash", bind=True)
+def crash(ctx: TaskContext, key: str) -> None:
+    """Kills the child running it (SIGKILL) every time: a poison message."""
+    _start(ctx, key)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task(queue=f"{PREFIX}.work", name="ledger.echo")
+async def echo(key: str, sleep_s: float = 0.0) -> str:
+    """Answers `.call()`s from the child's event loop."""
+    if sleep_s:
+        await asyncio.sleep(sleep_s)
     return key
 
 

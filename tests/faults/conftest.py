@@ -7,9 +7,20 @@ from pathlib import Path
 
 import pytest
 
+from rabbittask.testing import RabbitNode
+from tests.conftest import _need_rabbitmq_binary
 from tests.faults.ledger import Ledger, Report
 
 REPORTS: list[Report] = []
+
+
+@pytest.fixture(scope="module")
+def worker_fault_node() -> Iterator[RabbitNode]:
+    """One throwaway node for a module of scenarios that fault workers, never the broker (one boot, ~5 s, saved
+    per test); each test still names its queues with `unique_name`."""
+    _need_rabbitmq_binary()
+    with RabbitNode() as node:
+        yield node
 
 
 @pytest.fixture

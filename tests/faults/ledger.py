@@ -1,17 +1,32 @@
 """The ledger checker: what publishers saw confirmed against what workers ran.
 
-lost = confirmed - executed must be empty; a key run more than once is a duplicate (counted,
-and allowed only where the scenario says so); recovery time = fault end to the first task that
-started after it.
+Workers append a `start` record per run (key, pid, the delivery's redelivered flag and count, time)
+and an `end` record when the run gets there; `runs()` pairs them. After a scenario:
+lost = confirmed - executed must be empty; a key run more than once is a duplicate, counted, and
+explained only where the later run saw a redelivery or the publisher re-sent that key after a
+failed confirm (`resent`); an unexplained duplicate fails every scenario. Recovery time = fault end
+to the first run that started after it and finished (its ack follows at once).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections import Counter
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+@dataclass
+class Run:
+    """One run of a task: which message, where, how it was delivered, when it started and ended."""
+
+    key: str
+    pid: int
+    redelivered: bool
+    delivery_count: int
+    start: float
+    end: float | None = None
 
 
 @dataclass
@@ -21,6 +36,7 @@ class Ledger:
     directory: Path
     confirmed: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)  # publishes that raised: may or may not be enqueued
+    resent: set[str] = field(default_factory=set)  # keys published again after a failed confirm
 
     def records(self) -> list[dict[str, object]]:
         out: list[dict[str, object]] = []
@@ -30,8 +46,26 @@ class Ledger:
                     out.append(json.loads(line))
         return out
 
-    def ends(self) -> Counter[str]:
-        return Counter(str(r["key"]) for r in self.records() if r["event"] == "end")
+    def runs(self) -> list[Run]:
+        """Every run that started, in start order, with its end where it had one."""
+        runs: list[Run] = []
+        open_runs: dict[tuple[str, int], Run] = {}
+        for r in self.records():  # a file per process, in write order: an end follows its start
+            key, pid, t = str(r["key"]), int(r["pid"]), float(r["t"])  # type: ignore[call-overload, arg-type]
+            if r["event"] == "start":
+                run = Run(key, pid, bool(r.get("redelivered")), int(r.get("count", 1)), t)  # type: ignore[call-overload]
+                open_runs[key, pid] = run
+                runs.append(run)
+            elif r["event"] == "end" and (run_ := open_runs.pop((key, pid), None)) is not None:
+                run_.end = t
+        return sorted(runs, key=lambda run: run.start)
+
+    def ends(self) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        for r in self.records():
+            if r["event"] == "end":
+                counts[str(r["key"])] += 1
+        return counts
 
     def wait_executed(self, keys: set[str], timeout_s: float) -> None:
         """Wait until every key in `keys` ran to its end."""
@@ -41,23 +75,49 @@ class Ledger:
                 return
             time.sleep(0.2)
 
-    def first_start_after(self, t: float) -> float | None:
-        times = [float(r["t"]) for r in self.records() if r["event"] == "start" and float(r["t"]) >= t]  # type: ignore[arg-type]
-        return min(times) if times else None
+    def wait_runs(self, count: int, timeout_s: float) -> list[Run]:
+        """Wait until `count` runs have started; return them."""
+        deadline = time.monotonic() + timeout_s
+        while len(runs := self.runs()) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the ledger shows {len(runs)} runs started, expected {count}")
+            time.sleep(0.05)
+        return runs
 
     def report(self, scenario: str, fault_end: float | None = None) -> Report:
         ends = self.ends()
         executed = set(ends)
+        runs = self.runs()
+        by_key: dict[str, list[Run]] = defaultdict(list)
+        for run in runs:
+            by_key[run.key].append(run)
+        duplicates = redelivered = resent = 0
+        unexplained: list[str] = []
+        for key in set(by_key) | executed:
+            later = by_key[key][1:]
+            extra = max(len(by_key[key]), ends.get(key, 0)) - 1
+            if extra <= 0:
+                continue
+            duplicates += extra
+            seen = sum(run.redelivered for run in later)
+            redelivered += seen
+            if key in self.resent:
+                resent += extra - seen
+            elif seen < extra:
+                unexplained.append(key)
         recovery = None
         if fault_end is not None:
-            first = self.first_start_after(fault_end)
-            recovery = None if first is None else first - fault_end
+            done = [run.end for run in runs if run.start >= fault_end and run.end is not None]
+            recovery = min(done) - fault_end if done else None
         return Report(
             scenario=scenario,
             confirmed=len(self.confirmed),
             executed=len(executed & self.confirmed),
             lost=sorted(self.confirmed - executed),
-            duplicates=sum(n - 1 for n in ends.values() if n > 1),
+            duplicates=duplicates,
+            redelivered=redelivered,
+            resent=resent,
+            unexplained=sorted(unexplained),
             unconfirmed_executed=len(executed & self.failed),
             recovery_s=recovery,
         )
@@ -70,6 +130,9 @@ class Report:
     executed: int
     lost: list[str]
     duplicates: int
+    redelivered: int  # duplicates whose later run saw the redelivered flag
+    resent: int  # duplicates of keys the publisher re-sent after a failed confirm
+    unexplained: list[str]  # keys run again with neither: the checker's failure
     unconfirmed_executed: int
     recovery_s: float | None
 
@@ -77,5 +140,6 @@ class Report:
         rec = "-" if self.recovery_s is None else f"{self.recovery_s:.2f}s"
         return (
             f"[ledger] {self.scenario}: confirmed={self.confirmed} executed={self.executed} lost={len(self.lost)} "
-            f"duplicates={self.duplicates} unconfirmed-but-ran={self.unconfirmed_executed} recovery={rec}"
+            f"duplicates={self.duplicates} (redelivered={self.redelivered} resent={self.resent} "
+            f"unexplained={len(self.unexplained)}) unconfirmed-but-ran={self.unconfirmed_executed} recovery={rec}"
         )

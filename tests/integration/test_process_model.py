@@ -18,7 +18,7 @@ import pytest
 
 from rabbittask import App
 from tests import amqp
-from tests.workers import ROOT, gone, worker_env
+from tests.workers import ROOT, gone, wait_until, worker_env
 
 APP = "tests.apps.supervised:app"
 
@@ -79,16 +79,6 @@ def ledger(tmp_path: Path, prefix: str) -> Ledger:
 
 def dead_letters(url: str, queue: str) -> list[pika.BasicProperties]:
     return [props for props, _ in amqp.get_all(url, f"{queue}.dlq")]
-
-
-def wait_until(condition: Any, timeout_s: float, what: str) -> float:
-    """Poll `condition()` until true; return how long it took."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        time.sleep(0.02)
-    return time.monotonic() - started
 
 
 # -- crashes and kills ---------------------------------------------------------------------------------

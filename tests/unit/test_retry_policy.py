@@ -23,6 +23,7 @@ from rabbittask.worker.execute import (
     REASON_NOT_DUE,
     REASON_REDELIVERED,
     REASON_RETRY,
+    context,
     failed,
 )
 
@@ -155,6 +156,22 @@ def make_app() -> App:
     def classic() -> None: ...
 
     return app
+
+
+def test_a_bound_task_learns_whether_and_how_often_its_message_was_delivered_before() -> None:
+    app = make_app()
+    task, classic = app.tasks["t.task"], app.tasks["t.classic"]
+
+    def seen(message: DeliveredMessage, on: Any = task) -> tuple[bool, int]:
+        ctx = context(app, on, message)
+        return ctx.redelivered, ctx.delivery_count
+
+    assert seen(delivered()) == (False, 1)
+    assert seen(delivered({"x-delivery-count": 2}, redelivered=True)) == (True, 3)  # quorum: returns so far
+    # classic: the worker's re-published copy arrives with the flag clear, counted in rt-delivery-count
+    assert seen(delivered({H_DELIVERY_COUNT: 1}, queue="c", name="t.classic"), classic) == (True, 2)
+    assert seen(delivered(redelivered=True, queue="c", name="t.classic"), classic) == (True, 2)  # a lower bound
+    assert TaskContext("i", "t", "q").delivery_count == 1 and not TaskContext("i", "t", "q").redelivered
 
 
 def test_a_first_delivery_without_schedule_headers_skips_admission() -> None:
