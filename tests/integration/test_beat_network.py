@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -14,6 +13,7 @@ from rabbittask.beat import Beat
 from rabbittask.beat.state import parse_time, state_queue_name
 from tests import amqp
 from tests.apps.beat_app import make_app
+from tests.proxy import BlackHoleProxy
 
 
 @pytest.fixture
@@ -25,51 +25,13 @@ def prefix(unique_name: str, amqp_cleanup: Any) -> str:
     return unique_name
 
 
-class BlackHoleProxy:
-    """A TCP proxy to the broker that can start dropping every byte both ways without closing anything."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.upstream = (host, port)
-        self.black_hole = False
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        self._writers += [writer, up_writer]
-        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True)
-        for w in (writer, up_writer):
-            w.close()
-            with contextlib.suppress(Exception):
-                await w.wait_closed()
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            if not self.black_hole:
-                writer.write(data)
-                await writer.drain()
-
-    async def close(self) -> None:
-        for w in self._writers:
-            w.close()
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
-
-
 def test_a_standby_takes_over_when_the_active_one_loses_its_network(prefix: str, broker_url: str) -> None:
     parts = urlsplit(broker_url)
 
     async def main() -> tuple[float, float]:
         proxy = BlackHoleProxy(parts.hostname or "127.0.0.1", parts.port or 5672)
         await proxy.start()
-        via_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"))
+        via_proxy = proxy.url(broker_url)
         # Given replica a (through the proxy) is active and replica b (direct) stands by; 1 s heartbeats
         a = Beat(make_app(prefix, via_proxy), heartbeat_s=1, poll_s=0.5, identity="a")
         b = Beat(make_app(prefix, broker_url), heartbeat_s=1, poll_s=0.5, identity="b")
