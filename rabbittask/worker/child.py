@@ -64,6 +64,7 @@ from rabbittask.worker.execute import (
 )
 from rabbittask.worker.limits import MemoryLimit, ThreadLimits
 from rabbittask.worker.metrics import TaskMetrics
+from rabbittask.worker.orphans import Orphans
 from rabbittask.worker.running import RunningMarkers
 
 if TYPE_CHECKING:
@@ -151,6 +152,9 @@ class Child:
         # Redelivered messages admitted to run, by id: marked as running while they do (see running.py).
         self._markers = running_markers
         self._marked: set[str] = set()
+        # What each task thread runs now, and runs that outlived their channel (see orphans.py).
+        self._running: list[DeliveredMessage | None] = [None] * threads
+        self._orphans = Orphans()
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -163,7 +167,7 @@ class Child:
         if self._limits is not None:
             self._loop.call_later(LIMITS_TICK_S, self._check_time_limits)
         workers = [
-            threading.Thread(target=self._thread_main, name=f"rabbittask-task-{i}", daemon=True)
+            threading.Thread(target=self._thread_main, args=(i,), name=f"rabbittask-task-{i}", daemon=True)
             for i in range(self.threads)
         ]
         for t in workers:
@@ -372,6 +376,8 @@ class Child:
         # the whole cost on the hot path: a flag and, on messages with headers, two dict lookups.
         redelivered = message.delivery.redelivered  # type: ignore[union-attr]
         if redelivered or (headers and (H_EXPIRES in headers or H_ETA in headers)):
+            if redelivered and self._rerun_of_own(message):
+                return
             held = admit(self.app, message, markers=self._markers)
             if held is not None:
                 if self._markers is not None:
@@ -404,15 +410,48 @@ class Child:
             self._marked.discard(message_id)
             self._markers.done(message_id)
 
-    def _thread_main(self) -> None:
+    def _rerun_of_own(self, message: DeliveredMessage) -> bool:
+        """True if `message` redelivers a run here whose channel closed: settled with its outcome, not rerun."""
+        message_id = message.header.properties.message_id
+        if not message_id:
+            return False
+        outcome = self._orphans.outcome_for(message)
+        if outcome is not None:
+            log.info(
+                "task %s [%s] came back after it finished here: acking it with that run's outcome",
+                outcome.task_name,
+                message_id,
+            )
+            self._settle(outcome)
+            return True
+        unsettled = [o.message for o in list(self._results) if o.reason is not STALE]
+        for running in (*self._running, *unsettled):
+            if (
+                running is not None
+                and running.channel is not message.channel
+                and running.header.properties.message_id == message_id
+            ):
+                log.info(
+                    "task %s [%s] came back while it still runs here: not running it twice",
+                    running.header.properties.message_type,
+                    message_id,
+                )
+                self._orphans.wait(message)
+                return True
+        return False
+
+    def _thread_main(self, slot: int) -> None:
         limits = self._limits
+        running = self._running
         while (message := self._jobs.get()) is not None:
             if message.channel.is_closed:  # the broker already requeued it: running it now only duplicates
                 outcome: Outcome | None = Outcome(message, "", reason=STALE)
             else:
                 if self._marked:  # empty unless redeliveries run (a marker is written before they start)
                     self._mark_running(message)
+                running[slot] = message
                 outcome = run_sync(self.app, message) if limits is None else self._run_limited(limits, message)
+                running[slot] = None
             if outcome is None:
                 continue  # abandoned at its hard time limit: the event loop settled it
             self._results.append(outcome)
@@ -480,11 +519,15 @@ class Child:
         if outcome.reason is STALE:
             pass
         elif acker is None or message.channel is not acker.channel or not acker.alive:
-            log.info(
-                "task %s [%s] finished after its channel closed; the broker redelivers it",
-                outcome.task_name,
-                outcome.message_id,
-            )
+            redelivery = self._orphans.finished(outcome) if message.header.properties.message_id else None
+            if redelivery is None:
+                log.info(
+                    "task %s [%s] finished after its channel closed; the broker redelivers it",
+                    outcome.task_name,
+                    outcome.message_id,
+                )
+            else:
+                self._settle(redelivery)  # its redelivery waited for this run: settled on the new channel
         elif (
             outcome.ok
             and not message.header.properties.reply_to

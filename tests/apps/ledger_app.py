@@ -16,6 +16,7 @@ import time
 from rabbittask import App, TaskContext
 
 PREFIX = os.environ.get("RT_TEST_PREFIX", "ledger")
+TIME_LIMIT_S = float(os.environ.get("RT_TIME_LIMIT_S", "0")) or None  # of `work`; the consumer_timeout scenario sets it
 app = App("ledger")
 _ledger = None
 
@@ -42,7 +43,7 @@ def _start(ctx: TaskContext, key: str) -> None:
     )
 
 
-@app.task(queue=f"{PREFIX}.work", name="ledger.work", bind=True)
+@app.task(queue=f"{PREFIX}.work", name="ledger.work", bind=True, time_limit=TIME_LIMIT_S)
 def work(ctx: TaskContext, key: str, sleep_s: float = 0.0, cpu_s: float = 0.0) -> str:
     """Sleeps `sleep_s`, then keeps a CPU busy for `cpu_s` (in pure Python, holding the GIL)."""
     _start(ctx, key)
