@@ -36,4 +36,14 @@ if ! command -v redis-server >/dev/null && [ ! -x /usr/bin/redis-server ]; then
     echo "note: redis-server is not installed; the result-backend tests need it (apt-get install redis-server)" >&2
   fi
 fi
+# The CPU-starvation fault scenario loads both cores with stress-ng.
+if ! command -v stress-ng >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing stress-ng with apt-get (for the fault scenarios)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends stress-ng
+  else
+    echo "note: stress-ng is not installed; one fault scenario needs it (apt-get install stress-ng)" >&2
+  fi
+fi
 echo "virtualenv ready: $venv"

@@ -64,7 +64,7 @@ def crash(ctx: TaskContext, key: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-@app.task(queue=f"{PREFIX}.work", name="ledger.echo")
+@app.task(queue=f"{PREFIX}.rpc", name="ledger.echo")
 async def echo(key: str, sleep_s: float = 0.0) -> str:
     """Answers `.call()`s from the child's event loop."""
     if sleep_s:

@@ -14,10 +14,10 @@ from tests.faults.ledger import Ledger, Report
 REPORTS: list[Report] = []
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def worker_fault_node() -> Iterator[RabbitNode]:
-    """One throwaway node for a module of scenarios that fault workers, never the broker (one boot, ~5 s, saved
-    per test); each test still names its queues with `unique_name`."""
+    """One throwaway node for the scenarios that fault workers, callers or the network, never the broker itself
+    (a boot takes 5-15 s here); each test names its queues with `unique_name` and leaves the node as it found it."""
     _need_rabbitmq_binary()
     with RabbitNode() as node:
         yield node

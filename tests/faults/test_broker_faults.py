@@ -32,7 +32,7 @@ def ledger_app(url: str, prefix: str, **settings: Any) -> App:
     @app.task(queue=f"{prefix}.work", name="ledger.crash")
     def crash(key: str) -> None: ...
 
-    @app.task(queue=f"{prefix}.work", name="ledger.echo")
+    @app.task(queue=f"{prefix}.rpc", name="ledger.echo")
     async def echo(key: str, sleep_s: float = 0.0) -> str: ...
 
     return app
