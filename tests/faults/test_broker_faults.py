@@ -90,11 +90,12 @@ def test_worker_resumes_when_the_broker_closes_its_connection(
 ) -> None:
     w = worker_factory(APP, "--prefetch", "50", env=ledger_env, broker_url=rabbit_node.url)
     w.wait_for_log("consuming from")
-    publish(app, ledger, 1000, sleep_s=0.002)
+    publish(app, ledger, 1000, sleep_s=0.005)  # 5 s of work: rabbitmqctl takes 0.5-3 s to act here
     time.sleep(0.5)
     rabbit_node.close_all_connections()  # tags the worker holds die with its channel
     fault_end = time.time()
     w.wait_for_log("consuming from", count=2, timeout_s=10)
+    publish(app, ledger, 100, start=1000)  # and new work after the fault, whenever the backlog ended
     report = finish(ledger, "close_connection on the worker", record_report, fault_end)
     assert report.recovery_s is not None and report.recovery_s < 5
     assert w.proc.poll() is None and "Traceback" not in w.log()
@@ -303,3 +304,6 @@ def test_bad_messages_are_dead_lettered_and_never_executed(
         "unknown task",
     ]
     assert not canary.exists() and w.proc.poll() is None
+    print(
+        f"[ledger] bad messages: published={len(bad)} executed=0 dead-lettered={len(reasons)} canary=absent worker=up"
+    )

@@ -74,6 +74,10 @@ def test_a_full_queue_with_reject_publish_nacks_overflow_and_never_reports_succe
                     t.apply_async((i,), message_id=f"over-{i}")
         assert sorted(info.value.failed_ids) == [f"over-{i}" for i in range(20, 25)]
         assert amqp.depth(rabbit_node.url, unique_name) == accepted  # every confirm was real
+        print(
+            f"[ledger] x-max-length 10, reject-publish: confirmed={accepted} in queue={accepted} "
+            f"nacked=1 sync + 1 async + 5 of a batch, none reported as success"
+        )
     finally:
         app.close()
 
@@ -93,6 +97,7 @@ def test_a_payload_over_the_limit_raises_before_sending_and_nothing_is_dropped(
         with pytest.raises(PayloadError, match="above max_payload_bytes"):
             asyncio.run(t.adelay("x" * 70_000))
         assert amqp.depth(rabbit_node.url, unique_name) == 1
+        print("[ledger] payload over max_payload_bytes: confirmed=1 in queue=1, 2 over the limit raised before sending")
     finally:
         app.close()
 
