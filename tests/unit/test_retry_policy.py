@@ -23,9 +23,12 @@ from rabbittask.worker.execute import (
     REASON_NOT_DUE,
     REASON_REDELIVERED,
     REASON_RETRY,
+    Outcome,
     context,
     failed,
 )
+from rabbittask.worker.orphans import Orphans
+from rabbittask.worker.running import RunningMarkers
 
 
 def test_exponential_backoff_doubles_from_its_base_and_stops_at_the_cap() -> None:
@@ -197,6 +200,33 @@ def test_quorum_deliveries_past_the_limit_are_dead_lettered_with_the_reason() ->
     limited = admit(app, delivered({"x-delivery-count": 3}, redelivered=True))
     assert limited is not None and limited.reason == REASON_DELIVERY_LIMIT
     assert "delivered 3 time(s) without being settled (limit 3)" in limited.exc_message
+
+
+def test_at_the_limit_only_a_message_that_was_running_when_its_child_died_is_dead_lettered(tmp_path: Any) -> None:
+    app = make_app()
+    markers = RunningMarkers(tmp_path)
+    # m-1 came back 3 times with a child that died running something else: it runs
+    assert admit(app, delivered({"x-delivery-count": 3}, redelivered=True), markers=markers) is None
+    # ... but once it was itself running when a child died (its marker is left), it is dead-lettered
+    markers.start("m-1")
+    limited = admit(app, delivered({"x-delivery-count": 3}, redelivered=True), markers=markers)
+    assert limited is not None and limited.reason == REASON_DELIVERY_LIMIT
+    markers.done("m-1")
+    assert not markers.died_running("m-1") and list(tmp_path.iterdir()) == []
+
+
+def test_a_redelivery_of_a_run_that_outlived_its_channel_gets_that_runs_outcome() -> None:
+    first, again, other = delivered(), delivered(redelivered=True), delivered({"x": 1})
+    orphans = Orphans()
+    # the redelivery came while the first run went on: the run's end settles the redelivery
+    orphans.wait(again)
+    settled = orphans.finished(Outcome(first, "t.task", value=7))
+    assert settled is not None and settled.message is again and settled.value == 7
+    # the first run ended before its redelivery came: the outcome waits for it
+    assert orphans.finished(Outcome(first, "t.task", value=8)) is None
+    kept = orphans.outcome_for(other)
+    assert kept is not None and kept.message is other and kept.value == 8
+    assert orphans.outcome_for(other) is None  # used once
 
 
 def test_classic_redeliveries_are_counted_in_a_header_on_a_republished_copy() -> None:
