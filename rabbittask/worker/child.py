@@ -62,17 +62,20 @@ from rabbittask.worker.execute import (
     source_queue,
     time_limit_outcome,
 )
+from rabbittask.worker.inline import InlinePolicy
 from rabbittask.worker.limits import MemoryLimit, ThreadLimits
 from rabbittask.worker.metrics import TaskMetrics
 
 if TYPE_CHECKING:
     from rabbittask.app import App
+    from rabbittask.task import Task
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_CONFIG = 78  # sysexits EX_CONFIG: a restart would fail the same way
 LIMITS_TICK_S = 0.1  # how often time limits of sync tasks are checked (their precision)
+INLINE_MAX_S = 0.001  # sync tasks whose runs all finish within this run on the event loop (see inline.py)
 BUDGET_IDLE_S = 0.2  # at its max-tasks budget with nothing to do: how long to wait for more before retiring
 RECONNECT_ERRORS: tuple[type[BaseException], ...] = (
     *CONNECTION_ERRORS,
@@ -103,6 +106,7 @@ class Child:
         on_retire: Callable[[str], None] | None = None,
         on_consuming: Callable[[bool], None] | None = None,
         metrics: bool = False,
+        inline_max_s: float = INLINE_MAX_S,
     ) -> None:
         unknown = [q for q in queues if q not in app.queues]
         if unknown:
@@ -134,6 +138,9 @@ class Child:
         )
         self._limits = ThreadLimits() if limited else None
         self._jobs: queue.SimpleQueue[DeliveredMessage | None] = queue.SimpleQueue()
+        self._threaded = 0  # messages handed to the task threads whose outcome has not come back yet
+        self._thread_idle = asyncio.Event()
+        self._inline = InlinePolicy(inline_max_s) if threads == 1 and inline_max_s > 0 else None
         self._results: deque[Outcome] = deque()
         self._wake_pending = False
         self._in_flight = 0
@@ -282,7 +289,7 @@ class Child:
                     prefetch = min(prefetch, budget)
                     self._acks_left = budget - prefetch
                 await channel.basic_qos(prefetch_count=prefetch)  # per consumer, never global
-                self._acker = Acker(channel)
+                self._acker = Acker(channel, prefetch)
                 tags: list[str] = []
                 for q in self.queues:
                     ok = await channel.basic_consume(q, self._on_message)
@@ -331,6 +338,7 @@ class Child:
             if job is not None:
                 acker.reject(delivery_tag(job), requeue=True)
                 self._in_flight -= 1
+                self._thread_done()
                 handed_back += 1
         if handed_back:
             log.info("handed %d unstarted message(s) back to the queue", handed_back)
@@ -373,13 +381,57 @@ class Child:
                 return
         task = self.app.tasks.get(props.message_type or "")
         if task is None or not task.is_async:
-            self._jobs.put(message)
+            inline = self._inline
+            if inline is not None and task is not None and inline.inline(task):
+                await self._run_inline(inline, task, message)
+            else:
+                self._to_thread(message)
             return
         prepared = prepare(self.app, message)
         if isinstance(prepared, Outcome):
             outcome = prepared
         else:
             outcome = await run_async(*prepared, message)
+        self._settle(outcome)
+
+    def _to_thread(self, message: DeliveredMessage) -> None:
+        self._threaded += 1
+        self._thread_idle.clear()
+        self._jobs.put(message)
+
+    def _thread_done(self) -> None:
+        self._threaded -= 1
+        if self._threaded <= 0:
+            self._thread_idle.set()
+
+    async def _run_inline(self, inline: InlinePolicy, task: Task[Any, Any], message: DeliveredMessage) -> None:
+        while self._threaded > 0:  # sync tasks run one at a time, in order: the thread's work goes first
+            await self._thread_idle.wait()
+        await inline.turn()
+        if self._shutdown.is_set():  # a warm shutdown began while it waited: hand it back unrun
+            acker = self._acker
+            if acker is not None and message.channel is acker.channel and acker.alive:
+                acker.reject(delivery_tag(message), requeue=True)
+            self._in_flight -= 1
+            if self._in_flight <= 0:
+                self._idle.set()
+            return
+        if self._threaded > 0 or not inline.inline(task):  # changed while it waited
+            self._to_thread(message)
+            return
+        if message.channel.is_closed:  # the broker already requeued it: running it now only duplicates
+            self._settle(Outcome(message, "", reason=STALE))
+            return
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        asyncio.events._set_running_loop(None)  # as in a thread: asyncio.run() works inside the task
+        try:
+            outcome = run_sync(self.app, message)
+        finally:
+            asyncio.events._set_running_loop(loop)
+        elapsed_s = time.perf_counter() - start
+        inline.spent(elapsed_s)
+        inline.observe(task, elapsed_s)
         self._settle(outcome)
 
     def _thread_main(self) -> None:
@@ -427,15 +479,20 @@ class Child:
                 entry.message.header.properties.message_id,
                 entry.task.time_limit,
             )
+            self._thread_done()  # its thread is abandoned: the loop settles the message
             self._settle(time_limit_outcome(entry.message, entry.task, entry.task.time_limit or 0.0))
             self.retire("a sync task passed its time limit", hand_back=True)
         self._loop.call_later(LIMITS_TICK_S, self._check_time_limits)
 
     def _collect(self) -> None:
         self._wake_pending = False
-        results = self._results
+        results, inline, tasks = self._results, self._inline, self.app.tasks
         while results:
-            self._settle(results.popleft())
+            outcome = results.popleft()
+            self._thread_done()
+            if inline is not None and (task := tasks.get(outcome.task_name)) is not None:
+                inline.observe(task, outcome.runtime_s)
+            self._settle(outcome)
 
     def _stats(self) -> dict[str, Any]:
         """What a heartbeat says of this child's work."""

@@ -111,6 +111,7 @@ def _serve(spec: ChildSpec) -> int:
         spec.queues,
         prefetch=options.prefetch,
         threads=options.threads,
+        inline_max_s=options.inline_ms / 1000,
         shutdown_timeout_s=options.shutdown_timeout_s,
         max_tasks=options.max_tasks_per_child,
         max_memory_bytes=options.max_memory_bytes,
