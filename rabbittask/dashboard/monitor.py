@@ -64,7 +64,7 @@ class Monitor:
                 await connection.closing
                 self._lost("the broker closed the connection")
             except Exception as e:  # noqa: BLE001 - whatever broke the connection, the dashboard reconnects
-                self._lost(mask_url(str(e)) or type(e).__name__)
+                self._lost(f"lost the connection to the broker ({mask_url(str(e)) or type(e).__name__})")
             finally:
                 self._connection = None
                 with contextlib.suppress(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
@@ -150,9 +151,9 @@ def test_dashboard_shows_a_worker_a_failure_and_replays_it_from_the_dlq(
         # Then both failures appear with their traceback, and the queue's DLQ holds them
         for task_id in failed:
             expect(page.locator(f'#failures li[data-id="{task_id}"]')).to_contain_text("card declined", timeout=WAIT_MS)
-        expect(page.locator(f'#failures li[data-id="{failed[0]}"] pre')).to_contain_text(
-            "RuntimeError: card declined for order 41", use_inner_text=False
-        )
+        first_failure = page.locator(f'#failures li[data-id="{failed[0]}"]')
+        first_failure.locator("summary").click()
+        expect(first_failure.locator("pre")).to_contain_text("RuntimeError: card declined for order 41")
         expect(queue_row.locator(".dlq-depth")).to_have_text("2", timeout=WAIT_MS)
         expect(page.locator("#total-succeeded")).to_have_text("succeeded 10", timeout=WAIT_MS)
         shot("failed")
@@ -167,6 +168,17 @@ def test_dashboard_shows_a_worker_a_failure_and_replays_it_from_the_dlq(
         for headers in ({}, {"X-CSRF-Token": "forged"}):
             response = page.request.post(purge, data={"confirm": dlq}, headers=headers)
             assert response.status == 403 and "CSRF token" in response.json()["error"]
+        csrf = page.locator('meta[name="csrf-token"]').get_attribute("content")
+        response = page.request.post(
+            purge, data={"confirm": dlq}, headers={"X-CSRF-Token": csrf, "Origin": "http://evil.example"}
+        )
+        assert response.status == 403 and "cross-origin request from http://evil.example" in response.json()["error"]
+        # The token also works as basic auth (any user name) or bearer; a POST that way still needs a CSRF token
+        state = f"{dashboard.base}/api/state"
+        assert anonymous.get(state, headers={"Authorization": _basic(f"ops:wrong-{TOKEN}")}).status == 401
+        assert anonymous.get(state, headers={"Authorization": _basic(f"ops:{TOKEN}")}).status == 200
+        assert anonymous.get(state, headers={"Authorization": f"Bearer {TOKEN}"}).status == 200
+        assert anonymous.post(purge, data={"confirm": dlq}, headers={"Authorization": f"Bearer {TOKEN}"}).status == 403
         assert amqp.depth(broker_url, dlq) == 2
 
         # When the DLQ is browsed, both dead letters are listed with their reason
@@ -181,6 +193,7 @@ def test_dashboard_shows_a_worker_a_failure_and_replays_it_from_the_dlq(
         expect(letter).to_have_count(0)
         expect(page.locator("#total-succeeded")).to_have_text("succeeded 11", timeout=WAIT_MS)
         expect(queue_row.locator(".dlq-depth")).to_have_text("1", timeout=WAIT_MS)
+        expect(first_failure.locator("pre")).to_be_visible()  # an opened traceback stays open across refreshes
         shot("replayed")
 
         # When the rest is purged, the page asks first
@@ -198,6 +211,10 @@ def test_dashboard_shows_a_worker_a_failure_and_replays_it_from_the_dlq(
         anonymous.dispose()
         browser.close()
     assert worker.stop() == 0
+
+
+def _basic(credentials: str) -> str:
+    return "Basic " + base64.b64encode(credentials.encode()).decode()
 
 
 def _screenshots(page: Any, tmp_path: Path) -> Callable[[str], None]:

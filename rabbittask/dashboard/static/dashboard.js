@@ -114,8 +114,14 @@ function renderTotals(totals) {
   fill(document.getElementById("totals"), parts.length ? [el("span", { class: "muted" }, "since start: "), ...parts] : []);
 }
 
-function traceback(text) {
-  return text ? el("details", {}, el("summary", {}, "traceback"), el("pre", {}, text)) : el("span", { class: "muted" }, "no traceback");
+const opened = new Set();  // tracebacks the reader opened stay open across refreshes
+
+function traceback(key, text) {
+  if (!text) return el("span", { class: "muted" }, "no traceback");
+  const box = el("details", { ontoggle: () => (box.open ? opened.add(key) : opened.delete(key)) },
+    el("summary", {}, "traceback"), el("pre", {}, text));
+  box.open = opened.has(key);
+  return box;
 }
 
 function renderFailures(failures) {
@@ -125,7 +131,7 @@ function renderFailures(failures) {
       el("strong", {}, f.task), " ", el("code", {}, f.id), " ",
       el("span", { class: "bad" }, f.reason || ""), f.exc_type ? ` ${f.exc_type}: ${f.exc_message || ""}` : "",
       el("span", { class: "muted" }, ` on ${f.host} pid ${f.pid}`)),
-    traceback(f.traceback))));
+    traceback(`failure:${f.id}:${f.ts}`, f.traceback))));
   document.getElementById("no-failures").hidden = failures.length > 0;
 }
 
@@ -173,7 +179,7 @@ async function loadDlq() {
   document.getElementById("dlq-messages").hidden = data.total === 0;
   fill(document.querySelector("#dlq-messages tbody"), data.messages.map((m) => el("tr", { "data-id": m.id },
     el("td", {}, el("code", {}, m.id)), el("td", {}, m.task),
-    el("td", {}, m.reason, m.exc_type ? `: ${m.exc_type}: ${m.exc_message}` : "", traceback(m.traceback)),
+    el("td", {}, m.reason, m.exc_type ? `: ${m.exc_type}: ${m.exc_message}` : "", traceback(`dlq:${m.id}`, m.traceback)),
     el("td", { class: "n" }, m.attempts), el("td", {}, age(m.age_s)),
     el("td", {}, el("button", { type: "button", class: "replay", onclick: () => replay([m.id]) }, "Replay")))));
 }
