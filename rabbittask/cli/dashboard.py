@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import signal
 import socket
@@ -59,6 +60,12 @@ def dashboard(app_spec: str, host: str, port: int, token: str | None) -> None:
     shown_host = f"[{host}]" if ":" in host else host
     click.echo(f"rabbittask dashboard of {app.name} on http://{shown_host}:{sock.getsockname()[1]}/?token={token}")
     click.echo("anyone with this URL can replay and purge dead letters; stop with Ctrl-C")
+    if not _loopback(host):
+        click.echo(
+            f"warning: listening on {host} over plain HTTP: the token crosses the network unencrypted; "
+            "prefer an SSH tunnel or a TLS proxy",
+            err=True,
+        )
     config = uvicorn.Config(create_app(app, token), log_level="warning", access_log=False, lifespan="on")
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler it found:
     # this one, so that a stop is a clean exit 0 (no "Aborted!", no death by signal).
@@ -103,6 +110,13 @@ def _listen(host: str, port: int) -> socket.socket:
             ) from None
         raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror}") from None
     return sock
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 async def _check_broker(settings: Settings) -> None:

@@ -137,6 +137,7 @@ def test_dashboard_shows_a_worker_a_failure_and_replays_it_from_the_dlq(
         page = browser.new_page()
         shot = _screenshots(page, tmp_path)
         # Given a browser that logs in with the URL the command printed (the token leaves the address bar)
+        assert dashboard.base.startswith("http://127.0.0.1:")  # local by default
         page.goto(dashboard.url)
         assert page.url == f"{dashboard.base}/"
         # Then it sees the live worker and its queue

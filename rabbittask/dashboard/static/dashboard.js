@@ -56,6 +56,7 @@ async function api(path, body) {
     body: JSON.stringify(body),
   };
   const response = await fetch(path, { credentials: "same-origin", ...options });
+  if (response.status === 401) throw new Error("not logged in (was the dashboard restarted?): open the URL it printed again");
   const data = await response.json().catch(() => ({ error: `${response.status} ${response.statusText}` }));
   if (!response.ok) throw new Error(data.error || `${response.status} ${response.statusText}`);
   return data;
