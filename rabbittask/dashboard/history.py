@@ -1,7 +1,7 @@
 """What the dashboard heard since it started: live workers, task counts per minute, recent failures.
 
 Kept in memory only, so the dashboard needs no storage: per-minute counts of the last hour in a
-ring, the last `FAILURES` failed tasks, and the latest heartbeat of each worker child. Apps that
+ring, the last `FAILURES` dead-lettered tasks, and the latest heartbeat of each worker child. Apps that
 share an exchange share its events: only events of `tasks` (the app's task names) count. A child is
 live while its heartbeats keep coming (within `LIVE_BEATS` intervals) and until it says it goes
 offline. Events are counted when they arrive, by the dashboard's clock.
@@ -17,6 +17,8 @@ from typing import Any
 MINUTES = 60
 FAILURES = 50
 LIVE_BEATS = 3.0  # a child missing this many heartbeat intervals is taken for gone
+FAILED = "failed"  # the task ran and raised; it is dead-lettered
+DEAD_LETTERED = "dead-lettered"  # in the DLQ: a failed task, or one that never ran (bad message, expired...)
 
 BeatKey = tuple[str, int]
 
@@ -58,8 +60,16 @@ class History:
             state = str(event.get("state", "?"))
             counts[state] += 1
             self.totals[state] += 1
-            if state == "failed":
-                self.failures.appendleft({**event, "ts": now, "host": body.get("host"), "pid": body.get("pid")})
+            if state in (FAILED, DEAD_LETTERED):
+                self._failure({**event, "ts": now, "host": body.get("host"), "pid": body.get("pid")})
+
+    def _failure(self, entry: dict[str, Any]) -> None:
+        for i, seen in enumerate(self.failures):
+            if seen.get("id") == entry.get("id"):  # a failed task is also reported dead-lettered: keep one
+                if entry["state"] == FAILED:
+                    self.failures[i] = entry  # the one with the traceback
+                return
+        self.failures.appendleft(entry)
 
     def _minute(self, now: float) -> Counter[str]:
         minute = int(now // 60)

@@ -64,3 +64,21 @@ def test_a_worker_child_is_live_until_it_goes_offline_or_its_heartbeats_stop() -
     history.feed("worker.offline", beat, now=T0 + 5)
     assert [b["pid"] for b in history.live_beats(now=T0 + 5)] == [2]
     assert history.live_beats(now=T0 + 6.1) == []  # three intervals without a heartbeat
+
+
+def test_a_task_reported_failed_and_dead_lettered_is_one_failure_and_one_that_never_ran_is_listed_too() -> None:
+    history = History({"t.add"}, now=T0)
+    failed = {"id": "m1", "task": "t.add", "reason": "task raised", "exc_type": "ValueError"}
+    history.feed("task.dead-lettered.t.add", {"host": "h", "pid": 7, "events": [failed | {"state": "dead-lettered"}]})
+    history.feed(
+        "task.failed.t.add", {"host": "h", "pid": 7, "events": [failed | {"state": "failed", "traceback": "tb"}]}
+    )
+    invalid = {"id": "m2", "task": "t.add", "state": "dead-lettered", "reason": "invalid arguments"}
+    history.feed("task.dead-lettered.t.add", {"host": "h", "pid": 7, "events": [invalid]})
+    history.feed(
+        "task.failed.t.add", {"host": "h", "pid": 7, "events": [failed | {"state": "failed", "traceback": "tb"}]}
+    )
+    assert [(f["id"], f["state"], f.get("traceback")) for f in history.failures] == [
+        ("m2", "dead-lettered", None),
+        ("m1", "failed", "tb"),
+    ]
