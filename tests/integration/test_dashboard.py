@@ -145,17 +145,17 @@ def test_dashboard_shows_a_worker_a_failure_and_replays_it_from_the_dlq(
         queue_row = page.locator(f'#queues tr[data-queue="{queue}"]')
         expect(queue_row).to_be_visible()
         expect(queue_row.locator("td").nth(3)).to_have_text("1")  # one consumer
-        # When ten orders ship and two charges fail (no retries: both are dead-lettered)
+        # When ten orders ship and three charges fail (no retries: they are dead-lettered)
         for order in range(10):
             app.tasks["dash.ship"].delay(order)  # type: ignore[attr-defined]
-        failed = [app.tasks["dash.charge"].delay(order).id for order in (41, 42)]  # type: ignore[attr-defined]
-        # Then both failures appear with their traceback, and the queue's DLQ holds them
+        failed = [app.tasks["dash.charge"].delay(order).id for order in (41, 42, 43)]  # type: ignore[attr-defined]
+        # Then the failures appear with their traceback, and the queue's DLQ holds them
         for task_id in failed:
             expect(page.locator(f'#failures li[data-id="{task_id}"]')).to_contain_text("card declined", timeout=WAIT_MS)
         first_failure = page.locator(f'#failures li[data-id="{failed[0]}"]')
         first_failure.locator("summary").click()
         expect(first_failure.locator("pre")).to_contain_text("RuntimeError: card declined for order 41")
-        expect(queue_row.locator(".dlq-depth")).to_have_text("2", timeout=WAIT_MS)
+        expect(queue_row.locator(".dlq-depth")).to_have_text("3", timeout=WAIT_MS)
         expect(page.locator("#total-succeeded")).to_have_text("succeeded 10", timeout=WAIT_MS)
         shot("failed")
 
@@ -180,24 +180,32 @@ def test_dashboard_shows_a_worker_a_failure_and_replays_it_from_the_dlq(
         assert anonymous.get(state, headers={"Authorization": _basic(f"ops:{TOKEN}")}).status == 200
         assert anonymous.get(state, headers={"Authorization": f"Bearer {TOKEN}"}).status == 200
         assert anonymous.post(purge, data={"confirm": dlq}, headers={"Authorization": f"Bearer {TOKEN}"}).status == 403
-        assert amqp.depth(broker_url, dlq) == 2
+        assert amqp.depth(broker_url, dlq) == 3
 
-        # When the DLQ is browsed, both dead letters are listed with their reason
+        # When the DLQ is browsed, the dead letters are listed with their reason
         queue_row.locator("button.browse").click()
         letter = page.locator(f'#dlq-messages tr[data-id="{failed[0]}"]')
         expect(letter).to_contain_text("task raised: RuntimeError: card declined for order 41")
-        expect(page.locator("#dlq-name")).to_contain_text(f"{dlq}: 2 message(s)")
+        expect(page.locator("#dlq-name")).to_contain_text(f"{dlq}: 3 message(s)")
         # And, the card fixed, the first is replayed: it leaves the DLQ and succeeds
         flag_path(prefix).touch()
         letter.locator("button.replay").click()
         expect(page.locator("#notice")).to_have_text(f"replayed 1 message(s) to {queue}")
         expect(letter).to_have_count(0)
         expect(page.locator("#total-succeeded")).to_have_text("succeeded 11", timeout=WAIT_MS)
-        expect(queue_row.locator(".dlq-depth")).to_have_text("1", timeout=WAIT_MS)
+        expect(queue_row.locator(".dlq-depth")).to_have_text("2", timeout=WAIT_MS)
         expect(first_failure.locator("pre")).to_be_visible()  # an opened traceback stays open across refreshes
         shot("replayed")
+        # And "Replay all" sends the other two back: they succeed too
+        page.locator("#dlq-replay-all").click()
+        expect(page.locator("#notice")).to_have_text(f"replayed 2 message(s) to {queue}")
+        expect(page.locator("#total-succeeded")).to_have_text("succeeded 13", timeout=WAIT_MS)
+        expect(page.locator("#dlq-name")).to_contain_text(f"{dlq}: 0 message(s)")
 
-        # When the rest is purged, the page asks first
+        # When a new dead letter is purged, the page asks first (with the DLQ's count as it is now)
+        flag_path(prefix).unlink()
+        app.tasks["dash.charge"].delay(44)  # type: ignore[attr-defined]
+        expect(queue_row.locator(".dlq-depth")).to_have_text("1", timeout=WAIT_MS)
         page.locator("#dlq-purge").click()
         expect(page.locator("#dlq-confirm-text")).to_have_text(
             f"Delete all 1 message(s) of {dlq}? This cannot be undone."

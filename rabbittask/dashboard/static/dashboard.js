@@ -211,7 +211,8 @@ async function purge() {
 
 document.getElementById("dlq-refresh").addEventListener("click", loadDlq);
 document.getElementById("dlq-replay-all").addEventListener("click", () => replay(null));
-document.getElementById("dlq-purge").addEventListener("click", () => {
+document.getElementById("dlq-purge").addEventListener("click", async () => {
+  await loadDlq();  // ask with the count as it is now
   document.getElementById("dlq-confirm-text").textContent = `Delete all ${dlqTotal} message(s) of ${dlqName}? This cannot be undone.`;
   document.getElementById("dlq-confirm").hidden = false;
 });
