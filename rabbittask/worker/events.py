@@ -9,7 +9,8 @@ they pile up to `MAX_PENDING` and older ones are dropped; a broken channel is re
 Routing keys: `task.<state>.<task name>` (state: succeeded, failed, retried) and
 `worker.heartbeat` / `worker.offline`. Bodies (see docs/events.md):
 
-    task.*:  {"host", "pid", "ts", "events": [{"id", "task", "state", "runtime_s"[, "reason", "exc_type"]}]}
+    task.*:  {"host", "pid", "ts", "events": [{"id", "task", "state", "runtime_s"[, "reason", "exc_type"]
+              [, "exc_message", "traceback" (failed only: the dashboard shows them)]}]}
     worker.*: {"host", "pid", "ppid", "ts", "app", "queues", "done", "failed", "retried", "uptime_s",
                "consuming", "in_flight", "interval_s"}
 """
@@ -32,7 +33,7 @@ import aiormq.abc
 from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.settings import Settings
 from rabbittask.topology import events_exchange_name
-from rabbittask.worker.execute import REASON_RETRY, Outcome
+from rabbittask.worker.execute import MESSAGE_CHARS, REASON_RETRY, TRACEBACK_CHARS, Outcome
 
 if TYPE_CHECKING:
     from rabbittask.worker.metrics import TaskMetrics
@@ -68,6 +69,8 @@ def task_events(outcomes: Sequence[Outcome]) -> dict[str, list[dict[str, Any]]]:
         event: dict[str, Any] = {"id": o.message_id, "task": o.task_name, "state": state, "runtime_s": o.runtime_s}
         if o.reason is not None:
             event["reason"], event["exc_type"] = o.reason, o.exc_type
+            if state == "failed":  # as much as the dead letter's headers carry
+                event["exc_message"], event["traceback"] = o.exc_message[:MESSAGE_CHARS], o.traceback[-TRACEBACK_CHARS:]
         groups.setdefault(f"task.{state}.{o.task_name}", []).append(event)
     return groups
 

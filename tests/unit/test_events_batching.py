@@ -46,6 +46,8 @@ def test_events_are_grouped_by_routing_key() -> None:
             "runtime_s": 0.5,
             "reason": REASON_REJECTED,
             "exc_type": "ValueError",
+            "exc_message": "",
+            "traceback": "",
         }
     ]
 
