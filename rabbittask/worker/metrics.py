@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+METRICS_PATH, HEALTHZ_PATH, READYZ_PATH = "/metrics", "/healthz", "/readyz"  # deploy/kubernetes probes these
 # A confirm takes a fraction of a millisecond on a quiet broker, seconds under a memory alarm.
 CONFIRM_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -102,11 +103,11 @@ class MetricsServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
                 path = self.path.split("?", 1)[0]
-                if path == "/metrics":
+                if path == METRICS_PATH:
                     self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-                elif path == "/healthz":
+                elif path == HEALTHZ_PATH:
                     self._send(200, b"ok\n")
-                elif path == "/readyz":
+                elif path == READYZ_PATH:
                     is_ready = _safe(ready)
                     self._send(200 if is_ready else 503, b"ready\n" if is_ready else b"not ready\n")
                 else:
