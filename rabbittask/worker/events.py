@@ -96,6 +96,8 @@ def task_events(outcomes: Sequence[Outcome]) -> dict[str, list[dict[str, Any]]]:
             event["exc_message"] = o.exc_message[:MESSAGE_CHARS]
             if state == "failed":
                 event["traceback"] = o.traceback[-EVENT_TRACEBACK_CHARS:]
+            elif state == "retried" and o.republish is not None:
+                event["retry_in_s"] = round(o.republish.delay_s, 3)
             if state != "retried":  # failed ones end in the DLQ as well
                 dead = {**event, "state": "dead-lettered"}
                 dead.pop("traceback", None)

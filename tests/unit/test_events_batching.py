@@ -72,6 +72,12 @@ def test_events_are_grouped_by_routing_key_and_a_failure_carries_its_traceback()
     assert groups["task.dead-lettered.t.x"] == [{**failed, "state": "dead-lettered"}]
 
 
+def test_a_retry_says_when_it_is_due() -> None:
+    [retried] = ev.task_events([outcome("t.x", REASON_RETRY, republish=True)])["task.retried.t.x"]
+    assert (retried["state"], retried["retry_in_s"], retried["exc_type"]) == ("retried", 1.0, "ValueError")
+    assert "traceback" not in retried
+
+
 def test_a_message_that_never_ran_is_only_dead_lettered() -> None:
     groups = ev.task_events([outcome("t.x", REASON_INVALID, mid="c")])
     assert list(groups) == ["task.dead-lettered.t.x"]
@@ -177,9 +183,11 @@ def test_a_stuck_send_keeps_at_most_max_pending_events(monkeypatch: pytest.Monke
 
 def test_status_sums_the_heartbeats_of_a_workers_children() -> None:
     beat = {"host": "h", "ppid": 10, "queues": ["q"], "done": 5, "failed": 1, "uptime_s": 3.0, "consuming": True}
+    beat |= {"dead_lettered": 2, "reconnects": 1}
     [worker] = workers_of([{**beat, "pid": 11}, {**beat, "pid": 12, "done": 7, "uptime_s": 4.0}])
     assert (worker["pid"], worker["children"], worker["child_pids"]) == (10, 2, [11, 12])
     assert (worker["done"], worker["failed"], worker["uptime_s"], worker["consuming"]) == (12, 2, 4.0, True)
+    assert (worker["dead_lettered"], worker["reconnects"]) == (4, 2)
 
 
 def test_events_can_be_turned_off_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
