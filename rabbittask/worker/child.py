@@ -50,7 +50,7 @@ from rabbittask.settings import mask_url
 from rabbittask.topology import dlx_name
 from rabbittask.worker.acks import Acker, delivery_tag
 from rabbittask.worker.admit import admit
-from rabbittask.worker.events import Events, Started
+from rabbittask.worker.events import Events, MessageLog
 from rabbittask.worker.execute import (
     REASON_NOT_SERIALISABLE,
     REASON_RETRY,
@@ -144,8 +144,8 @@ class Child:
         self._acker: Acker | None = None
         self._publisher: AsyncPublisher | None = None
         self._events: Events | None = None
-        self._received_log: Started | None = None  # (message, time) per task, for `received` events when on
-        self._started_log: Started | None = None
+        self._received_log: MessageLog | None = None  # (message, time) per task, for `received` events when on
+        self._started_log: MessageLog | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._backend = app.backend  # loaded now: a bad result_backend URL stops the worker at start

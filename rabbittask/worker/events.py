@@ -66,7 +66,7 @@ EVENT_TRACEBACK_CHARS = 2000  # the end of a failed task's traceback: where it r
 NOT_RUN = frozenset(
     {REASON_MALFORMED, REASON_UNKNOWN, REASON_INVALID, REASON_SIGNATURE, REASON_EXPIRED, REASON_DELIVERY_LIMIT}
 )
-Started = deque[tuple[DeliveredMessage, float]]  # (message, time.time()) of received or started tasks
+MessageLog = deque[tuple[DeliveredMessage, float]]  # (message, time.time()) of received or started tasks
 
 
 def state_of(outcome: Outcome) -> str | None:
@@ -108,7 +108,7 @@ def task_events(outcomes: Sequence[Outcome]) -> dict[str, list[dict[str, Any]]]:
     return groups
 
 
-def started_events(state: str, log: Started) -> dict[str, list[dict[str, Any]]]:
+def started_events(state: str, log: MessageLog) -> dict[str, list[dict[str, Any]]]:
     """`received` or `started` events of what `log` holds (emptied), grouped by routing key."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for _ in range(len(log)):  # threads may append meanwhile: take what was there
@@ -138,8 +138,8 @@ class Events:
         self.settings = settings
         self.exchange = events_exchange_name(settings.exchange)
         self.done = self.failed = self.retried = self.dead_lettered = self.dropped = 0
-        self.received: Started | None = deque(maxlen=MAX_PENDING) if publish and settings.events_received else None
-        self.started: Started | None = deque(maxlen=MAX_PENDING) if publish and settings.events_started else None
+        self.received: MessageLog | None = deque(maxlen=MAX_PENDING) if publish and settings.events_received else None
+        self.started: MessageLog | None = deque(maxlen=MAX_PENDING) if publish and settings.events_started else None
         self._publisher = publisher
         self._publish = publish
         self._metrics = metrics
