@@ -91,6 +91,8 @@ def workers_of(beats: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "done": sum(int(c.get("done", 0)) for c in children),
                 "failed": sum(int(c.get("failed", 0)) for c in children),
                 "retried": sum(int(c.get("retried", 0)) for c in children),
+                "dead_lettered": sum(int(c.get("dead_lettered", 0)) for c in children),
+                "reconnects": sum(int(c.get("reconnects", 0)) for c in children),
                 "in_flight": sum(int(c.get("in_flight", 0)) for c in children),
                 "consuming": all(c.get("consuming", False) for c in children),
                 "uptime_s": max(float(c.get("uptime_s", 0.0)) for c in children),

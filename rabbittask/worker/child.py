@@ -50,7 +50,7 @@ from rabbittask.settings import mask_url
 from rabbittask.topology import dlx_name
 from rabbittask.worker.acks import Acker, delivery_tag
 from rabbittask.worker.admit import admit
-from rabbittask.worker.events import Events
+from rabbittask.worker.events import Events, MessageLog
 from rabbittask.worker.execute import (
     REASON_NOT_SERIALISABLE,
     REASON_RETRY,
@@ -125,6 +125,7 @@ class Child:
         self.stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
         self.tasks_done = 0
         self.received = 0
+        self.reconnects = 0
         self._retire_at = max_tasks or -1
         self._acks_left = sys.maxsize  # acks this channel may send before the broker could exceed max_tasks
         self._retiring: str | None = None
@@ -150,6 +151,8 @@ class Child:
         self._acker: Acker | None = None
         self._publisher: AsyncPublisher | None = None
         self._events: Events | None = None
+        self._received_log: MessageLog | None = None  # (message, time) per task, for `received` events when on
+        self._started_log: MessageLog | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._backend = app.backend  # loaded now: a bad result_backend URL stops the worker at start
@@ -173,7 +176,10 @@ class Child:
         # The consuming session declares the topology; the publisher need not repeat it (a first retry
         # or dead letter would wait for a hundred declarations).
         self._publisher = AsyncPublisher(self.app.settings, (), role="worker-publish")
-        if self.app.settings.events or self.metrics:
+        metrics = TaskMetrics() if self.metrics else None
+        if metrics is not None:
+            self._publisher.on_confirm = metrics.publish_confirm.observe
+        if self.app.settings.events or metrics is not None:
             self._events = Events(
                 self.app.settings,
                 self._publisher,
@@ -181,9 +187,10 @@ class Child:
                 self.queues,
                 self._stats,
                 publish=self.app.settings.events,
-                metrics=TaskMetrics() if self.metrics else None,
+                metrics=metrics,
             )
             self._events.start()
+            self._received_log, self._started_log = self._events.received, self._events.started
         try:
             code = await self._consume_until_stopped()
         finally:
@@ -221,6 +228,7 @@ class Child:
                 backoff_s = min(backoff_s * 2, 30.0)
             except RECONNECT_ERRORS as e:
                 refusals = 0
+                self.reconnects += 1
                 current = asyncio.current_task()
                 if isinstance(e, asyncio.CancelledError) and current is not None and current.cancelling():
                     raise  # we are being cancelled; aiormq's internal cancellations are connection losses
@@ -367,6 +375,8 @@ class Child:
         self._in_flight += 1
         self._idle.clear()
         self.received += 1
+        if self._received_log is not None:
+            self._received_log.append((message, time.time()))
         if self.received == self._retire_at:
             self.retire(f"--max-tasks-per-child {self.max_tasks} reached")
         props = message.header.properties
@@ -387,6 +397,8 @@ class Child:
             else:
                 self._to_thread(message)
             return
+        if self._started_log is not None:
+            self._started_log.append((message, time.time()))
         prepared = prepare(self.app, message)
         if isinstance(prepared, Outcome):
             outcome = prepared
@@ -437,6 +449,8 @@ class Child:
     def _thread_main(self) -> None:
         limits = self._limits
         while (message := self._jobs.get()) is not None:
+            if self._started_log is not None and not message.channel.is_closed:
+                self._started_log.append((message, time.time()))
             if message.channel.is_closed:  # the broker already requeued it: running it now only duplicates
                 outcome: Outcome | None = Outcome(message, "", reason=STALE)
             elif limits is None:
@@ -497,7 +511,12 @@ class Child:
     def _stats(self) -> dict[str, Any]:
         """What a heartbeat says of this child's work."""
         consuming = self._acker is not None and self._acker.alive and not self._stopping
-        return {"done": self.tasks_done, "in_flight": self._in_flight, "consuming": consuming}
+        return {
+            "done": self.tasks_done,
+            "in_flight": self._in_flight,
+            "consuming": consuming,
+            "reconnects": self.reconnects,
+        }
 
     def _settle(self, outcome: Outcome) -> None:
         events = self._events
