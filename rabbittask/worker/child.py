@@ -411,9 +411,9 @@ class Child:
         if isinstance(prepared, Outcome):
             outcome = prepared
         else:
-            if self._marked:
-                self._mark_running(message)
+            marked = self._mark_running(message) if self._marked else None
             outcome = await run_async(*prepared, message)
+            self._run_ended(marked)
         self._settle(outcome)
 
     def _admit(self, message: DeliveredMessage, redelivered: bool) -> bool:
@@ -431,10 +431,19 @@ class Child:
             self._marked.add(message_id)
         return True
 
-    def _mark_running(self, message: DeliveredMessage) -> None:
+    def _mark_running(self, message: DeliveredMessage) -> str | None:
+        """Before a redelivered message runs: its marker; the id to pass to `_run_ended`, or None."""
         message_id = message.header.properties.message_id or ""
         if message_id in self._marked and self._markers is not None:
             self._markers.start(message_id)
+            return message_id
+        return None
+
+    def _run_ended(self, message_id: str | None) -> None:
+        # At the end of the run, not at its settling: a child killed between the two (acks are
+        # coalesced) did not die running this message, which then comes back and runs once more.
+        if message_id is not None and self._markers is not None:
+            self._markers.done(message_id)
 
     def _unmark(self, message: DeliveredMessage) -> None:
         message_id = message.header.properties.message_id or ""
@@ -500,8 +509,7 @@ class Child:
         if message.channel.is_closed:  # the broker already requeued it: running it now only duplicates
             self._settle(Outcome(message, "", reason=STALE))
             return
-        if self._marked:
-            self._mark_running(message)
+        marked = self._mark_running(message) if self._marked else None
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         asyncio.events._set_running_loop(None)  # as in a thread: asyncio.run() works inside the task
@@ -509,6 +517,7 @@ class Child:
             outcome = run_sync(self.app, message)
         finally:
             asyncio.events._set_running_loop(loop)
+        self._run_ended(marked)
         elapsed_s = time.perf_counter() - start
         inline.spent(elapsed_s)
         inline.observe(task, elapsed_s)
@@ -523,11 +532,12 @@ class Child:
             if message.channel.is_closed:  # the broker already requeued it: running it now only duplicates
                 outcome: Outcome | None = Outcome(message, "", reason=STALE)
             else:
-                if self._marked:  # empty unless redeliveries run (a marker is written before they start)
-                    self._mark_running(message)
+                # _marked is empty unless redeliveries run: a marker is written before they start
+                marked = self._mark_running(message) if self._marked else None
                 running[slot] = message
                 outcome = run_sync(self.app, message) if limits is None else self._run_limited(limits, message)
                 running[slot] = None
+                self._run_ended(marked)
             if outcome is None:
                 continue  # abandoned at its hard time limit: the event loop settled it
             self._results.append(outcome)

@@ -5,9 +5,10 @@ every message that child held but had not started: a quorum queue counts a deliv
 them. Dead-lettering all of them at the delivery limit would punish a poison message's neighbours,
 which never ran. So before a child starts a message that was delivered before, it creates a marker
 file named after the message in a directory its supervisor shares with all its children, and removes
-it once the message is settled. A marker still there when the message comes back means it was running
-when its child died. At the limit, the worker dead-letters a message with a marker and runs one
-without (it came back with others' runs; the broker's `x-delivery-limit` stays the backstop).
+it when the run ends (not when it is acked: a child killed in between did not die running it). A
+marker still there when the message comes back means it was running when its child died. At the
+limit, the worker dead-letters a message with a marker and runs one without (it came back with
+others' runs; the broker's `x-delivery-limit` stays the backstop).
 
 Only redelivered messages pay (one file created, one removed); first deliveries are not marked,
 which the rule allows for: deliveries 2 to the limit of a poison message all leave markers. Markers
@@ -39,7 +40,7 @@ class RunningMarkers:
             self._path(message_id).touch()
 
     def done(self, message_id: str) -> None:
-        """The run of `message_id` is over and settled (or given up): remove its marker."""
+        """The run of `message_id` ended (or it will not run): remove its marker."""
         with contextlib.suppress(OSError):
             self._path(message_id).unlink()
 
