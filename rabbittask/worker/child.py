@@ -413,7 +413,8 @@ class Child:
         else:
             marked = self._mark_running(message) if self._marked else None
             outcome = await run_async(*prepared, message)
-            self._run_ended(marked)
+            if marked is not None:
+                self._run_ended(marked)
         self._settle(outcome)
 
     def _admit(self, message: DeliveredMessage, redelivered: bool) -> bool:
@@ -439,10 +440,10 @@ class Child:
             return message_id
         return None
 
-    def _run_ended(self, message_id: str | None) -> None:
+    def _run_ended(self, message_id: str) -> None:
         # At the end of the run, not at its settling: a child killed between the two (acks are
         # coalesced) did not die running this message, which then comes back and runs once more.
-        if message_id is not None and self._markers is not None:
+        if self._markers is not None:
             self._markers.done(message_id)
 
     def _unmark(self, message: DeliveredMessage) -> None:
@@ -517,7 +518,8 @@ class Child:
             outcome = run_sync(self.app, message)
         finally:
             asyncio.events._set_running_loop(loop)
-        self._run_ended(marked)
+        if marked is not None:
+            self._run_ended(marked)
         elapsed_s = time.perf_counter() - start
         inline.spent(elapsed_s)
         inline.observe(task, elapsed_s)
@@ -537,7 +539,8 @@ class Child:
                 running[slot] = message
                 outcome = run_sync(self.app, message) if limits is None else self._run_limited(limits, message)
                 running[slot] = None
-                self._run_ended(marked)
+                if marked is not None:
+                    self._run_ended(marked)
             if outcome is None:
                 continue  # abandoned at its hard time limit: the event loop settled it
             self._results.append(outcome)

@@ -38,22 +38,23 @@ def app(rabbit_node: RabbitNode, unique_name: str) -> Iterator[App]:
 
 
 def purge_delay_ladder(node: RabbitNode) -> int:
-    """Drop every message waiting in the node's delay ladder; returns how many there were."""
-    out = node.ctl("list_queues", "name", "messages", "--no-table-headers", "-q")
-    dropped = 0
-    for name, count in (line.split("\t") for line in out.splitlines() if line.strip()):
-        if name.startswith("rabbittask.delay.") and int(count):
-            node.ctl("purge_queue", name)
-            dropped += int(count)
-    return dropped
+    """Drop every message waiting in the node's delay ladder; returns how many there were (purge-ok counts:
+    list_queues reports quorum queue lengths from periodic stats, a few seconds behind)."""
+    out = node.ctl("list_queues", "name", "--no-table-headers", "-q")
+    ladder = [name.strip() for name in out.splitlines() if name.strip().startswith("rabbittask.delay.")]
+    connection = amqp.connect(node.url)
+    try:
+        channel = connection.channel()
+        return sum(channel.queue_purge(name).method.message_count for name in ladder)
+    finally:
+        connection.close()
 
 
 def worker_rss_mb(w: WorkerProcess) -> float:
     """Resident memory of the supervisor and its children together, in MB."""
     supervisor = psutil.Process(w.pid)
-    processes = [supervisor, *supervisor.children()]
     total = 0
-    for p in processes:
+    for p in [supervisor, *supervisor.children()]:
         try:
             total += p.memory_info().rss
         except psutil.NoSuchProcess:
