@@ -237,6 +237,8 @@ class AsyncPublisher:
             ) from None
         except aiormq.exceptions.DeliveryError:  # aiormq raises this for a basic.nack
             raise _nacked(msg) from None
+        except aiormq.exceptions.ChannelNotFoundEntity as e:  # the broker closed the channel: the next publish reopens
+            raise missing_exchange(msg, exchange, _reply_text(e)) from None
         except TimeoutError:
             raise PublishNotConfirmed(
                 f"task {msg.task_name!r} (id {msg.message_id}) was not confirmed by the broker at "
@@ -305,6 +307,15 @@ class Pipeline:
         """Wait for every confirm."""
         if self._pending:
             await asyncio.wait(set(self._pending))
+
+
+def missing_exchange(msg: Outgoing, exchange: str, reply: str) -> PublishNotConfirmed:
+    """The error for a publish to an exchange the broker does not have (it closes the channel with 404)."""
+    return PublishNotConfirmed(
+        f"task {msg.task_name!r} (id {msg.message_id}) was not published: exchange {exchange!r} does not exist on "
+        f"the broker ({mask_url(reply)}). Declare the topology (start a worker or run `rabbittask topology apply`) "
+        "or check the exchange setting"
+    )
 
 
 def _nacked(msg: Outgoing) -> PublishNotConfirmed:
