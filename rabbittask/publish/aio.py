@@ -17,7 +17,7 @@ from pamqp.commands import Basic
 from rabbittask import endpoints
 from rabbittask.errors import AccessRefused, PublishConnectionError, PublishError, PublishNotConfirmed, TopologyMismatch
 from rabbittask.publish.declare import declare_async
-from rabbittask.publish.outgoing import Outgoing, publish_target
+from rabbittask.publish.outgoing import Outgoing, missing_exchange, publish_target
 from rabbittask.settings import Settings, host_port, mask_url
 from rabbittask.topology import Declaration
 
@@ -307,15 +307,6 @@ class Pipeline:
         """Wait for every confirm."""
         if self._pending:
             await asyncio.wait(set(self._pending))
-
-
-def missing_exchange(msg: Outgoing, exchange: str, reply: str) -> PublishNotConfirmed:
-    """The error for a publish to an exchange the broker does not have (it closes the channel with 404)."""
-    return PublishNotConfirmed(
-        f"task {msg.task_name!r} (id {msg.message_id}) was not published: exchange {exchange!r} does not exist on "
-        f"the broker ({mask_url(reply)}). Declare the topology (start a worker or run `rabbittask topology apply`) "
-        "or check the exchange setting"
-    )
 
 
 def _nacked(msg: Outgoing) -> PublishNotConfirmed:
