@@ -1,7 +1,8 @@
 """A 3-node cluster whose nodes and workers are separate "hosts" (network namespaces on a bridge):
 cutting one node's link for 10 s and 30 s under `pause_minority` loses nothing confirmed, work goes
 on on the majority within net_ticktime + 2 x heartbeat + back-off, and the cut node rejoins and the
-queues drain after healing.
+queues drain after healing (a node that hangs in boot instead of rejoining, an Erlang `global` issue
+seen on 3.10.8/OTP 25.2, is restarted, as an operator would, and the report line says so).
 
 Each broker node runs in a namespace of its own (long Erlang names on its IP, its own epmd), so
 cutting its link stops Erlang distribution and AMQP alike, as a real partition does.
@@ -32,7 +33,7 @@ CONNECT_TIMEOUT_S = 3  # ledger_env's RABBITTASK_CONNECT_TIMEOUT_S
 BACKOFF_S = CONNECT_TIMEOUT_S + 1 + 2
 RECOVERY_BOUND_S = NET_TICKTIME_S + 2 * HEARTBEAT_S + BACKOFF_S
 # When the cut node led the queue, its followers wait before electing a new leader: Ra's "long"
-# election timeout after a `noconnection` (50 x its 100 ms broadcast time, plus jitter; 5.0-5.5 s seen).
+# election timeout after a `noconnection` (5.0-5.5 s seen in the node logs on 3.10.8).
 RA_ELECTION_S = 6
 PARTITION_CONFIG = (f"net_ticktime = {NET_TICKTIME_S}", "cluster_partition_handling = pause_minority")
 
