@@ -11,6 +11,7 @@ from bench.row import Measurement, RowContext
 
 RowFn = Callable[[RowContext], Measurement]
 RT = "rabbittask"
+EVENTS_OFF = f"{RT} B1 events off"  # a reference row: its ratio is what events cost (issue 12: within 10%)
 CHILD_RSS_TARGET_MB = 40.0
 
 
@@ -61,7 +62,11 @@ CASES = [
         "drain pre-queued no-ops, -c 1, late ack",
         lambda c: c.batch,
         rt.drain_with(1),
-        (("raw aio-pika", raw.drain_with("aio-pika", 1)), ("raw aiormq", raw.drain_with("aiormq", 1))),
+        (
+            ("raw aio-pika", raw.drain_with("aio-pika", 1)),
+            ("raw aiormq", raw.drain_with("aiormq", 1)),
+            (EVENTS_OFF, rt.drain_with(1, events=False)),
+        ),
         1.0,
     ),
     Case(

@@ -54,8 +54,11 @@ def worker(ctx: RowContext, concurrency: int) -> list[str]:
     return [*base, *args]
 
 
-def worker_env(ctx: RowContext) -> dict[str, str]:
-    return {"BENCH_QUEUE": ctx.queue, "BENCH_QUEUE_TYPE": ctx.queue_type, "BENCH_EXCHANGE": f"{ctx.queue}.x"}
+def worker_env(ctx: RowContext, events: bool = True) -> dict[str, str]:
+    env = {"BENCH_QUEUE": ctx.queue, "BENCH_QUEUE_TYPE": ctx.queue_type, "BENCH_EXCHANGE": f"{ctx.queue}.x"}
+    if not events:
+        env["RABBITTASK_EVENTS"] = "false"
+    return env
 
 
 def a1_delay(ctx: RowContext) -> Measurement:
@@ -91,7 +94,9 @@ def a2_batch(ctx: RowContext) -> Measurement:
         bench.app.close()
 
 
-def drain_with(concurrency: int) -> Callable[[RowContext], Measurement]:
+def drain_with(concurrency: int, events: bool = True) -> Callable[[RowContext], Measurement]:
+    """The drain row; `events=False` runs the worker with `RABBITTASK_EVENTS=false` (what events cost)."""
+
     def row(ctx: RowContext) -> Measurement:
         bench = setup(ctx)
         watcher = ReadyWatcher(ctx.url, ctx.queue)
@@ -103,11 +108,12 @@ def drain_with(concurrency: int) -> Callable[[RowContext], Measurement]:
         finally:
             watcher.close()
             bench.app.close()
-        procs = [spawn(worker(ctx, concurrency), ctx.workdir, "worker", worker_env(ctx))]
+        procs = [spawn(worker(ctx, concurrency), ctx.workdir, "worker", worker_env(ctx, events))]
         result = drain.measure(ctx.url, ctx.queue, ctx.n, ctx.workdir, procs, barrier=False)
         return Measurement(result.rate, memory=result.memory, leftover=result.leftover)
 
-    row.__doc__ = f"`rabbittask worker -c {concurrency} --prefetch 1000` drains pre-queued no-op tasks"
+    off = ", events off" if not events else ""
+    row.__doc__ = f"`rabbittask worker -c {concurrency} --prefetch 1000{off}` drains pre-queued no-op tasks"
     return row
 
 

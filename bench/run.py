@@ -110,7 +110,7 @@ def plan(
     for rep in range(reps):
         for case in cases:
             for qt in queue_types:
-                impls = [(name, fn) for name, fn in case.impls() if with_rt or name != RT]
+                impls = [(name, fn) for name, fn in case.impls() if with_rt or not name.startswith(RT)]
                 steps += [(rep, case, qt, name, fn) for name, fn in (impls[::-1] if rep % 2 else impls)]
     return steps
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar,
 
 from pika.adapters.blocking_connection import BlockingChannel
 
+from rabbittask import tracing
 from rabbittask.context import TaskContext
 from rabbittask.errors import BatchNotConfirmed, ConfigError, PublishError, TaskNotFound
 from rabbittask.publish.aio import AsyncPublisher, Pipeline
@@ -99,6 +100,9 @@ class App:
         self._arpc: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRpc] = weakref.WeakKeyDictionary()
         self._rpc: SyncRpc | None = None
         self._backend: ResultBackend | None = None
+        self.worker_process_init: list[Callable[[], None]] = []
+        if self.settings.otel:
+            tracing.enable()
 
     def __repr__(self) -> str:
         return f"<App {self.name} tasks={len(self.tasks)}>"
@@ -278,8 +282,21 @@ class App:
             self._local.publisher = publisher
         return publisher
 
+    def on_worker_process_init(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """Decorator: call `fn()` in each worker child after the fork, before it consumes (Celery's
+        `worker_process_init`): the place to set up what must not cross a fork, such as an OpenTelemetry
+        TracerProvider and its exporter. An exception stops the worker with the hook's error."""
+        self.worker_process_init.append(fn)
+        return fn
+
     def send(self, msg: Outgoing) -> TaskHandle:
         """Publish a prepared message and wait for the confirm (or hold it in the current batch)."""
+        if tracing.spans is not None:
+            with tracing.publishing(msg, self.settings.exchange):
+                return self._send(msg)
+        return self._send(msg)
+
+    def _send(self, msg: Outgoing) -> TaskHandle:
         batch: _Batch | None = getattr(self._local, "batch", None)
         if batch is not None:
             batch.messages.append(msg)
@@ -316,6 +333,12 @@ class App:
 
     async def asend(self, msg: Outgoing) -> TaskHandle:
         """Async twin of `send`: inside `abatch()` the confirm is awaited at the end of the batch."""
+        if tracing.spans is not None:
+            with tracing.publishing(msg, self.settings.exchange):
+                return await self._asend(msg)
+        return await self._asend(msg)
+
+    async def _asend(self, msg: Outgoing) -> TaskHandle:
         batch = self._abatch.get()
         if batch is None:
             await self._async_publisher().publish(msg)
@@ -329,7 +352,8 @@ class App:
         if rpc is None:
             with _LAZY_INIT:
                 rpc = self._rpc = self._rpc or SyncRpc(self.settings, self.declarations())
-        return rpc.call(msg, timeout_s)
+        with tracing.publishing(msg, self.settings.exchange):
+            return rpc.call(msg, timeout_s)
 
     async def arpc_call(self, msg: Outgoing, timeout_s: float) -> Any:
         """Async twin of `rpc_call`: the calls of one event loop share a connection and reply consumer."""
@@ -338,7 +362,8 @@ class App:
         if rpc is None:
             self._close_with_loop()
             rpc = self._arpc[loop] = AsyncRpc(self.settings, self.declarations())
-        return await rpc.call(msg, timeout_s)
+        with tracing.publishing(msg, self.settings.exchange):
+            return await rpc.call(msg, timeout_s)
 
     # -- results ---------------------------------------------------------------------------------
 

@@ -77,6 +77,21 @@ class Settings(BaseSettings):
         "`<exchange>.events` topic exchange (`rabbittask status` reads them).",
     )
     events_heartbeat_s: float = Field(2.0, gt=0, description="Seconds between two heartbeats of a worker child.")
+    events_received: bool = Field(
+        False,
+        description="Also send a `received` event when a worker child takes a message (one more append per task, "
+        "like Celery's task-received; off by default to keep events cheap).",
+    )
+    events_started: bool = Field(
+        False,
+        description="Also send a `started` event when a worker child starts handling a message (one more append "
+        "per task, like Celery's task-started; off by default to keep events cheap).",
+    )
+    otel: bool = Field(
+        False,
+        description="Create OpenTelemetry spans for publish (producer) and run (consumer), with the trace context "
+        "in the `traceparent` header; needs the `otel` extra (`pip install 'rabbittask[otel]'`).",
+    )
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # URLs carry passwords (broker, result backend): never print them, not even in a repr.

@@ -35,7 +35,7 @@ async def gather(app: App, listen_s: float = LISTEN_S) -> dict[str, Any]:
         beats = await _listen(connection, events_exchange_name(settings.exchange), listen_s, settings.declare_topology)
         mine = [b for b in beats.values() if set(b.get("queues", ())) & set(app.queues)]
         workers = workers_of(mine)
-        queues = [await _queue(connection, q, mine) for q in sorted(app.queues)]
+        queues = [await queue_row(connection, q, mine) for q in sorted(app.queues)]
     finally:
         with contextlib.suppress(Exception):
             await connection.close()
@@ -91,6 +91,8 @@ def workers_of(beats: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "done": sum(int(c.get("done", 0)) for c in children),
                 "failed": sum(int(c.get("failed", 0)) for c in children),
                 "retried": sum(int(c.get("retried", 0)) for c in children),
+                "dead_lettered": sum(int(c.get("dead_lettered", 0)) for c in children),
+                "reconnects": sum(int(c.get("reconnects", 0)) for c in children),
                 "in_flight": sum(int(c.get("in_flight", 0)) for c in children),
                 "consuming": all(c.get("consuming", False) for c in children),
                 "uptime_s": max(float(c.get("uptime_s", 0.0)) for c in children),
@@ -99,9 +101,12 @@ def workers_of(beats: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return workers
 
 
-async def _queue(connection: aiormq.abc.AbstractConnection, name: str, beats: list[dict[str, Any]]) -> dict[str, Any]:
-    ready, consumers = await _depth(connection, name)
-    dlq_ready, _ = await _depth(connection, dlq_name(name))
+async def queue_row(
+    connection: aiormq.abc.AbstractConnection, name: str, beats: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Depth, consumers and DLQ depth of task queue `name`; unacked from the heartbeats `beats`, where it can tell."""
+    ready, consumers = await queue_depth(connection, name)
+    dlq_ready, _ = await queue_depth(connection, dlq_name(name))
     readers = [b for b in beats if name in b.get("queues", ())]
     alone = all(list(b.get("queues", ())) == [name] for b in readers)
     return {
@@ -115,7 +120,7 @@ async def _queue(connection: aiormq.abc.AbstractConnection, name: str, beats: li
     }
 
 
-async def _depth(connection: aiormq.abc.AbstractConnection, queue: str) -> tuple[int | None, int | None]:
+async def queue_depth(connection: aiormq.abc.AbstractConnection, queue: str) -> tuple[int | None, int | None]:
     """(ready messages, consumers) of `queue`, or (None, None) when it does not exist."""
     channel = await connection.channel()  # a missing queue closes its channel
     try:

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from pydantic.experimental.arguments_schema import generate_arguments_schema
 from pydantic_core import ArgsKwargs, SchemaValidator
 
+from rabbittask import tracing
 from rabbittask.context import TaskContext
 from rabbittask.errors import ArgumentsInvalid, ConfigError, PayloadError
 from rabbittask.message import encode_body, new_id
@@ -216,6 +217,7 @@ class Task(Generic[P, R]):
             self._schedule(msg, countdown, eta, expires)
         if self.app.settings.signing_key_id is not None:
             sign(self.app.settings, msg)
+        tracing.inject(msg)  # not signed: a worker forwards trace headers of the task it runs
         return msg
 
     def _schedule(

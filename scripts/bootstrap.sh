@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create the project's virtualenv and install rabbittask with its test, bench and redis extras.
+# Create the project's virtualenv and install rabbittask with its test, bench, redis and dashboard extras.
 # On a fresh Debian machine this installs python3-venv with apt first when it is missing.
 set -euo pipefail
 venv=${1:-.venv}
@@ -25,7 +25,7 @@ if ! "$py" -m venv --help >/dev/null 2>&1 || ! "$py" -c 'import ensurepip' 2>/de
 fi
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q -e '.[test,bench,redis]'
+"$venv/bin/python" -m pip install -q -e '.[test,bench,redis,dashboard]'
 # The result-backend tests start a throwaway redis-server when no Redis answers on 127.0.0.1:6379.
 if ! command -v redis-server >/dev/null && [ ! -x /usr/bin/redis-server ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -44,6 +44,16 @@ if ! command -v ip >/dev/null && [ ! -x /usr/sbin/ip ] && [ ! -x /sbin/ip ]; the
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends iproute2
   else
     echo "note: iproute2 is not installed; the partition scenarios need it (apt-get install iproute2)" >&2
+  fi
+fi
+# The dashboard tests drive Debian's chromium with Playwright (Playwright's own browser download is not used).
+if ! command -v chromium >/dev/null && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing chromium with apt-get (for the dashboard tests)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+  else
+    echo "note: chromium is not installed; the dashboard browser test needs it (apt-get install chromium)" >&2
   fi
 fi
 echo "virtualenv ready: $venv"

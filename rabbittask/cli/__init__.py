@@ -1,7 +1,7 @@
-"""The `rabbittask` command line: `worker`, `topology`, `dlq`, `beat`, `status`.
+"""The `rabbittask` command line: `worker`, `topology`, `dlq`, `beat`, `status`, `dashboard`.
 
 Commands are imported when they run: a worker's supervisor (and so every forked child) never
-loads what only `topology` (yaml), `dlq` (rich) or `beat` (croniter) need.
+loads what only `topology` (yaml), `dlq` (rich), `beat` (croniter) or `dashboard` (Starlette) need.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ COMMANDS = {
     "dlq": ("rabbittask.cli.dlq", "dlq", "Inspect, replay and purge dead-letter queues."),
     "beat": ("rabbittask.cli.beat", "beat", "Run the periodic-task scheduler."),
     "status": ("rabbittask.cli.status", "status", "Show live workers and queue depths."),
+    "dashboard": ("rabbittask.cli.dashboard", "dashboard", "Serve the web dashboard (needs rabbittask[dashboard])."),
 }
 
 

@@ -47,6 +47,7 @@ def _options(given: dict[str, Any]) -> WorkerOptions:
 @click.option("-Q", "--queues", default="", metavar="Q1,Q2", help="Queues to consume (default: all of the app's).")
 @click.option("-c", "--concurrency", type=int, help=describe("concurrency") + " [default: 1]")
 @click.option("--threads", type=int, help=describe("threads") + " [default: 1]")
+@click.option("--inline-ms", type=float, metavar="MS", help=describe("inline_ms") + " [default: 1]")
 @click.option("--prefetch", type=int, help=describe("prefetch"))
 @click.option("--max-tasks-per-child", type=int, metavar="N", help=describe("max_tasks_per_child"))
 @click.option(

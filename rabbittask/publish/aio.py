@@ -7,7 +7,8 @@ import functools
 import logging
 import os
 import ssl
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 import aiormq
@@ -166,6 +167,7 @@ class AsyncPublisher:
         self._connection: aiormq.abc.AbstractConnection | None = None
         self._channel: aiormq.abc.AbstractChannel | None = None
         self._lock = asyncio.Lock()
+        self.on_confirm: Callable[[float], None] | None = None  # seconds from publish to confirm (worker metrics)
 
     async def channel(self) -> aiormq.abc.AbstractChannel:
         """The open confirm channel, connecting (and declaring the topology) first when needed."""
@@ -219,6 +221,7 @@ class AsyncPublisher:
 
     async def _publish(self, channel: aiormq.abc.AbstractChannel, msg: Outgoing) -> None:
         exchange, routing_key = publish_target(msg, self.settings.exchange)
+        started = time.perf_counter()
         try:
             confirm = await channel.basic_publish(
                 msg.body,
@@ -252,6 +255,8 @@ class AsyncPublisher:
             ) from None
         if isinstance(confirm, Basic.Nack):
             raise _nacked(msg)
+        if self.on_confirm is not None:
+            self.on_confirm(time.perf_counter() - started)
 
     async def publish_many(self, msgs: Iterable[Outgoing]) -> list[tuple[str, BaseException]]:
         """Publish with up to `batch_in_flight` confirms outstanding; return (id, error) of each failure."""

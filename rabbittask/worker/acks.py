@@ -2,9 +2,10 @@
 
 Tasks finish out of order (threads, async tasks), but delivery tags on a channel only grow.
 The acker acks the longest finished prefix of outstanding tags with one `multiple=True` frame
-per loop iteration and acks stragglers one by one, so a drain of no-op tasks costs a handful of
-frames per thousand messages. An acker dies with its channel: tags from before a reconnect are
-never acked on the new one.
+and acks stragglers one by one. It sends when a quarter of the prefetch window has finished, or
+`DELAY_S` after the first unsent ack, so a drain of no-op tasks costs a handful of frames (each a
+system call here and work for the broker) per thousand messages while the window stays mostly
+open. An acker dies with its channel: tags from before a reconnect are never acked on the new one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from aiormq.abc import DeliveredMessage
 
 log = logging.getLogger(__name__)
 
+DELAY_S = 0.005  # longest an ack waits for company
+
 
 def delivery_tag(message: DeliveredMessage) -> int:
     """The delivery tag of a consumed message."""
@@ -29,12 +32,14 @@ def delivery_tag(message: DeliveredMessage) -> int:
 class Acker:
     """Settles deliveries of one channel: ack (batched), reject or requeue."""
 
-    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+    def __init__(self, channel: aiormq.abc.AbstractChannel, prefetch: int = 1) -> None:
         self.channel = channel
+        self._batch = max(1, prefetch // 4)  # finished tasks that are worth a frame at once
         self._order: deque[int] = deque()
         self._done: set[int] = set()
         self._settled: set[int] = set()  # rejected or acked alone while not at the head
-        self._scheduled = False
+        self._soon = False  # a flush is due in the next loop pass
+        self._timer: asyncio.TimerHandle | None = None  # a flush is due in DELAY_S
         self._held = False
         self._sends: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
@@ -49,16 +54,19 @@ class Acker:
         self._order.append(tag)
 
     def ack(self, tag: int) -> None:
-        """Ack `tag` soon, together with the other tags finished in this loop iteration."""
-        self._done.add(tag)
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._flush)
+        """Ack `tag` soon, together with the other tags finished by then."""
+        done = self._done
+        done.add(tag)
+        if len(done) >= self._batch:
+            if not self._soon:
+                self._soon = True
+                self._loop.call_soon(self._flush)
+        elif self._timer is None:
+            self._timer = self._loop.call_later(DELAY_S, self._flush)
 
     def hold(self) -> None:
         """Send the acks pending now, then keep later ones back (each would let the broker send one more message)."""
-        if self._scheduled:
-            self._flush()
+        self._flush()
         self._held = True
 
     def release(self) -> None:
@@ -72,7 +80,10 @@ class Acker:
         self._send(self.channel.basic_reject(tag, requeue=requeue, wait=False))
 
     def _flush(self) -> None:
-        self._scheduled = False
+        self._soon = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._held or not self.alive:
             return
         order, done, settled = self._order, self._done, self._settled
@@ -108,7 +119,6 @@ class Acker:
 
     async def drain(self) -> None:
         """Send what is pending and wait until the frames are written."""
-        if self._scheduled:
-            self._flush()
+        self._flush()
         if self._sends:
             await asyncio.wait(set(self._sends))

@@ -50,7 +50,7 @@ from rabbittask.settings import mask_url
 from rabbittask.topology import dlx_name
 from rabbittask.worker.acks import Acker, delivery_tag
 from rabbittask.worker.admit import admit
-from rabbittask.worker.events import Events
+from rabbittask.worker.events import Events, MessageLog
 from rabbittask.worker.execute import (
     REASON_NOT_SERIALISABLE,
     REASON_RETRY,
@@ -62,17 +62,20 @@ from rabbittask.worker.execute import (
     source_queue,
     time_limit_outcome,
 )
+from rabbittask.worker.inline import InlinePolicy
 from rabbittask.worker.limits import MemoryLimit, ThreadLimits
 from rabbittask.worker.metrics import TaskMetrics
 
 if TYPE_CHECKING:
     from rabbittask.app import App
+    from rabbittask.task import Task
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_CONFIG = 78  # sysexits EX_CONFIG: a restart would fail the same way
 LIMITS_TICK_S = 0.1  # how often time limits of sync tasks are checked (their precision)
+INLINE_MAX_S = 0.001  # sync tasks whose runs all finish within this run on the event loop (see inline.py)
 BUDGET_IDLE_S = 0.2  # at its max-tasks budget with nothing to do: how long to wait for more before retiring
 RECONNECT_ERRORS: tuple[type[BaseException], ...] = (
     *CONNECTION_ERRORS,
@@ -103,6 +106,7 @@ class Child:
         on_retire: Callable[[str], None] | None = None,
         on_consuming: Callable[[bool], None] | None = None,
         metrics: bool = False,
+        inline_max_s: float = INLINE_MAX_S,
     ) -> None:
         unknown = [q for q in queues if q not in app.queues]
         if unknown:
@@ -121,6 +125,7 @@ class Child:
         self.stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
         self.tasks_done = 0
         self.received = 0
+        self.reconnects = 0
         self._retire_at = max_tasks or -1
         self._acks_left = sys.maxsize  # acks this channel may send before the broker could exceed max_tasks
         self._retiring: str | None = None
@@ -134,6 +139,9 @@ class Child:
         )
         self._limits = ThreadLimits() if limited else None
         self._jobs: queue.SimpleQueue[DeliveredMessage | None] = queue.SimpleQueue()
+        self._threaded = 0  # messages handed to the task threads whose outcome has not come back yet
+        self._thread_idle = asyncio.Event()
+        self._inline = InlinePolicy(inline_max_s) if threads == 1 and inline_max_s > 0 else None
         self._results: deque[Outcome] = deque()
         self._wake_pending = False
         self._in_flight = 0
@@ -143,6 +151,8 @@ class Child:
         self._acker: Acker | None = None
         self._publisher: AsyncPublisher | None = None
         self._events: Events | None = None
+        self._received_log: MessageLog | None = None  # (message, time) per task, for `received` events when on
+        self._started_log: MessageLog | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._backend = app.backend  # loaded now: a bad result_backend URL stops the worker at start
@@ -166,7 +176,10 @@ class Child:
         # The consuming session declares the topology; the publisher need not repeat it (a first retry
         # or dead letter would wait for a hundred declarations).
         self._publisher = AsyncPublisher(self.app.settings, (), role="worker-publish")
-        if self.app.settings.events or self.metrics:
+        metrics = TaskMetrics() if self.metrics else None
+        if metrics is not None:
+            self._publisher.on_confirm = metrics.publish_confirm.observe
+        if self.app.settings.events or metrics is not None:
             self._events = Events(
                 self.app.settings,
                 self._publisher,
@@ -174,9 +187,10 @@ class Child:
                 self.queues,
                 self._stats,
                 publish=self.app.settings.events,
-                metrics=TaskMetrics() if self.metrics else None,
+                metrics=metrics,
             )
             self._events.start()
+            self._received_log, self._started_log = self._events.received, self._events.started
         try:
             code = await self._consume_until_stopped()
         finally:
@@ -214,6 +228,7 @@ class Child:
                 backoff_s = min(backoff_s * 2, 30.0)
             except RECONNECT_ERRORS as e:
                 refusals = 0
+                self.reconnects += 1
                 current = asyncio.current_task()
                 if isinstance(e, asyncio.CancelledError) and current is not None and current.cancelling():
                     raise  # we are being cancelled; aiormq's internal cancellations are connection losses
@@ -282,7 +297,7 @@ class Child:
                     prefetch = min(prefetch, budget)
                     self._acks_left = budget - prefetch
                 await channel.basic_qos(prefetch_count=prefetch)  # per consumer, never global
-                self._acker = Acker(channel)
+                self._acker = Acker(channel, prefetch)
                 tags: list[str] = []
                 for q in self.queues:
                     ok = await channel.basic_consume(q, self._on_message)
@@ -331,6 +346,7 @@ class Child:
             if job is not None:
                 acker.reject(delivery_tag(job), requeue=True)
                 self._in_flight -= 1
+                self._thread_done()
                 handed_back += 1
         if handed_back:
             log.info("handed %d unstarted message(s) back to the queue", handed_back)
@@ -359,6 +375,8 @@ class Child:
         self._in_flight += 1
         self._idle.clear()
         self.received += 1
+        if self._received_log is not None:
+            self._received_log.append((message, time.time()))
         if self.received == self._retire_at:
             self.retire(f"--max-tasks-per-child {self.max_tasks} reached")
         props = message.header.properties
@@ -373,8 +391,14 @@ class Child:
                 return
         task = self.app.tasks.get(props.message_type or "")
         if task is None or not task.is_async:
-            self._jobs.put(message)
+            inline = self._inline
+            if inline is not None and task is not None and inline.inline(task):
+                await self._run_inline(inline, task, message)
+            else:
+                self._to_thread(message)
             return
+        if self._started_log is not None:
+            self._started_log.append((message, time.time()))
         prepared = prepare(self.app, message)
         if isinstance(prepared, Outcome):
             outcome = prepared
@@ -382,9 +406,51 @@ class Child:
             outcome = await run_async(*prepared, message)
         self._settle(outcome)
 
+    def _to_thread(self, message: DeliveredMessage) -> None:
+        self._threaded += 1
+        self._thread_idle.clear()
+        self._jobs.put(message)
+
+    def _thread_done(self) -> None:
+        self._threaded -= 1
+        if self._threaded <= 0:
+            self._thread_idle.set()
+
+    async def _run_inline(self, inline: InlinePolicy, task: Task[Any, Any], message: DeliveredMessage) -> None:
+        while self._threaded > 0:  # sync tasks run one at a time, in order: the thread's work goes first
+            await self._thread_idle.wait()
+        await inline.turn()
+        if self._shutdown.is_set():  # a warm shutdown began while it waited: hand it back unrun
+            acker = self._acker
+            if acker is not None and message.channel is acker.channel and acker.alive:
+                acker.reject(delivery_tag(message), requeue=True)
+            self._in_flight -= 1
+            if self._in_flight <= 0:
+                self._idle.set()
+            return
+        if self._threaded > 0 or not inline.inline(task):  # changed while it waited
+            self._to_thread(message)
+            return
+        if message.channel.is_closed:  # the broker already requeued it: running it now only duplicates
+            self._settle(Outcome(message, "", reason=STALE))
+            return
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        asyncio.events._set_running_loop(None)  # as in a thread: asyncio.run() works inside the task
+        try:
+            outcome = run_sync(self.app, message)
+        finally:
+            asyncio.events._set_running_loop(loop)
+        elapsed_s = time.perf_counter() - start
+        inline.spent(elapsed_s)
+        inline.observe(task, elapsed_s)
+        self._settle(outcome)
+
     def _thread_main(self) -> None:
         limits = self._limits
         while (message := self._jobs.get()) is not None:
+            if self._started_log is not None and not message.channel.is_closed:
+                self._started_log.append((message, time.time()))
             if message.channel.is_closed:  # the broker already requeued it: running it now only duplicates
                 outcome: Outcome | None = Outcome(message, "", reason=STALE)
             elif limits is None:
@@ -427,20 +493,30 @@ class Child:
                 entry.message.header.properties.message_id,
                 entry.task.time_limit,
             )
+            self._thread_done()  # its thread is abandoned: the loop settles the message
             self._settle(time_limit_outcome(entry.message, entry.task, entry.task.time_limit or 0.0))
             self.retire("a sync task passed its time limit", hand_back=True)
         self._loop.call_later(LIMITS_TICK_S, self._check_time_limits)
 
     def _collect(self) -> None:
         self._wake_pending = False
-        results = self._results
+        results, inline, tasks = self._results, self._inline, self.app.tasks
         while results:
-            self._settle(results.popleft())
+            outcome = results.popleft()
+            self._thread_done()
+            if inline is not None and (task := tasks.get(outcome.task_name)) is not None:
+                inline.observe(task, outcome.runtime_s)
+            self._settle(outcome)
 
     def _stats(self) -> dict[str, Any]:
         """What a heartbeat says of this child's work."""
         consuming = self._acker is not None and self._acker.alive and not self._stopping
-        return {"done": self.tasks_done, "in_flight": self._in_flight, "consuming": consuming}
+        return {
+            "done": self.tasks_done,
+            "in_flight": self._in_flight,
+            "consuming": consuming,
+            "reconnects": self.reconnects,
+        }
 
     def _settle(self, outcome: Outcome) -> None:
         events = self._events

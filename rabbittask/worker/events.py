@@ -2,16 +2,18 @@
 
 Cheap enough to leave on: a settled task costs one `list.append` (of its `Outcome`); once a second,
 or every `BATCH` tasks, the list is grouped by routing key and sent as one JSON message per key
-on a channel of the child's publishing connection, without confirms. Events never block or fail
+on a channel of the child's publishing connection, without confirms. `received` and `started`
+events are off by default (`events_received`, `events_started`): each costs one more append of a
+`(message, time)` tuple per task, to a deque the sync task threads may append to as well. Events never block or fail
 task processing: while a send is still under way (a memory alarm blocks publishing connections)
 they pile up to `MAX_PENDING` and older ones are dropped; a broken channel is reopened later.
 
-Routing keys: `task.<state>.<task name>` (state: succeeded, failed, retried) and
-`worker.heartbeat` / `worker.offline`. Bodies (see docs/events.md):
+Routing keys: `task.<state>.<task name>` (state: received, started, succeeded, failed, retried,
+dead-lettered) and `worker.heartbeat` / `worker.offline`. Bodies (docs/events.md is the reference):
 
-    task.*:  {"host", "pid", "ts", "events": [{"id", "task", "state", "runtime_s"[, "reason", "exc_type"]}]}
-    worker.*: {"host", "pid", "ppid", "ts", "app", "queues", "done", "failed", "retried", "uptime_s",
-               "consuming", "in_flight", "interval_s"}
+    task.*:  {"host", "pid", "ts", "events": [{"id", "task", "state", ...}]}
+    worker.*: {"host", "pid", "ppid", "ts", "app", "queues", "done", "failed", "retried", "dead_lettered",
+               "reconnects", "uptime_s", "consuming", "in_flight", "interval_s"}
 """
 
 from __future__ import annotations
@@ -23,16 +25,28 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiormq
 import aiormq.abc
+from aiormq.abc import DeliveredMessage
 
 from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.settings import Settings
 from rabbittask.topology import events_exchange_name
-from rabbittask.worker.execute import REASON_RETRY, Outcome
+from rabbittask.worker.execute import (
+    MESSAGE_CHARS,
+    REASON_DELIVERY_LIMIT,
+    REASON_EXPIRED,
+    REASON_INVALID,
+    REASON_MALFORMED,
+    REASON_RETRY,
+    REASON_SIGNATURE,
+    REASON_UNKNOWN,
+    Outcome,
+)
 
 if TYPE_CHECKING:
     from rabbittask.worker.metrics import TaskMetrics
@@ -47,15 +61,26 @@ SEND_TIMEOUT_S = 2.0
 HEARTBEAT = "worker.heartbeat"
 OFFLINE = "worker.offline"
 PROPERTIES = aiormq.spec.Basic.Properties(content_type="application/json", delivery_mode=1)
+EVENT_TRACEBACK_CHARS = 2000  # the end of a failed task's traceback: where it raised
+# Dead-lettered without running the task's code: no `failed` event, only `dead-lettered`.
+NOT_RUN = frozenset(
+    {REASON_MALFORMED, REASON_UNKNOWN, REASON_INVALID, REASON_SIGNATURE, REASON_EXPIRED, REASON_DELIVERY_LIMIT}
+)
+MessageLog = deque[tuple[DeliveredMessage, float]]  # (message, time.time()) of received or started tasks
 
 
 def state_of(outcome: Outcome) -> str | None:
-    """The event state of a settled task, or None for a message that was only put back to wait (not run)."""
-    if outcome.reason is None:
+    """The state of a settled task: succeeded, retried, failed (it ran and raised), dead-lettered (never ran).
+
+    None for a message that was only put back to wait (not due yet). A failed task is dead-lettered
+    too: it gets both events, but counts (metrics, heartbeats) under `failed` alone.
+    """
+    reason = outcome.reason
+    if reason is None:
         return "succeeded"
     if outcome.republish is not None:
-        return "retried" if outcome.reason == REASON_RETRY else None
-    return "failed"
+        return "retried" if reason == REASON_RETRY else None
+    return "dead-lettered" if reason in NOT_RUN else "failed"
 
 
 def task_events(outcomes: Sequence[Outcome]) -> dict[str, list[dict[str, Any]]]:
@@ -68,7 +93,30 @@ def task_events(outcomes: Sequence[Outcome]) -> dict[str, list[dict[str, Any]]]:
         event: dict[str, Any] = {"id": o.message_id, "task": o.task_name, "state": state, "runtime_s": o.runtime_s}
         if o.reason is not None:
             event["reason"], event["exc_type"] = o.reason, o.exc_type
+            event["exc_message"] = o.exc_message[:MESSAGE_CHARS]
+            if state == "failed":
+                event["traceback"] = o.traceback[-EVENT_TRACEBACK_CHARS:]
+            elif state == "retried" and o.republish is not None:
+                event["retry_in_s"] = round(o.republish.delay_s, 3)
+            if state != "retried":  # failed ones end in the DLQ as well
+                dead = {**event, "state": "dead-lettered"}
+                dead.pop("traceback", None)
+                groups.setdefault(f"task.dead-lettered.{o.task_name}", []).append(dead)
+                if state == "dead-lettered":
+                    continue
         groups.setdefault(f"task.{state}.{o.task_name}", []).append(event)
+    return groups
+
+
+def started_events(state: str, log: MessageLog) -> dict[str, list[dict[str, Any]]]:
+    """`received` or `started` events of what `log` holds (emptied), grouped by routing key."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for _ in range(len(log)):  # threads may append meanwhile: take what was there
+        message, ts = log.popleft()
+        props = message.header.properties
+        name = props.message_type or ""
+        event = {"id": props.message_id or "?", "task": name, "state": state, "ts": ts}
+        groups.setdefault(f"task.{state}.{name}", []).append(event)
     return groups
 
 
@@ -89,7 +137,9 @@ class Events:
         self.buffer: list[Outcome] = []
         self.settings = settings
         self.exchange = events_exchange_name(settings.exchange)
-        self.done = self.failed = self.retried = self.dropped = 0
+        self.done = self.failed = self.retried = self.dead_lettered = self.dropped = 0
+        self.received: MessageLog | None = deque(maxlen=MAX_PENDING) if publish and settings.events_received else None
+        self.started: MessageLog | None = deque(maxlen=MAX_PENDING) if publish and settings.events_started else None
         self._publisher = publisher
         self._publish = publish
         self._metrics = metrics
@@ -135,7 +185,9 @@ class Events:
             beat = now >= next_beat
             if beat:
                 next_beat = now + self.settings.events_heartbeat_s
-            self.flush(heartbeat=beat)
+            self.flush(heartbeat=beat and self._publish)
+            if self._metrics is not None:
+                self._metrics.sample(self._stats())
             await asyncio.sleep(min(FLUSH_S, self.settings.events_heartbeat_s))
 
     def heartbeat(self) -> dict[str, Any]:
@@ -147,6 +199,7 @@ class Events:
             "uptime_s": round(time.monotonic() - self._started, 3),
             "failed": self.failed,
             "retried": self.retried,
+            "dead_lettered": self.dead_lettered,
             "dropped": self.dropped,
             **self._stats(),
         }
@@ -157,7 +210,7 @@ class Events:
         Meanwhile events are kept, up to `MAX_PENDING`, and a heartbeat is skipped.
         """
         buffer = self.buffer
-        if not buffer and not heartbeat:
+        if not buffer and not heartbeat and not self.received and not self.started:
             return
         if (self._sending is not None and not self._sending.done()) or time.monotonic() < self._broken_until:
             if len(buffer) > MAX_PENDING:
@@ -169,18 +222,29 @@ class Events:
             self._metrics.observe(buffer)
         if not self._publish:
             return
-        groups = task_events(buffer)
-        for events in groups.values():
-            for e in events:
-                if e["state"] == "failed":
-                    self.failed += 1
-                elif e["state"] == "retried":
-                    self.retried += 1
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for state, log in (("received", self.received), ("started", self.started)):
+            if log:
+                groups.update(started_events(state, log))
+        settled = task_events(buffer)
+        groups.update(settled)
+        self._count(settled)
         now = time.time()
         messages = [(key, {**self._identity, "ts": now, "events": events}) for key, events in groups.items()]
         if heartbeat:
             messages.append((HEARTBEAT, self.heartbeat()))
         self._sending = asyncio.ensure_future(self._send(messages))
+
+    def _count(self, settled: dict[str, list[dict[str, Any]]]) -> None:
+        for events in settled.values():
+            for e in events:
+                state = e["state"]
+                if state == "failed":
+                    self.failed += 1
+                elif state == "retried":
+                    self.retried += 1
+                elif state == "dead-lettered":
+                    self.dead_lettered += 1
 
     async def _send(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
         try:

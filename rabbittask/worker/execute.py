@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiormq.abc import DeliveredMessage
 
+from rabbittask import tracing
 from rabbittask.context import TaskContext
 from rabbittask.errors import (
     ArgumentsInvalid,
@@ -42,6 +43,7 @@ from rabbittask.message import (
 from rabbittask.retry import due_in_ms
 from rabbittask.signing import verify
 from rabbittask.topology import delivered_queue
+from rabbittask.tracing import TRACEPARENT
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -205,9 +207,14 @@ def run_sync(app: App, message: DeliveredMessage) -> Outcome:
     task, args, kwargs = prepared
     if task.bind:
         args = (context(app, task, message), *args)
+    headers = message.header.properties.headers
     start = time.perf_counter()
     try:
-        value = task.fn(*args, **kwargs)
+        if tracing.spans is None and not (headers and TRACEPARENT in headers):
+            value = task.fn(*args, **kwargs)
+        else:
+            with tracing.running(task.name, source_queue(app, message), message):
+                value = task.fn(*args, **kwargs)
     except Exception as e:  # noqa: BLE001 - a task's failure is data, not a crash of the worker
         return failed(message, task, e, time.perf_counter() - start)
     return Outcome(message, task.name, value=value, runtime_s=time.perf_counter() - start)
@@ -219,15 +226,25 @@ async def run_async(
     """Run an async task on the child's event loop."""
     if task.bind:
         args = (context(task.app, task, message), *args)
+    headers = message.header.properties.headers
     start = time.perf_counter()
     try:
-        if task.time_limit is None and task.soft_time_limit is None:
+        if tracing.spans is not None or (headers and TRACEPARENT in headers):
+            with tracing.running(task.name, source_queue(task.app, message), message):
+                value = await _call_async(task, args, kwargs)
+        elif task.time_limit is None and task.soft_time_limit is None:
             value = await task.fn(*args, **kwargs)
         else:
             value = await _limited(task, task.fn(*args, **kwargs))
     except Exception as e:  # noqa: BLE001 - a task's failure is data, not a crash of the worker
         return failed(message, task, e, time.perf_counter() - start)
     return Outcome(message, task.name, value=value, runtime_s=time.perf_counter() - start)
+
+
+async def _call_async(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if task.time_limit is None and task.soft_time_limit is None:
+        return await task.fn(*args, **kwargs)
+    return await _limited(task, task.fn(*args, **kwargs))
 
 
 def failed(message: DeliveredMessage, task: Task[Any, Any], exc: Exception, runtime_s: float) -> Outcome:

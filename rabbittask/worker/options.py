@@ -35,6 +35,12 @@ class WorkerOptions(BaseSettings):
 
     concurrency: int = Field(1, ge=1, description="Child processes; each has its own connection and consumes.")
     threads: int = Field(1, ge=1, description="Threads that run sync tasks, per child.")
+    inline_ms: float = Field(
+        1.0,
+        ge=0,
+        description="With one thread, sync tasks whose runs all finish within this many milliseconds run on the "
+        "child's event loop, saving the thread hand-over (0: never).",
+    )
     prefetch: int | None = Field(
         None, ge=1, description="Unacked messages each child's consumer may hold (default: the app's prefetch, 16)."
     )

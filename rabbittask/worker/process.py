@@ -3,7 +3,8 @@
 Set-up happens after the fork, never before: default signal handlers (SIGINT ignored, so a
 Ctrl-C at the terminal reaches the supervisor alone and the children shut down once, when it
 says so), death with the supervisor (`PR_SET_PDEATHSIG` on Linux, and a parent-pid check every
-second everywhere), a process title, and a fresh event loop. The child tells the supervisor
+second everywhere), a process title, the app's `on_worker_process_init` hooks (a failing one
+halts the worker with `EXIT_CONFIG`), and a fresh event loop. The child tells the supervisor
 what it needs to know with one byte on a pipe: `READY` once it consumes, `RETIRING` when it
 stops taking messages so its successor starts at once, and (for `/readyz`) `CONSUMING` / `LOST`
 each time its consumers attach or its session ends.
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from setproctitle import setproctitle
 
-from rabbittask.worker.child import Child
+from rabbittask.worker.child import EXIT_CONFIG, Child
 from rabbittask.worker.options import WorkerOptions
 
 if TYPE_CHECKING:
@@ -106,11 +107,19 @@ def _notify(fd: int, what: bytes) -> None:
 
 def _serve(spec: ChildSpec) -> int:
     options = spec.options
+    for hook in spec.app.worker_process_init:
+        try:
+            hook()
+        except Exception as e:  # noqa: BLE001 - a broken hook fails the same way in every child: halt, say why
+            name = getattr(hook, "__qualname__", repr(hook))
+            log.exception("on_worker_process_init hook %s failed: %s: %s", name, type(e).__name__, e)
+            return EXIT_CONFIG
     child = Child(
         spec.app,
         spec.queues,
         prefetch=options.prefetch,
         threads=options.threads,
+        inline_max_s=options.inline_ms / 1000,
         shutdown_timeout_s=options.shutdown_timeout_s,
         max_tasks=options.max_tasks_per_child,
         max_memory_bytes=options.max_memory_bytes,

@@ -286,7 +286,17 @@ class Supervisor:
             self._read_pipe(child)  # what it said just before it exited
             with contextlib.suppress(OSError):
                 os.close(child.pipe)
+            if self._metrics is not None:
+                self._metrics.child_exited(pid, self._restart_reason(child, status))
             self._on_exit(child, status)
+
+    def _restart_reason(self, child: ChildProc, status: int) -> str | None:
+        """Why an exited child is replaced (for the restarts metric), or None when it is not."""
+        if self._stopping:
+            return None
+        if child.retiring:
+            return "retired"
+        return None if os.waitstatus_to_exitcode(status) == EXIT_CONFIG else "crashed"
 
     def _on_exit(self, child: ChildProc, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)

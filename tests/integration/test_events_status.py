@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -105,6 +107,57 @@ def test_a_worker_run_emits_task_events_and_heartbeats(
     time.sleep(0.3)
     offline = {b["pid"] for key, b in read_events(channel, queue, pids) if key == "worker.offline"}
     assert offline == pids
+
+
+def test_received_started_failed_and_dead_lettered_events_carry_what_a_dashboard_shows(
+    app: App, prefix: str, broker_url: str, worker_factory: WorkerFactory, listener: Any
+) -> None:
+    channel, queue = listener
+    # Given a worker that also sends received and started events
+    env = {"RABBITTASK_EVENTS_RECEIVED": "true", "RABBITTASK_EVENTS_STARTED": "true"}
+    w = worker_factory(APP, prefix=prefix, env=env)
+    w.wait_for_log("consuming from")
+    pids = set(w.wait_for_children(1))
+    # When a sync and an async task succeed, one raises, and a message with bad arguments arrives
+    sent = time.time()
+    ok = app.tasks["core.add"].delay(1, 2).id  # type: ignore[attr-defined]
+    aok = app.tasks["core.amul"].delay(2, 3).id  # type: ignore[attr-defined]
+    boom = app.tasks["core.boom"].delay("disk full").id  # type: ignore[attr-defined]
+    amqp.publish_raw(
+        broker_url,
+        f"{prefix}.main",
+        b'{"v":1,"args":["x","y"],"kwargs":{}}',
+        message_id="bad-1",
+        type="core.add",
+        content_type="application/json",
+    )
+    amqp.wait_depth(broker_url, f"{prefix}.main.dlq", 2)
+    events: dict[str, list[dict[str, Any]]] = {}
+    deadline = time.monotonic() + 10
+    while len(events.get("dead-lettered", ())) < 2 or len(events.get("succeeded", ())) < 2:
+        assert time.monotonic() < deadline, events
+        for key, body in read_events(channel, queue, pids):
+            if key.startswith("task."):
+                for e in body["events"]:
+                    assert key == f"task.{e['state']}.{e['task']}"
+                    events.setdefault(e["state"], []).append(e)
+        time.sleep(0.2)
+    # Then each message was received and started (with the time), and settled once
+    every = {ok, aok, boom, "bad-1"}
+    assert {e["id"] for e in events["received"]} == every
+    assert {e["id"] for e in events["started"]} == every
+    assert all(sent - 1 < e["ts"] < time.time() for e in events["received"] + events["started"])
+    assert {e["id"] for e in events["succeeded"]} == {ok, aok}
+    # the failure carries its type, message and traceback, and the task ends in the DLQ as well
+    [failed] = events["failed"]
+    assert (failed["id"], failed["exc_type"], failed["exc_message"]) == (boom, "ValueError", "boom: disk full")
+    assert "Traceback (most recent call last)" in failed["traceback"]
+    assert failed["traceback"].rstrip().endswith("ValueError: boom: disk full")
+    dead = {e["id"]: e for e in events["dead-lettered"]}
+    assert set(dead) == {boom, "bad-1"}
+    assert dead["bad-1"]["reason"] == "invalid arguments" and "traceback" not in dead["bad-1"]
+    assert "bad-1" not in {e["id"] for e in events["failed"]}  # it never ran
+    assert w.stop() == 0
 
 
 def test_no_events_are_sent_when_turned_off(
@@ -230,7 +283,56 @@ def test_metrics_count_100_tasks_summed_over_children_and_probes_answer(
     assert succeeded == 100
     assert sample(text, "rabbittask_tasks_total", task="core.reject", state="failed") == 3
     assert sample(text, "rabbittask_task_runtime_seconds_count", task="core.add") == 100
+    # the 3 dead letters went out with confirms, which were timed; no connection was lost
+    assert sample(text, "rabbittask_publish_confirm_seconds_count") == 3
+    assert 0 < sample(text, "rabbittask_publish_confirm_seconds_sum") < 3 * 5.0
+    assert "rabbittask_reconnects_total 0.0" in text.splitlines()
     assert get(f"{base}/nope")[0] == 404
+    # When a task runs for a while, the in-flight gauge shows it (sampled once a second), then drops to 0
+    app.tasks["core.record"].delay("slow", 1.5)
+
+    def in_flight_becomes(value: float) -> None:
+        deadline = time.monotonic() + 5
+        while sample(get(f"{base}/metrics")[1], "rabbittask_tasks_in_flight") != value:
+            assert time.monotonic() < deadline, f"in-flight never {value}"
+            time.sleep(0.1)
+
+    in_flight_becomes(1)
+    in_flight_becomes(0)
+    # When a child is killed, /readyz says 503 until its successor consumes, and the restart is counted
+    codes = []
+    os.kill(w.children()[0], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not codes or codes[-1] != 200 or 503 not in codes:
+        assert time.monotonic() < deadline, f"readyz answered {codes}"
+        codes.append(get(f"{base}/readyz")[0])
+        time.sleep(0.02)
+    w.wait_for_log("consuming from", count=3)
+    text = get(f"{base}/metrics")[1]
+    assert sample(text, "rabbittask_child_restarts_total", reason="crashed") == 1
+    assert sample(text, "rabbittask_tasks_total", task="core.add", state="succeeded") == 100  # the dead child's stay
+    assert w.stop() == 0
+
+
+def test_readyz_is_unready_while_no_consumer_is_attached(prefix: str, worker_factory: WorkerFactory) -> None:
+    # Given a worker whose broker does not answer (nothing listens on that port)
+    port, dead_broker = free_port(), f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+    base = f"http://127.0.0.1:{port}"
+    w = worker_factory(
+        APP, "--metrics-port", str(port), "--metrics-host", "127.0.0.1", prefix=prefix, broker_url=dead_broker
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            health = get(f"{base}/healthz")
+            break
+        except OSError:  # the port is not open yet
+            assert time.monotonic() < deadline, "metrics port never opened"
+            time.sleep(0.05)
+    # Then the process is alive but not ready, for as long as its child cannot consume
+    w.wait_for_log("reconnecting in")
+    assert health == (200, "ok\n")
+    assert get(f"{base}/readyz") == (503, "not ready\n")
     assert w.stop() == 0
 
 
@@ -284,3 +386,8 @@ def test_readyz_turns_unready_when_the_connection_is_lost_and_ready_again_after(
         prober.join()
     assert 503 in codes
     assert codes[-1] == 200 and codes.index(503) < len(codes) - 1
+    # and the child counted the reconnect (sampled once a second)
+    deadline = time.monotonic() + 5
+    while sample(get(f"http://127.0.0.1:{port}/metrics")[1], "rabbittask_reconnects_total") != 1:
+        assert time.monotonic() < deadline, "reconnect not counted"
+        time.sleep(0.1)

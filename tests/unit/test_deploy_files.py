@@ -29,6 +29,7 @@ from examples import producer
 from rabbittask.admin.formats import render
 from rabbittask.cli import main
 from rabbittask.cli.common import load_app
+from rabbittask.worker.metrics import HEALTHZ_PATH, METRICS_PATH, READYZ_PATH
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -169,6 +170,18 @@ def test_stop_grace_periods_cover_the_worker_shutdown_timeout() -> None:
     exec_start = shlex.split(re.search(r"^ExecStart=(.*)$", unit, re.MULTILINE).group(1))  # type: ignore[union-attr]
     timeout_stop = float(re.search(r"^TimeoutStopSec=(\d+)$", unit, re.MULTILINE).group(1))  # type: ignore[union-attr]
     assert timeout_stop == option(exec_start, "--shutdown-timeout") + 15
+
+
+def test_worker_probes_and_scrape_use_the_metrics_port_and_the_paths_the_worker_serves() -> None:
+    template = manifest("Deployment", "rabbittask-worker")["spec"]["template"]
+    [container] = template["spec"]["containers"]
+    port = option(container["command"], "--metrics-port")
+    [named] = [p for p in container["ports"] if p["name"] == "metrics"]
+    assert named["containerPort"] == port
+    assert container["livenessProbe"]["httpGet"] == {"path": HEALTHZ_PATH, "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": READYZ_PATH, "port": "metrics"}
+    annotations = template["metadata"]["annotations"]
+    assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == (str(int(port)), METRICS_PATH)
 
 
 def test_exported_definitions_in_deploy_are_current() -> None:

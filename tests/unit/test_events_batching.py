@@ -12,16 +12,31 @@ import pytest
 from rabbittask.settings import Settings
 from rabbittask.status import workers_of
 from rabbittask.worker import events as ev
-from rabbittask.worker.execute import REASON_NOT_DUE, REASON_REJECTED, REASON_RETRY, Outcome, Republish
+from rabbittask.worker.execute import (
+    REASON_FAILED,
+    REASON_INVALID,
+    REASON_NOT_DUE,
+    REASON_REJECTED,
+    REASON_RETRY,
+    Outcome,
+    Republish,
+)
+
+
+def delivered(mid: str = "m1", task: str = "t.add") -> Any:
+    return SimpleNamespace(header=SimpleNamespace(properties=SimpleNamespace(message_id=mid, message_type=task)))
 
 
 def outcome(task: str = "t.add", reason: str | None = None, republish: bool = False, mid: str = "m1") -> Outcome:
-    message: Any = SimpleNamespace(header=SimpleNamespace(properties=SimpleNamespace(message_id=mid)))
     return Outcome(
-        message,
+        delivered(mid, task),
         task,
         reason=reason,
         exc_type="ValueError" if reason else "",
+        exc_message="bad value" if reason else "",
+        traceback="Traceback (most recent call last):\n" + "  frame\n" * 1000 + "ValueError: bad value\n"
+        if reason
+        else "",
         runtime_s=0.5,
         republish=Republish(delay_s=1.0, headers={}) if republish else None,
     )
@@ -30,24 +45,43 @@ def outcome(task: str = "t.add", reason: str | None = None, republish: bool = Fa
 def test_each_settled_task_maps_to_one_state_and_a_wait_is_no_event() -> None:
     assert ev.state_of(outcome()) == "succeeded"
     assert ev.state_of(outcome(reason=REASON_REJECTED)) == "failed"
+    assert ev.state_of(outcome(reason=REASON_FAILED)) == "failed"
+    assert ev.state_of(outcome(reason=REASON_INVALID)) == "dead-lettered"  # never ran
     assert ev.state_of(outcome(reason=REASON_RETRY, republish=True)) == "retried"
     assert ev.state_of(outcome(reason=REASON_NOT_DUE, republish=True)) is None
 
 
-def test_events_are_grouped_by_routing_key() -> None:
-    groups = ev.task_events([outcome(mid="a"), outcome(mid="b"), outcome("t.x", REASON_REJECTED, mid="c")])
-    assert sorted(groups) == ["task.failed.t.x", "task.succeeded.t.add"]
+def test_events_are_grouped_by_routing_key_and_a_failure_carries_its_traceback() -> None:
+    groups = ev.task_events([outcome(mid="a"), outcome(mid="b"), outcome("t.x", REASON_FAILED, mid="c")])
+    assert sorted(groups) == ["task.dead-lettered.t.x", "task.failed.t.x", "task.succeeded.t.add"]
     assert [e["id"] for e in groups["task.succeeded.t.add"]] == ["a", "b"]
-    assert groups["task.failed.t.x"] == [
-        {
-            "id": "c",
-            "task": "t.x",
-            "state": "failed",
-            "runtime_s": 0.5,
-            "reason": REASON_REJECTED,
-            "exc_type": "ValueError",
-        }
-    ]
+    [failed] = groups["task.failed.t.x"]
+    traceback = failed.pop("traceback")
+    assert failed == {
+        "id": "c",
+        "task": "t.x",
+        "state": "failed",
+        "runtime_s": 0.5,
+        "reason": REASON_FAILED,
+        "exc_type": "ValueError",
+        "exc_message": "bad value",
+    }
+    # the end of a long traceback, where it raised
+    assert len(traceback) == ev.EVENT_TRACEBACK_CHARS and traceback.endswith("ValueError: bad value\n")
+    # a failed task ends in the DLQ too: a dead-lettered event without the traceback
+    assert groups["task.dead-lettered.t.x"] == [{**failed, "state": "dead-lettered"}]
+
+
+def test_a_retry_says_when_it_is_due() -> None:
+    [retried] = ev.task_events([outcome("t.x", REASON_RETRY, republish=True)])["task.retried.t.x"]
+    assert (retried["state"], retried["retry_in_s"], retried["exc_type"]) == ("retried", 1.0, "ValueError")
+    assert "traceback" not in retried
+
+
+def test_a_message_that_never_ran_is_only_dead_lettered() -> None:
+    groups = ev.task_events([outcome("t.x", REASON_INVALID, mid="c")])
+    assert list(groups) == ["task.dead-lettered.t.x"]
+    assert groups["task.dead-lettered.t.x"][0]["reason"] == REASON_INVALID
 
 
 class FakeChannel:
@@ -74,9 +108,34 @@ class FakePublisher:
         return self.channel
 
 
-def events(channel: FakeChannel) -> ev.Events:
-    stats = {"done": 0, "in_flight": 0, "consuming": True}
-    return ev.Events(Settings(), FakePublisher(channel), "app", ["q"], lambda: stats)  # type: ignore[arg-type]
+def events(channel: FakeChannel, settings: Settings | None = None) -> ev.Events:
+    stats = {"done": 0, "in_flight": 0, "consuming": True, "reconnects": 0}
+    return ev.Events(settings or Settings(), FakePublisher(channel), "app", ["q"], lambda: stats)  # type: ignore[arg-type]
+
+
+def test_received_and_started_events_are_off_by_default_and_batched_when_on() -> None:
+    assert (events(FakeChannel()).received, events(FakeChannel()).started) == (None, None)
+
+    async def main() -> tuple[FakeChannel, ev.Events]:
+        channel = FakeChannel()
+        e = events(channel, Settings(events_received=True, events_started=True))
+        assert e.received is not None and e.started is not None
+        for i in range(3):  # what the child appends: one (message, time) tuple per task and event
+            e.received.append((delivered(str(i)), 100.0 + i))
+        e.started.append((delivered("0"), 101.5))
+        e.record(outcome(mid="0"))
+        e.flush()
+        await asyncio.sleep(0.01)
+        return channel, e
+
+    channel, e = asyncio.run(main())
+    sent = dict(channel.sent)
+    assert sorted(sent) == ["task.received.t.add", "task.started.t.add", "task.succeeded.t.add"]
+    assert sent["task.received.t.add"]["events"] == [
+        {"id": str(i), "task": "t.add", "state": "received", "ts": 100.0 + i} for i in range(3)
+    ]
+    assert sent["task.started.t.add"]["events"] == [{"id": "0", "task": "t.add", "state": "started", "ts": 101.5}]
+    assert not e.received and not e.started
 
 
 def test_a_full_batch_goes_out_as_one_message_per_routing_key() -> None:
@@ -106,7 +165,7 @@ def test_a_broken_channel_drops_events_and_never_raises(monkeypatch: pytest.Monk
         return e
 
     e = asyncio.run(main())
-    assert e.dropped == 1 and e.failed == 1 and len(e.buffer) == 1
+    assert e.dropped == 2 and e.failed == 1 and len(e.buffer) == 1  # its failed and dead-lettered events
 
 
 def test_a_stuck_send_keeps_at_most_max_pending_events(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,9 +183,11 @@ def test_a_stuck_send_keeps_at_most_max_pending_events(monkeypatch: pytest.Monke
 
 def test_status_sums_the_heartbeats_of_a_workers_children() -> None:
     beat = {"host": "h", "ppid": 10, "queues": ["q"], "done": 5, "failed": 1, "uptime_s": 3.0, "consuming": True}
+    beat |= {"dead_lettered": 2, "reconnects": 1}
     [worker] = workers_of([{**beat, "pid": 11}, {**beat, "pid": 12, "done": 7, "uptime_s": 4.0}])
     assert (worker["pid"], worker["children"], worker["child_pids"]) == (10, 2, [11, 12])
     assert (worker["done"], worker["failed"], worker["uptime_s"], worker["consuming"]) == (12, 2, 4.0, True)
+    assert (worker["dead_lettered"], worker["reconnects"]) == (4, 2)
 
 
 def test_events_can_be_turned_off_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -257,3 +257,16 @@ def test_warm_shutdown_of_children_that_finish_in_time_exits_0(fake: FakeOs) -> 
     sup.stop(graceful=True)
     assert [sig for _, sig in fake.kills] == [signal.SIGTERM, signal.SIGTERM]
     assert sup.children == {} and sup.exit_code == 0
+
+
+def test_the_restarts_metric_counts_crashes_and_retirements_but_not_config_errors_or_shutdowns(fake: FakeOs) -> None:
+    sup = supervisor(concurrency=2)
+    sup.manage()
+    first, second = fake.forks
+    fake.say(first, READY + RETIRING)
+    sup._wait(0)
+    assert sup._restart_reason(sup.children[first], exited(0)) == "retired"
+    assert sup._restart_reason(sup.children[second], killed(signal.SIGKILL)) == "crashed"
+    assert sup._restart_reason(sup.children[second], exited(78)) is None  # halts the worker instead
+    sup._stopping = True
+    assert sup._restart_reason(sup.children[second], killed(signal.SIGKILL)) is None

@@ -1,0 +1,101 @@
+"""What the dashboard heard since it started: live workers, task counts per minute, recent failures.
+
+Kept in memory only, so the dashboard needs no storage: per-minute counts of the last hour in a
+ring, the last `FAILURES` dead-lettered tasks, and the latest heartbeat of each worker child. Apps that
+share an exchange share its events: only events of `tasks` (the app's task names) count. A child is
+live while its heartbeats keep coming (within `LIVE_BEATS` intervals) and until it says it goes
+offline. Events are counted when they arrive, by the dashboard's clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from collections.abc import Collection
+from typing import Any
+
+MINUTES = 60
+FAILURES = 50
+LIVE_BEATS = 3.0  # a child missing this many heartbeat intervals is taken for gone
+FAILED = "failed"  # the task ran and raised; it is dead-lettered
+DEAD_LETTERED = "dead-lettered"  # in the DLQ: a failed task, or one that never ran (bad message, expired...)
+
+BeatKey = tuple[str, int]
+
+
+class History:
+    """Heartbeats, per-minute task counts and recent failures, fed with event messages."""
+
+    def __init__(self, tasks: Collection[str] | None = None, now: float | None = None) -> None:
+        self.tasks = frozenset(tasks) if tasks is not None else None
+        self.started_at = time.time() if now is None else now
+        self.minutes: deque[tuple[int, Counter[str]]] = deque()
+        self.totals: Counter[str] = Counter()
+        self.failures: deque[dict[str, Any]] = deque(maxlen=FAILURES)
+        self.beats: dict[BeatKey, tuple[float, dict[str, Any]]] = {}
+
+    def feed(self, routing_key: str, body: dict[str, Any], now: float | None = None) -> None:
+        """Take one message of the events exchange (`task.<state>.<task>` or `worker.*`)."""
+        now = time.time() if now is None else now
+        if routing_key.startswith("task."):
+            self._tasks(body, now)
+            return
+        try:
+            key = (str(body["host"]), int(body["pid"]))
+        except (KeyError, TypeError, ValueError):
+            return
+        if routing_key == "worker.offline":
+            self.beats.pop(key, None)
+        elif routing_key == "worker.heartbeat":
+            self.beats[key] = (now, body)
+
+    def _tasks(self, body: dict[str, Any], now: float) -> None:
+        events = body.get("events")
+        if not isinstance(events, list):
+            return
+        counts = self._minute(now)
+        for event in events:
+            if not isinstance(event, dict) or (self.tasks is not None and event.get("task") not in self.tasks):
+                continue
+            state = str(event.get("state", "?"))
+            counts[state] += 1
+            self.totals[state] += 1
+            if state in (FAILED, DEAD_LETTERED):
+                self._failure({**event, "ts": now, "host": body.get("host"), "pid": body.get("pid")})
+
+    def _failure(self, entry: dict[str, Any]) -> None:
+        for i, seen in enumerate(self.failures):
+            if seen.get("id") == entry.get("id"):  # a failed task is also reported dead-lettered: keep one
+                if entry["state"] == FAILED:
+                    self.failures[i] = entry  # the one with the traceback
+                return
+        self.failures.appendleft(entry)
+
+    def _minute(self, now: float) -> Counter[str]:
+        minute = int(now // 60)
+        if not self.minutes or self.minutes[-1][0] != minute:
+            self.minutes.append((minute, Counter()))
+        while self.minutes and self.minutes[0][0] <= minute - MINUTES:
+            self.minutes.popleft()
+        return self.minutes[-1][1]
+
+    def live_beats(self, now: float | None = None) -> list[dict[str, Any]]:
+        """The latest heartbeat of every child still live."""
+        now = time.time() if now is None else now
+        for key, (seen, body) in list(self.beats.items()):
+            if now - seen > LIVE_BEATS * float(body.get("interval_s", 2.0)):
+                del self.beats[key]
+        return [body for _, body in self.beats.values()]
+
+    def rates(self, now: float | None = None) -> dict[str, Any]:
+        """Counts per minute for the last hour: `minutes` (epoch seconds) and one list per state."""
+        now = time.time() if now is None else now
+        last = int(now // 60)
+        first = max(last - MINUTES + 1, int(self.started_at // 60))
+        by_minute = dict(self.minutes)
+        states = sorted({s for _, c in self.minutes for s in c} | {"succeeded", "failed"})
+        span = range(first, last + 1)
+        return {
+            "minutes": [m * 60 for m in span],
+            "series": {s: [by_minute.get(m, Counter())[s] for m in span] for s in states},
+        }

@@ -1,0 +1,130 @@
+"""The dashboard's side of the broker: it listens to the events exchange and reads queue depths.
+
+Events arrive on an exclusive, auto-deleted queue bound to `task.#` and `worker.*` of
+`<exchange>.events`, consumed without acks: the dashboard is a spectator, and a message it misses
+costs one count in a plot. When the connection drops it reconnects every `RECONNECT_S`, and the
+page says events are not coming in meanwhile. Queue depths are read by passive declares on the same
+connection when the page asks, at most once per `DEPTHS_S`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiormq
+import aiormq.abc
+from aiormq.abc import DeliveredMessage
+
+from rabbittask.dashboard.history import History
+from rabbittask.errors import RabbitTaskError
+from rabbittask.publish.aio import connect
+from rabbittask.settings import mask_url
+from rabbittask.status import queue_depth, queue_row, workers_of
+from rabbittask.topology import DELAY_LEVELS, delay_level_name, events_exchange_name
+
+if TYPE_CHECKING:
+    from rabbittask.app import App
+
+log = logging.getLogger(__name__)
+
+RECONNECT_S = 2.0
+DEPTHS_S = 1.5
+BINDINGS = ("task.#", "worker.*")
+
+
+class Monitor:
+    """Feeds a `History` from the events exchange and answers what the page shows."""
+
+    def __init__(self, app: App, history: History | None = None) -> None:
+        self.app = app
+        self.history = history or History(app.tasks)
+        self.exchange = events_exchange_name(app.settings.exchange)
+        self.error: str | None = "connecting"
+        self._connection: aiormq.abc.AbstractConnection | None = None
+        self._depths: tuple[float, list[dict[str, Any]], int | None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def run(self) -> None:
+        """Listen until cancelled, reconnecting after a lost connection."""
+        while True:
+            try:
+                connection = await connect(self.app.settings, "dashboard")
+            except RabbitTaskError as e:
+                self._lost(str(e))
+                await asyncio.sleep(RECONNECT_S)
+                continue
+            try:
+                await self._listen(connection)
+                self._connection, self.error = connection, None
+                await connection.closing
+                self._lost("the broker closed the connection")
+            except Exception as e:  # noqa: BLE001 - whatever broke the connection, the dashboard reconnects
+                self._lost(f"lost the connection to the broker ({mask_url(str(e)) or type(e).__name__})")
+            finally:
+                self._connection = None
+                with contextlib.suppress(Exception):
+                    await connection.close()
+            await asyncio.sleep(RECONNECT_S)
+
+    def _lost(self, why: str) -> None:
+        if self.error is None or self.error == "connecting":
+            log.warning("not hearing events: %s; reconnecting every %.0f s", why, RECONNECT_S)
+        self.error = f"{why}; reconnecting"
+
+    async def _listen(self, connection: aiormq.abc.AbstractConnection) -> None:
+        channel = await connection.channel()
+        # Declared like a worker declares it, so a dashboard started first still hears the workers.
+        declare = self.app.settings.declare_topology
+        await channel.exchange_declare(self.exchange, exchange_type="topic", durable=True, passive=not declare)
+        ok = await channel.queue_declare("", exclusive=True, auto_delete=True)
+        assert ok.queue is not None
+        for key in BINDINGS:
+            await channel.queue_bind(ok.queue, self.exchange, routing_key=key)
+
+        async def on_message(message: DeliveredMessage) -> None:
+            try:
+                body = json.loads(message.body)
+            except ValueError:
+                return
+            if isinstance(body, dict) and message.routing_key is not None:
+                self.history.feed(message.routing_key, body)
+
+        await channel.basic_consume(ok.queue, on_message, no_ack=True)
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Live workers of this app (children's heartbeats summed per supervisor)."""
+        return workers_of(self._mine())
+
+    def _mine(self) -> list[dict[str, Any]]:
+        queues = set(self.app.queues)
+        return [b for b in self.history.live_beats() if set(b.get("queues", ())) & queues]
+
+    async def queues(self) -> tuple[list[dict[str, Any]], int | None]:
+        """Rows of the app's queues (as `rabbittask status`) and the messages waiting in the delay ladder."""
+        async with self._lock:
+            if self._depths is not None and time.monotonic() - self._depths[0] < DEPTHS_S:
+                return self._depths[1], self._depths[2]
+            connection = self._connection
+            if connection is None or connection.is_closed:
+                return [], None
+            beats = self._mine()
+            try:
+                rows = [await queue_row(connection, q, beats) for q in sorted(self.app.queues)]
+                delayed = await self._delayed(connection)
+            except (aiormq.exceptions.AMQPError, ConnectionError) as e:
+                log.debug("queue depths not read: %s", e)
+                return [], None
+            self._depths = (time.monotonic(), rows, delayed)
+            return rows, delayed
+
+    async def _delayed(self, connection: aiormq.abc.AbstractConnection) -> int | None:
+        """Messages in the delay ladder of the app's exchange (retries and countdowns of all its queues)."""
+        exchange = self.app.settings.exchange
+        depths = [(await queue_depth(connection, delay_level_name(exchange, k)))[0] for k in range(DELAY_LEVELS)]
+        known = [d for d in depths if d is not None]
+        return sum(known) if known else None

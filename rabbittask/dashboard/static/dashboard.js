@@ -1,0 +1,224 @@
+// rabbittask dashboard: polls /api/state every 2 s and renders it; DLQ actions are POSTs with the CSRF token.
+// Everything that comes from the broker (task names, tracebacks, bodies) is set as text, never as HTML.
+"use strict";
+
+const CSRF = document.querySelector('meta[name="csrf-token"]').content;
+const POLL_MS = 2000;
+const COLORS = { succeeded: "#2e7d32", failed: "#c62828", retried: "#ef6c00", received: "#1565c0", started: "#6a1b9a" };
+let chart = null;
+let chartStates = "";
+let chartSpan = [0, 3600];
+let dlqQueue = null;
+let dlqTotal = 0;
+let dlqName = "";
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child instanceof Node ? child : String(child ?? ""));
+  return node;
+}
+
+function num(value) {
+  return value === null || value === undefined ? "-" : String(value);
+}
+
+function duration(seconds) {
+  seconds = Math.floor(seconds);
+  const h = Math.floor(seconds / 3600), m = Math.floor((seconds % 3600) / 60), s = seconds % 60;
+  const pad = (x) => String(x).padStart(2, "0");
+  return h ? `${h}h${pad(m)}m${pad(s)}s` : `${m}m${pad(s)}s`;
+}
+
+function age(seconds) {
+  if (seconds === null || seconds === undefined) return "?";
+  for (const [unit, size] of [["d", 86400], ["h", 3600], ["m", 60]]) {
+    if (seconds >= size) return `${Math.floor(seconds / size)}${unit}`;
+  }
+  return `${Math.floor(seconds)}s`;
+}
+
+function notice(text, isError) {
+  const box = document.getElementById("notice");
+  box.textContent = text;
+  box.className = isError ? "error" : "ok";
+  box.hidden = false;
+}
+
+async function api(path, body) {
+  const options = body === undefined ? {} : {
+    method: "POST",
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": CSRF },
+    body: JSON.stringify(body),
+  };
+  const response = await fetch(path, { credentials: "same-origin", ...options });
+  if (response.status === 401) throw new Error("not logged in (was the dashboard restarted?): open the URL it printed again");
+  const data = await response.json().catch(() => ({ error: `${response.status} ${response.statusText}` }));
+  if (!response.ok) throw new Error(data.error || `${response.status} ${response.statusText}`);
+  return data;
+}
+
+function fill(tbody, rows) {
+  tbody.replaceChildren(...rows);
+}
+
+function renderWorkers(workers) {
+  fill(document.querySelector("#workers tbody"), workers.map((w) => el("tr", { "data-pid": w.pid },
+    el("td", {}, w.host), el("td", {}, w.pid), el("td", {}, w.queues.join(", ")),
+    el("td", { class: "n" }, w.children), el("td", { class: "n" }, w.done),
+    el("td", { class: "n" }, w.failed), el("td", { class: "n" }, w.retried),
+    el("td", { class: "n" }, w.in_flight), el("td", {}, duration(w.uptime_s)))));
+  document.getElementById("no-workers").hidden = workers.length > 0;
+}
+
+function renderQueues(queues, delayed) {
+  fill(document.querySelector("#queues tbody"), queues.map((q) => el("tr", { "data-queue": q.name },
+    el("td", {}, q.name, q.exists ? "" : el("span", { class: "bad" }, " (missing)")),
+    el("td", { class: "n" }, num(q.ready)), el("td", { class: "n" }, num(q.unacked)),
+    el("td", { class: q.consumers ? "n" : "n bad" }, q.consumers),
+    el("td", { class: q.dlq_ready ? "n bad dlq-depth" : "n dlq-depth" }, num(q.dlq_ready)),
+    el("td", {}, el("button", { type: "button", class: "browse", onclick: () => openDlq(q.name) }, "browse")))));
+  document.getElementById("delayed").textContent = num(delayed);
+}
+
+function renderChart(rates) {
+  const order = ["received", "started", "succeeded", "retried", "failed"];  // later ones are drawn on top
+  const rank = (s) => (order.includes(s) ? order.indexOf(s) : order.length);
+  const states = Object.keys(rates.series).sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
+  const data = [rates.minutes, ...states.map((s) => rates.series[s])];
+  const box = document.getElementById("chart");
+  const last = rates.minutes[rates.minutes.length - 1];
+  chartSpan = [last - 59.5 * 60, last + 30];  // always the last hour (whole bars), even while history is shorter
+  if (chart === null || chartStates !== states.join()) {
+    if (chart !== null) chart.destroy();
+    chartStates = states.join();
+    chart = new uPlot({
+      width: Math.max(320, box.clientWidth), height: 220,
+      scales: { x: { time: true, range: () => chartSpan }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
+      series: [{}, ...states.map((s) => ({
+        label: s, stroke: COLORS[s] || "#555", fill: `${COLORS[s] || "#555555"}55`, width: 1,
+        paths: uPlot.paths.bars({ size: [0.8, 14] }), points: { show: false },
+      }))],
+      axes: [{}, { label: "tasks / min" }],
+    }, data, box);
+  } else {
+    chart.setData(data);
+  }
+}
+
+function renderTotals(totals) {
+  const parts = Object.entries(totals).sort().map(([state, n]) => el("span", { class: "total", id: `total-${state}` }, `${state} ${n}`));
+  fill(document.getElementById("totals"), parts.length ? [el("span", { class: "muted" }, "since start: "), ...parts] : []);
+}
+
+const opened = new Set();  // tracebacks the reader opened stay open across refreshes
+
+function traceback(key, text) {
+  if (!text) return el("span", { class: "muted" }, "no traceback");
+  const box = el("details", { ontoggle: () => (box.open ? opened.add(key) : opened.delete(key)) },
+    el("summary", {}, "traceback"), el("pre", {}, text));
+  box.open = opened.has(key);
+  return box;
+}
+
+function renderFailures(failures) {
+  fill(document.getElementById("failures"), failures.map((f) => el("li", { "data-id": f.id },
+    el("div", {},
+      el("span", { class: "muted" }, new Date(f.ts * 1000).toLocaleTimeString()), " ",
+      el("strong", {}, f.task), " ", el("code", {}, f.id), " ",
+      el("span", { class: "bad" }, f.reason || ""), f.exc_type ? ` ${f.exc_type}: ${f.exc_message || ""}` : "",
+      el("span", { class: "muted" }, ` on ${f.host} pid ${f.pid}`)),
+    traceback(`failure:${f.id}:${f.ts}`, f.traceback))));
+  document.getElementById("no-failures").hidden = failures.length > 0;
+}
+
+async function refresh() {
+  try {
+    const state = await api("/api/state");
+    renderWorkers(state.workers);
+    renderQueues(state.queues, state.delayed);
+    renderChart(state.rates);
+    renderTotals(state.totals);
+    renderFailures(state.failures);
+    const pill = document.getElementById("connection");
+    pill.textContent = state.events_error ? `events: ${state.events_error}` : "live";
+    pill.className = state.events_error ? "pill bad" : "pill ok";
+    document.getElementById("updated").textContent = `updated ${new Date(state.now * 1000).toLocaleTimeString()}`;
+  } catch (e) {
+    const pill = document.getElementById("connection");
+    pill.textContent = `dashboard unreachable: ${e.message}`;
+    pill.className = "pill bad";
+  }
+}
+
+async function openDlq(queue) {
+  dlqQueue = queue;
+  document.getElementById("dlq-confirm").hidden = true;
+  await loadDlq();
+  document.getElementById("dlq").scrollIntoView({ block: "nearest" });
+}
+
+async function loadDlq() {
+  if (dlqQueue === null) return;
+  let data;
+  try {
+    data = await api(`/api/dlq/${encodeURIComponent(dlqQueue)}`);
+  } catch (e) {
+    notice(`cannot read the dead letters of ${dlqQueue}: ${e.message}`, true);
+    return;
+  }
+  dlqTotal = data.total;
+  dlqName = data.dlq;
+  const shown = data.messages.length < data.total ? `, first ${data.messages.length}` : "";
+  document.getElementById("dlq-name").textContent = `· ${data.dlq}: ${data.total} message(s)${shown}`;
+  document.getElementById("dlq-hint").hidden = true;
+  document.getElementById("dlq-actions").hidden = false;
+  document.getElementById("dlq-messages").hidden = data.total === 0;
+  fill(document.querySelector("#dlq-messages tbody"), data.messages.map((m) => el("tr", { "data-id": m.id },
+    el("td", {}, el("code", {}, m.id)), el("td", {}, m.task),
+    el("td", {}, m.reason, m.exc_type ? `: ${m.exc_type}: ${m.exc_message}` : "", traceback(`dlq:${m.id}`, m.traceback)),
+    el("td", { class: "n" }, m.attempts), el("td", {}, age(m.age_s)),
+    el("td", {}, el("button", { type: "button", class: "replay", onclick: () => replay([m.id]) }, "Replay")))));
+}
+
+async function replay(ids) {
+  try {
+    const result = await api(`/api/dlq/${encodeURIComponent(dlqQueue)}/replay`, ids ? { ids } : { all: true });
+    const missing = result.missing.length ? `; not found: ${result.missing.join(", ")}` : "";
+    notice(`replayed ${result.replayed.length} message(s) to ${dlqQueue}${missing}`, result.missing.length > 0);
+  } catch (e) {
+    notice(`replay refused: ${e.message}`, true);
+  }
+  await loadDlq();
+  await refresh();
+}
+
+async function purge() {
+  document.getElementById("dlq-confirm").hidden = true;
+  try {
+    const result = await api(`/api/dlq/${encodeURIComponent(dlqQueue)}/purge`, { confirm: dlqName });
+    notice(`purged ${result.purged} message(s) from ${dlqName}`, false);
+  } catch (e) {
+    notice(`purge refused: ${e.message}`, true);
+  }
+  await loadDlq();
+  await refresh();
+}
+
+document.getElementById("dlq-refresh").addEventListener("click", loadDlq);
+document.getElementById("dlq-replay-all").addEventListener("click", () => replay(null));
+document.getElementById("dlq-purge").addEventListener("click", async () => {
+  await loadDlq();  // ask with the count as it is now
+  document.getElementById("dlq-confirm-text").textContent = `Delete all ${dlqTotal} message(s) of ${dlqName}? This cannot be undone.`;
+  document.getElementById("dlq-confirm").hidden = false;
+});
+document.getElementById("dlq-purge-yes").addEventListener("click", purge);
+document.getElementById("dlq-purge-no").addEventListener("click", () => { document.getElementById("dlq-confirm").hidden = true; });
+window.addEventListener("resize", () => { if (chart) chart.setSize({ width: Math.max(320, document.getElementById("chart").clientWidth), height: 220 }); });
+
+refresh();
+setInterval(refresh, POLL_MS);

@@ -1,0 +1,183 @@
+"""The dashboard's Starlette app: one page, the JSON it polls, and the dead-letter actions.
+
+    GET  /                          the page (its script polls /api/state every 2 s)
+    GET  /api/state                 workers, queues, delayed, task rates, recent failures
+    GET  /api/dlq/{queue}           the head of `<queue>.dlq` (?limit=, 50 by default), left in place
+    POST /api/dlq/{queue}/replay    {"ids": [...]} or {"all": true}: back to the task queue, attempts reset
+    POST /api/dlq/{queue}/purge     {"confirm": "<queue>.dlq"}: delete every message of the DLQ
+
+DLQ commands are `rabbittask.dlq.DeadLetterQueue` (blocking pika), run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from rabbittask.dashboard.auth import Sessions, TokenAuth
+from rabbittask.dashboard.monitor import Monitor
+from rabbittask.dlq import DeadLetter, DeadLetterQueue
+from rabbittask.errors import RabbitTaskError
+
+if TYPE_CHECKING:
+    from rabbittask.app import App
+
+STATIC = Path(__file__).parent / "static"
+PAGE = (Path(__file__).parent / "page.html").read_text()
+DLQ_LIMIT = 50
+DLQ_MAX_LIMIT = 500
+BODY_CHARS = 2000
+
+
+def create_app(app: App, token: str, monitor: Monitor | None = None) -> Starlette:
+    """The ASGI app of the dashboard of `app`, guarded by `token`."""
+    views = _Views(app, monitor or Monitor(app))
+    return Starlette(
+        routes=[
+            Route("/", views.page),
+            Route("/api/state", views.state),
+            Route("/api/dlq/{queue}", views.dlq_list),
+            Route("/api/dlq/{queue}/replay", views.dlq_replay, methods=["POST"]),
+            Route("/api/dlq/{queue}/purge", views.dlq_purge, methods=["POST"]),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        ],
+        middleware=[Middleware(TokenAuth, token=token, sessions=Sessions())],
+        exception_handlers={_Refused: _refused, RabbitTaskError: _broker_error},
+        lifespan=views.lifespan,
+    )
+
+
+class _Views:
+    """The handlers, over one app and its monitor."""
+
+    def __init__(self, app: App, monitor: Monitor) -> None:
+        self.app = app
+        self.monitor = monitor
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
+        runner = asyncio.ensure_future(self.monitor.run())
+        try:
+            yield
+        finally:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+
+    async def page(self, request: Request) -> Response:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.monitor.history.started_at))
+        text = PAGE
+        for key, value in {"app": self.app.name, "csrf": request.state.csrf or "", "started": started}.items():
+            text = text.replace("{{" + key + "}}", html.escape(value))
+        return HTMLResponse(text, headers={"Cache-Control": "no-store"})
+
+    async def state(self, request: Request) -> Response:
+        queues, delayed = await self.monitor.queues()
+        history = self.monitor.history
+        return JSONResponse(
+            {
+                "app": self.app.name,
+                "exchange": self.app.settings.exchange,
+                "started_at": history.started_at,
+                "now": time.time(),
+                "events_error": self.monitor.error,
+                "workers": self.monitor.workers(),
+                "queues": queues,
+                "delayed": delayed,
+                "rates": history.rates(),
+                "totals": dict(history.totals),
+                "failures": list(history.failures),
+            }
+        )
+
+    def _dead_letters(self, request: Request) -> DeadLetterQueue:
+        queue = request.path_params["queue"]
+        if queue not in self.app.queues:
+            raise _Refused(404, f"{queue!r} is not a task queue of app {self.app.name!r}")
+        return DeadLetterQueue(self.app.settings, queue)
+
+    async def dlq_list(self, request: Request) -> Response:
+        box = self._dead_letters(request)
+        try:
+            limit = min(DLQ_MAX_LIMIT, max(1, int(request.query_params.get("limit", DLQ_LIMIT))))
+        except ValueError:
+            raise _Refused(400, "limit must be a whole number") from None
+        letters, total = await run_in_threadpool(box.peek, limit)
+        return JSONResponse(
+            {"queue": box.queue, "dlq": box.name, "total": total, "messages": [_letter(x) for x in letters]}
+        )
+
+    async def dlq_replay(self, request: Request) -> Response:
+        box = self._dead_letters(request)
+        body = await _json(request)
+        ids = body.get("ids") or []
+        valid = isinstance(ids, list) and all(isinstance(i, str) for i in ids)
+        if not valid or (not ids and body.get("all") is not True):
+            raise _Refused(400, 'say which messages to replay: {"ids": ["..."]} or {"all": true}')
+        result = await run_in_threadpool(box.replay, ids)
+        return JSONResponse({"replayed": result.replayed, "missing": result.missing})
+
+    async def dlq_purge(self, request: Request) -> Response:
+        box = self._dead_letters(request)
+        if (await _json(request)).get("confirm") != box.name:
+            confirm = json.dumps({"confirm": box.name})
+            raise _Refused(400, f"purging deletes every message of {box.name}: confirm with {confirm}")
+        purged = await run_in_threadpool(box.purge)
+        return JSONResponse({"purged": purged})
+
+
+async def _refused(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, _Refused)
+    return JSONResponse({"error": exc.message}, exc.status)
+
+
+async def _broker_error(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": str(exc)}, 502)
+
+
+class _Refused(Exception):
+    """A request the dashboard answers with an error status and a message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        raise _Refused(400, "the request body must be JSON") from None
+    if not isinstance(body, dict):
+        raise _Refused(400, "the request body must be a JSON object")
+    return body
+
+
+def _letter(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "id": letter.id,
+        "task": letter.task,
+        "reason": letter.reason,
+        "exc_type": letter.exc_type,
+        "exc_message": letter.exc_message,
+        "traceback": letter.traceback,
+        "attempts": letter.attempts,
+        "age_s": letter.age_s(),
+        "worker": letter.worker,
+        "body": letter.body[:BODY_CHARS].decode("utf-8", "replace"),
+    }
