@@ -17,7 +17,7 @@ from pamqp.commands import Basic
 from rabbittask import endpoints
 from rabbittask.errors import AccessRefused, PublishConnectionError, PublishError, PublishNotConfirmed, TopologyMismatch
 from rabbittask.publish.declare import declare_async
-from rabbittask.publish.outgoing import Outgoing, publish_target
+from rabbittask.publish.outgoing import Outgoing, missing_exchange, publish_target
 from rabbittask.settings import Settings, host_port, mask_url
 from rabbittask.topology import Declaration
 
@@ -239,6 +239,8 @@ class AsyncPublisher:
             ) from None
         except aiormq.exceptions.DeliveryError:  # aiormq raises this for a basic.nack
             raise _nacked(msg) from None
+        except aiormq.exceptions.ChannelNotFoundEntity as e:  # the broker closed the channel: the next publish reopens
+            raise missing_exchange(msg, exchange, _reply_text(e)) from None
         except TimeoutError:
             raise self.not_confirmed(msg) from None
         except CONNECTION_ERRORS as e:
