@@ -434,7 +434,9 @@ class Child:
         if message.channel.is_closed:  # the broker already requeued it: running it now only duplicates
             self._settle(Outcome(message, "", reason=STALE))
             return
-        loop = asyncio.get_running_loop()
+        if self._started_log is not None:
+            self._started_log.append((message, time.time()))
+        loop = self._loop
         start = time.perf_counter()
         asyncio.events._set_running_loop(None)  # as in a thread: asyncio.run() works inside the task
         try:
