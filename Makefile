@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export RABBITTASK_BROKER_URL ?= amqp://guest:guest@localhost:5672/
 
-.PHONY: venv broker demo test test-fast faults bench check format clean
+.PHONY: venv broker demo test test-fast faults scaling bench check format clean
 
 $(VENV)/.installed: pyproject.toml
 	bash scripts/bootstrap.sh $(VENV)
@@ -31,6 +31,10 @@ test-fast: venv broker
 # Only the fault scenarios (they start their own throwaway broker nodes).
 faults: venv
 	$(PY) -m pytest -m faults $(PYTEST_ARGS)
+
+# Drain rate on a 3-node cluster with workers on 1, 2 and 3 hosts (network namespaces; root).
+scaling: venv
+	$(PY) -m bench.scaling $(SCALING_ARGS)
 
 bench: venv broker
 	$(PY) -m bench.run $(BENCH_ARGS)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import os
 import re
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
@@ -17,8 +18,9 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from rabbittask import tracing
 from rabbittask.context import TaskContext
-from rabbittask.errors import BatchNotConfirmed, ConfigError, PublishError, TaskNotFound
+from rabbittask.errors import BatchNotConfirmed, ConfigError, TaskNotFound
 from rabbittask.publish.aio import AsyncPublisher, Pipeline
+from rabbittask.publish.batch import SyncBatch
 from rabbittask.publish.declare import declare_sync
 from rabbittask.publish.outgoing import Outgoing
 from rabbittask.publish.sync import SyncPublisher
@@ -55,13 +57,6 @@ TASK_OPTIONS |= {"time_limit", "soft_time_limit"}
 
 _LAZY_INIT = threading.Lock()  # builds the shared RPC client and the backend once, whichever thread asks first
 _TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
-
-
-class _Batch:
-    """Messages held by `app.batch()` until its end."""
-
-    def __init__(self) -> None:
-        self.messages: list[Outgoing] = []
 
 
 class App:
@@ -297,11 +292,9 @@ class App:
         return self._send(msg)
 
     def _send(self, msg: Outgoing) -> TaskHandle:
-        batch: _Batch | None = getattr(self._local, "batch", None)
+        batch: SyncBatch | None = getattr(self._local, "batch", None)
         if batch is not None:
-            batch.messages.append(msg)
-            if len(batch.messages) >= 10 * self.settings.batch_in_flight:
-                self._flush(batch)
+            batch.add(msg)
         else:
             self._sync_publisher().publish(msg)
         return TaskHandle(msg.message_id, msg.task_name, msg.routing_key, self)
@@ -391,20 +384,13 @@ class App:
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        """Send many tasks with pipelined confirms; on exit wait for all and raise if any failed."""
+        """Send many tasks with pipelined confirms; on exit wait for all and raise if any failed.
+
+        Messages stream to the broker in chunks while the block runs (see `publish/batch.py`); if the
+        block raises, what it sent so far is still confirmed, the rest is not sent.
+        """
         if getattr(self._local, "batch", None) is not None:
             yield  # nested: the outer batch confirms
-            return
-        batch = self._local.batch = _Batch()
-        try:
-            yield
-        finally:
-            self._local.batch = None
-        self._flush(batch)
-
-    def _flush(self, batch: _Batch) -> None:
-        msgs, batch.messages = batch.messages, []
-        if not msgs:
             return
         try:
             asyncio.get_running_loop()
@@ -412,22 +398,23 @@ class App:
             pass
         else:
             raise ConfigError("app.batch() cannot be used inside a running event loop: use `async with app.abatch()`")
-        failed = asyncio.run(self._publish_all(msgs))
-        _raise_failed(failed, len(msgs))
-
-    async def _publish_all(self, msgs: list[Outgoing]) -> list[tuple[str, BaseException]]:
-        # Each flush runs on a loop of its own; the topology is declared once per process, not per flush.
-        declared = self._declared_pid == os.getpid()
-        publisher = AsyncPublisher(self.settings, () if declared else self.declarations())
+        batch = self._local.batch = SyncBatch(self.settings, self._batch_declarations, self._batch_opened)
         try:
-            try:
-                await publisher.channel()
-            except PublishError as e:
-                return [(m.message_id, e) for m in msgs]
-            self._declared_pid = os.getpid()
-            return await publisher.publish_many(msgs)
-        finally:
-            await publisher.close()
+            yield
+        except BaseException:
+            self._local.batch = None
+            with contextlib.suppress(Exception):
+                batch.finish(send=False)
+            raise
+        self._local.batch = None
+        _raise_failed(batch.finish(), batch.count)
+
+    def _batch_declarations(self) -> Sequence[Declaration]:
+        # The topology is declared once per process, not per batch.
+        return () if self._declared_pid == os.getpid() else self.declarations()
+
+    def _batch_opened(self) -> None:
+        self._declared_pid = os.getpid()
 
     @asynccontextmanager
     async def abatch(self) -> AsyncIterator[None]:

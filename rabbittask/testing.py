@@ -141,6 +141,10 @@ class RabbitNode:
     ``extra_config`` lines are appended to its rabbitmq.conf (e.g. ``"consumer_timeout = 5000"``);
     ``plugins`` are enabled at boot, each listener of theirs on a port of its own.
     Nodes that share a ``cookie`` can be clustered with ``ctl("join_cluster", other.nodename)``.
+
+    ``netns`` runs the node (and its CLI commands) in that Linux network namespace, listening on
+    ``host`` (an address of the namespace): a "host" of its own whose link a test can cut. Such a
+    node uses long Erlang names on its IP (``rt-PORT@10.0.0.2``) and its namespace's own epmd.
     """
 
     def __init__(
@@ -150,17 +154,21 @@ class RabbitNode:
         *,
         cookie: str = "",
         tls: TlsFiles | None = None,
+        netns: str = "",
+        host: str = "127.0.0.1",
     ) -> None:
         self.tls = tls
+        self.netns = netns
+        self.host = host
         self.extra_config = tuple(extra_config)
         self.plugins = tuple(plugins)
         self.cookie = cookie or secrets.token_hex(16)
         self.amqp_port = free_port()
         self.dist_port = free_port()
         self.plugin_ports = {name: free_port() for name in self.plugins if name in _PLUGIN_LISTENERS}
-        self.nodename = f"rt-{self.amqp_port}@localhost"
+        self.nodename = f"rt-{self.amqp_port}@{'localhost' if self._loopback else host}"
         # A TLS node listens for amqps:// only; its certificate must name "localhost".
-        scheme, host = ("amqps", "localhost") if tls else ("amqp", "127.0.0.1")
+        scheme, host = ("amqps", "localhost") if tls else ("amqp", host)
         self.url = f"{scheme}://guest:guest@{host}:{self.amqp_port}/"
         self.dir: Path | None = None
         self.start_duration_s = 0.0
@@ -185,6 +193,13 @@ class RabbitNode:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.cleanup()
+
+    @property
+    def _loopback(self) -> bool:
+        return self.host == "127.0.0.1"
+
+    def _in_netns(self, command: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *command] if self.netns else command
 
     @property
     def running(self) -> bool:
@@ -214,7 +229,7 @@ class RabbitNode:
         deadline = started + timeout_s
         with open(self._path("log", "startup.log"), "ab") as startup_log:
             self._process = subprocess.Popen(
-                [str(self._bin_dir / "rabbitmq-server")],
+                self._in_netns([str(self._bin_dir / "rabbitmq-server")]),
                 env=self._env(),
                 cwd=self._path(),
                 stdin=subprocess.DEVNULL,
@@ -247,7 +262,7 @@ class RabbitNode:
         if self.tls is None:
             return broker_answers(self.url, timeout_s)
         try:  # a TLS node needs a client certificate: the open port is the sign, await_startup the proof
-            with socket.create_connection(("127.0.0.1", self.amqp_port), timeout=timeout_s):
+            with socket.create_connection((self.host, self.amqp_port), timeout=timeout_s):
                 return True
         except OSError:
             return False
@@ -305,7 +320,7 @@ class RabbitNode:
         """Run a RabbitMQ CLI tool (``rabbitmq-queues``, ``rabbitmq-diagnostics``, ...) against this node."""
         if self.dir is None or self._bin_dir is None:
             raise NodeError(f"{self.nodename} was never started")
-        command = [str(self._bin_dir / tool), "-n", self.nodename, *args]
+        command = self._in_netns([str(self._bin_dir / tool), "-n", self.nodename, *args])
         try:
             done = subprocess.run(command, env=self._env(), capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired as e:
@@ -382,10 +397,10 @@ class RabbitNode:
     def _config_lines(self) -> Iterator[str]:
         # Loopback only: a throwaway node with guest/guest must not be reachable from the network.
         if self.tls is None:
-            yield f"listeners.tcp.1 = 127.0.0.1:{self.amqp_port}"
+            yield f"listeners.tcp.1 = {self.host}:{self.amqp_port}"
         else:  # TLS only, with the client's certificate required and verified
             yield "listeners.tcp = none"
-            yield f"listeners.ssl.1 = 127.0.0.1:{self.amqp_port}"
+            yield f"listeners.ssl.1 = {self.host}:{self.amqp_port}"
             yield f"ssl_options.cacertfile = {self.tls.ca_file}"
             yield f"ssl_options.certfile = {self.tls.cert_file}"
             yield f"ssl_options.keyfile = {self.tls.key_file}"
@@ -399,13 +414,16 @@ class RabbitNode:
     def _env(self) -> dict[str, str]:
         # Nothing from the machine's RabbitMQ set-up may leak in (NODENAME, config files, ...).
         env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_") and k not in _ERL_FLAG_VARS}
+        interface = "{" + self.host.replace(".", ",") + "}"
         env.update(
             HOME=str(self._path("home")),  # where both the node and the CLI find the cookie
-            ERL_EPMD_ADDRESS="127.0.0.1",  # only matters if this node is the one that starts epmd
+            # Only matters if this node is the one that starts epmd (always so in a namespace of its own,
+            # where peers look the node up on its address).
+            ERL_EPMD_ADDRESS="127.0.0.1" if self._loopback else f"127.0.0.1,{self.host}",
             RABBITMQ_NODENAME=self.nodename,
             RABBITMQ_NODE_PORT=str(self.amqp_port),
             RABBITMQ_DIST_PORT=str(self.dist_port),
-            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=f"-kernel inet_dist_use_interface {interface}",
             RABBITMQ_CONF_ENV_FILE=str(self._path("rabbitmq-env.conf")),
             RABBITMQ_CONFIG_FILE=str(self._path("rabbitmq.conf")),
             RABBITMQ_CONFIG_FILES=str(self._path("conf.d")),
@@ -417,6 +435,8 @@ class RabbitNode:
             RABBITMQ_CTL_DIST_PORT_MIN="0",
             RABBITMQ_CTL_DIST_PORT_MAX="0",
         )
+        if not self._loopback:
+            env["RABBITMQ_USE_LONGNAME"] = "true"  # a node name on an IP address is a long name
         return env
 
 

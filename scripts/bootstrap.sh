@@ -36,6 +36,16 @@ if ! command -v redis-server >/dev/null && [ ! -x /usr/bin/redis-server ]; then
     echo "note: redis-server is not installed; the result-backend tests need it (apt-get install redis-server)" >&2
   fi
 fi
+# The partition scenarios and `make scaling` put broker nodes and workers in network namespaces (`ip netns`).
+if ! command -v ip >/dev/null && [ ! -x /usr/sbin/ip ] && [ ! -x /sbin/ip ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing iproute2 with apt-get (for the network-namespace scenarios)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends iproute2
+  else
+    echo "note: iproute2 is not installed; the partition scenarios need it (apt-get install iproute2)" >&2
+  fi
+fi
 # The dashboard tests drive Debian's chromium with Playwright (Playwright's own browser download is not used).
 if ! command -v chromium >/dev/null && [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

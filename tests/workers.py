@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import psutil
@@ -19,11 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 class WorkerProcess:
     """A `rabbittask worker` subprocess; its log is captured to a file the test can read."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, wrap: Sequence[str] = ()) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rabbittask", "worker", *args],
+            [*wrap, sys.executable, "-m", "rabbittask", "worker", *args],  # wrap: e.g. `ip netns exec NS`
             env=env,
             cwd=ROOT,
             stdout=self._log,
@@ -136,16 +136,22 @@ def worker_env(broker_url: str, extra: dict[str, str] | None = None) -> dict[str
 def worker_factory(broker_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[WorkerFactory]:
     """Start `rabbittask worker -A <app> <args...>` subprocesses; every one is stopped after the test.
 
-    `prefix=` sets RT_TEST_PREFIX (the test app's queue prefix); the ledger directory is `tmp_path`.
+    `prefix=` sets RT_TEST_PREFIX (the test app's queue prefix); the ledger directory is `tmp_path`;
+    `wrap=` runs the worker under a command such as `ip netns exec NS` (tests/netns.py `Host.prefix`).
     """
     started: list[WorkerProcess] = []
 
     def start(
-        app: str, *args: str, prefix: str = "", broker_url: str = broker_url, env: dict[str, str] | None = None
+        app: str,
+        *args: str,
+        prefix: str = "",
+        broker_url: str = broker_url,
+        env: dict[str, str] | None = None,
+        wrap: Sequence[str] = (),
     ) -> WorkerProcess:
         extra = {"RT_TEST_PREFIX": prefix, "RT_TEST_LEDGER": str(tmp_path), **(env or {})}
         log_path = tmp_path / f"worker-{len(started)}.log"
-        w = WorkerProcess(["-A", app, *args], worker_env(broker_url, extra), log_path)
+        w = WorkerProcess(["-A", app, *args], worker_env(broker_url, extra), log_path, wrap)
         started.append(w)
         return w
 

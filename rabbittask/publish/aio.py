@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import ssl
@@ -18,7 +17,7 @@ from pamqp.commands import Basic
 from rabbittask import endpoints
 from rabbittask.errors import AccessRefused, PublishConnectionError, PublishError, PublishNotConfirmed, TopologyMismatch
 from rabbittask.publish.declare import declare_async
-from rabbittask.publish.outgoing import Outgoing, publish_target
+from rabbittask.publish.outgoing import Outgoing, missing_exchange, publish_target
 from rabbittask.settings import Settings, host_port, mask_url
 from rabbittask.topology import Declaration
 
@@ -219,7 +218,7 @@ class AsyncPublisher:
             await self.close()
             await self._publish(await self.channel(), msg)
 
-    async def _publish(self, channel: aiormq.abc.AbstractChannel, msg: Outgoing) -> None:
+    async def _publish(self, channel: aiormq.abc.AbstractChannel, msg: Outgoing, *, timed: bool = True) -> None:
         exchange, routing_key = publish_target(msg, self.settings.exchange)
         started = time.perf_counter()
         try:
@@ -229,7 +228,7 @@ class AsyncPublisher:
                 routing_key=routing_key,
                 properties=properties(msg),
                 mandatory=msg.mandatory,
-                timeout=self.settings.publish_timeout_s,
+                timeout=self.settings.publish_timeout_s if timed else None,
             )
         except aiormq.exceptions.ChannelAccessRefused as e:
             raise access_refused(self.settings, e, f"publish task {msg.task_name!r} to exchange {exchange!r}") from None
@@ -240,12 +239,10 @@ class AsyncPublisher:
             ) from None
         except aiormq.exceptions.DeliveryError:  # aiormq raises this for a basic.nack
             raise _nacked(msg) from None
+        except aiormq.exceptions.ChannelNotFoundEntity as e:  # the broker closed the channel: the next publish reopens
+            raise missing_exchange(msg, exchange, _reply_text(e)) from None
         except TimeoutError:
-            raise PublishNotConfirmed(
-                f"task {msg.task_name!r} (id {msg.message_id}) was not confirmed by the broker at "
-                f"{host_port(self.settings.broker_url)} within {self.settings.publish_timeout_s:g} s; "
-                "it may or may not have been enqueued (re-sending with the same message id is safe)"
-            ) from None
+            raise self.not_confirmed(msg) from None
         except CONNECTION_ERRORS as e:
             raise PublishConnectionError(
                 f"lost the connection to the broker at {host_port(self.settings.broker_url)} while publishing "
@@ -256,18 +253,13 @@ class AsyncPublisher:
         if self.on_confirm is not None:
             self.on_confirm(time.perf_counter() - started)
 
-    async def publish_many(self, msgs: Iterable[Outgoing]) -> list[tuple[str, BaseException]]:
-        """Publish with up to `batch_in_flight` confirms outstanding; return (id, error) of each failure."""
-        pipeline = Pipeline(self, self.settings.batch_in_flight)
-        pending = iter(msgs)
-        for msg in pending:
-            try:
-                await pipeline.add(msg)
-            except PublishError as e:  # no channel to publish on: this and the rest are not confirmed
-                pipeline.failed += [(m.message_id, e) for m in (msg, *pending)]
-                break
-        await pipeline.wait()
-        return pipeline.failed
+    def not_confirmed(self, msg: Outgoing) -> PublishNotConfirmed:
+        """The error of a publish whose confirm did not come within `publish_timeout_s`."""
+        return PublishNotConfirmed(
+            f"task {msg.task_name!r} (id {msg.message_id}) was not confirmed by the broker at "
+            f"{host_port(self.settings.broker_url)} within {self.settings.publish_timeout_s:g} s; "
+            "it may or may not have been enqueued (re-sending with the same message id is safe)"
+        )
 
     async def close(self) -> None:
         """Close the connection, ignoring errors of an already broken one."""
@@ -280,36 +272,67 @@ class AsyncPublisher:
 
 
 class Pipeline:
-    """Publishes with at most `window` confirms outstanding and collects the failures."""
+    """Publishes with at most `window` confirms outstanding and collects the failures.
 
-    def __init__(self, publisher: AsyncPublisher, window: int) -> None:
+    `timed=False` (the sync `app.batch()`, whose loop only runs while the caller hands it messages)
+    counts the publish timeout only while the pipeline itself waits: for a free slot, and in `wait()`.
+    """
+
+    def __init__(self, publisher: AsyncPublisher, window: int, *, timed: bool = True) -> None:
         self.publisher = publisher
         self.failed: list[tuple[str, BaseException]] = []
         self.count = 0
+        self._timed = timed
         self._slots = asyncio.Semaphore(window)
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending: dict[asyncio.Task[None], Outgoing] = {}
 
     async def add(self, msg: Outgoing) -> None:
         """Start publishing `msg`; waits only while `window` confirms are outstanding."""
-        await self._slots.acquire()
+        if self._timed or not self._slots.locked():
+            await self._slots.acquire()
+        else:
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self.publisher.settings.publish_timeout_s)
+            except TimeoutError:
+                raise self.publisher.not_confirmed(next(iter(self._pending.values()), msg)) from None
         channel = await self.publisher.channel()
-        task = asyncio.ensure_future(self.publisher._publish(channel, msg))
-        task.add_done_callback(functools.partial(self._done, msg.message_id))
-        self._pending.add(task)
+        task = asyncio.ensure_future(self.publisher._publish(channel, msg, timed=self._timed))
+        task.add_done_callback(self._done)
+        self._pending[task] = msg
         self.count += 1
 
-    def _done(self, message_id: str, task: asyncio.Task[None]) -> None:
-        self._pending.discard(task)
+    async def add_all(self, msgs: Iterable[Outgoing]) -> PublishError | None:
+        """Add each of `msgs`; when one cannot be published, it and the rest are failures (and the error returned)."""
+        pending = iter(msgs)
+        for msg in pending:
+            try:
+                await self.add(msg)
+            except PublishError as e:  # no channel to publish on, or no confirm for too long
+                self.failed += [(m.message_id, e) for m in (msg, *pending)]
+                return e
+        return None
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        msg = self._pending.pop(task)
         self._slots.release()
         if task.cancelled():  # aiormq cancels the confirms outstanding on a channel that closed
-            self.failed.append((message_id, PublishConnectionError("the channel closed before the confirm")))
+            self.failed.append((msg.message_id, PublishConnectionError("the channel closed before the confirm")))
         elif task.exception() is not None:
-            self.failed.append((message_id, task.exception()))  # type: ignore[arg-type]
+            self.failed.append((msg.message_id, task.exception()))  # type: ignore[arg-type]
 
     async def wait(self) -> None:
-        """Wait for every confirm."""
-        if self._pending:
+        """Wait for every confirm (untimed pipelines: at most `publish_timeout_s`, then the rest failed)."""
+        if not self._pending:
+            return
+        if self._timed:
             await asyncio.wait(set(self._pending))
+            return
+        _, late = await asyncio.wait(set(self._pending), timeout=self.publisher.settings.publish_timeout_s)
+        for task in late:
+            task.remove_done_callback(self._done)
+            msg = self._pending.pop(task)
+            task.cancel()
+            self.failed.append((msg.message_id, self.publisher.not_confirmed(msg)))
 
 
 def _nacked(msg: Outgoing) -> PublishNotConfirmed:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from rabbittask.errors import PublishNotConfirmed
 from rabbittask.message import CONTENT_TYPE
+from rabbittask.settings import mask_url
 from rabbittask.topology import delay_entry
 
 
@@ -34,3 +36,12 @@ def publish_target(msg: Outgoing, exchange: str) -> tuple[str, str]:
     if msg.delay_ms > 0:
         return delay_entry(exchange, msg.routing_key, msg.delay_ms)
     return (exchange if msg.exchange is None else msg.exchange), msg.routing_key
+
+
+def missing_exchange(msg: Outgoing, exchange: str, reply: str) -> PublishNotConfirmed:
+    """The error for a publish to an exchange the broker does not have (it closes the channel with 404)."""
+    return PublishNotConfirmed(
+        f"task {msg.task_name!r} (id {msg.message_id}) was not published: exchange {exchange!r} does not exist on "
+        f"the broker ({mask_url(reply)}). Declare the topology (start a worker or run `rabbittask topology apply`) "
+        "or check the exchange setting"
+    )

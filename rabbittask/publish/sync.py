@@ -19,7 +19,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from rabbittask import endpoints
 from rabbittask.errors import AccessRefused, ConfigError, PublishConnectionError, PublishNotConfirmed, TopologyMismatch
-from rabbittask.publish.outgoing import Outgoing, publish_target
+from rabbittask.publish.outgoing import Outgoing, missing_exchange, publish_target
 from rabbittask.settings import Settings, host_port, mask_url
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ def opened(settings: Settings, connection: pika.BlockingConnection) -> None:
 
 
 ACCESS_REFUSED = 403
+NOT_FOUND = 404
 
 
 def connect_error(settings: Settings, e: BaseException) -> PublishConnectionError:
@@ -181,6 +182,12 @@ class SyncPublisher:
                 f"to routing key {msg.routing_key!r} on exchange {exchange!r}. Declare the topology "
                 "(start a worker or run `rabbittask topology apply`)."
             ) from None
+        except pika.exceptions.ChannelClosedByBroker as e:
+            if e.reply_code != NOT_FOUND:
+                raise
+            # Only the channel is gone; the next publish opens a new connection and channel.
+            self.close(abort=True)
+            raise missing_exchange(msg, exchange, e.reply_text) from None
         except pika.exceptions.NackError:
             # A channel whose quorum queue lost its leader can go on nacking after a new one is elected
             # (seen on 3.10): the next publish starts on a new connection.
@@ -218,7 +225,8 @@ def abort_connection(connection: pika.BlockingConnection) -> None:
     """Close a pika connection's socket and I/O loop at once, without waiting for the broker."""
     impl = connection._impl
     try:
-        impl._adapter_disconnect_stream()
+        # With the reason set, pika reports a lost stream instead of logging an AssertionError traceback.
+        impl._terminate_stream(pika.exceptions.StreamLostError("dropped by rabbittask: the broker did not answer"))
         impl.ioloop.process_timeouts()
     except Exception:  # noqa: BLE001 - the connection is being thrown away
         log.debug("aborting a publisher connection failed", exc_info=True)

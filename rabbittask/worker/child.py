@@ -510,8 +510,10 @@ class Child:
         if message.channel.is_closed:  # the broker already requeued it: running it now only duplicates
             self._settle(Outcome(message, "", reason=STALE))
             return
+        if self._started_log is not None:
+            self._started_log.append((message, time.time()))
         marked = self._mark_running(message) if self._marked else None
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         start = time.perf_counter()
         asyncio.events._set_running_loop(None)  # as in a thread: asyncio.run() works inside the task
         try:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import aiormq
 import aiormq.abc
 from aiormq.abc import DeliveredMessage
+from pydantic_core import to_json
 
 from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.settings import Settings
@@ -86,24 +86,38 @@ def state_of(outcome: Outcome) -> str | None:
 def task_events(outcomes: Sequence[Outcome]) -> dict[str, list[dict[str, Any]]]:
     """Events of `outcomes` grouped by routing key."""
     groups: dict[str, list[dict[str, Any]]] = {}
+    succeeded: dict[str, list[dict[str, Any]]] = {}  # task name -> its events: the common case, kept short
     for o in outcomes:
+        if o.reason is None:
+            name = o.task_name
+            events = succeeded.get(name)
+            if events is None:
+                events = succeeded[name] = groups.setdefault(f"task.succeeded.{name}", [])
+            events.append(
+                {
+                    "id": o.message.header.properties.message_id or "?",
+                    "task": name,
+                    "state": "succeeded",
+                    "runtime_s": o.runtime_s,
+                }
+            )
+            continue
         state = state_of(o)
         if state is None:
             continue
         event: dict[str, Any] = {"id": o.message_id, "task": o.task_name, "state": state, "runtime_s": o.runtime_s}
-        if o.reason is not None:
-            event["reason"], event["exc_type"] = o.reason, o.exc_type
-            event["exc_message"] = o.exc_message[:MESSAGE_CHARS]
-            if state == "failed":
-                event["traceback"] = o.traceback[-EVENT_TRACEBACK_CHARS:]
-            elif state == "retried" and o.republish is not None:
-                event["retry_in_s"] = round(o.republish.delay_s, 3)
-            if state != "retried":  # failed ones end in the DLQ as well
-                dead = {**event, "state": "dead-lettered"}
-                dead.pop("traceback", None)
-                groups.setdefault(f"task.dead-lettered.{o.task_name}", []).append(dead)
-                if state == "dead-lettered":
-                    continue
+        event["reason"], event["exc_type"] = o.reason, o.exc_type
+        event["exc_message"] = o.exc_message[:MESSAGE_CHARS]
+        if state == "failed":
+            event["traceback"] = o.traceback[-EVENT_TRACEBACK_CHARS:]
+        elif state == "retried" and o.republish is not None:
+            event["retry_in_s"] = round(o.republish.delay_s, 3)
+        if state != "retried":  # failed ones end in the DLQ as well
+            dead = {**event, "state": "dead-lettered"}
+            dead.pop("traceback", None)
+            groups.setdefault(f"task.dead-lettered.{o.task_name}", []).append(dead)
+            if state == "dead-lettered":
+                continue
         groups.setdefault(f"task.{state}.{o.task_name}", []).append(event)
     return groups
 
@@ -253,7 +267,7 @@ class Events:
                 channel = await asyncio.wait_for(self._open(), SEND_TIMEOUT_S)
             for routing_key, body in messages:
                 await channel.basic_publish(
-                    json.dumps(body, separators=(",", ":")).encode(),
+                    to_json(body),
                     exchange=self.exchange,
                     routing_key=routing_key,
                     properties=PROPERTIES,

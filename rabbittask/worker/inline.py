@@ -39,7 +39,6 @@ class InlinePolicy:
         self.max_s = max_s
         self._streak: dict[str, int] = {}  # task name -> runs under max_s in a row
         self._needed: dict[str, int] = {}  # task name -> runs in a row it needs to run inline
-        self._limited: set[str] = set()  # tasks with time limits: always in the thread
         self._spent = 0.0  # inline run time in this loop pass
         self._reset_pending = False
 
@@ -51,11 +50,10 @@ class InlinePolicy:
     def observe(self, task: Task[Any, Any], runtime_s: float) -> None:
         """Count a finished run (in the thread or inline) of a sync task."""
         name = task.name
+        if task.time_limit is not None or task.soft_time_limit is not None:
+            return  # only a thread can enforce a time limit
         if runtime_s < self.max_s:
-            if name not in self._limited:
-                self._streak[name] = self._streak.get(name, 0) + 1
-        elif task.time_limit is not None or task.soft_time_limit is not None:
-            self._limited.add(name)
+            self._streak[name] = self._streak.get(name, 0) + 1
         else:
             was_inline = self.inline(task)
             self._streak[name] = 0

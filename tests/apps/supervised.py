@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +34,14 @@ def record(tag: str, sleep_s: float = 0.0) -> None:
     note("start", tag)
     time.sleep(sleep_s)
     note("done", tag)
+
+
+@app.task(queue=f"{PREFIX}.main", name="sup.where")
+def where(tag: str, sleep_s: float = 0.0) -> None:
+    """Note the thread it ran on; `asyncio.run()` must work in it, as in a worker thread."""
+    asyncio.run(asyncio.sleep(0))
+    time.sleep(sleep_s)
+    note(f"on-{threading.current_thread().name}", tag)
 
 
 @app.task(queue=f"{PREFIX}.main", name="sup.leak")

@@ -104,6 +104,51 @@ def test_a_batch_names_the_messages_that_were_not_confirmed(app: App, prefix: st
     amqp.wait_depth(broker_url, f"{prefix}.main", 1)
 
 
+def test_a_batch_streams_while_its_block_runs_and_a_slow_block_is_not_taken_for_lost_confirms(
+    prefix: str, broker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an app whose publishes time out after 0.5 s
+    monkeypatch.setenv("RABBITTASK_PUBLISH_TIMEOUT_S", "0.5")
+    app = make_app(prefix, broker_url)
+    assert app.settings.publish_timeout_s == 0.5
+    add = app.tasks["core.add"]
+    try:
+        with app.batch():
+            for i in range(600):
+                add.delay(i, 1)
+            # Then what the block sent is on the broker before the block ends
+            assert wait_depth_at_least(broker_url, f"{prefix}.main", 500) <= 600
+            time.sleep(1.0)  # a caller slower than the publish timeout between two sends
+            for i in range(100):
+                add.delay(i, 2)
+    finally:
+        app.close()
+    # And nothing was reported as not confirmed: the timeout counts only while the batch waits
+    amqp.wait_depth(broker_url, f"{prefix}.main", 700)
+
+
+def wait_depth_at_least(url: str, queue: str, least: int, timeout_s: float = 5.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while (n := amqp.depth(url, queue)) < least:
+        assert time.monotonic() < deadline, f"queue {queue} holds {n} messages, expected at least {least}"
+        time.sleep(0.05)
+    return n
+
+
+def test_a_batch_whose_block_raises_confirms_what_it_sent_and_sends_no_more(
+    app: App, prefix: str, broker_url: str
+) -> None:
+    add = app.tasks["core.add"]
+    with pytest.raises(KeyError, match="the caller's own error"):
+        with app.batch():
+            for i in range(300):
+                add.delay(i, 1)
+            raise KeyError("the caller's own error")
+    # The first chunk went out while the block ran; the messages still held when it raised did not
+    time.sleep(0.5)
+    assert 0 < amqp.depth(broker_url, f"{prefix}.main") < 300
+
+
 def test_bad_arguments_raise_before_anything_is_sent(app: App, prefix: str, broker_url: str) -> None:
     add = app.tasks["core.add"]
     add.delay(1, 1)  # declares the topology

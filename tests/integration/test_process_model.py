@@ -170,6 +170,44 @@ def test_max_tasks_per_child_replaces_children_without_losing_a_task(app, prefix
     print(f"replacement: {replacement_gaps_ms(log)}")
 
 
+def test_short_sync_tasks_move_to_the_event_loop_and_a_slow_run_sends_them_back(
+    app, prefix, ledger, worker_factory
+) -> None:
+    # Given a worker whose sync tasks may run inline when all their runs stay under 50 ms
+    w = worker_factory(APP, "--inline-ms", "50", "--prefetch", "8", prefix=prefix)
+    w.wait_for_log("consuming from")
+    where = app.tasks["sup.where"]
+    # When 120 short tasks run, then a slow one, then 30 short ones
+    with app.batch():
+        for i in range(120):
+            where.delay(f"a{i}")
+    ledger.wait("on-MainThread", 1, timeout_s=30)
+    with app.batch():
+        where.delay("slow", sleep_s=0.2)
+        for i in range(30):
+            where.delay(f"b{i}")
+    # Then every task ran once (asyncio.run() worked wherever it ran), in order, one at a time
+    lines = wait_lines(ledger, 151)
+    assert Counter(tag for _, tag, _ in lines) == Counter(
+        [f"a{i}" for i in range(120)] + ["slow"] + [f"b{i}" for i in range(30)]
+    )
+    threads = {tag: event.removeprefix("on-") for event, tag, _ in lines}
+    # the first 50 in the task thread, later ones on the event loop (the main thread)
+    assert all(threads[f"a{i}"] == "rabbittask-task-0" for i in range(50)), threads
+    assert "MainThread" in {threads[f"a{i}"] for i in range(50, 120)}
+    # and after the slow run, the task went back to the thread for more than the 30 runs that followed
+    assert [threads[f"b{i}"] for i in range(30)] == ["rabbittask-task-0"] * 30
+    assert "back to the task thread" in w.log()
+
+
+def wait_lines(ledger: Ledger, count: int, timeout_s: float = 30.0) -> list[tuple[str, str, int]]:
+    deadline = time.monotonic() + timeout_s
+    while len(lines := ledger.lines()) < count:
+        assert time.monotonic() < deadline, f"ledger has {len(lines)} lines, expected {count}"
+        time.sleep(0.05)
+    return lines
+
+
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) \w+ \[\d+\] [\w.]+: (.*)$", re.M)
 
 
