@@ -72,6 +72,19 @@ def _testcontainers_broker(stack: contextlib.ExitStack) -> str | None:
 
 
 _SESSION_NAMES: set[str] = set()
+_LEDGER_LINES: list[str] = []  # the fault scenarios' reports (tests/faults/conftest.py, record_report)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "teardown":
+        _LEDGER_LINES.extend(str(value) for name, value in report.user_properties if name == "ledger")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _LEDGER_LINES:
+        terminalreporter.section("fault scenarios (ledger)")
+        for line in _LEDGER_LINES:
+            terminalreporter.write_line(line)
 
 
 def _delete_test_objects(url: str) -> None:

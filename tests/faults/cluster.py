@@ -9,7 +9,7 @@ from typing import Any
 
 from rabbittask import App, PublishError
 from rabbittask.testing import RabbitNode
-from tests.faults.ledger import Ledger, Report
+from tests.faults.ledger import Ledger, Report, report_line
 
 APP = "tests.apps.ledger_app:app"
 
@@ -89,7 +89,7 @@ def finish(ledger: Ledger, scenario: str, reports: list[Report], fault_end: floa
     ledger.wait_executed(ledger.confirmed, timeout_s)
     report = ledger.report(scenario, fault_end)
     reports.append(report)
-    print(report.line())
+    report_line(report.line())
     assert report.lost == [], report.line()
     return report
 

@@ -9,9 +9,7 @@ import pytest
 
 from rabbittask.testing import RabbitNode
 from tests.conftest import _need_rabbitmq_binary
-from tests.faults.ledger import Ledger, Report
-
-REPORTS: list[Report] = []
+from tests.faults.ledger import CURRENT_TEST, Ledger, Report
 
 
 @pytest.fixture(scope="session")
@@ -43,13 +41,13 @@ def ledger_env(ledger: Ledger, unique_name: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def record_report() -> Iterator[list[Report]]:
-    """Scenarios append their report; it is printed in the terminal summary."""
-    yield REPORTS
+def record_report() -> list[Report]:
+    """The reports of this test's scenarios (each also printed and summarised through `ledger.report_line`)."""
+    return []
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if REPORTS:
-        terminalreporter.section("fault scenarios (ledger)")
-        for report in REPORTS:
-            terminalreporter.write_line(report.line())
+@pytest.fixture(autouse=True)
+def _current_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    CURRENT_TEST.append(request.node)
+    yield
+    CURRENT_TEST.pop()

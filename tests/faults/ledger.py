@@ -16,6 +16,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 
 @dataclass
 class Run:
@@ -143,3 +145,13 @@ class Report:
             f"duplicates={self.duplicates} (redelivered={self.redelivered} resent={self.resent} "
             f"unexplained={len(self.unexplained)}) unconfirmed-but-ran={self.unconfirmed_executed} recovery={rec}"
         )
+
+
+CURRENT_TEST: list[pytest.Item] = []  # set by an autouse fixture in tests/faults/conftest.py
+
+
+def report_line(line: str) -> None:
+    """Print a `[ledger]` line and attach it to the running test, for the terminal summary (also under xdist)."""
+    print(line)
+    if CURRENT_TEST:
+        CURRENT_TEST[-1].user_properties.append(("ledger", line))

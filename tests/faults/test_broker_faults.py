@@ -14,7 +14,7 @@ import pytest
 from rabbittask import App, BatchNotConfirmed, PublishError
 from rabbittask.testing import RabbitNode
 from tests import amqp
-from tests.faults.ledger import Ledger, Report
+from tests.faults.ledger import Ledger, Report, report_line
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 APP = "tests.apps.ledger_app:app"
@@ -71,7 +71,7 @@ def finish(
     ledger.wait_executed(ledger.confirmed, timeout_s)
     report = ledger.report(scenario, fault_end)
     reports.append(report)
-    print(report.line())
+    report_line(report.line())
     assert report.lost == [], report.line()
     assert report.unexplained == [], f"run again without a redelivery or re-send: {report.unexplained[:10]}"
     if not allow_duplicates:
@@ -304,6 +304,6 @@ def test_bad_messages_are_dead_lettered_and_never_executed(
         "unknown task",
     ]
     assert not canary.exists() and w.proc.poll() is None
-    print(
+    report_line(
         f"[ledger] bad messages: published={len(bad)} executed=0 dead-lettered={len(reasons)} canary=absent worker=up"
     )

@@ -11,7 +11,7 @@ import pytest
 
 from rabbittask.testing import RabbitNode
 from tests.faults.cluster import APP, Traffic, finish, form_cluster, ledger_app, queue_info, urls
-from tests.faults.ledger import Ledger, Report
+from tests.faults.ledger import Ledger, Report, report_line
 
 pytestmark = [pytest.mark.faults, pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -57,14 +57,16 @@ def test_sigkill_of_a_quorum_queue_leader_loses_nothing_and_publishing_stalls_un
         time.sleep(8)
         stall_s = traffic.longest_stall_s(killed_at, time.monotonic())
     after = [t - killed_at for t in traffic.confirms if t > killed_at]
-    print(f"[cluster] first confirm {after[:1]} s after the kill; {len(traffic.failures)} failure(s)")
+    report_line(f"[cluster] first confirm {after[:1]} s after the kill; {len(traffic.failures)} failure(s)")
     new_leader = queue_info(next(n for n in cluster if n is not leader), queue)["leader"]
     leader.start()
     deadline = time.monotonic() + 30
     while queue_info(leader, queue)["online"].count("@") < 3 and time.monotonic() < deadline:
         time.sleep(0.5)
     report = finish(ledger, f"SIGKILL quorum leader (publish stall {stall_s:.2f} s)", record_report, fault_end)
-    print(f"[cluster] leader {info['leader']} killed; new leader {new_leader}; longest publish stall {stall_s:.2f} s")
+    report_line(
+        f"[cluster] leader {info['leader']} killed; new leader {new_leader}; longest publish stall {stall_s:.2f} s"
+    )
     assert stall_s < 5, f"publishing stalled {stall_s:.2f} s; failures: {traffic.failures[:3]}"
     assert len(traffic.confirms) > 100 and new_leader != info["leader"]
     assert queue_info(leader, queue)["online"].count("@") == 3
@@ -109,5 +111,5 @@ def test_with_two_of_three_nodes_down_nothing_is_confirmed_and_all_confirmed_run
     report = finish(
         ledger, f"2 of 3 nodes down 30 s ({len(failed_during)} publishes refused)", record_report, fault_end
     )
-    print(f"[cluster] outage: {len(failed_during)} publishes failed, 0 confirmed; recovery {report.recovery_s}")
+    report_line(f"[cluster] outage: {len(failed_during)} publishes failed, 0 confirmed; recovery {report.recovery_s}")
     assert w.proc.poll() is None

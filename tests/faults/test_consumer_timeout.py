@@ -17,7 +17,7 @@ import pytest
 
 from rabbittask.testing import RabbitNode
 from tests import amqp
-from tests.faults.ledger import Ledger, Report
+from tests.faults.ledger import Ledger, Report, report_line
 from tests.faults.test_broker_faults import finish, ledger_app, publish
 from tests.workers import ROOT, worker_env
 
@@ -76,6 +76,6 @@ def test_a_task_longer_than_consumer_timeout_is_handled_and_the_worker_survives(
     # And the long task ran at most once more (here not at all: its redelivery waited for the first run)
     long_runs = [run for run in ledger.runs() if run.key == "long"]
     assert len(long_runs) <= 2 and report.duplicates == report.redelivered
-    print(f"[ledger] consumer_timeout: the 8 s task ran {len(long_runs)} time(s)")
+    report_line(f"[ledger] consumer_timeout: the 8 s task ran {len(long_runs)} time(s)")
     assert w.proc.poll() is None and w.log().count("started child") == 1  # the same child, never restarted
     amqp.wait_depth(node.url, app.tasks["ledger.work"].queue, 0)

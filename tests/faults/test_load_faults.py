@@ -17,7 +17,7 @@ import pytest
 from rabbittask import App
 from rabbittask.testing import RabbitNode
 from tests import amqp
-from tests.faults.ledger import Ledger, Report
+from tests.faults.ledger import Ledger, Report, report_line
 from tests.faults.test_broker_faults import finish, ledger_app
 from tests.workers import ROOT, WorkerProcess
 
@@ -152,7 +152,7 @@ def test_a_thousand_concurrent_calls_and_callers_that_leave_never_block_the_work
     assert echo.call("after", timeout=10) == "after"
     report = finish(ledger, "1,100 concurrent calls + callers that left (neighbour tasks)", record_report)
     latencies = live.latencies_s()
-    print(
+    report_line(
         f"[ledger] direct reply-to: 1,100 calls in {flood_s:.1f} s; neighbour latency max "
         f"{latencies[-1] * 1000:.0f} ms over {len(latencies)} tasks"
     )
@@ -193,7 +193,7 @@ def test_100k_tasks_delayed_an_hour_cost_the_worker_no_memory_and_live_tasks_sta
     finally:
         waiting = purge_delay_ladder(rabbit_node)  # the node serves other scenarios after this one
     latencies = live.latencies_s()
-    print(
+    report_line(
         f"[ledger] 100k delayed (enqueued in {enqueue_s:.1f} s): worker RSS {idle_mb:.0f} MB idle, peak "
         f"{peak_mb:.0f} MB; live latency p50 {latencies[len(latencies) // 2] * 1000:.0f} ms, "
         f"max {latencies[-1] * 1000:.0f} ms over {len(latencies)} tasks"

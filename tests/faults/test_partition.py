@@ -20,7 +20,7 @@ import pytest
 from rabbittask.testing import RabbitNode, broker_answers
 from tests import netns
 from tests.faults.cluster import APP, Traffic, finish, form_cluster, ledger_app, queue_info, urls
-from tests.faults.ledger import Ledger, Report
+from tests.faults.ledger import Ledger, Report, report_line
 from tests.netns import Host, Net
 
 pytestmark = [pytest.mark.faults, pytest.mark.cluster, pytest.mark.timeout(180)]
@@ -191,7 +191,7 @@ def test_a_node_cut_off_pauses_and_the_majority_loses_nothing_and_recovers_in_bo
         record_report,
         heal_wall,
     )
-    print(
+    report_line(
         f"[partition] {cut} cut {outage_s} s: processing stall {stall_s:.2f} s, worker of the cut node back after "
         f"{failover_s:.2f} s, publish stall {publish_stall_s:.2f} s ({len(traffic.failures)} failed), rejoined "
         f"{rejoin_s:.1f} s after heal{how}; bound {bound_s} s = net_ticktime {NET_TICKTIME_S} + 2 x heartbeat "

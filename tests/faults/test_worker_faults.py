@@ -13,7 +13,7 @@ import pytest
 from rabbittask import App, BatchNotConfirmed, PayloadError, PublishNotConfirmed
 from rabbittask.testing import RabbitNode
 from tests import amqp
-from tests.faults.ledger import Ledger, Report
+from tests.faults.ledger import Ledger, Report, report_line
 from tests.faults.test_broker_faults import finish, ledger_app, publish
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
@@ -74,7 +74,7 @@ def test_a_full_queue_with_reject_publish_nacks_overflow_and_never_reports_succe
                     t.apply_async((i,), message_id=f"over-{i}")
         assert sorted(info.value.failed_ids) == [f"over-{i}" for i in range(20, 25)]
         assert amqp.depth(rabbit_node.url, unique_name) == accepted  # every confirm was real
-        print(
+        report_line(
             f"[ledger] x-max-length 10, reject-publish: confirmed={accepted} in queue={accepted} "
             f"nacked=1 sync + 1 async + 5 of a batch, none reported as success"
         )
@@ -97,7 +97,9 @@ def test_a_payload_over_the_limit_raises_before_sending_and_nothing_is_dropped(
         with pytest.raises(PayloadError, match="above max_payload_bytes"):
             asyncio.run(t.adelay("x" * 70_000))
         assert amqp.depth(rabbit_node.url, unique_name) == 1
-        print("[ledger] payload over max_payload_bytes: confirmed=1 in queue=1, 2 over the limit raised before sending")
+        report_line(
+            "[ledger] payload over max_payload_bytes: confirmed=1 in queue=1, 2 over the limit raised before sending"
+        )
     finally:
         app.close()
 
@@ -137,7 +139,7 @@ def test_500_tasks_retried_3_times_through_the_ladder_are_never_dropped(
             if f"attempt{n}" in events and f"attempt{n + 1}" in events:
                 lateness[delays[key]].append(events[f"attempt{n + 1}"] - events[f"attempt{n}"] - delays[key])
     p99 = {d: statistics.quantiles(v, n=100)[98] for d, v in lateness.items()}
-    print(f"[ledger] retry lateness p99: 1 s tier {p99[1.0]:.3f} s, 5 s tier {p99[5.0]:.3f} s")
+    report_line(f"[ledger] retry lateness p99: 1 s tier {p99[1.0]:.3f} s, 5 s tier {p99[5.0]:.3f} s")
     assert report.executed == 500 and all(len(v) == 750 for v in lateness.values())
     assert 1.0 + p99[1.0] < 2.0  # the 1 s tier's p99 is under 2 s
     assert min(min(v) for v in lateness.values()) > -0.05  # never early
@@ -159,7 +161,7 @@ def test_one_task_per_child_over_1k_tasks_loses_and_repeats_nothing_and_the_supe
     publish(app, ledger, 1000)
     report = finish(ledger, "--max-tasks-per-child 1, 1k tasks", record_report, timeout_s=200, allow_duplicates=False)
     growth = supervisor.memory_info().rss / rss_start - 1
-    print(f"[ledger] supervisor RSS {rss_start / 2**20:.1f} MB -> {supervisor.memory_info().rss / 2**20:.1f} MB")
+    report_line(f"[ledger] supervisor RSS {rss_start / 2**20:.1f} MB -> {supervisor.memory_info().rss / 2**20:.1f} MB")
     assert report.executed == 1000
     assert len({r["pid"] for r in ledger.records()}) == 1000  # every task ran in a child of its own
     assert growth < 0.10
