@@ -67,11 +67,17 @@ class TaskMetrics:
             self.reconnects.inc(reconnects - self._reconnects_seen)
             self._reconnects_seen = reconnects
 
-    def observe(self, outcomes: Sequence[Outcome]) -> None:
-        """Count a flushed batch: one counter increment per (task, state), one histogram sample per task."""
+    def observe(self, outcomes: Sequence[Outcome], succeeded: Sequence[tuple[str, str, float]] = ()) -> None:
+        """Count a flushed batch: one counter increment per (task, state), one histogram sample per task.
+
+        `succeeded` holds (message id, task name, runtime) of tasks that succeeded (events.Succeeded).
+        """
         from rabbittask.worker.events import state_of
 
         counts: dict[tuple[str, str], int] = {}
+        for _, name, runtime_s in succeeded:
+            counts[(name, "succeeded")] = counts.get((name, "succeeded"), 0) + 1
+            self.runtime.labels(name).observe(runtime_s)
         for o in outcomes:
             state = state_of(o)
             if state is None:
