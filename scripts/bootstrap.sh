@@ -26,44 +26,26 @@ fi
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q -e '.[test,bench,redis,dashboard]'
+# need_tool COMMAND PACKAGE WHY: install PACKAGE with apt-get (as root) when COMMAND is missing, else say so.
+need_tool() {
+  local cmd=$1 pkg=$2 why=$3
+  if command -v "$cmd" >/dev/null || [ -x "/usr/bin/$cmd" ] || [ -x "/usr/sbin/$cmd" ] || [ -x "/sbin/$cmd" ]; then
+    return
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing $pkg with apt-get ($why)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$pkg"
+  else
+    echo "note: $pkg is not installed; $why need it (apt-get install $pkg)" >&2
+  fi
+}
 # The result-backend tests start a throwaway redis-server when no Redis answers on 127.0.0.1:6379.
-if ! command -v redis-server >/dev/null && [ ! -x /usr/bin/redis-server ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing redis-server with apt-get (for the result-backend tests)"
-    DEBIAN_FRONTEND=noninteractive apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server
-  else
-    echo "note: redis-server is not installed; the result-backend tests need it (apt-get install redis-server)" >&2
-  fi
-fi
+need_tool redis-server redis-server "the result-backend tests"
 # The partition scenarios and `make scaling` put broker nodes and workers in network namespaces (`ip netns`).
-if ! command -v ip >/dev/null && [ ! -x /usr/sbin/ip ] && [ ! -x /sbin/ip ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing iproute2 with apt-get (for the network-namespace scenarios)"
-    DEBIAN_FRONTEND=noninteractive apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends iproute2
-  else
-    echo "note: iproute2 is not installed; the partition scenarios need it (apt-get install iproute2)" >&2
-  fi
-fi
+need_tool ip iproute2 "the network-namespace scenarios"
 # The dashboard tests drive Debian's chromium with Playwright (Playwright's own browser download is not used).
-if ! command -v chromium >/dev/null && [ ! -x /usr/bin/chromium ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing chromium with apt-get (for the dashboard tests)"
-    DEBIAN_FRONTEND=noninteractive apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
-  else
-    echo "note: chromium is not installed; the dashboard browser test needs it (apt-get install chromium)" >&2
-  fi
-fi
+need_tool chromium chromium "the dashboard browser tests"
 # The CPU-starvation fault scenario loads both cores with stress-ng.
-if ! command -v stress-ng >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing stress-ng with apt-get (for the fault scenarios)"
-    DEBIAN_FRONTEND=noninteractive apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends stress-ng
-  else
-    echo "note: stress-ng is not installed; one fault scenario needs it (apt-get install stress-ng)" >&2
-  fi
-fi
+need_tool stress-ng stress-ng "the CPU-starvation fault scenarios"
 echo "virtualenv ready: $venv"
