@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import pika
@@ -129,6 +131,8 @@ class SyncPublisher:
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self.pid = os.getpid()
+        self._deadline: float | None = None  # monotonic time the publish in flight must be confirmed by
+        self._watching = False  # a watchdog timer is armed in the connection's I/O loop
 
     def open(self) -> BlockingChannel:
         """Connect, open the confirm channel and declare the topology."""
@@ -170,10 +174,12 @@ class SyncPublisher:
     def _publish(self, channel: BlockingChannel, msg: Outgoing) -> None:
         props = pika_properties(msg)
         exchange, routing_key = publish_target(msg, self.settings.exchange)
-        # pika's BlockingChannel waits for a confirm without a bound; a timer in its own I/O loop
-        # raises out of that wait, so a paused or partitioned broker cannot hang the caller.
-        ioloop = self._connection._impl.ioloop  # type: ignore[union-attr]
-        timer = ioloop.call_later(self.settings.publish_timeout_s, _raise_timeout)
+        # pika's BlockingChannel waits for a confirm without a bound; a watchdog timer in its own I/O
+        # loop raises out of that wait, so a paused or partitioned broker cannot hang the caller.
+        self._deadline = time.monotonic() + self.settings.publish_timeout_s
+        if not self._watching:
+            self._watching = True
+            self._io_loop().call_later(self.settings.publish_timeout_s, self._watchdog)
         try:
             channel.basic_publish(exchange, routing_key, msg.body, props, mandatory=True)
         except pika.exceptions.UnroutableError:
@@ -204,11 +210,27 @@ class SyncPublisher:
                 "it may or may not have been enqueued (re-sending with the same message id is safe)"
             ) from None
         finally:
-            ioloop.remove_timeout(timer)
+            self._deadline = None
+
+    def _io_loop(self) -> Any:
+        return self._connection._impl.ioloop  # type: ignore[union-attr]
+
+    def _watchdog(self) -> None:
+        """Raise out of a publish past its deadline; re-arm while publishes go on (one timer, not one each)."""
+        deadline = self._deadline
+        if deadline is None:
+            self._watching = False  # idle: the next publish arms it again
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            self._deadline, self._watching = None, False
+            raise _Timeout()
+        self._io_loop().call_later(remaining, self._watchdog)
 
     def close(self, *, abort: bool = False) -> None:
         """Close the connection (`abort`: drop it without the close handshake a stuck broker never answers)."""
         connection, self._connection, self._channel = self._connection, None, None
+        self._watching = False  # its timer dies with the connection's I/O loop
         if connection is None:
             return
         if abort or not connection.is_open:
@@ -233,7 +255,3 @@ def abort_connection(connection: pika.BlockingConnection) -> None:
     finally:
         with contextlib.suppress(Exception):
             impl.ioloop.close()
-
-
-def _raise_timeout() -> None:
-    raise _Timeout()
