@@ -208,8 +208,8 @@ def test_a_reply_to_a_caller_that_is_gone_is_dropped_quietly_and_the_task_acked(
     assert not re.search(r" WARNING .*results\.(slow|echo|aecho)", log), log[-2000:]
 
 
-def test_a_call_to_a_queue_that_is_gone_fails_at_once(broker_url: str) -> None:
-    queue = f"rt-results-gone-{uuid.uuid4().hex[:8]}"
+def test_a_call_to_a_queue_that_is_gone_fails_at_once(broker_url: str, unique_name: str) -> None:
+    queue = unique_name  # the session deletes what is left under it (the app's own delay ladder, too)
     app = App("gone", broker_url=broker_url, exchange=f"{queue}.x")
 
     @app.task(queue=queue, name="gone.echo")

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from rabbittask import App
 from rabbittask.cli import main as cli
 from rabbittask.message import format_time
-from rabbittask.topology import ExchangeDecl, QueueDecl, delay_declarations, dlx_name
+from rabbittask.topology import ExchangeDecl, QueueDecl, delay_declarations, dlx_name, events_exchange_name
 from tests import amqp
 from tests.apps.retries_app import make_app
 from tests.workers import WorkerProcess
@@ -37,7 +37,8 @@ def delete_ladder(url: str, exchange: str) -> None:
         for d in decls:
             if isinstance(d, QueueDecl):
                 channel.queue_delete(d.name)
-        for name in [d.name for d in decls if isinstance(d, ExchangeDecl)] + [exchange, dlx_name(exchange)]:
+        names = [d.name for d in decls if isinstance(d, ExchangeDecl)] + [exchange, dlx_name(exchange)]
+        for name in [*names, events_exchange_name(exchange)]:  # the worker's events exchange too
             channel.exchange_delete(name)
     finally:
         connection.close()
