@@ -43,7 +43,8 @@ class Ledger:
     def records(self) -> list[dict[str, object]]:
         out: list[dict[str, object]] = []
         for path in sorted(self.directory.glob("*.jsonl")):
-            for line in path.read_text().splitlines():
+            # A worker may be writing a line right now: only the lines it finished (up to a newline) count.
+            for line in path.read_text().split("\n")[:-1]:
                 if line.strip():
                     out.append(json.loads(line))
         return out

@@ -53,7 +53,7 @@ class Ledger:
         if not self.path.exists():
             return []
         out = []
-        for line in self.path.read_text().splitlines():
+        for line in self.path.read_text().split("\n")[:-1]:  # complete lines only: a task may be writing one
             event, tag, pid = line.split()
             out.append((event, tag, int(pid.removeprefix("pid="))))
         return out
