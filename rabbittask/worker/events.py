@@ -86,22 +86,9 @@ def state_of(outcome: Outcome) -> str | None:
 
 def task_events(outcomes: Sequence[Outcome]) -> dict[str, list[dict[str, Any]]]:
     """Events of `outcomes` grouped by routing key."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    succeeded: dict[str, list[dict[str, Any]]] = {}  # task name -> its events: the common case, kept short
+    groups = succeeded_events([(o.message_id, o.task_name, o.runtime_s) for o in outcomes if o.reason is None])
     for o in outcomes:
         if o.reason is None:
-            name = o.task_name
-            events = succeeded.get(name)
-            if events is None:
-                events = succeeded[name] = groups.setdefault(f"task.succeeded.{name}", [])
-            events.append(
-                {
-                    "id": o.message.header.properties.message_id or "?",
-                    "task": name,
-                    "state": "succeeded",
-                    "runtime_s": o.runtime_s,
-                }
-            )
             continue
         state = state_of(o)
         if state is None:
