@@ -48,6 +48,9 @@ DEATH_HEADERS = frozenset(
         X_DELIVERY_COUNT,
     }
 )
+# What a worker writes on a failed message besides the attempt count (`Outcome.failure_headers` in
+# worker/execute.py): why it failed, where and when. A replay from the dead-letter queue removes them.
+FAILURE_HEADERS = frozenset({H_REASON, H_EXC_TYPE, H_EXC_MESSAGE, H_TRACEBACK, H_WORKER, H_FAILED_AT, H_QUEUE})
 
 
 def new_id() -> str:
