@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from examples.emails import app  # noqa: E402 - needs the repository on the path
-from rabbittask.admin.formats import render  # noqa: E402
+from rabbittask.ops.admin.formats import render  # noqa: E402
 
 CONFIGMAP_HEADER = """\
 # The topology of examples.emails:app as RabbitMQ definitions, for the topology Job (or a

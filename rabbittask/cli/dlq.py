@@ -13,9 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rabbittask.cli.common import load_app
-from rabbittask.dlq import DeadLetter, DeadLetterQueue
 from rabbittask.errors import RabbitTaskError
 from rabbittask.message import H_TRACEBACK
+from rabbittask.ops.dlq import DeadLetter, DeadLetterQueue
 from rabbittask.settings import Settings
 
 QUEUE_OPTION = click.option("-Q", "--queue", required=True, help="The task queue whose <queue>.dlq to use.")

@@ -11,7 +11,7 @@ import click
 
 from rabbittask.cli.common import APP_OPTION, load_app
 from rabbittask.errors import RabbitTaskError
-from rabbittask.status import LISTEN_S, gather
+from rabbittask.ops.status import LISTEN_S, gather
 
 EXIT_NO_CONSUMER = 1
 

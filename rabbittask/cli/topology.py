@@ -12,14 +12,14 @@ from typing import NoReturn
 
 import click
 
-from rabbittask.admin.apply import Conflict, Plan, plan
-from rabbittask.admin.apply import apply as apply_declarations
-from rabbittask.admin.compare import compare, describe, ways_out
-from rabbittask.admin.formats import FORMATS, Format, render
-from rabbittask.admin.live import Management, connect, read_passive, vhost_of
 from rabbittask.app import App
 from rabbittask.cli.common import APP_OPTION, load_app
 from rabbittask.errors import RabbitTaskError
+from rabbittask.ops.admin.apply import Conflict, Plan, plan
+from rabbittask.ops.admin.apply import apply as apply_declarations
+from rabbittask.ops.admin.compare import compare, describe, ways_out
+from rabbittask.ops.admin.formats import FORMATS, Format, render
+from rabbittask.ops.admin.live import Management, connect, read_passive, vhost_of
 from rabbittask.settings import host_port, mask_url
 
 EXIT_DIFFERENT = 1

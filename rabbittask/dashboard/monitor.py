@@ -22,9 +22,9 @@ from aiormq.abc import DeliveredMessage
 
 from rabbittask.dashboard.history import History
 from rabbittask.errors import RabbitTaskError
+from rabbittask.ops.status import queue_depth, queue_row, workers_of
 from rabbittask.publish.aio import connect
 from rabbittask.settings import mask_url
-from rabbittask.status import queue_depth, queue_row, workers_of
 from rabbittask.topology import DELAY_LEVELS, delay_level_name, events_exchange_name
 
 if TYPE_CHECKING:

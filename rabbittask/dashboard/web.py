@@ -6,7 +6,7 @@
     POST /api/dlq/{queue}/replay    {"ids": [...]} or {"all": true}: back to the task queue, attempts reset
     POST /api/dlq/{queue}/purge     {"confirm": "<queue>.dlq"}: delete every message of the DLQ
 
-DLQ commands are `rabbittask.dlq.DeadLetterQueue` (blocking pika), run in a worker thread.
+DLQ commands are `rabbittask.ops.dlq.DeadLetterQueue` (blocking pika), run in a worker thread.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from starlette.staticfiles import StaticFiles
 
 from rabbittask.dashboard.auth import Sessions, TokenAuth
 from rabbittask.dashboard.monitor import Monitor
-from rabbittask.dlq import DeadLetter, DeadLetterQueue
 from rabbittask.errors import RabbitTaskError
+from rabbittask.ops.dlq import DeadLetter, DeadLetterQueue
 
 if TYPE_CHECKING:
     from rabbittask.app import App

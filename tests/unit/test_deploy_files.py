@@ -26,9 +26,9 @@ from yamllint import linter
 from yamllint.config import YamlLintConfig
 
 from examples import producer
-from rabbittask.admin.formats import render
 from rabbittask.cli import main
 from rabbittask.cli.common import load_app
+from rabbittask.ops.admin.formats import render
 from rabbittask.worker.metrics import HEALTHZ_PATH, METRICS_PATH, READYZ_PATH
 
 ROOT = Path(__file__).resolve().parents[2]

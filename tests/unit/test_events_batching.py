@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from rabbittask.ops.status import workers_of
 from rabbittask.settings import Settings
-from rabbittask.status import workers_of
 from rabbittask.worker import events as ev
 from rabbittask.worker.execute import (
     REASON_FAILED,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rabbittask.admin.apply import _value
-from rabbittask.admin.compare import Live, applicable_policies, compare, ways_out
-from rabbittask.admin.formats import render
+from rabbittask.ops.admin.apply import _value
+from rabbittask.ops.admin.compare import Live, applicable_policies, compare, ways_out
+from rabbittask.ops.admin.formats import render
 from rabbittask.topology import Declaration, QueueSpec, declarations, delay_declarations
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rabbittask import ConfigError
-from rabbittask.admin.formats import canonical, markdown, parse_definitions, render
+from rabbittask.ops.admin.formats import canonical, markdown, parse_definitions, render
 from rabbittask.settings import QueueType
 from rabbittask.topology import (
     DELAY_LEVELS,

@@ -13,8 +13,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import pika
 import pika.exceptions
 
-from rabbittask.admin.compare import Live
 from rabbittask.errors import BrokerError, ConnectionLost
+from rabbittask.ops.admin.compare import Live
 from rabbittask.settings import host_port, mask_url
 from rabbittask.topology import Declaration, ExchangeDecl, QueueDecl
 

@@ -22,9 +22,9 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from rabbittask.admin.compare import describe, show
-from rabbittask.admin.live import exists
 from rabbittask.errors import BrokerError
+from rabbittask.ops.admin.compare import describe, show
+from rabbittask.ops.admin.live import exists
 from rabbittask.publish.declare import PRECONDITION_FAILED, declare_sync
 from rabbittask.topology import Declaration, ExchangeDecl, QueueDecl
 
