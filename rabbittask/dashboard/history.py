@@ -14,6 +14,8 @@ from collections import Counter, deque
 from collections.abc import Collection
 from typing import Any
 
+from rabbittask.ops.heartbeat import HEARTBEAT, OFFLINE, Heartbeat
+
 MINUTES = 60
 FAILURES = 50
 LIVE_BEATS = 3.0  # a child missing this many heartbeat intervals is taken for gone
@@ -32,7 +34,7 @@ class History:
         self.minutes: deque[tuple[int, Counter[str]]] = deque()
         self.totals: Counter[str] = Counter()
         self.failures: deque[dict[str, Any]] = deque(maxlen=FAILURES)
-        self.beats: dict[BeatKey, tuple[float, dict[str, Any]]] = {}
+        self.beats: dict[BeatKey, tuple[float, Heartbeat]] = {}
 
     def feed(self, routing_key: str, body: dict[str, Any], now: float | None = None) -> None:
         """Take one message of the events exchange (`task.<state>.<task>` or `worker.*`)."""
@@ -40,14 +42,16 @@ class History:
         if routing_key.startswith("task."):
             self._tasks(body, now)
             return
-        try:
-            key = (str(body["host"]), int(body["pid"]))
-        except (KeyError, TypeError, ValueError):
+        if routing_key not in (HEARTBEAT, OFFLINE):
             return
-        if routing_key == "worker.offline":
-            self.beats.pop(key, None)
-        elif routing_key == "worker.heartbeat":
-            self.beats[key] = (now, body)
+        try:
+            beat = Heartbeat.decode(body)
+        except ValueError:
+            return
+        if routing_key == OFFLINE:
+            self.beats.pop(beat.key, None)
+        else:
+            self.beats[beat.key] = (now, beat)
 
     def _tasks(self, body: dict[str, Any], now: float) -> None:
         events = body.get("events")
@@ -79,13 +83,13 @@ class History:
             self.minutes.popleft()
         return self.minutes[-1][1]
 
-    def live_beats(self, now: float | None = None) -> list[dict[str, Any]]:
+    def live_beats(self, now: float | None = None) -> list[Heartbeat]:
         """The latest heartbeat of every child still live."""
         now = time.time() if now is None else now
-        for key, (seen, body) in list(self.beats.items()):
-            if now - seen > LIVE_BEATS * float(body.get("interval_s", 2.0)):
+        for key, (seen, beat) in list(self.beats.items()):
+            if now - seen > LIVE_BEATS * beat.interval_s:
                 del self.beats[key]
-        return [body for _, body in self.beats.values()]
+        return [beat for _, beat in self.beats.values()]
 
     def rates(self, now: float | None = None) -> dict[str, Any]:
         """Counts per minute for the last hour: `minutes` (epoch seconds) and one list per state."""

@@ -22,7 +22,8 @@ from aiormq.abc import DeliveredMessage
 
 from rabbittask.dashboard.history import History
 from rabbittask.errors import RabbitTaskError
-from rabbittask.ops.status import queue_depth, queue_row, workers_of
+from rabbittask.ops.heartbeat import ROUTING_KEYS, Heartbeat
+from rabbittask.ops.status import beats_of, queue_depth, queue_row, workers_of
 from rabbittask.publish.aio import connect
 from rabbittask.settings import mask_url
 from rabbittask.topology import DELAY_LEVELS, delay_level_name, events_exchange_name
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 
 RECONNECT_S = 2.0
 DEPTHS_S = 1.5
-BINDINGS = ("task.#", "worker.*")
+BINDINGS = ("task.#", ROUTING_KEYS)
 
 
 class Monitor:
@@ -100,9 +101,8 @@ class Monitor:
         """Live workers of this app (children's heartbeats summed per supervisor)."""
         return workers_of(self._mine())
 
-    def _mine(self) -> list[dict[str, Any]]:
-        queues = set(self.app.queues)
-        return [b for b in self.history.live_beats() if set(b.get("queues", ())) & queues]
+    def _mine(self) -> list[Heartbeat]:
+        return beats_of(self.history.live_beats(), self.app.queues)
 
     async def queues(self) -> tuple[list[dict[str, Any]], int | None]:
         """Rows of the app's queues (as `rabbittask status`) and the messages waiting in the delay ladder."""

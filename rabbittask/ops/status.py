@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiormq
 import aiormq.abc
 from aiormq.abc import DeliveredMessage
 
+from rabbittask.ops.heartbeat import OFFLINE, ROUTING_KEYS, Heartbeat
 from rabbittask.publish.aio import connect
 from rabbittask.topology import dlq_name, events_exchange_name
 
@@ -33,7 +34,7 @@ async def gather(app: App, listen_s: float = LISTEN_S) -> dict[str, Any]:
     connection = await connect(settings, "status")
     try:
         beats = await _listen(connection, events_exchange_name(settings.exchange), listen_s, settings.declare_topology)
-        mine = [b for b in beats.values() if set(b.get("queues", ())) & set(app.queues)]
+        mine = beats_of(beats.values(), app.queues)
         workers = workers_of(mine)
         queues = [await queue_row(connection, q, mine) for q in sorted(app.queues)]
     finally:
@@ -44,7 +45,7 @@ async def gather(app: App, listen_s: float = LISTEN_S) -> dict[str, Any]:
 
 async def _listen(
     connection: aiormq.abc.AbstractConnection, exchange: str, listen_s: float, declare: bool
-) -> dict[tuple[str, int], dict[str, Any]]:
+) -> dict[tuple[str, int], Heartbeat]:
     channel = await connection.channel()
     try:
         await channel.exchange_declare(exchange, exchange_type="topic", durable=True, passive=not declare)
@@ -52,21 +53,20 @@ async def _listen(
         return {}  # no worker ever sent an event
     ok = await channel.queue_declare("", exclusive=True, auto_delete=True)
     assert ok.queue is not None
-    await channel.queue_bind(ok.queue, exchange, routing_key="worker.*")
-    beats: dict[tuple[str, int], dict[str, Any]] = {}
+    await channel.queue_bind(ok.queue, exchange, routing_key=ROUTING_KEYS)
+    beats: dict[tuple[str, int], Heartbeat] = {}
     offline: set[tuple[str, int]] = set()
 
     async def on_message(message: DeliveredMessage) -> None:
         try:
-            body = json.loads(message.body)
-            key = (str(body["host"]), int(body["pid"]))
-        except (ValueError, KeyError, TypeError):
+            beat = Heartbeat.decode(message.body)
+        except ValueError:
             return
-        if message.routing_key == "worker.offline":
-            offline.add(key)
-            beats.pop(key, None)
-        elif key not in offline:
-            beats[key] = body
+        if message.routing_key == OFFLINE:
+            offline.add(beat.key)
+            beats.pop(beat.key, None)
+        elif beat.key not in offline:
+            beats[beat.key] = beat
 
     await channel.basic_consume(ok.queue, on_message, no_ack=True)
     await asyncio.sleep(listen_s)
@@ -74,46 +74,50 @@ async def _listen(
     return beats
 
 
-def workers_of(beats: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def beats_of(beats: Iterable[Heartbeat], queues: Collection[str]) -> list[Heartbeat]:
+    """The heartbeats of children that consume one of `queues` (apps may share an events exchange)."""
+    wanted = set(queues)
+    return [b for b in beats if wanted.intersection(b.queues)]
+
+
+def workers_of(beats: Sequence[Heartbeat]) -> list[dict[str, Any]]:
     """Children's heartbeats summed per worker (host and supervisor pid)."""
-    grouped: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    grouped: dict[tuple[str, int], list[Heartbeat]] = {}
     for b in beats:
-        grouped.setdefault((b["host"], b.get("ppid", b["pid"])), []).append(b)
+        grouped.setdefault(b.supervisor, []).append(b)
     workers = []
     for (host, pid), children in sorted(grouped.items()):
         workers.append(
             {
                 "host": host,
                 "pid": pid,
-                "queues": sorted({q for c in children for q in c.get("queues", ())}),
+                "queues": sorted({q for c in children for q in c.queues}),
                 "children": len(children),
-                "child_pids": sorted(c["pid"] for c in children),
-                "done": sum(int(c.get("done", 0)) for c in children),
-                "failed": sum(int(c.get("failed", 0)) for c in children),
-                "retried": sum(int(c.get("retried", 0)) for c in children),
-                "dead_lettered": sum(int(c.get("dead_lettered", 0)) for c in children),
-                "reconnects": sum(int(c.get("reconnects", 0)) for c in children),
-                "in_flight": sum(int(c.get("in_flight", 0)) for c in children),
-                "consuming": all(c.get("consuming", False) for c in children),
-                "uptime_s": max(float(c.get("uptime_s", 0.0)) for c in children),
+                "child_pids": sorted(c.pid for c in children),
+                "done": sum(c.done for c in children),
+                "failed": sum(c.failed for c in children),
+                "retried": sum(c.retried for c in children),
+                "dead_lettered": sum(c.dead_lettered for c in children),
+                "reconnects": sum(c.reconnects for c in children),
+                "in_flight": sum(c.in_flight for c in children),
+                "consuming": all(c.consuming for c in children),
+                "uptime_s": max(c.uptime_s for c in children),
             }
         )
     return workers
 
 
-async def queue_row(
-    connection: aiormq.abc.AbstractConnection, name: str, beats: list[dict[str, Any]]
-) -> dict[str, Any]:
+async def queue_row(connection: aiormq.abc.AbstractConnection, name: str, beats: Sequence[Heartbeat]) -> dict[str, Any]:
     """Depth, consumers and DLQ depth of task queue `name`; unacked from the heartbeats `beats`, where it can tell."""
     ready, consumers = await queue_depth(connection, name)
     dlq_ready, _ = await queue_depth(connection, dlq_name(name))
-    readers = [b for b in beats if name in b.get("queues", ())]
-    alone = all(list(b.get("queues", ())) == [name] for b in readers)
+    readers = [b for b in beats if name in b.queues]
+    alone = all(list(b.queues) == [name] for b in readers)
     return {
         "name": name,
         "exists": ready is not None,
         "ready": ready,
-        "unacked": sum(int(b.get("in_flight", 0)) for b in readers) if alone else None,
+        "unacked": sum(b.in_flight for b in readers) if alone else None,
         "consumers": consumers or 0,
         "dlq": dlq_name(name),
         "dlq_ready": dlq_ready,

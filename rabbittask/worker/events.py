@@ -12,8 +12,7 @@ Routing keys: `task.<state>.<task name>` (state: received, started, succeeded, f
 dead-lettered) and `worker.heartbeat` / `worker.offline`. Bodies (docs/events.md is the reference):
 
     task.*:  {"host", "pid", "ts", "events": [{"id", "task", "state", ...}]}
-    worker.*: {"host", "pid", "ppid", "ts", "app", "queues", "done", "failed", "retried", "dead_lettered",
-               "reconnects", "uptime_s", "consuming", "in_flight", "interval_s"}
+    worker.*: a `Heartbeat` (ops/heartbeat.py, the schema `status` and the dashboard read too)
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ import aiormq.abc
 from aiormq.abc import DeliveredMessage
 from pydantic_core import to_json
 
+from rabbittask.ops.heartbeat import HEARTBEAT, OFFLINE, Heartbeat
 from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.settings import Settings
 from rabbittask.topology import events_exchange_name
@@ -58,8 +58,6 @@ FLUSH_S = 1.0
 MAX_PENDING = 20 * BATCH  # events kept while a send is stuck; older ones are dropped beyond it
 RETRY_CHANNEL_S = 5.0  # after a failed send, how long events are dropped before a new channel is tried
 SEND_TIMEOUT_S = 2.0
-HEARTBEAT = "worker.heartbeat"
-OFFLINE = "worker.offline"
 PROPERTIES = aiormq.spec.Basic.Properties(content_type="application/json", delivery_mode=1)
 EVENT_TRACEBACK_CHARS = 2000  # the end of a failed task's traceback: where it raised
 # Dead-lettered without running the task's code: no `failed` event, only `dead-lettered`.
@@ -212,8 +210,8 @@ class Events:
             await asyncio.sleep(min(FLUSH_S, self.settings.events_heartbeat_s))
 
     def heartbeat(self) -> dict[str, Any]:
-        """The body of a heartbeat: who this child is and what it did so far."""
-        return {
+        """The body of a heartbeat (a `Heartbeat`): who this child is and what it did so far."""
+        beat = {
             **self._identity,
             **self._static,
             "ts": time.time(),
@@ -224,6 +222,7 @@ class Events:
             "dropped": self.dropped,
             **self._stats(),
         }
+        return Heartbeat.model_validate(beat).body()
 
     def flush(self, *, heartbeat: bool = False) -> None:
         """Start sending the buffered events (and a heartbeat), unless a send is under way.

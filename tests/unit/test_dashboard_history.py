@@ -60,9 +60,9 @@ def test_a_worker_child_is_live_until_it_goes_offline_or_its_heartbeats_stop() -
     beat = {"host": "h", "pid": 1, "ppid": 9, "queues": ["q"], "interval_s": 2.0}
     history.feed("worker.heartbeat", beat, now=T0)
     history.feed("worker.heartbeat", beat | {"pid": 2}, now=T0)
-    assert [b["pid"] for b in history.live_beats(now=T0 + 5)] == [1, 2]
+    assert [b.pid for b in history.live_beats(now=T0 + 5)] == [1, 2]
     history.feed("worker.offline", beat, now=T0 + 5)
-    assert [b["pid"] for b in history.live_beats(now=T0 + 5)] == [2]
+    assert [b.pid for b in history.live_beats(now=T0 + 5)] == [2]
     assert history.live_beats(now=T0 + 6.1) == []  # three intervals without a heartbeat
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from rabbittask.ops.heartbeat import Heartbeat
 from rabbittask.ops.status import workers_of
 from rabbittask.settings import Settings
 from rabbittask.worker import events as ev
@@ -184,7 +185,8 @@ def test_a_stuck_send_keeps_at_most_max_pending_events(monkeypatch: pytest.Monke
 def test_status_sums_the_heartbeats_of_a_workers_children() -> None:
     beat = {"host": "h", "ppid": 10, "queues": ["q"], "done": 5, "failed": 1, "uptime_s": 3.0, "consuming": True}
     beat |= {"dead_lettered": 2, "reconnects": 1}
-    [worker] = workers_of([{**beat, "pid": 11}, {**beat, "pid": 12, "done": 7, "uptime_s": 4.0}])
+    children = [{**beat, "pid": 11}, {**beat, "pid": 12, "done": 7, "uptime_s": 4.0}]
+    [worker] = workers_of([Heartbeat.decode(json.dumps(child)) for child in children])
     assert (worker["pid"], worker["children"], worker["child_pids"]) == (10, 2, [11, 12])
     assert (worker["done"], worker["failed"], worker["uptime_s"], worker["consuming"]) == (12, 2, 4.0, True)
     assert (worker["dead_lettered"], worker["reconnects"]) == (4, 2)
