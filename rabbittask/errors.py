@@ -14,6 +14,7 @@
     │       │   └── AccessRefused (PermissionError)    login, virtual host or permission refused
     │       ├── PublishNotConfirmed             nacked, unroutable or unanswered in time
     │       └── BatchNotConfirmed               some messages of a batch were not confirmed
+    ├── NodeError (RuntimeError)             a throwaway test node (rabbittask.testing) failed
     ├── ResultBackendError                   the result backend failed or cannot be reached
     └── TaskError                            a task failed remotely (results, RPC)
 
@@ -87,6 +88,10 @@ class BatchNotConfirmed(PublishError):
     def __init__(self, message: str, failed_ids: Sequence[str]) -> None:
         super().__init__(message)
         self.failed_ids = list(failed_ids)
+
+
+class NodeError(RabbitTaskError, RuntimeError):
+    """Raised when a test node (`rabbittask.testing`) fails to start or stop, or a CLI command against it fails."""
 
 
 class ResultBackendError(RabbitTaskError):

@@ -1,4 +1,4 @@
-"""Throwaway RabbitMQ nodes and broker probes for tests.
+"""Throwaway RabbitMQ nodes for tests: ``RabbitNode``.
 
 ``RabbitNode`` starts a private node from the local ``rabbitmq-server`` binary: its own node
 name, ports, Erlang cookie, data and log directories, and config, so it can be stopped,
@@ -15,7 +15,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import random
 import secrets
 import shutil
 import signal
@@ -28,11 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import NoReturn
-from urllib.parse import urlsplit
 
-import pika
-
-__all__ = ["NodeError", "RabbitNode", "TlsFiles", "broker_answers", "free_port", "rabbitmq_bin_dir"]
+from rabbittask.errors import NodeError
+from rabbittask.testing.probes import broker_answers, free_port, rabbitmq_bin_dir
 
 # Plugins that open listeners of their own: each gets a free port bound to loopback, so a
 # throwaway node never collides with the defaults (15672, 15692, 5552, 1883) of another node.
@@ -43,9 +40,6 @@ _PLUGIN_LISTENERS: dict[str, tuple[str, ...]] = {
     "rabbitmq_mqtt": ("mqtt.listeners.tcp.1 = 127.0.0.1:{port}",),
 }
 
-# The kernel hands out outgoing (ephemeral) ports from 32768 up on Linux; listening below that
-# keeps a node's port from being taken by some client connection between stop() and start().
-_PORT_RANGE = (20000, 32000)
 _LOG_TAIL_LINES = 40
 
 # Kills the node's process group and removes its directory once stdin reaches EOF, that is
@@ -62,76 +56,6 @@ class TlsFiles:
     ca_file: str
     cert_file: str
     key_file: str
-
-
-class NodeError(RuntimeError):
-    """Raised when a throwaway node fails to start or stop, or a CLI command against it fails."""
-
-
-def free_port() -> int:
-    """Return a TCP port that is free on 127.0.0.1 right now (below the ephemeral range)."""
-    for _ in range(100):
-        port = random.randrange(*_PORT_RANGE)
-        if _can_bind(port):
-            return port
-    with socket.socket() as sock:  # crowded range: let the kernel choose
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _can_bind(port: int) -> bool:
-    with socket.socket() as sock:
-        # Same option as the Erlang listener, so a port in TIME_WAIT counts as free.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def broker_answers(url: str, timeout_s: float = 2.0) -> bool:
-    """Return True if an AMQP broker at ``url`` accepts a connection within ``timeout_s``; never raises."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or "localhost"
-        port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
-        # A plain TCP probe first: it is silent, while pika logs an error per refused attempt.
-        with socket.create_connection((host, port), timeout=timeout_s):
-            pass
-        params = pika.URLParameters(url)
-        params.connection_attempts = 1
-        params.retry_delay = 0
-        params.socket_timeout = timeout_s
-        params.stack_timeout = timeout_s
-        params.blocked_connection_timeout = timeout_s
-        params.client_properties = {"connection_name": "rabbittask.testing.broker_answers"}
-        connection = pika.BlockingConnection(params)
-        connection.close()
-    except Exception:
-        return False
-    return True
-
-
-def rabbitmq_bin_dir() -> Path:
-    """Return the directory holding the real ``rabbitmq-server`` and ``rabbitmqctl`` scripts.
-
-    ``RABBITTASK_RABBITMQ_BIN_DIR`` overrides the search. Debian's ``/usr/sbin`` entries are
-    wrappers that ``su`` to the rabbitmq user; the scripts they wrap accept any user.
-    """
-    override = os.environ.get("RABBITTASK_RABBITMQ_BIN_DIR")
-    candidates = [Path(override)] if override else []
-    found = shutil.which("rabbitmq-server") or shutil.which("rabbitmq-server", path="/usr/sbin:/usr/local/sbin")
-    if found:
-        candidates.append(Path(found).resolve().parent)
-    candidates.append(Path("/usr/lib/rabbitmq/bin"))
-    for directory in candidates:
-        if (directory / "rabbitmq-server").is_file() and (directory / "rabbitmqctl").is_file():
-            return directory
-    raise NodeError(
-        "rabbitmq-server is not installed: install it (Debian: apt-get install rabbitmq-server) "
-        "or set RABBITTASK_TEST_BROKER_URL to a broker the tests may use"
-    )
 
 
 class RabbitNode:
