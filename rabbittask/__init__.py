@@ -18,19 +18,24 @@ from rabbittask.errors import (
     ConfigError,
     ConnectionLost,
     PayloadError,
+    PublishAccessRefused,
     PublishConnectionError,
     PublishError,
     PublishNotConfirmed,
     RabbitTaskError,
     Reject,
     ResultBackendError,
+    ResultNotSerialisable,
     Retry,
+    SignatureInvalid,
     SoftTimeLimitExceeded,
     TaskError,
     TaskNotFound,
     TimeLimitExceeded,
     TopologyMismatch,
 )
+from rabbittask.results.backend import ResultBackend
+from rabbittask.results.record import Status
 from rabbittask.settings import Settings
 from rabbittask.task import Signature, Task, TaskHandle
 
@@ -47,6 +52,9 @@ __all__ = [
     "TaskHandle",
     "TaskContext",
     "Signature",
+    # results, and the interface of result-backend plugins
+    "Status",
+    "ResultBackend",
     # control flow raised by tasks, or into them
     "Reject",
     "Retry",
@@ -58,12 +66,15 @@ __all__ = [
     "TaskNotFound",
     "ArgumentsInvalid",
     "PayloadError",
+    "SignatureInvalid",
+    "ResultNotSerialisable",
     "BrokerError",
     "ConnectionLost",
+    "AccessRefused",
     "TopologyMismatch",
     "PublishError",
     "PublishConnectionError",
-    "AccessRefused",
+    "PublishAccessRefused",
     "PublishNotConfirmed",
     "BatchNotConfirmed",
     "ResultBackendError",

@@ -1,22 +1,29 @@
-"""The exception tree of rabbittask.
+"""The exception tree of rabbittask: every error it raises at its users.
 
     RabbitTaskError
     ├── ConfigError (ValueError)            bad settings, bad task options, bad queue options
     ├── TaskNotFound (LookupError)          a task name the app does not know
     ├── ArgumentsInvalid (TypeError)        a call whose arguments do not fit the task's signature
     ├── PayloadError (ValueError)           a message body that cannot be decoded or encoded
-    │   └── SignatureInvalid                unsigned or tampered message where signatures are required
+    │   ├── SignatureInvalid                unsigned or tampered message where signatures are required
+    │   └── ResultNotSerialisable (TypeError)   a task's return value that cannot be sent as JSON
     ├── BrokerError
     │   ├── ConnectionLost (ConnectionError)    the broker cannot be reached or went away
+    │   ├── AccessRefused (PermissionError)     login, virtual host or permission refused (any client)
     │   ├── TopologyMismatch                    a queue exists with other arguments
     │   └── PublishError
-    │       ├── PublishConnectionError (ConnectionLost)   no connection to publish on
-    │       │   └── AccessRefused (PermissionError)    login, virtual host or permission refused
+    │       ├── PublishConnectionError (ConnectionLost)    no connection to publish on
+    │       │   └── PublishAccessRefused (AccessRefused)   ... because the broker refused the publisher
     │       ├── PublishNotConfirmed             nacked, unroutable or unanswered in time
     │       └── BatchNotConfirmed               some messages of a batch were not confirmed
     ├── NodeError (RuntimeError)             a throwaway test node (rabbittask.testing) failed
     ├── ResultBackendError                   the result backend failed or cannot be reached
     └── TaskError                            a task failed remotely (results, RPC)
+
+A refusal is an `AccessRefused` wherever it happens. A refused login or virtual host (met by the
+connect that publishers, RPC, workers, `status` and the dashboard share) and a publisher's refused
+declare or publish are `PublishAccessRefused`, so `except PublishConnectionError` around a publish
+still catches them; a worker's refused declare or consume is an `AccessRefused` only.
 
 Control flow, not failure: `Retry` and `Reject` are raised by a task on purpose and are not
 logged as errors.
@@ -54,12 +61,20 @@ class SignatureInvalid(PayloadError):
     """Raised when a message's signature is missing, names an unknown key, or does not match."""
 
 
+class ResultNotSerialisable(PayloadError, TypeError):
+    """Raised when a task's return value cannot be encoded as JSON (the task then fails with it)."""
+
+
 class BrokerError(RabbitTaskError):
     """Raised when the broker refuses or fails an operation."""
 
 
 class ConnectionLost(BrokerError, ConnectionError):
     """Raised when the broker cannot be reached, refuses the login, or drops the connection."""
+
+
+class AccessRefused(BrokerError, PermissionError):
+    """Raised when the broker refuses the login, the virtual host, or an operation the user may not do."""
 
 
 class TopologyMismatch(BrokerError):
@@ -74,8 +89,8 @@ class PublishConnectionError(PublishError, ConnectionLost):
     """Raised when a publish cannot reach the broker: down, unreachable, or the login was refused."""
 
 
-class AccessRefused(PublishConnectionError, PermissionError):
-    """Raised when the broker refuses the login, the virtual host, or an operation the user may not do."""
+class PublishAccessRefused(PublishConnectionError, AccessRefused):
+    """Raised when the broker refuses a publisher's login, virtual host, or a declare or publish it may not do."""
 
 
 class PublishNotConfirmed(PublishError):

@@ -15,7 +15,14 @@ import aiormq.abc
 from pamqp.commands import Basic
 
 from rabbittask import endpoints
-from rabbittask.errors import AccessRefused, PublishConnectionError, PublishError, PublishNotConfirmed, TopologyMismatch
+from rabbittask.errors import (
+    AccessRefused,
+    PublishAccessRefused,
+    PublishConnectionError,
+    PublishError,
+    PublishNotConfirmed,
+    TopologyMismatch,
+)
 from rabbittask.publish.declare import declare_async
 from rabbittask.publish.outgoing import Outgoing, missing_exchange, publish_target
 from rabbittask.settings import Settings, host_port, mask_url
@@ -98,11 +105,11 @@ async def _connect_one(settings: Settings, url: str, role: str) -> aiormq.abc.Ab
             f"cannot connect to the broker at {where}: no answer within {settings.connect_timeout_s:g} s"
         ) from None
     except aiormq.exceptions.ProbableAuthenticationError:
-        raise AccessRefused(
+        raise PublishAccessRefused(
             f"the broker at {where} refused the login: check the user and password in the broker URL"
         ) from None
     except aiormq.exceptions.ConnectionNotAllowed as e:
-        raise AccessRefused(
+        raise PublishAccessRefused(
             f"the broker at {where} refused access to virtual host {vhost(url)!r}: check the vhost in the URL "
             f"and the user's permissions ({mask_url(_reply_text(e))})"
         ) from None
@@ -110,7 +117,7 @@ async def _connect_one(settings: Settings, url: str, role: str) -> aiormq.abc.Ab
         if "Connection.Close" not in str(e):
             raise PublishConnectionError(f"cannot connect to the broker at {where}: {mask_url(str(e))}") from None
         # aiormq reports a close in answer to connection.open so; RabbitMQ sends it when the user may not use the vhost
-        raise AccessRefused(
+        raise PublishAccessRefused(
             f"the broker at {where} refused access to virtual host {vhost(url)!r}: check the vhost in the URL "
             "and the user's permissions"
         ) from None
@@ -122,10 +129,15 @@ async def _connect_one(settings: Settings, url: str, role: str) -> aiormq.abc.Ab
         raise PublishConnectionError(why) from None
 
 
-def access_refused(settings: Settings, e: BaseException, doing: str) -> AccessRefused:
-    """The error for a 403 from the broker: which user could not do what, and the ways out."""
+def access_refused(
+    settings: Settings, e: BaseException, doing: str, error: type[AccessRefused] = AccessRefused
+) -> AccessRefused:
+    """The error for a 403 from the broker: which user could not do what, and the ways out.
+
+    Publishers pass `error=PublishAccessRefused`; a consumer's refusal is no publish error.
+    """
     user = urlsplit(settings.broker_urls[0]).username or "guest"
-    return AccessRefused(
+    return error(
         f"the broker refused user {user!r} permission to {doing}: {mask_url(_reply_text(e))}. Grant the "
         "permission (docs/operations.md, least-privilege users), or apply the topology as an admin "
         "(`rabbittask topology apply`) and set declare_topology=False"
@@ -185,7 +197,7 @@ class AsyncPublisher:
                     raise
                 except aiormq.exceptions.ChannelAccessRefused as e:
                     await connection.close()
-                    raise access_refused(self.settings, e, "declare the app's topology") from None
+                    raise access_refused(self.settings, e, "declare the app's topology", PublishAccessRefused) from None
                 except CHANNEL_OPEN_ERRORS as e:
                     current = asyncio.current_task()
                     if isinstance(e, asyncio.CancelledError) and current is not None and current.cancelling():
@@ -231,7 +243,8 @@ class AsyncPublisher:
                 timeout=self.settings.publish_timeout_s if timed else None,
             )
         except aiormq.exceptions.ChannelAccessRefused as e:
-            raise access_refused(self.settings, e, f"publish task {msg.task_name!r} to exchange {exchange!r}") from None
+            doing = f"publish task {msg.task_name!r} to exchange {exchange!r}"
+            raise access_refused(self.settings, e, doing, PublishAccessRefused) from None
         except aiormq.exceptions.PublishError:
             raise PublishNotConfirmed(
                 f"task {msg.task_name!r} (id {msg.message_id}) was returned by the broker: no queue is bound "

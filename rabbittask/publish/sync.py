@@ -20,7 +20,13 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from rabbittask import endpoints
-from rabbittask.errors import AccessRefused, ConfigError, PublishConnectionError, PublishNotConfirmed, TopologyMismatch
+from rabbittask.errors import (
+    ConfigError,
+    PublishAccessRefused,
+    PublishConnectionError,
+    PublishNotConfirmed,
+    TopologyMismatch,
+)
 from rabbittask.publish.outgoing import Outgoing, missing_exchange, publish_target
 from rabbittask.settings import Settings, host_port, mask_url
 
@@ -80,18 +86,18 @@ def connect_error(settings: Settings, e: BaseException) -> PublishConnectionErro
     """A `PublishConnectionError` that says where and why, with the password masked."""
     where = host_port(settings.broker_url)
     if isinstance(e, pika.exceptions.ProbableAuthenticationError | pika.exceptions.AuthenticationError):
-        return AccessRefused(
+        return PublishAccessRefused(
             f"cannot publish to the broker at {where}: the broker refused the login: check the user and "
             "password in the broker URL"
         )
     if isinstance(e, pika.exceptions.ProbableAccessDeniedError):
-        return AccessRefused(
+        return PublishAccessRefused(
             f"cannot publish to the broker at {where}: access to the virtual host was refused: check the vhost "
             "in the URL and the user's permissions"
         )
     if isinstance(e, pika.exceptions.ChannelClosedByBroker) and e.reply_code == ACCESS_REFUSED:
         user = urlsplit(settings.broker_urls[0]).username or "guest"
-        return AccessRefused(
+        return PublishAccessRefused(
             f"the broker refused user {user!r} an operation: {mask_url(e.reply_text)}. Grant the permission "
             "(docs/operations.md, least-privilege users), or apply the topology as an admin "
             "(`rabbittask topology apply`) and set declare_topology=False"

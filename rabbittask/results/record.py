@@ -10,21 +10,27 @@ One shape for both, so the worker encodes a result once and a caller decodes eit
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 from pydantic_core import PydanticSerializationError, from_json, to_json
 
-from rabbittask.errors import PayloadError, TaskError
+from rabbittask.errors import PayloadError, ResultNotSerialisable, TaskError
 
 RECORD_VERSION = 1
-Status = Literal["PENDING", "SUCCESS", "FAILURE"]
-PENDING: Status = "PENDING"
-SUCCESS: Status = "SUCCESS"
-FAILURE: Status = "FAILURE"
 
 
-class ResultNotSerialisable(TypeError):
-    """Raised when a task's return value cannot be encoded as JSON."""
+class Status(StrEnum):
+    """The state of a task's result, as `TaskHandle.status` says it; a `str`, so `status == "SUCCESS"` holds."""
+
+    PENDING = "PENDING"  # no result stored yet, or it expired or was forgotten
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+
+
+PENDING = Status.PENDING
+SUCCESS = Status.SUCCESS
+FAILURE = Status.FAILURE
 
 
 def encode_success(task_name: str, value: Any) -> bytes:

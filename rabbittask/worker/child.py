@@ -37,6 +37,7 @@ from rabbittask.errors import (
     ConnectionLost,
     PublishError,
     PublishNotConfirmed,
+    ResultNotSerialisable,
     SoftTimeLimitExceeded,
     TopologyMismatch,
 )
@@ -44,7 +45,7 @@ from rabbittask.message import H_ATTEMPT, H_ETA, H_EXPIRES
 from rabbittask.publish.aio import CONNECTION_ERRORS, AsyncPublisher, access_refused, connect
 from rabbittask.publish.declare import declare_async
 from rabbittask.publish.outgoing import Outgoing
-from rabbittask.results.record import ResultNotSerialisable, encode_failure, encode_success
+from rabbittask.results.record import encode_failure, encode_success
 from rabbittask.retry import schedule_headers
 from rabbittask.settings import mask_url
 from rabbittask.topology import dlx_name

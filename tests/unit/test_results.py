@@ -9,16 +9,10 @@ from importlib.metadata import EntryPoint
 import pytest
 
 import rabbittask.results.backend as backend_module
-from rabbittask import App, ConfigError, Settings, TaskError, TaskHandle
+from rabbittask import App, ConfigError, ResultNotSerialisable, Settings, TaskError, TaskHandle
 from rabbittask.results.backend import ENTRY_POINT_GROUP, ResultBackend, load_backend
 from rabbittask.results.backends.redis import RedisBackend
-from rabbittask.results.record import (
-    ResultNotSerialisable,
-    decode_result,
-    encode_failure,
-    encode_success,
-    status_of,
-)
+from rabbittask.results.record import decode_result, encode_failure, encode_success, status_of
 
 
 class MemoryBackend(ResultBackend):

@@ -1,0 +1,52 @@
+"""The exception tree: where a refusal sits, and what callers that catch publish errors still catch."""
+
+from __future__ import annotations
+
+import aiormq.exceptions
+import pika.exceptions
+import pytest
+
+from rabbittask import (
+    AccessRefused,
+    BrokerError,
+    ConnectionLost,
+    PayloadError,
+    PublishAccessRefused,
+    PublishConnectionError,
+    PublishError,
+    RabbitTaskError,
+    ResultNotSerialisable,
+    Settings,
+)
+from rabbittask.publish.aio import access_refused
+from rabbittask.publish.sync import connect_error
+from rabbittask.results.record import encode_success
+
+SETTINGS = Settings(broker_url="amqp://worker:secret@localhost:5672/")
+
+
+def test_a_refusal_while_consuming_is_an_access_refused_but_no_publish_error() -> None:
+    error = access_refused(SETTINGS, aiormq.exceptions.ChannelAccessRefused("403"), "declare or consume q")
+    assert type(error) is AccessRefused
+    assert isinstance(error, BrokerError) and isinstance(error, PermissionError)
+    assert not isinstance(error, PublishError) and not isinstance(error, ConnectionLost)
+    assert "refused user 'worker' permission to declare or consume q" in str(error)
+
+
+def test_a_refusal_while_publishing_is_caught_as_access_refused_and_as_a_publish_connection_error() -> None:
+    error = access_refused(SETTINGS, aiormq.exceptions.ChannelAccessRefused("403"), "publish", PublishAccessRefused)
+    refused_login = connect_error(SETTINGS, pika.exceptions.ProbableAuthenticationError("403"))
+    for e in (error, refused_login):
+        assert isinstance(e, PublishAccessRefused)
+        assert isinstance(e, AccessRefused) and isinstance(e, PermissionError)
+        assert (
+            isinstance(e, PublishConnectionError) and isinstance(e, ConnectionLost) and isinstance(e, ConnectionError)
+        )
+    assert "refused the login" in str(refused_login) and "secret" not in str(refused_login)
+
+
+def test_a_result_that_is_not_json_is_a_payload_error_and_still_a_type_error() -> None:
+    with pytest.raises(ResultNotSerialisable) as info:
+        encode_success("t.opaque", object())
+    assert isinstance(info.value, PayloadError) and isinstance(info.value, RabbitTaskError)
+    assert isinstance(info.value, TypeError)
