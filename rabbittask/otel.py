@@ -20,7 +20,6 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from rabbittask.publish.outgoing import Outgoing, publish_target
-from rabbittask.tracing import TRACEPARENT, TRACESTATE
 
 try:
     _VERSION = version("rabbittask")
@@ -66,7 +65,9 @@ class Spans:
         with tracer.start_as_current_span(
             f"publish {msg.routing_key}", kind=trace.SpanKind.PRODUCER, attributes=attributes
         ):
-            headers = {k: v for k, v in (msg.headers or {}).items() if k not in (TRACEPARENT, TRACESTATE)}
+            # The propagator's own fields (traceparent, tracestate): a context this span replaces.
+            stale = self.propagator.fields
+            headers = {k: v for k, v in (msg.headers or {}).items() if k not in stale}
             self.propagator.inject(headers)
             msg.headers = headers
             yield
