@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pika
+
+from tests.waiting import wait_until
 
 
 def connect(url: str) -> pika.BlockingConnection:
@@ -23,11 +24,12 @@ def depth(url: str, queue: str) -> int:
 
 def wait_depth(url: str, queue: str, expected: int, timeout_s: float = 15.0) -> None:
     """Wait until `queue` holds `expected` ready messages."""
-    deadline = time.monotonic() + timeout_s
-    while (n := depth(url, queue)) != expected:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"queue {queue} holds {n} messages, expected {expected}")
-        time.sleep(0.1)
+    wait_until(
+        lambda: depth(url, queue) == expected,
+        timeout_s,
+        lambda: f"queue {queue} holds {depth(url, queue)} messages, expected {expected}",
+        interval_s=0.1,
+    )
 
 
 def get_all(url: str, queue: str) -> list[tuple[pika.BasicProperties, bytes]]:

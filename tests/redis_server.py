@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -21,6 +20,7 @@ import redis
 
 from rabbittask.settings import mask_url
 from rabbittask.testing import free_port
+from tests.waiting import wait_until
 
 LOCAL_URL = "redis://127.0.0.1:6379/0"
 
@@ -53,12 +53,20 @@ class RedisServer:
         args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         with open(os.path.join(self.dir, "redis.log"), "ab") as log:
             self.proc = subprocess.Popen([self.binary, *args, "--dir", self.dir], stdout=log, stderr=log)
-        deadline = time.monotonic() + timeout_s
-        while not redis_answers(self.url, timeout_s=0.2):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"redis-server on port {self.port} did not start; see {self.dir}/redis.log")
-            time.sleep(0.05)
+        proc = self.proc
+
+        def answers() -> bool:
+            if redis_answers(self.url, timeout_s=0.2):
+                return True
+            if proc.poll() is not None:
+                raise AssertionError(f"redis-server exited with status {proc.returncode}")
+            return False
+
+        try:
+            wait_until(answers, timeout_s, "redis-server answers")
+        except AssertionError as e:
+            self.stop()
+            pytest.fail(f"redis-server on port {self.port} did not start ({e}); see {self.dir}/redis.log")
         return self
 
     def stop(self) -> None:

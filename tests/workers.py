@@ -6,12 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import psutil
 import pytest
+
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,17 +41,19 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_for_log(self, text: str, timeout_s: float = 20.0, count: int = 1) -> None:
-        """Wait until `text` appears `count` times in the log; fail with the log tail if not."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        """Wait until `text` appears `count` times in the log; fail with the log tail if not (at once if it exited)."""
+
+        def shown() -> bool:
             if self.log().count(text) >= count:
-                return
+                return True
             if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(
-            f"worker log never showed {text!r} x{count}; exit={self.proc.poll()}\n{self.log()[-3000:]}"
-        )
+                raise AssertionError(never())
+            return False
+
+        def never() -> str:
+            return f"worker log never showed {text!r} x{count}; exit={self.proc.poll()}\n{self.log()[-3000:]}"
+
+        wait_until(shown, timeout_s, never)
 
     def signal(self, sig: int) -> None:
         os.kill(self.proc.pid, sig)
@@ -65,11 +68,18 @@ class WorkerProcess:
 
     def wait_for_children(self, count: int, timeout_s: float = 20.0) -> list[int]:
         """Wait until the supervisor has exactly `count` live children; return their pids."""
-        deadline = time.monotonic() + timeout_s
-        while len(pids := self.children()) != count:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise AssertionError(f"worker has children {pids}, expected {count}\n{self.log()[-3000:]}")
-            time.sleep(0.05)
+
+        def found() -> tuple[list[int]] | None:  # a tuple: true even when the pids are []
+            if len(pids := self.children()) == count:
+                return (pids,)
+            if self.proc.poll() is not None:
+                raise AssertionError(wrong())
+            return None
+
+        def wrong() -> str:
+            return f"worker has children {self.children()}, expected {count}\n{self.log()[-3000:]}"
+
+        (pids,) = wait_until(found, timeout_s, wrong)
         return pids
 
     def kill(self) -> None:
@@ -108,16 +118,6 @@ def gone(pids: list[int]) -> bool:
         except psutil.NoSuchProcess:
             continue
     return True
-
-
-def wait_until(condition: Callable[[], object], timeout_s: float, what: str) -> float:
-    """Poll `condition()` until true; return how long it took (fail naming `what` after `timeout_s`)."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        time.sleep(0.02)
-    return time.monotonic() - started
 
 
 WorkerFactory = Callable[..., WorkerProcess]

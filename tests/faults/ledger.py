@@ -10,13 +10,15 @@ to the first run that started after it and finished (its ack follows at once).
 
 from __future__ import annotations
 
+import contextlib
 import json
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.waiting import wait_until
 
 
 @dataclass
@@ -71,21 +73,17 @@ class Ledger:
         return counts
 
     def wait_executed(self, keys: set[str], timeout_s: float) -> None:
-        """Wait until every key in `keys` ran to its end."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if keys <= set(self.ends()):
-                return
-            time.sleep(0.2)
+        """Wait until every key in `keys` ran to its end, or `timeout_s`: then the report says which did not."""
+        with contextlib.suppress(AssertionError):
+            wait_until(lambda: keys <= set(self.ends()), timeout_s, interval_s=0.2)
 
     def wait_runs(self, count: int, timeout_s: float) -> list[Run]:
         """Wait until `count` runs have started; return them."""
-        deadline = time.monotonic() + timeout_s
-        while len(runs := self.runs()) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the ledger shows {len(runs)} runs started, expected {count}")
-            time.sleep(0.05)
-        return runs
+        return wait_until(
+            lambda: runs if len(runs := self.runs()) >= count else None,
+            timeout_s,
+            lambda: f"the ledger shows {len(self.runs())} runs started, expected {count}",
+        )
 
     def report(self, scenario: str, fault_end: float | None = None) -> Report:
         ends = self.ends()

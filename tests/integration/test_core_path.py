@@ -23,6 +23,7 @@ from rabbittask import (
 )
 from tests import amqp
 from tests.apps.core import make_app
+from tests.waiting import assert_stays, wait_until
 
 APP = "tests.apps.core:app"
 
@@ -49,13 +50,11 @@ def ledger(tmp_path: Path, prefix: str) -> list[str]:
 
 
 def wait_ledger(tmp_path: Path, prefix: str, line: str, count: int = 1, timeout_s: float = 20.0) -> list[str]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def shown() -> list[str] | None:
         lines = ledger(tmp_path, prefix)
-        if sum(1 for x in lines if x.startswith(line)) >= count:
-            return lines
-        time.sleep(0.05)
-    raise AssertionError(f"ledger never showed {line!r} x{count}: {ledger(tmp_path, prefix)}")
+        return lines if sum(1 for x in lines if x.startswith(line)) >= count else None
+
+    return wait_until(shown, timeout_s, lambda: f"ledger never showed {line!r} x{count}: {ledger(tmp_path, prefix)}")
 
 
 def test_sync_and_async_tasks_run_in_a_real_worker(app: App, prefix: str, worker_factory) -> None:
@@ -128,11 +127,11 @@ def test_a_batch_streams_while_its_block_runs_and_a_slow_block_is_not_taken_for_
 
 
 def wait_depth_at_least(url: str, queue: str, least: int, timeout_s: float = 5.0) -> int:
-    deadline = time.monotonic() + timeout_s
-    while (n := amqp.depth(url, queue)) < least:
-        assert time.monotonic() < deadline, f"queue {queue} holds {n} messages, expected at least {least}"
-        time.sleep(0.05)
-    return n
+    return wait_until(
+        lambda: n if (n := amqp.depth(url, queue)) >= least else None,
+        timeout_s,
+        lambda: f"queue {queue} holds {amqp.depth(url, queue)} messages, expected at least {least}",
+    )
 
 
 def test_a_batch_whose_block_raises_confirms_what_it_sent_and_sends_no_more(
@@ -145,8 +144,10 @@ def test_a_batch_whose_block_raises_confirms_what_it_sent_and_sends_no_more(
                 add.delay(i, 1)
             raise KeyError("the caller's own error")
     # The first chunk went out while the block ran; the messages still held when it raised did not
-    time.sleep(0.5)
-    assert 0 < amqp.depth(broker_url, f"{prefix}.main") < 300
+    queue = f"{prefix}.main"
+    wait_until(lambda: amqp.depth(broker_url, queue) > 0, 5, "the first chunk on the broker")
+    assert_stays(lambda: amqp.depth(broker_url, queue) < 300, 0.5, "the messages held when the block raised never sent")
+    assert 0 < amqp.depth(broker_url, queue) < 300
 
 
 def test_bad_arguments_raise_before_anything_is_sent(app: App, prefix: str, broker_url: str) -> None:

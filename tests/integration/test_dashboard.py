@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 from rabbittask import App
 from tests import amqp
 from tests.apps.dash import flag_path, make_app
+from tests.waiting import wait_until
 from tests.workers import ROOT, WorkerFactory, worker_env
 
 APP = "tests.apps.dash:app"
@@ -54,15 +54,18 @@ class DashboardProcess:
         self.base = self.url.split("/?", 1)[0]
 
     def _wait_for_url(self, timeout_s: float = 20.0) -> str:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        def printed() -> str | None:
             found = re.search(r"on (http://\S+\?token=\S+)", self.log_path.read_text())
             if found:
                 return found.group(1)
             if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"dashboard printed no URL; exit={self.proc.poll()}\n{self.log_path.read_text()}")
+                raise AssertionError(no_url())
+            return None
+
+        def no_url() -> str:
+            return f"dashboard printed no URL; exit={self.proc.poll()}\n{self.log_path.read_text()}"
+
+        return wait_until(printed, timeout_s, no_url)
 
     def stop(self) -> int:
         if self.proc.poll() is None:

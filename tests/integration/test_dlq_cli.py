@@ -18,6 +18,7 @@ from click.testing import CliRunner, Result
 from rabbittask.cli import main as cli
 from rabbittask.message import format_time
 from tests import amqp
+from tests.waiting import wait_until
 
 EXCHANGE = "rabbittask"  # only bindings of this test's own queues are added to it
 
@@ -159,16 +160,17 @@ def test_a_replay_killed_midway_loses_nothing(queue: str, broker_url: str) -> No
     # When a replay is SIGKILLed while it runs
     env = {**os.environ, "RABBITTASK_BROKER_URL": broker_url, "RABBITTASK_EXCHANGE": EXCHANGE}
     proc = subprocess.Popen([sys.executable, "-m", "rabbittask", "dlq", "replay", "-Q", queue], env=env)
-    deadline = time.monotonic() + 20
-    while amqp.depth(broker_url, queue) < 200 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.kill()
-    proc.wait(10)
+    try:
+        wait_until(lambda: amqp.depth(broker_url, queue) >= 200, 20, "200 messages replayed", interval_s=0.01)
+    finally:
+        proc.kill()
+        proc.wait(10)
     # Then every message is in the DLQ or in the task queue (one may be in both), none lost
-    deadline = time.monotonic() + 10  # the broker requeues what the killed connection held
-    while amqp.depth(broker_url, queue) + amqp.depth(broker_url, f"{queue}.dlq") < 2003:
-        assert time.monotonic() < deadline, "messages are missing"
-        time.sleep(0.05)
+    # (within 10 s: the broker requeues what the killed connection held)
+    def held() -> int:
+        return amqp.depth(broker_url, queue) + amqp.depth(broker_url, f"{queue}.dlq")
+
+    wait_until(lambda: held() >= 2003, 10, lambda: f"messages are missing: {held()} of 2003 in the two queues")
     replayed = [p.message_id for p, _ in amqp.get_all(broker_url, queue)]
     left = [p.message_id for p, _ in amqp.get_all(broker_url, f"{queue}.dlq")]
     assert 200 <= len(replayed) < 2003, "the replay was not cut midway"

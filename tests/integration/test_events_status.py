@@ -23,6 +23,7 @@ import pytest
 from rabbittask import App
 from tests import amqp
 from tests.apps.core import make_app
+from tests.waiting import assert_stays, wait_until
 from tests.workers import ROOT, WorkerFactory, worker_env
 
 APP = "tests.apps.core:app"
@@ -83,14 +84,18 @@ def test_a_worker_run_emits_task_events_and_heartbeats(
     failed_id = app.tasks["core.reject"].delay("no").id  # type: ignore[attr-defined]
     # Then the events say so, one per task, and the heartbeats count them
     seen: list[tuple[str, dict[str, Any]]] = []
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        seen += read_events(channel, queue, pids)
+
+    def heartbeats() -> dict[int, dict[str, Any]]:  # the latest of each child
+        return {b["pid"]: b for key, b in seen if key == "worker.heartbeat"}
+
+    def counted() -> bool:
+        seen.extend(read_events(channel, queue, pids))
         done = [e for key, b in seen if key.startswith("task.") for e in b["events"]]
-        beats = {b["pid"]: b for key, b in seen if key == "worker.heartbeat"}
-        if len(done) >= 21 and sum(b["done"] for b in beats.values()) == 21 and len(beats) == 2:
-            break
-        time.sleep(0.2)
+        beats = heartbeats()
+        return len(done) >= 21 and sum(b["done"] for b in beats.values()) == 21 and len(beats) == 2
+
+    wait_until(counted, 15, lambda: f"21 task events and 2 children's heartbeats counting them: {seen}", interval_s=0.2)
+    beats = heartbeats()
     succeeded = [e for key, b in seen if key == "task.succeeded.core.add" for e in b["events"]]
     failed = [e for key, b in seen if key == "task.failed.core.reject" for e in b["events"]]
     assert {e["id"] for e in succeeded} == ok_ids and len(succeeded) == 20
@@ -104,8 +109,13 @@ def test_a_worker_run_emits_task_events_and_heartbeats(
     assert sum(b["failed"] for b in beats.values()) == 1
     # When the worker stops, each child says it is going offline
     assert w.stop() == 0
-    time.sleep(0.3)
-    offline = {b["pid"] for key, b in read_events(channel, queue, pids) if key == "worker.offline"}
+    offline: set[int] = set()
+
+    def said_offline() -> bool:
+        offline.update(b["pid"] for key, b in read_events(channel, queue, pids) if key == "worker.offline")
+        return offline == pids
+
+    wait_until(said_offline, 5, lambda: f"worker.offline from {pids}, got {offline}")
     assert offline == pids
 
 
@@ -133,15 +143,16 @@ def test_received_started_failed_and_dead_lettered_events_carry_what_a_dashboard
     )
     amqp.wait_depth(broker_url, f"{prefix}.main.dlq", 2)
     events: dict[str, list[dict[str, Any]]] = {}
-    deadline = time.monotonic() + 10
-    while len(events.get("dead-lettered", ())) < 2 or len(events.get("succeeded", ())) < 2:
-        assert time.monotonic() < deadline, events
+
+    def settled() -> bool:
         for key, body in read_events(channel, queue, pids):
             if key.startswith("task."):
                 for e in body["events"]:
                     assert key == f"task.{e['state']}.{e['task']}"
                     events.setdefault(e["state"], []).append(e)
-        time.sleep(0.2)
+        return len(events.get("dead-lettered", ())) >= 2 and len(events.get("succeeded", ())) >= 2
+
+    wait_until(settled, 10, lambda: f"2 dead-lettered and 2 succeeded events: {events}", interval_s=0.2)
     # Then each message was received and started (with the time), and settled once
     every = {ok, aok, boom, "bad-1"}
     assert {e["id"] for e in events["received"]} == every
@@ -169,7 +180,8 @@ def test_no_events_are_sent_when_turned_off(
     pids = set(w.wait_for_children(1))
     app.tasks["core.add"].delay(1, 2)
     amqp.wait_depth(app.settings.broker_url, f"{prefix}.main", 0)
-    time.sleep(2.5)  # longer than a flush and a heartbeat interval
+    # for longer than a flush and a heartbeat interval
+    assert_stays(lambda: read_events(channel, queue, pids) == [], 2.5, "no event and no heartbeat", interval_s=0.2)
     assert w.stop() == 0
     assert read_events(channel, queue, pids) == []
 
@@ -201,9 +213,13 @@ def test_status_json_counts_the_tasks_of_a_live_worker(
         app.tasks["core.reject"].delay("no")
     amqp.wait_depth(broker_url, f"{prefix}.main.dlq", 2)
     amqp.wait_depth(broker_url, f"{prefix}.main", 0)
-    time.sleep(1.2)  # a flush of the last events
-    # When `status --json` runs
-    code, data = status(broker_url, prefix, tmp_path)
+
+    # When `status --json` runs (again until the heartbeats it hears are from after the last events' flush)
+    def counts_all() -> tuple[int, dict[str, Any]] | None:
+        code, data = status(broker_url, prefix, tmp_path)
+        return (code, data) if [(x["done"], x["failed"]) for x in data["workers"]] == [(25, 2)] else None
+
+    code, data = wait_until(counts_all, 20, "`status --json` counts 25 tasks done, 2 failed", interval_s=0.2)
     # Then it shows the worker with its children and counts, and the queues with their consumers
     assert code == 0, data
     [worker] = data["workers"]
@@ -260,10 +276,7 @@ def test_metrics_count_100_tasks_summed_over_children_and_probes_answer(
     base = f"http://127.0.0.1:{port}"
     w = worker_factory(APP, "-c", "2", "--metrics-port", str(port), "--metrics-host", "127.0.0.1", prefix=prefix)
     w.wait_for_log("consuming from", count=2)
-    deadline = time.monotonic() + 10
-    while get(f"{base}/readyz")[0] != 200:
-        assert time.monotonic() < deadline, "never ready"
-        time.sleep(0.1)
+    wait_until(lambda: get(f"{base}/readyz")[0] == 200, 10, "ready", interval_s=0.1)
     assert get(f"{base}/healthz") == (200, "ok\n")
     # When 100 tasks succeed and 3 are rejected
     for i in range(100):
@@ -271,16 +284,15 @@ def test_metrics_count_100_tasks_summed_over_children_and_probes_answer(
     for _ in range(3):
         app.tasks["core.reject"].delay("no")
     amqp.wait_depth(broker_url, f"{prefix}.main.dlq", 3)
+
     # Then /metrics shows the counts, summed over both children, once their events flushed
-    deadline = time.monotonic() + 10
-    while True:
-        status_code, text = get(f"{base}/metrics")
-        succeeded = sample(text, "rabbittask_tasks_total", task="core.add", state="succeeded")
-        if succeeded == 100 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    def succeeded() -> float:
+        return sample(get(f"{base}/metrics")[1], "rabbittask_tasks_total", task="core.add", state="succeeded")
+
+    wait_until(lambda: succeeded() == 100, 10, lambda: f"100 succeeded in /metrics, not {succeeded()}", interval_s=0.2)
+    status_code, text = get(f"{base}/metrics")
     assert status_code == 200
-    assert succeeded == 100
+    assert sample(text, "rabbittask_tasks_total", task="core.add", state="succeeded") == 100
     assert sample(text, "rabbittask_tasks_total", task="core.reject", state="failed") == 3
     assert sample(text, "rabbittask_task_runtime_seconds_count", task="core.add") == 100
     # the 3 dead letters went out with confirms, which were timed; no connection was lost
@@ -292,21 +304,22 @@ def test_metrics_count_100_tasks_summed_over_children_and_probes_answer(
     app.tasks["core.record"].delay("slow", 1.5)
 
     def in_flight_becomes(value: float) -> None:
-        deadline = time.monotonic() + 5
-        while sample(get(f"{base}/metrics")[1], "rabbittask_tasks_in_flight") != value:
-            assert time.monotonic() < deadline, f"in-flight never {value}"
-            time.sleep(0.1)
+        def in_flight() -> float:
+            return sample(get(f"{base}/metrics")[1], "rabbittask_tasks_in_flight")
+
+        wait_until(lambda: in_flight() == value, 5, f"in-flight {value}", interval_s=0.1)
 
     in_flight_becomes(1)
     in_flight_becomes(0)
     # When a child is killed, /readyz says 503 until its successor consumes, and the restart is counted
-    codes = []
+    codes: list[int] = []
     os.kill(w.children()[0], signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while not codes or codes[-1] != 200 or 503 not in codes:
-        assert time.monotonic() < deadline, f"readyz answered {codes}"
+
+    def ready_again() -> bool:
         codes.append(get(f"{base}/readyz")[0])
-        time.sleep(0.02)
+        return codes[-1] == 200 and 503 in codes
+
+    wait_until(ready_again, 10, lambda: f"readyz answered {codes}", interval_s=0.02)
     w.wait_for_log("consuming from", count=3)
     text = get(f"{base}/metrics")[1]
     assert sample(text, "rabbittask_child_restarts_total", reason="crashed") == 1
@@ -321,14 +334,7 @@ def test_readyz_is_unready_while_no_consumer_is_attached(prefix: str, worker_fac
     w = worker_factory(
         APP, "--metrics-port", str(port), "--metrics-host", "127.0.0.1", prefix=prefix, broker_url=dead_broker
     )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            health = get(f"{base}/healthz")
-            break
-        except OSError:  # the port is not open yet
-            assert time.monotonic() < deadline, "metrics port never opened"
-            time.sleep(0.05)
+    health = wait_until(lambda: get(f"{base}/healthz"), 10, "the metrics port opens", ignoring=(OSError,))
     # Then the process is alive but not ready, for as long as its child cannot consume
     w.wait_for_log("reconnecting in")
     assert health == (200, "ok\n")
@@ -362,10 +368,7 @@ def test_readyz_turns_unready_when_the_connection_is_lost_and_ready_again_after(
     readyz = f"http://127.0.0.1:{port}/readyz"
     w = worker_factory(APP, "--metrics-port", str(port), "--metrics-host", "127.0.0.1", prefix=prefix)
     w.wait_for_log("consuming from")
-    deadline = time.monotonic() + 10
-    while get(readyz)[0] != 200:
-        assert time.monotonic() < deadline, "never ready"
-        time.sleep(0.05)
+    wait_until(lambda: get(readyz)[0] == 200, 10, "ready")
     # When the broker closes the worker's consuming connection, /readyz says 503 until it consumes again
     codes: list[int] = []
     stop = threading.Event()
@@ -380,14 +383,15 @@ def test_readyz_turns_unready_when_the_connection_is_lost_and_ready_again_after(
     try:
         assert close_worker_connections(prefix) == 1
         w.wait_for_log("consuming from", count=2)
-        time.sleep(0.3)
+        wait_until(lambda: codes[-1:] == [200], 5, lambda: f"readyz back to 200: {codes[-20:]}")
     finally:
         stop.set()
         prober.join()
     assert 503 in codes
     assert codes[-1] == 200 and codes.index(503) < len(codes) - 1
+
     # and the child counted the reconnect (sampled once a second)
-    deadline = time.monotonic() + 5
-    while sample(get(f"http://127.0.0.1:{port}/metrics")[1], "rabbittask_reconnects_total") != 1:
-        assert time.monotonic() < deadline, "reconnect not counted"
-        time.sleep(0.1)
+    def reconnects() -> float:
+        return sample(get(f"http://127.0.0.1:{port}/metrics")[1], "rabbittask_reconnects_total")
+
+    wait_until(lambda: reconnects() == 1, 5, lambda: f"reconnects counted once, not {reconnects()}", interval_s=0.1)

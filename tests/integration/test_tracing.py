@@ -4,7 +4,6 @@ and a `traceparent` passed on by a worker without OpenTelemetry."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from rabbittask import App, tracing
 from tests import amqp
 from tests.apps.traced import make_app
+from tests.waiting import wait_until
 from tests.workers import WorkerFactory
 
 APP = "tests.apps.traced:app"
@@ -47,12 +47,14 @@ def prefix(unique_name: str, amqp_cleanup: Any) -> str:
 
 
 def read_spans(path: Path, count: int, timeout_s: float = 10.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    """The spans a worker exported to `path` (JSON lines), once it holds `count`."""
+
+    def exported() -> list[str] | None:
         lines = path.read_text().splitlines() if path.exists() else []
-        if len(lines) >= count or time.monotonic() > deadline:
-            return [json.loads(line) for line in lines]
-        time.sleep(0.1)
+        return lines if len(lines) >= count else None
+
+    lines = wait_until(exported, timeout_s, f"{count} spans exported to {path.name}", interval_s=0.1)
+    return [json.loads(line) for line in lines]
 
 
 def test_publish_and_run_spans_are_linked_from_the_caller_through_the_worker(
