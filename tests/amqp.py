@@ -1,7 +1,8 @@
-"""Small pika helpers for tests: queue depth, reading a dead-letter queue, raw publishing."""
+"""Small pika helpers for tests: queue depth, reading a dead-letter queue, raw publishing, deleting."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import pika
@@ -9,8 +10,27 @@ import pika
 from tests.waiting import wait_until
 
 
-def connect(url: str) -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.URLParameters(url))
+def connect(url: str, name: str = "") -> pika.BlockingConnection:
+    params = pika.URLParameters(url)
+    if name:
+        params.client_properties = {"connection_name": name[:255]}
+    return pika.BlockingConnection(params)
+
+
+def delete(url: str, queues: Iterable[str] = (), exchanges: Iterable[str] = (), *, name: str = "") -> None:
+    """Delete `queues`, then `exchanges` (missing ones are fine: delete is idempotent on RabbitMQ)."""
+    queues, exchanges = list(queues), list(exchanges)
+    if not queues and not exchanges:
+        return
+    connection = connect(url, name)
+    try:
+        channel = connection.channel()
+        for queue in queues:
+            channel.queue_delete(queue)
+        for exchange in exchanges:
+            channel.exchange_delete(exchange)
+    finally:
+        connection.close()
 
 
 def depth(url: str, queue: str) -> int:

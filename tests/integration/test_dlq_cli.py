@@ -165,6 +165,7 @@ def test_a_replay_killed_midway_loses_nothing(queue: str, broker_url: str) -> No
     finally:
         proc.kill()
         proc.wait(10)
+
     # Then every message is in the DLQ or in the task queue (one may be in both), none lost
     # (within 10 s: the broker requeues what the killed connection held)
     def held() -> int:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import pika
 import pytest
 import redis
 
@@ -17,21 +15,12 @@ from rabbittask.results.backends.redis import RedisBackend, result_key
 from tests import amqp
 from tests.apps.results_app import make_app
 from tests.redis_server import RedisServer, redis_server_fixture, redis_url_fixture  # noqa: F401 - fixtures
+from tests.waiting import wait_until
 from tests.workers import WorkerProcess, worker_env
 
 APP = "tests.apps.results_app:app"
 EXPIRES_S = 2.0
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-
-
-def delete_queues(url: str, names: list[str]) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
-        for name in names:
-            channel.queue_delete(name)
-    finally:
-        connection.close()
 
 
 def queue_names(prefix: str) -> list[str]:
@@ -48,7 +37,7 @@ def start_worker(prefix: str, broker_url: str, log: Any, **env: str) -> WorkerPr
 def prefix(broker_url: str) -> Iterator[str]:
     name = f"rt-results-backend-{uuid.uuid4().hex[:8]}"
     yield name
-    delete_queues(broker_url, queue_names(name))
+    amqp.delete(broker_url, queue_names(name))
 
 
 @pytest.fixture(scope="module")
@@ -108,10 +97,7 @@ def test_results_expire_after_result_expires_s(app: App, redis_url: str) -> None
         assert 0 < client.pttl(result_key(handle.id)) <= EXPIRES_S * 1000
     finally:
         client.close()
-    deadline = time.monotonic() + EXPIRES_S + 3
-    while handle.status != "PENDING":
-        assert time.monotonic() < deadline, "the result did not expire"
-        time.sleep(0.1)
+    wait_until(lambda: handle.status == "PENDING", EXPIRES_S + 3, "the result expires", interval_s=0.1)
 
 
 def test_forget_deletes_a_result_before_it_expires(app: App) -> None:
@@ -172,4 +158,4 @@ def test_a_result_is_stored_before_its_message_is_acked(
     finally:
         app.close()
         w.stop()
-        delete_queues(broker_url, queue_names(prefix))
+        amqp.delete(broker_url, queue_names(prefix))

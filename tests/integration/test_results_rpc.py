@@ -10,7 +10,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import pika
 import pytest
 
 import rabbittask.results.rpc
@@ -18,6 +17,7 @@ import rabbittask.results.sync_rpc
 from rabbittask import App, PublishNotConfirmed, TaskError
 from tests import amqp
 from tests.apps.results_app import make_app
+from tests.waiting import assert_stays, wait_until
 from tests.workers import WorkerProcess, worker_env
 
 APP = "tests.apps.results_app:app"
@@ -25,21 +25,11 @@ QUEUES = ("sync", "aio")
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
-def delete_queues(url: str, names: list[str]) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
-        for name in names:
-            channel.queue_delete(name)
-    finally:
-        connection.close()
-
-
 @pytest.fixture(scope="module")
 def prefix(broker_url: str) -> Iterator[str]:
     name = f"rt-results-rpc-{uuid.uuid4().hex[:8]}"
     yield name
-    delete_queues(broker_url, [f"{name}.{q}{dlq}" for q in QUEUES for dlq in ("", ".dlq")])
+    amqp.delete(broker_url, [f"{name}.{q}{dlq}" for q in QUEUES for dlq in ("", ".dlq")])
 
 
 @pytest.fixture(scope="module")
@@ -184,10 +174,12 @@ def test_a_result_that_is_not_json_fails_the_task_naming_its_type(app: App, pref
     assert info.value.type_name == "TypeError"
     assert info.value.remote_message.startswith("result of type Opaque is not JSON-serialisable")
     # The task failed, so its message is dead-lettered with the reason (beside other tests' failures).
-    deadline = time.monotonic() + 15
-    while not (dead := [p for p, _ in amqp.get_all(broker_url, f"{prefix}.sync.dlq") if p.type == "results.opaque"]):
-        assert time.monotonic() < deadline, "the task's message never reached the dead-letter queue"
-        time.sleep(0.1)
+    dead = wait_until(
+        lambda: [p for p, _ in amqp.get_all(broker_url, f"{prefix}.sync.dlq") if p.type == "results.opaque"],
+        15,
+        "the task's message reaches the dead-letter queue",
+        interval_s=0.1,
+    )
     assert dead[0].headers["rt-reason"] == "result not JSON-serialisable"
 
 
@@ -198,10 +190,15 @@ def test_a_reply_to_a_caller_that_is_gone_is_dropped_quietly_and_the_task_acked(
     with pytest.raises(TimeoutError):
         app.tasks["results.slow"].call(0.5, timeout=0.1)
     app.close()
+
     # When the worker finishes the task and replies to the reply-to of a connection that is gone
-    time.sleep(1.0)
-    amqp.wait_depth(broker_url, f"{prefix}.sync", 0)
     # Then the task was acked, nothing was dead-lettered, and the worker said nothing about the reply
+    def quiet() -> bool:
+        log = worker.log()
+        return amqp.depth(broker_url, f"{prefix}.sync.dlq") == 0 and "reply not" not in log
+
+    assert_stays(quiet, 1.0, "no dead letter and no word of the reply while the task ends")
+    amqp.wait_depth(broker_url, f"{prefix}.sync", 0)
     assert amqp.depth(broker_url, f"{prefix}.sync.dlq") == 0
     log = worker.log()
     assert "reply not" not in log and "returned by the broker" not in log
@@ -219,15 +216,11 @@ def test_a_call_to_a_queue_that_is_gone_fails_at_once(broker_url: str, unique_na
     try:
         with pytest.raises(TimeoutError):  # opens the RPC channel, which declares the queue; no worker
             echo.call(1, timeout=0.2)
-        delete_queues(broker_url, [queue])
+        amqp.delete(broker_url, [queue])
         started = time.monotonic()
         with pytest.raises(PublishNotConfirmed, match=f"no queue is bound to routing key '{queue}'"):
             echo.call(1, timeout=10)
         assert time.monotonic() - started < 5
     finally:
         app.close()
-        delete_queues(broker_url, [queue, f"{queue}.dlq"])
-        connection = pika.BlockingConnection(pika.URLParameters(broker_url))
-        for exchange in (f"{queue}.x", f"{queue}.x.dlx"):
-            connection.channel().exchange_delete(exchange)
-        connection.close()
+        amqp.delete(broker_url, [queue, f"{queue}.dlq"], [f"{queue}.x", f"{queue}.x.dlx"])

@@ -23,6 +23,7 @@ from rabbittask.message import format_time
 from rabbittask.topology import ExchangeDecl, QueueDecl, delay_declarations, dlx_name, events_exchange_name
 from tests import amqp
 from tests.apps.retries_app import make_app
+from tests.waiting import assert_stays, wait_until
 from tests.workers import WorkerProcess
 
 APP = "tests.apps.retries_app:app"
@@ -31,17 +32,9 @@ APP = "tests.apps.retries_app:app"
 def delete_ladder(url: str, exchange: str) -> None:
     """Delete an exchange's delay ladder and its exchanges (queues first)."""
     decls = delay_declarations(exchange, [])
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
-        for d in decls:
-            if isinstance(d, QueueDecl):
-                channel.queue_delete(d.name)
-        names = [d.name for d in decls if isinstance(d, ExchangeDecl)] + [exchange, dlx_name(exchange)]
-        for name in [*names, events_exchange_name(exchange)]:  # the worker's events exchange too
-            channel.exchange_delete(name)
-    finally:
-        connection.close()
+    queues = [d.name for d in decls if isinstance(d, QueueDecl)]
+    exchanges = [d.name for d in decls if isinstance(d, ExchangeDecl)] + [exchange, dlx_name(exchange)]
+    amqp.delete(url, queues, [*exchanges, events_exchange_name(exchange)])  # the worker's events exchange too
 
 
 @pytest.fixture(scope="module")
@@ -91,13 +84,12 @@ def runs(tmp_path: Path, prefix: str, name: str) -> list[tuple[str, int, float]]
 def wait_runs(
     tmp_path: Path, prefix: str, name: str, count: int, timeout_s: float = 20.0
 ) -> list[tuple[str, int, float]]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = runs(tmp_path, prefix, name)
-        if len(found) >= count:
-            return found
-        time.sleep(0.02)
-    raise AssertionError(f"{name} ran {len(runs(tmp_path, prefix, name))} time(s), expected {count}")
+    return wait_until(
+        lambda: found if len(found := runs(tmp_path, prefix, name)) >= count else None,
+        timeout_s,
+        lambda: f"{name} ran {len(runs(tmp_path, prefix, name))} time(s), expected {count}",
+        interval_s=0.02,
+    )
 
 
 def within_policy(actual_s: float, expected_s: float) -> bool:
@@ -112,8 +104,8 @@ def test_a_task_failing_twice_then_succeeding_runs_three_times_on_its_backoff_sc
     start_worker()
     # When it fails on its first two runs
     app.tasks["retries.flaky"].delay("f", 2)
-    got = wait_runs(tmp_path, prefix, "flaky", 3)
-    time.sleep(0.5)
+    wait_runs(tmp_path, prefix, "flaky", 3)
+    assert_stays(lambda: len(runs(tmp_path, prefix, "flaky")) == 3, 0.5, "no fourth run")
     # Then it ran exactly three times, as attempts 1, 2, 3, waiting 0.5 s and then 1 s between them
     got = runs(tmp_path, prefix, "flaky")
     assert [a for _, a, _ in got] == [1, 2, 3]
@@ -186,7 +178,7 @@ def test_after_max_retries_the_message_is_in_the_dlq_with_its_reasons_and_replay
     # Then it runs once more, from attempt 1, and succeeds
     got = wait_runs(tmp_path, prefix, "always_fails", 4)
     amqp.wait_depth(broker_url, f"{prefix}.main", 0)
-    time.sleep(0.3)
+    assert_stays(lambda: len(runs(tmp_path, prefix, "always_fails")) == 4, 0.3, "no fifth run")
     assert [a for _, a, _ in runs(tmp_path, prefix, "always_fails")] == [1, 2, 3, 1] == [a for _, a, _ in got]
     assert amqp.depth(broker_url, f"{prefix}.main.dlq") == 0
 
@@ -270,8 +262,11 @@ def test_a_message_that_kills_its_worker_every_time_ends_in_the_dlq_after_the_de
     # When workers keep being restarted (as a supervisor would)
     for _ in range(6):
         w = start_worker(ready=False)
-        while w.proc.poll() is None and not amqp.depth(broker_url, f"{queue}.dlq"):
-            time.sleep(0.05)
+        wait_until(
+            lambda w=w: w.proc.poll() is not None or amqp.depth(broker_url, f"{queue}.dlq"),
+            60,
+            "the worker dies, or the message is dead-lettered",
+        )
         if amqp.depth(broker_url, f"{queue}.dlq"):
             break
     else:
