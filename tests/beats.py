@@ -1,4 +1,4 @@
-"""Start `rabbittask beat` replicas as subprocesses in tests, and build in-process schedulers."""
+"""Beat tests' set-up: queue prefixes of tests.apps.beat_app, and `rabbittask beat` replicas as subprocesses."""
 
 from __future__ import annotations
 
@@ -7,12 +7,24 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from rabbittask.beat.state import state_queue_name
 from tests.workers import ROOT, WorkerProcess, worker_env
 
 ACTIVE = re.compile(r"beat (?P<who>\S+) is the active scheduler at=(?P<at>[0-9.]+)")
+
+
+@pytest.fixture
+def prefix(unique_name: str, amqp_cleanup: Any) -> str:
+    """The queue prefix of tests.apps.beat_app for this test; its queues and scheduler state are deleted after it."""
+    for q in ("ticks", "reports"):
+        amqp_cleanup.queue(f"{unique_name}.{q}")
+        amqp_cleanup.queue(f"{unique_name}.{q}.dlq")
+    amqp_cleanup.queue(state_queue_name("rabbittask", f"beat-{unique_name}"))
+    return unique_name
 
 
 class BeatProcess(WorkerProcess):

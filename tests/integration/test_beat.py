@@ -12,7 +12,7 @@ import pytest
 from rabbittask import App
 from rabbittask.beat import Beat, CatchUp, ScheduleEntry, tick_id
 from rabbittask.beat.state import decode_state, state_queue_name
-from tests import amqp
+from tests import amqp, beats
 from tests.apps.beat_app import make_app
 from tests.waiting import assert_stays, wait_until
 
@@ -20,13 +20,7 @@ APP = "tests.apps.beat_app:app"
 T0 = 1_700_000_000.0  # a frozen "now" (2023-11-14 22:13:20 UTC), far from the cron entry's 02:30
 
 
-@pytest.fixture
-def prefix(unique_name: str, amqp_cleanup: Any) -> str:
-    for q in ("ticks", "reports"):
-        amqp_cleanup.queue(f"{unique_name}.{q}")
-        amqp_cleanup.queue(f"{unique_name}.{q}.dlq")
-    amqp_cleanup.queue(state_queue_name("rabbittask", f"beat-{unique_name}"))
-    return unique_name
+prefix = beats.prefix  # the fixture, used by name
 
 
 class FakeClock:

@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
-
 from rabbittask.beat import Beat
-from rabbittask.beat.state import parse_time, state_queue_name
-from tests import amqp
+from rabbittask.beat.state import parse_time
+from tests import amqp, beats
 from tests.apps.beat_app import make_app
 from tests.proxy import BlackHoleProxy
 
-
-@pytest.fixture
-def prefix(unique_name: str, amqp_cleanup: Any) -> str:
-    for q in ("ticks", "reports"):
-        amqp_cleanup.queue(f"{unique_name}.{q}")
-        amqp_cleanup.queue(f"{unique_name}.{q}.dlq")
-    amqp_cleanup.queue(state_queue_name("rabbittask", f"beat-{unique_name}"))
-    return unique_name
+prefix = beats.prefix  # the fixture, used by name
 
 
 def test_a_standby_takes_over_when_the_active_one_loses_its_network(prefix: str, broker_url: str) -> None:

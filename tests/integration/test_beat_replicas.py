@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Any
 
 import pytest
 
-from rabbittask.beat.state import parse_time, state_queue_name
+from rabbittask.beat.state import parse_time
 from tests import amqp, beats
 from tests.beats import BeatFactory, BeatProcess
+from tests.waiting import wait_until
 
 beat_factory = beats.beat_factory  # the fixture, used by name
 
@@ -20,26 +20,24 @@ RUN_S = 30.0
 KILLS_AT_S = (9.0, 19.0)
 
 
-@pytest.fixture
-def prefix(unique_name: str, amqp_cleanup: Any) -> str:
-    for q in ("ticks", "reports"):
-        amqp_cleanup.queue(f"{unique_name}.{q}")
-        amqp_cleanup.queue(f"{unique_name}.{q}.dlq")
-    amqp_cleanup.queue(state_queue_name("rabbittask", f"beat-{unique_name}"))
-    return unique_name
+prefix = beats.prefix  # the fixture, used by name
 
 
 def wait_active(replicas: list[BeatProcess], after: float, timeout_s: float = 15.0) -> BeatProcess:
     """The live replica that became active after `after` (epoch seconds)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def active() -> BeatProcess | None:
         for r in replicas:
             since = r.active_since()
             if r.alive and since is not None and since >= after:
                 return r
-        time.sleep(0.02)
-    logs = "\n".join(r.log()[-1500:] for r in replicas)
-    raise AssertionError(f"no replica became active after {after:.3f}\n{logs}")
+        return None
+
+    def none_active() -> str:
+        logs = "\n".join(r.log()[-1500:] for r in replicas)
+        return f"no replica became active after {after:.3f}\n{logs}"
+
+    return wait_until(active, timeout_s, none_active, interval_s=0.02)
 
 
 @pytest.mark.slow
