@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from rabbittask import App
-from rabbittask.testing import _can_bind, free_port
+from rabbittask.testing import free_port
+from rabbittask.testing.probes import _can_bind
 from tests.workers import ROOT
 
 SCRIPT = ROOT / "deploy" / "local-cluster.sh"
