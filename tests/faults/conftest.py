@@ -1,14 +1,18 @@
-"""Fixtures of the fault suite: a ledger per scenario and worker env for the ledger app."""
+"""Fixtures of the fault suite: the node a scenario runs on, the ledger app on it, a ledger per scenario and
+worker env for the ledger app."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from rabbittask import App
 from rabbittask.testing import RabbitNode
 from tests.conftest import _need_rabbitmq_binary
+from tests.faults.helpers import ledger_app
 from tests.faults.ledger import CURRENT_TEST, Ledger, Report
 
 
@@ -19,6 +23,27 @@ def worker_fault_node() -> Iterator[RabbitNode]:
     _need_rabbitmq_binary()
     with RabbitNode() as node:
         yield node
+
+
+@pytest.fixture
+def node(rabbit_node: RabbitNode) -> RabbitNode:
+    """The node of the scenario: a fresh one (`rabbit_node`) to stop, kill or restart. Modules that fault
+    workers, callers or the network only override it with the shared `worker_fault_node`."""
+    return rabbit_node
+
+
+@pytest.fixture
+def app_settings() -> dict[str, Any]:
+    """Settings of the `app` fixture beyond the ledger app's (a module overrides it, e.g. a delivery limit)."""
+    return {}
+
+
+@pytest.fixture
+def app(node: RabbitNode, unique_name: str, app_settings: dict[str, Any]) -> Iterator[App]:
+    """The ledger app on the scenario's node, named by the test; closed after it."""
+    app = ledger_app(node.url, unique_name, **app_settings)
+    yield app
+    app.close()
 
 
 @pytest.fixture

@@ -10,8 +10,10 @@ from collections.abc import Iterator
 import pytest
 
 from rabbittask.testing import RabbitNode
-from tests.faults.cluster import APP, Traffic, finish, form_cluster, ledger_app, queue_info, urls
+from tests.faults.cluster import Traffic, finish, form_cluster, ledger_app, queue_info, urls
+from tests.faults.helpers import APP
 from tests.faults.ledger import Ledger, Report, report_line
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -60,9 +62,7 @@ def test_sigkill_of_a_quorum_queue_leader_loses_nothing_and_publishing_stalls_un
     report_line(f"[cluster] first confirm {after[:1]} s after the kill; {len(traffic.failures)} failure(s)")
     new_leader = queue_info(next(n for n in cluster if n is not leader), queue)["leader"]
     leader.start()
-    deadline = time.monotonic() + 30
-    while queue_info(leader, queue)["online"].count("@") < 3 and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_until(lambda: queue_info(leader, queue)["online"].count("@") >= 3, 30, "3 members online", interval_s=0.5)
     report = finish(ledger, f"SIGKILL quorum leader (publish stall {stall_s:.2f} s)", record_report, fault_end)
     report_line(
         f"[cluster] leader {info['leader']} killed; new leader {new_leader}; longest publish stall {stall_s:.2f} s"

@@ -17,12 +17,11 @@ import pytest
 
 from rabbittask.testing import RabbitNode
 from tests import amqp
+from tests.faults.helpers import APP, finish, ledger_app, publish
 from tests.faults.ledger import Ledger, Report, report_line
-from tests.faults.test_broker_faults import finish, ledger_app, publish
 from tests.workers import ROOT, worker_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(90)]
-APP = "tests.apps.ledger_app:app"
 TIMEOUT_S = 5
 
 

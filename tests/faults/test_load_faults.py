@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -17,24 +16,16 @@ import pytest
 from rabbittask import App
 from rabbittask.testing import RabbitNode
 from tests import amqp
+from tests.faults.helpers import APP, finish
 from tests.faults.ledger import Ledger, Report, report_line
-from tests.faults.test_broker_faults import finish, ledger_app
 from tests.workers import ROOT, WorkerProcess
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(150)]
-APP = "tests.apps.ledger_app:app"
 
 
 @pytest.fixture
-def rabbit_node(worker_fault_node: RabbitNode) -> RabbitNode:
+def node(worker_fault_node: RabbitNode) -> RabbitNode:
     return worker_fault_node
-
-
-@pytest.fixture
-def app(rabbit_node: RabbitNode, unique_name: str) -> Iterator[App]:
-    app = ledger_app(rabbit_node.url, unique_name)
-    yield app
-    app.close()
 
 
 def purge_delay_ladder(node: RabbitNode) -> int:
@@ -100,22 +91,22 @@ class LiveTraffic:
 
 def test_a_thousand_concurrent_calls_and_callers_that_leave_never_block_the_worker(
     app: App,
-    rabbit_node: RabbitNode,
+    node: RabbitNode,
     ledger: Ledger,
     ledger_env: dict[str, str],
     worker_factory: Any,
     unique_name: str,
     record_report: list[Report],
 ) -> None:
-    w = worker_factory(APP, "-c", "2", env=ledger_env, broker_url=rabbit_node.url)
+    w = worker_factory(APP, "-c", "2", env=ledger_env, broker_url=node.url)
     w.wait_for_log("consuming from", count=2)
     echo = app.tasks["ledger.echo"]
     # Given callers that leave before their reply: one killed (kill -9), one that timed out
     script = (
-        "import sys; from tests.faults.test_broker_faults import ledger_app; "
+        "import sys; from tests.faults.helpers import ledger_app; "
         "ledger_app(sys.argv[1], sys.argv[2]).tasks['ledger.echo'].call('gone', sleep_s=1.0, timeout=30)"
     )
-    caller = subprocess.Popen([sys.executable, "-c", script, rabbit_node.url, unique_name], cwd=ROOT)
+    caller = subprocess.Popen([sys.executable, "-c", script, node.url, unique_name], cwd=ROOT)
     with pytest.raises(TimeoutError) as timed_out:
         echo.call("late", sleep_s=1.0, timeout=0.3)
     assert re.fullmatch(r"no reply from task 'ledger.echo' \(id [0-9a-f-]{36}\) within 0.3 s", str(timed_out.value))
@@ -159,18 +150,18 @@ def test_a_thousand_concurrent_calls_and_callers_that_leave_never_block_the_work
     # And the worker never blocked: its neighbour tasks started within a second throughout
     assert latencies[-1] < 1.0 and report.duplicates == 0
     assert w.proc.poll() is None and "Traceback" not in w.log()
-    amqp.wait_depth(rabbit_node.url, echo.queue, 0)
+    amqp.wait_depth(node.url, echo.queue, 0)
 
 
 def test_100k_tasks_delayed_an_hour_cost_the_worker_no_memory_and_live_tasks_stay_fast(
     app: App,
-    rabbit_node: RabbitNode,
+    node: RabbitNode,
     ledger: Ledger,
     ledger_env: dict[str, str],
     worker_factory: Any,
     record_report: list[Report],
 ) -> None:
-    w = worker_factory(APP, "-c", "2", env=ledger_env, broker_url=rabbit_node.url)
+    w = worker_factory(APP, "-c", "2", env=ledger_env, broker_url=node.url)
     w.wait_for_log("consuming from", count=2)
     idle_mb = worker_rss_mb(w)
     work = app.tasks["ledger.work"]
@@ -191,7 +182,7 @@ def test_100k_tasks_delayed_an_hour_cost_the_worker_no_memory_and_live_tasks_sta
                 peak_mb = max(peak_mb, worker_rss_mb(w))
         report = finish(ledger, "100k tasks delayed 1 h + live traffic", record_report, allow_duplicates=False)
     finally:
-        waiting = purge_delay_ladder(rabbit_node)  # the node serves other scenarios after this one
+        waiting = purge_delay_ladder(node)  # the node serves other scenarios after this one
     latencies = live.latencies_s()
     report_line(
         f"[ledger] 100k delayed (enqueued in {enqueue_s:.1f} s): worker RSS {idle_mb:.0f} MB idle, peak "

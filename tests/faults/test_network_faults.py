@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,25 +12,17 @@ import pytest
 from rabbittask import App
 from rabbittask.testing import RabbitNode
 from tests import amqp
+from tests.faults.helpers import APP, finish, publish
 from tests.faults.ledger import Ledger, Report
-from tests.faults.test_broker_faults import finish, ledger_app, publish
 from tests.proxy import proxy_thread
 from tests.workers import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(90)]
-APP = "tests.apps.ledger_app:app"
 
 
 @pytest.fixture
 def node(worker_fault_node: RabbitNode) -> RabbitNode:
     return worker_fault_node
-
-
-@pytest.fixture
-def app(node: RabbitNode, unique_name: str) -> Iterator[App]:
-    app = ledger_app(node.url, unique_name)
-    yield app
-    app.close()
 
 
 def consumers(node: RabbitNode, queue: str) -> list[tuple[str, int]]:

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from rabbittask.testing import RabbitNode, broker_answers
 from tests import netns
-from tests.faults.cluster import APP, Traffic, finish, form_cluster, ledger_app, queue_info, urls
+from tests.faults.cluster import Traffic, finish, form_cluster, ledger_app, queue_info, urls
+from tests.faults.helpers import APP
 from tests.faults.ledger import Ledger, Report, report_line
 from tests.netns import Host, Net
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -75,18 +77,9 @@ def queue_messages(node: RabbitNode, queue: str) -> int:
     return int(counts.get(queue, "0"))
 
 
-def wait_for(predicate: object, timeout_s: float, what: str) -> float:
-    """Poll `predicate()` until true; return the seconds it took, fail naming `what` after `timeout_s`."""
-    start = time.monotonic()
-    while True:
-        try:
-            if predicate():  # type: ignore[operator]
-                return time.monotonic() - start
-        except Exception:  # noqa: BLE001 - a node that is still rejoining refuses CLI commands
-            pass
-        if time.monotonic() - start > timeout_s:
-            raise AssertionError(f"{what} within {timeout_s:.0f} s")
-        time.sleep(0.5)
+def wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
+    """`wait_until` every 0.5 s, through any error: a node that is still rejoining refuses CLI commands."""
+    wait_until(predicate, timeout_s, what, interval_s=0.5, ignoring=(Exception,))
 
 
 REJOIN_WAIT_S = 15
@@ -105,12 +98,13 @@ def rejoin(node: RabbitNode, majority: RabbitNode, queue: str) -> tuple[float, s
         return queue_info(majority, queue)["online"].count("@") == 3 and broker_answers(node.url)
 
     try:
-        return wait_for(back, REJOIN_WAIT_S, "rejoin"), ""
+        wait_for(back, REJOIN_WAIT_S, "rejoin")
+        return time.monotonic() - start, ""
     except AssertionError:
         hang = "Global hang workaround" in node.log_file.read_text(errors="replace")
         node.kill()
         node.start()
-        wait_for(back, 60, f"{node.nodename} did not rejoin with its queue member online, even after a restart")
+        wait_for(back, 60, f"{node.nodename} rejoins with its queue member online after a restart")
         reason = "Erlang global hang" if hang else "no rejoin"
         return time.monotonic() - start, f" after a restart ({reason} for {REJOIN_WAIT_S} s)"
 
@@ -198,7 +192,7 @@ def test_a_node_cut_off_pauses_and_the_majority_loses_nothing_and_recovers_in_bo
         f"{HEARTBEAT_S} + back-off {BACKOFF_S}" + (f" + Ra election {RA_ELECTION_S}" if cut == "leader" else "")
     )
     assert recovery_s <= bound_s, traffic.failures[:3]
-    wait_for(lambda: queue_messages(majority, queue) == 0, 20, f"{queue} was not empty after healing")
+    wait_for(lambda: queue_messages(majority, queue) == 0, 20, f"{queue} empty after healing")
     assert queue_messages(majority, f"{queue}.dlq") == 0
     for w in workers:
         assert w.proc.poll() is None, w.log()[-2000:]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,12 +16,11 @@ import pytest
 from rabbittask import App
 from rabbittask.testing import RabbitNode
 from tests import amqp
+from tests.faults.helpers import APP, finish, publish
 from tests.faults.ledger import Ledger, Report, Run
-from tests.faults.test_broker_faults import finish, ledger_app, publish
 from tests.workers import WorkerProcess, gone, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(90)]
-APP = "tests.apps.ledger_app:app"
 DELIVERY_LIMIT = 3
 
 
@@ -32,10 +30,8 @@ def node(worker_fault_node: RabbitNode) -> RabbitNode:
 
 
 @pytest.fixture
-def app(node: RabbitNode, unique_name: str) -> Iterator[App]:
-    app = ledger_app(node.url, unique_name, delivery_limit=DELIVERY_LIMIT)
-    yield app
-    app.close()
+def app_settings() -> dict[str, Any]:
+    return {"delivery_limit": DELIVERY_LIMIT}
 
 
 @pytest.fixture

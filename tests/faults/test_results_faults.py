@@ -13,6 +13,7 @@ import pytest
 from rabbittask import ConnectionLost
 from rabbittask.testing import RabbitNode
 from tests.apps.results_app import make_app
+from tests.waiting import wait_until
 from tests.workers import WorkerProcess, worker_env
 
 pytestmark = pytest.mark.faults
@@ -20,15 +21,10 @@ pytestmark = pytest.mark.faults
 APP = "tests.apps.results_app:app"
 
 
-def eventually(call: Callable[[], Any], attempts: int = 5) -> Any:
+def eventually(call: Callable[[], Any], timeout_s: float = 30) -> Any:
     """The result of `call`, retried while it fails with `ConnectionLost` (the worker reconnects too)."""
-    for attempt in range(attempts):
-        try:
-            return call()
-        except ConnectionLost:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.5)
+    (result,) = wait_until(lambda: (call(),), timeout_s, "an answer", interval_s=0.5, ignoring=(ConnectionLost,))
+    return result
 
 
 def test_calls_recover_after_the_broker_closes_their_connections(rabbit_node: RabbitNode, tmp_path: Path) -> None:

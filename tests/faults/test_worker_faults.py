@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -13,18 +12,10 @@ import pytest
 from rabbittask import App, BatchNotConfirmed, PayloadError, PublishNotConfirmed
 from rabbittask.testing import RabbitNode
 from tests import amqp
+from tests.faults.helpers import APP, finish, publish
 from tests.faults.ledger import Ledger, Report, report_line
-from tests.faults.test_broker_faults import finish, ledger_app, publish
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
-APP = "tests.apps.ledger_app:app"
-
-
-@pytest.fixture
-def app(rabbit_node: RabbitNode, unique_name: str) -> Iterator[App]:
-    app = ledger_app(rabbit_node.url, unique_name)
-    yield app
-    app.close()
 
 
 def test_baseline_5k_tasks_on_two_workers_of_two_children_lose_and_repeat_nothing(

@@ -23,10 +23,9 @@ from rabbittask.message import format_time
 from rabbittask.topology import ExchangeDecl, QueueDecl, delay_declarations, dlx_name, events_exchange_name
 from tests import amqp
 from tests.apps.retries_app import make_app
+from tests.retries import APP, runs, wait_runs
 from tests.waiting import assert_stays, wait_until
 from tests.workers import WorkerProcess
-
-APP = "tests.apps.retries_app:app"
 
 
 def delete_ladder(url: str, exchange: str) -> None:
@@ -68,28 +67,6 @@ def start_worker(worker_factory, prefix: str, exchange: str):
         return w
 
     return start
-
-
-def runs(tmp_path: Path, prefix: str, name: str) -> list[tuple[str, int, float]]:
-    """(tag, attempt, start time) of each run of task `name`, from the ledger."""
-    path = tmp_path / prefix
-    out = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        task, tag, attempt, t = line.split()
-        if task == name:
-            out.append((tag, int(attempt.removeprefix("attempt=")), float(t.removeprefix("t="))))
-    return out
-
-
-def wait_runs(
-    tmp_path: Path, prefix: str, name: str, count: int, timeout_s: float = 20.0
-) -> list[tuple[str, int, float]]:
-    return wait_until(
-        lambda: found if len(found := runs(tmp_path, prefix, name)) >= count else None,
-        timeout_s,
-        lambda: f"{name} ran {len(runs(tmp_path, prefix, name))} time(s), expected {count}",
-        interval_s=0.02,
-    )
 
 
 def within_policy(actual_s: float, expected_s: float) -> bool:
