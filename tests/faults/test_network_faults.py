@@ -15,7 +15,7 @@ from tests import amqp
 from tests.faults.helpers import APP, finish, publish
 from tests.faults.ledger import Ledger, Report
 from tests.proxy import proxy_thread
-from tests.workers import wait_until
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(90)]
 
