@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from rabbittask.testing import RabbitNode
-from tests.faults.cluster import APP, form_cluster, ledger_app, urls
+from tests.faults.cluster import form_cluster, ledger_app, urls
+from tests.faults.helpers import APP
 from tests.faults.ledger import Ledger
 from tests.netns import Host, Net
 from tests.workers import WorkerProcess, worker_env
