@@ -8,6 +8,7 @@ TYPE_CHECKING:` are collected apart and left out of the cycle check: they never 
 from __future__ import annotations
 
 import ast
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,13 +140,43 @@ def without(edges: dict[str, set[str]], drop: set[tuple[str, str]]) -> dict[str,
     return {a: {b for b in targets if (a, b) not in drop} for a, targets in edges.items()}
 
 
-def test_the_graph_sees_top_level_lazy_and_type_checking_imports() -> None:
+def test_imports_are_read_at_the_top_in_functions_and_apart_under_type_checking() -> None:
+    tree = ast.parse(
+        textwrap.dedent(
+            """
+            import typing
+            import rabbittask.errors
+            from rabbittask import message, App
+            from . import topology
+            from .admin.live import connect
+            if typing.TYPE_CHECKING:
+                from rabbittask.app import App
+            def later():
+                from rabbittask.ops import heartbeat
+            """
+        )
+    )
+    known = {"rabbittask", "rabbittask.errors", "rabbittask.message", "rabbittask.ops.heartbeat", "rabbittask.app"}
+    known |= {"rabbittask.ops", "rabbittask.ops.topology", "rabbittask.ops.admin.live"}
+    importer = "rabbittask.ops.status"
+    found = {(t, guarded) for node, guarded in imports(tree) for t in targets(node, importer, False, known)}
+    assert found == {
+        ("rabbittask.errors", False),
+        ("rabbittask.message", False),
+        ("rabbittask", False),  # App: a name of the package's __init__
+        ("rabbittask.ops.topology", False),
+        ("rabbittask.ops.admin.live", False),
+        ("rabbittask.app", True),
+        ("rabbittask.ops.heartbeat", False),
+    }
+
+
+def test_the_graph_holds_every_module_of_the_package() -> None:
     graph = build()
-    assert "rabbittask.errors" in graph.runtime["rabbittask.message"]  # at the top
-    assert "rabbittask.cli.common" in graph.runtime["rabbittask.cli.worker"]
-    assert "rabbittask.app" in graph.type_checking["rabbittask.ops.status"]  # under TYPE_CHECKING only
+    assert {"rabbittask", "rabbittask.errors", "rabbittask.ops.heartbeat", "rabbittask.cli"} <= set(graph.runtime)
+    assert "rabbittask.errors" in graph.runtime["rabbittask.message"]
+    assert "rabbittask.app" in graph.type_checking["rabbittask.ops.status"]
     assert "rabbittask.app" not in graph.runtime["rabbittask.ops.status"]
-    assert "rabbittask.publish.aio" in graph.runtime["rabbittask.cli.dashboard"]  # inside a function
 
 
 def test_there_is_no_import_cycle() -> None:
