@@ -85,7 +85,7 @@ class RedisBackend(ResultBackend):
             return record
         key, left = result_key(task_id), _countdown(timeout_s)
         with self._errors("wait for", task_id):
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call, unused-ignore]
             try:
                 pubsub.subscribe(key)
                 while (record := _bytes(self._client.get(key))) is None:
@@ -133,7 +133,7 @@ class RedisBackend(ResultBackend):
                         return None
                     await pubsub.get_message(timeout=wait_s)
             finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
         return record
 
     async def aclose(self) -> None:
