@@ -19,10 +19,10 @@ from pika.adapters.blocking_connection import BlockingChannel
 from rabbittask import tracing
 from rabbittask.context import TaskContext
 from rabbittask.errors import BatchNotConfirmed, ConfigError, TaskNotFound
+from rabbittask.message import Outgoing
 from rabbittask.publish.aio import AsyncPublisher, Pipeline
 from rabbittask.publish.batch import SyncBatch
 from rabbittask.publish.declare import declare_sync
-from rabbittask.publish.outgoing import Outgoing
 from rabbittask.publish.sync import SyncPublisher
 from rabbittask.results.backend import ResultBackend, load_backend
 from rabbittask.results.rpc import AsyncRpc

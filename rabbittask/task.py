@@ -17,8 +17,7 @@ from pydantic_core import ArgsKwargs, SchemaValidator
 from rabbittask import tracing
 from rabbittask.context import TaskContext
 from rabbittask.errors import ArgumentsInvalid, ConfigError, PayloadError
-from rabbittask.message import encode_body, new_id
-from rabbittask.publish.outgoing import Outgoing
+from rabbittask.message import Outgoing, encode_body, new_id
 from rabbittask.results.record import PENDING, Status, decode_result, status_of
 from rabbittask.retry import RetryPolicy, due_in_ms, schedule_headers
 from rabbittask.signing import sign

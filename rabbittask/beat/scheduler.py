@@ -36,10 +36,6 @@ from pamqp.commands import Basic
 from rabbittask.beat.entry import ScheduleEntry
 from rabbittask.beat.plan import due
 from rabbittask.beat.state import (
-    H_EXPIRES,
-    H_FIRED_AT,
-    H_SCHEDULE,
-    H_SLOT,
     State,
     decode_state,
     encode_state,
@@ -52,6 +48,7 @@ from rabbittask.beat.state import (
     time_text,
 )
 from rabbittask.errors import ConfigError, ConnectionLost, PublishError, PublishNotConfirmed
+from rabbittask.message import H_EXPIRES, H_FIRED_AT, H_SCHEDULE, H_SLOT
 from rabbittask.publish.aio import CONNECTION_ERRORS, connect, properties
 from rabbittask.publish.declare import declare_async
 from rabbittask.settings import mask_url

@@ -16,8 +16,8 @@ from pamqp.commands import Basic
 
 from rabbittask import endpoints
 from rabbittask.errors import AccessRefused, PublishConnectionError, PublishError, PublishNotConfirmed, TopologyMismatch
+from rabbittask.message import Outgoing, missing_exchange, publish_target
 from rabbittask.publish.declare import declare_async
-from rabbittask.publish.outgoing import Outgoing, missing_exchange, publish_target
 from rabbittask.settings import Settings, host_port, mask_url
 from rabbittask.topology import Declaration
 

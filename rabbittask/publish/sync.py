@@ -21,7 +21,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from rabbittask import endpoints
 from rabbittask.errors import AccessRefused, ConfigError, PublishConnectionError, PublishNotConfirmed, TopologyMismatch
-from rabbittask.publish.outgoing import Outgoing, missing_exchange, publish_target
+from rabbittask.message import Outgoing, missing_exchange, publish_target
 from rabbittask.settings import Settings, host_port, mask_url
 
 log = logging.getLogger(__name__)

@@ -23,9 +23,9 @@ import aiormq.abc
 from pamqp.commands import Basic
 
 from rabbittask.errors import PublishConnectionError, PublishNotConfirmed, TopologyMismatch
+from rabbittask.message import Outgoing
 from rabbittask.publish.aio import CONNECTION_ERRORS, connect, properties
 from rabbittask.publish.declare import declare_async
-from rabbittask.publish.outgoing import Outgoing
 from rabbittask.results.record import decode_result
 from rabbittask.settings import Settings, host_port, mask_url
 from rabbittask.topology import Declaration

@@ -33,8 +33,8 @@ import pika.frame
 from pika.adapters.blocking_connection import BlockingChannel
 
 from rabbittask.errors import PublishConnectionError, PublishNotConfirmed, TopologyMismatch
+from rabbittask.message import Outgoing
 from rabbittask.publish.declare import declare_sync
-from rabbittask.publish.outgoing import Outgoing
 from rabbittask.publish.sync import connect_error, connection_params, pika_properties
 from rabbittask.results.record import decode_result
 from rabbittask.results.rpc import REPLY_TO, reply_timeout

@@ -40,10 +40,9 @@ from rabbittask.errors import (
     SoftTimeLimitExceeded,
     TopologyMismatch,
 )
-from rabbittask.message import H_ATTEMPT, H_ETA, H_EXPIRES
+from rabbittask.message import H_ATTEMPT, H_ETA, H_EXPIRES, Outgoing
 from rabbittask.publish.aio import CONNECTION_ERRORS, AsyncPublisher, access_refused, connect
 from rabbittask.publish.declare import declare_async
-from rabbittask.publish.outgoing import Outgoing
 from rabbittask.results.record import ResultNotSerialisable, encode_failure, encode_success
 from rabbittask.retry import schedule_headers
 from rabbittask.settings import mask_url
