@@ -77,6 +77,8 @@ class Outgoing:
     mandatory: bool = True
     # > 0: publish into the delay ladder, due for `routing_key` (the task queue) after this long.
     delay_ms: int = 0
+    # The broker dead-letters it (reason `expired`) if no consumer took it this long after it was queued.
+    expiration_ms: int | None = None
 
 
 def publish_target(msg: Outgoing, exchange: str) -> tuple[str, str]:

@@ -18,6 +18,7 @@ from rabbittask.topology import Arguments, QueueDecl
 
 STATE_VERSION = 1
 
+
 def lock_queue_name(exchange: str, app_name: str) -> str:
     """The exclusive queue whose holder is the active scheduler of an app."""
     return f"{exchange}.beat.{app_name}.lock"

@@ -32,6 +32,7 @@ import aiormq
 import aiormq.abc
 from aiormq.abc import DeliveredMessage
 
+from rabbittask.amqp.connect import CONNECTION_ERRORS, access_refused, connect
 from rabbittask.errors import (
     AccessRefused,
     ConnectionLost,
@@ -41,7 +42,7 @@ from rabbittask.errors import (
     TopologyMismatch,
 )
 from rabbittask.message import H_ATTEMPT, H_ETA, H_EXPIRES, Outgoing
-from rabbittask.publish.aio import CONNECTION_ERRORS, AsyncPublisher, access_refused, connect
+from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.publish.declare import declare_async
 from rabbittask.results.record import ResultNotSerialisable, encode_failure, encode_success
 from rabbittask.retry import schedule_headers
