@@ -10,6 +10,7 @@ from rabbittask import App, ArgumentsInvalid, ConfigError, TaskNotFound
 from rabbittask.app import TaskOptions
 from rabbittask.retry import RETRY_OPTIONS
 from rabbittask.settings import host_port, mask_url
+from rabbittask.task import SendOptions
 
 
 def noop() -> None: ...
@@ -117,3 +118,28 @@ def test_settings_never_show_passwords_in_their_repr() -> None:
     text = repr(app.settings) + str(app.settings)
     assert "pw-in-url-77" not in text and "redis-pw-88" not in text
     assert "amqp://alice:***@h:5672/" in text
+
+
+def test_every_way_of_sending_takes_the_send_options_of_one_definition() -> None:
+    app = App("t")
+    send = app.task(name="send", queue="emails")(noop)
+    for method in (send.message, send.apply_async, send.aapply_async, send.s().apply_async, send.s().aapply_async):
+        options = inspect.signature(method).parameters["options"]
+        assert options.kind is inspect.Parameter.VAR_KEYWORD and options.annotation == "Unpack[SendOptions]"
+    msg = send.message((), queue="emails", priority=3, headers={"h": 1}, message_id="m-1", expires=60)
+    assert (msg.routing_key, msg.priority, msg.message_id, msg.headers["h"]) == ("emails", 3, "m-1", 1)
+    assert "rt-expires" in msg.headers
+    assert set(SendOptions.__optional_keys__) == {
+        "queue", "priority", "headers", "message_id", "countdown", "eta", "expires"
+    }  # fmt: skip
+
+
+def test_an_unknown_send_option_is_refused_naming_it_and_the_known_ones() -> None:
+    app = App("t")
+    send = app.task(name="send")(noop)
+    with pytest.raises(TypeError) as info:
+        send.apply_async((), countdwn=5)  # type: ignore[call-arg]
+    assert str(info.value) == (
+        "task 'send' got unknown send option(s) countdwn; "
+        "the send options are countdown, eta, expires, headers, message_id, priority, queue"
+    )
