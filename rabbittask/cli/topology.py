@@ -6,7 +6,6 @@ Exit codes of `diff` and `apply`: 0 same / applied, 1 differs / conflicts (nothi
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from typing import NoReturn
 
@@ -17,7 +16,7 @@ from rabbittask.admin.apply import apply as apply_declarations
 from rabbittask.admin.compare import compare, describe, ways_out
 from rabbittask.admin.formats import FORMATS, Format, render
 from rabbittask.admin.live import Management, read_passive
-from rabbittask.amqp.blocking import connect
+from rabbittask.amqp.blocking import close_quietly, connect
 from rabbittask.amqp.connect import vhost as vhost_of_url  # `vhost` is a command option here
 from rabbittask.app import App
 from rabbittask.cli.common import APP_OPTION, load_app
@@ -85,8 +84,7 @@ def apply(app_spec: str, dry_run: bool) -> None:
                 apply_declarations(connection, decls)
                 click.echo(f"applied to {_where(app, vhost_of_url(app.settings.broker_url))}")
         finally:
-            with contextlib.suppress(Exception):
-                connection.close()
+            close_quietly(connection)
     except RabbitTaskError as e:
         _fail(str(e))
 
@@ -140,8 +138,7 @@ def diff(app_spec: str, management_url: str | None, vhost: str | None, ignore_ex
             try:
                 live = read_passive(connection, decls)
             finally:
-                with contextlib.suppress(Exception):
-                    connection.close()
+                close_quietly(connection)
             source = f"{_where(app, vhost_of_url(app.settings.broker_url))} (passive declares)"
     except RabbitTaskError as e:
         _fail(str(e))
