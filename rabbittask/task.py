@@ -49,6 +49,7 @@ class SendOptions(TypedDict, total=False):
 
 
 SEND_OPTIONS = SendOptions.__optional_keys__
+_NO_OPTIONS = SendOptions()  # never changed: .delay() and .call() send with none
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +208,9 @@ class Task(Generic[P, R]):
         **options: Unpack[SendOptions],
     ) -> Outgoing:
         """Validate the call and build the message that `.apply_async` would publish."""
+        return self._message(args, kwargs, options)
+
+    def _message(self, args: Args, kwargs: Mapping[str, Any] | None, options: SendOptions) -> Outgoing:
         args, kw = self.validate(args, kwargs or {})
         body = encode_body(args, kw)
         if len(body) > self.app.settings.max_payload_bytes:
@@ -221,8 +225,8 @@ class Task(Generic[P, R]):
         return msg
 
     def _with_options(self, body: bytes, options: SendOptions) -> Outgoing:
-        unknown = options.keys() - SEND_OPTIONS
-        if unknown:  # what Python says of an unexpected keyword, with the ones there are
+        if not SEND_OPTIONS.issuperset(options):  # what Python says of an unexpected keyword, with the known ones
+            unknown = options.keys() - SEND_OPTIONS
             raise TypeError(
                 f"task {self.name!r} got unknown send option(s) {', '.join(sorted(unknown))}; "
                 f"the send options are {', '.join(sorted(SEND_OPTIONS))}"
@@ -260,7 +264,7 @@ class Task(Generic[P, R]):
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Send the task; return once the broker confirmed it."""
-        return self.app.send(self.message(args, kwargs))
+        return self.app.send(self._message(args, kwargs, _NO_OPTIONS))
 
     def apply_async(
         self,
@@ -269,19 +273,19 @@ class Task(Generic[P, R]):
         **options: Unpack[SendOptions],
     ) -> TaskHandle:
         """Send the task with `SendOptions` (countdown, eta, expires, ...); return once the broker confirmed it."""
-        return self.app.send(self.message(args, kwargs, **options))
+        return self.app.send(self._message(args, kwargs, options))
 
     def call(self, *args: Any, timeout: float = 30.0, **kwargs: Any) -> R:
         """Run the task on a worker and return its result (RPC over direct reply-to).
 
         `timeout` (seconds) bounds the wait and raises `TimeoutError`; a remote failure raises `TaskError`.
         """
-        result: R = self.app.rpc_call(self.message(args, kwargs), timeout)
+        result: R = self.app.rpc_call(self._message(args, kwargs, _NO_OPTIONS), timeout)
         return result
 
     async def acall(self, *args: Any, timeout: float = 30.0, **kwargs: Any) -> R:
         """Async twin of `call`."""
-        result: R = await self.app.arpc_call(self.message(args, kwargs), timeout)
+        result: R = await self.app.arpc_call(self._message(args, kwargs, _NO_OPTIONS), timeout)
         return result
 
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
@@ -295,7 +299,7 @@ class Task(Generic[P, R]):
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Async twin of `delay`."""
-        return await self.app.asend(self.message(args, kwargs))
+        return await self.app.asend(self._message(args, kwargs, _NO_OPTIONS))
 
     async def aapply_async(
         self,
@@ -304,7 +308,7 @@ class Task(Generic[P, R]):
         **options: Unpack[SendOptions],
     ) -> TaskHandle:
         """Async twin of `apply_async`."""
-        return await self.app.asend(self.message(args, kwargs, **options))
+        return await self.app.asend(self._message(args, kwargs, options))
 
 
 @dataclass(frozen=True, slots=True)
