@@ -1,32 +1,25 @@
-"""App: the task registry, its settings, the `@app.task` decorator and the publishing entry points."""
+"""App: the task registry, its settings and `@app.task`; what a task is sent with lives in `clients.py`.
+
+`TaskOptions` is the one definition of what `@app.task` accepts: the decorator checks against it,
+its error lists its fields, and each field carries the description the docs can be made from.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import contextvars
-import os
 import re
-import threading
-import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
-from pika.adapters.blocking_connection import BlockingChannel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rabbittask import tracing
+from rabbittask.clients import Clients
 from rabbittask.context import TaskContext
-from rabbittask.errors import BatchNotConfirmed, ConfigError, TaskNotFound
-from rabbittask.publish.aio import AsyncPublisher, Pipeline
-from rabbittask.publish.batch import SyncBatch
-from rabbittask.publish.declare import declare_sync
-from rabbittask.publish.outgoing import Outgoing
-from rabbittask.publish.sync import SyncPublisher
-from rabbittask.results.backend import ResultBackend, load_backend
-from rabbittask.results.rpc import AsyncRpc
-from rabbittask.results.sync_rpc import SyncRpc
+from rabbittask.errors import ConfigError, TaskNotFound
+from rabbittask.message import Outgoing
+from rabbittask.results.backend import ResultBackend
 from rabbittask.retry import RETRY_OPTIONS, policy_for
 from rabbittask.settings import QueueType, Settings
 from rabbittask.task import Signature, Task, TaskHandle
@@ -47,16 +40,98 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-TASK_OPTIONS = frozenset({"name", "queue", "queue_type", "max_priority", "delivery_limit", "ignore_result"})
-# Retries (issue 6): the retry policy's fields, and bind=True for a TaskContext first argument.
-TASK_OPTIONS |= RETRY_OPTIONS | {"bind"}
-# Per-queue options beyond the core ones (topology as code, issue 8).
-TASK_OPTIONS |= {"max_length", "overflow", "single_active_consumer", "message_ttl_ms"}
-# Time limits (issue 4), in seconds.
-TASK_OPTIONS |= {"time_limit", "soft_time_limit"}
-
-_LAZY_INIT = threading.Lock()  # builds the shared RPC client and the backend once, whichever thread asks first
 _TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
+_APP_SETTING = "default: the app setting of the same name"
+
+
+class TaskOptions(BaseModel):
+    """The options of `@app.task`, checked when the task is declared.
+
+    Types are strict (a string is not taken for a number); the retry options apply only when given,
+    over the app's settings of the same names (`retry_options()`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    name: str | None = Field(None, description="Task name; default `module.function`.")
+    queue: str | None = Field(None, description="Queue the task is sent to; default the app's `default_queue`.")
+    queue_type: QueueType | None = Field(None, description=f"`quorum` or `classic` for this queue; {_APP_SETTING}.")
+    max_priority: int | None = Field(None, description="Classic queues: the highest `priority=` a send may give.")
+    delivery_limit: int | None = Field(
+        None, description=f"Quorum queues: deliveries of a message before the broker dead-letters it; {_APP_SETTING}."
+    )
+    max_length: int | None = Field(None, description="Most messages the queue holds; see `overflow`.")
+    overflow: Overflow | None = Field(None, description="What a full queue does with a new message.")
+    single_active_consumer: bool = Field(False, description="One consumer at a time takes from the queue.")
+    message_ttl_ms: int | None = Field(None, description="Messages older than this are dead-lettered unrun.")
+    ignore_result: bool = Field(False, description="Do not store results of this task in the result backend.")
+    bind: bool = Field(False, description="Pass a `TaskContext` (id, attempt, headers, `.retry()`) as first argument.")
+    time_limit: float | None = Field(
+        None, description="Hard limit in seconds: the run is stopped and the message dead-lettered."
+    )
+    soft_time_limit: float | None = Field(
+        None, description="Soft limit in seconds: `SoftTimeLimitExceeded` is raised inside the task."
+    )
+    max_retries: int | None = Field(None, description=f"Retries after the first run (None: no limit); {_APP_SETTING}.")
+    retry_backoff: bool | float = Field(
+        True, description=f"Exponential back-off base in seconds (True: 1 s; False: `retry_delay`); {_APP_SETTING}."
+    )
+    retry_backoff_max: float = Field(600.0, description=f"Longest wait before a retry, in seconds; {_APP_SETTING}.")
+    retry_jitter: bool = Field(True, description=f"Wait between half and all of the back-off; {_APP_SETTING}.")
+    retry_delay: float = Field(1.0, description=f"Wait before each retry without back-off, seconds; {_APP_SETTING}.")
+    autoretry_for: tuple[type[BaseException], ...] = Field(
+        (), description="Exceptions that retry the task without `raise Retry` (added to the app's)."
+    )
+
+    @field_validator("autoretry_for", mode="before")
+    @classmethod
+    def _exception_classes(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            return value  # refused as not a tuple
+        bad = [t for t in value if not (isinstance(t, type) and issubclass(t, BaseException))]
+        if bad:
+            raise ValueError(f"autoretry_for takes exception classes, not {', '.join(map(repr, bad))}")
+        return tuple(value)  # a list reads as well
+
+    @classmethod
+    def read(cls, options: Mapping[str, Any], task_name: str) -> TaskOptions:
+        """The options given for task `task_name`; `ConfigError` naming the task, the option and what is allowed."""
+        unknown = options.keys() - cls.model_fields.keys()
+        if unknown:
+            raise ConfigError(
+                f"task {task_name!r}: unknown option(s) for @app.task: {', '.join(sorted(unknown))}; "
+                f"known options are {', '.join(sorted(cls.model_fields))}"
+            )
+        try:
+            return cls(**options)
+        except ValidationError as e:
+            raise ConfigError(f"task {task_name!r}: invalid option(s) for @app.task: {_describe(e)}") from None
+
+    def retry_options(self) -> dict[str, Any]:
+        """The retry options that were given (the others come from the app's settings)."""
+        return {name: getattr(self, name) for name in RETRY_OPTIONS & self.model_fields_set}
+
+
+def _describe(error: ValidationError) -> str:
+    """One part per option: `time_limit: Input should be a valid number (got 'x')`."""
+    by_option: dict[str, tuple[list[str], Any]] = {}
+    for err in error.errors(include_url=False):
+        why = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]  # ours: as raised
+        whys, _ = by_option.setdefault(str(err["loc"][0]), ([], err["input"]))
+        if why not in whys:
+            whys.append(why)
+    parts = []
+    for option, (whys, given) in by_option.items():
+        text = " or ".join(whys)
+        if not text.startswith(option):  # our own validators name the option already
+            text = f"{option}: {text}"
+        parts.append(f"{text} (got {given!r})")
+    return "; ".join(parts)
+
+
+def default_task_name(fn: Callable[..., Any]) -> str:
+    """`module.function` (nested functions drop the `<locals>` part)."""
+    return f"{fn.__module__}.{fn.__qualname__.replace('<locals>.', '')}"
 
 
 class App:
@@ -83,18 +158,7 @@ class App:
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.queues: dict[str, QueueSpec] = {}
         self.schedules: dict[str, ScheduleEntry] = {}
-        self._local = threading.local()
-        self._aio: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncPublisher] = weakref.WeakKeyDictionary()
-        self._abatch: contextvars.ContextVar[Pipeline | None] = contextvars.ContextVar("abatch", default=None)
-        self._declared_pid = 0
-        # Held strongly (one per loop): a guard that is only weakly referenced is collected at once,
-        # and its finalizer would close the loop's connections right after they opened.
-        self._guards: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncIterator[None]] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._arpc: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRpc] = weakref.WeakKeyDictionary()
-        self._rpc: SyncRpc | None = None
-        self._backend: ResultBackend | None = None
+        self.clients = Clients(self.settings, self.declarations)
         self.worker_process_init: list[Callable[[], None]] = []
         if self.settings.otel:
             tracing.enable()
@@ -118,69 +182,49 @@ class App:
     def task(self, fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
         """Declare a task: `@app.task` or `@app.task(queue="emails", name="send", max_retries=5)`.
 
-        `bind=True` passes a `TaskContext` (id, attempt, headers, `.retry()`) as the first argument.
+        The options are the fields of `TaskOptions`. `bind=True` passes a `TaskContext` (id, attempt,
+        headers, `.retry()`) as the first argument.
         """
-        unknown = set(options) - TASK_OPTIONS
-        if unknown:
-            raise ConfigError(
-                f"unknown option(s) for @app.task: {', '.join(sorted(unknown))}; "
-                f"known options are {', '.join(sorted(TASK_OPTIONS))}"
-            )
 
         def decorate(f: Callable[P, R]) -> Task[P, R]:
-            return self._register(f, **options)
+            name = options.get("name")
+            return self._register(f, TaskOptions.read(options, name if isinstance(name, str) else default_task_name(f)))
 
         return decorate(fn) if fn is not None else decorate
 
-    def _register(
-        self,
-        fn: Callable[P, R],
-        name: str | None = None,
-        queue: str | None = None,
-        queue_type: QueueType | None = None,
-        max_priority: int | None = None,
-        delivery_limit: int | None = None,
-        max_length: int | None = None,
-        overflow: Overflow | None = None,
-        single_active_consumer: bool = False,
-        message_ttl_ms: int | None = None,
-        ignore_result: bool = False,
-        bind: bool = False,
-        time_limit: float | None = None,
-        soft_time_limit: float | None = None,
-        **retry_options: Any,
-    ) -> Task[P, R]:
-        name = name or f"{fn.__module__}.{fn.__qualname__.replace('<locals>.', '')}"
+    def _register(self, fn: Callable[P, R], options: TaskOptions) -> Task[P, R]:
+        name = options.name or default_task_name(fn)
         if not _TASK_NAME.match(name):
             raise ConfigError(f"task name {name!r} is not allowed: use letters, digits and _ . : - (max 200)")
         if name in self.tasks:
             raise ConfigError(f"task name {name!r} is declared twice: give one of them name=...")
+        o = options
         spec = QueueSpec(
-            name=queue or self.settings.default_queue,
-            queue_type=queue_type or self.settings.queue_type,
-            delivery_limit=delivery_limit or self.settings.delivery_limit,
-            max_priority=max_priority,
-            max_length=max_length,
-            overflow=overflow,
-            single_active_consumer=single_active_consumer,
-            message_ttl_ms=message_ttl_ms,
+            name=o.queue or self.settings.default_queue,
+            queue_type=o.queue_type or self.settings.queue_type,
+            delivery_limit=o.delivery_limit or self.settings.delivery_limit,
+            max_priority=o.max_priority,
+            max_length=o.max_length,
+            overflow=o.overflow,
+            single_active_consumer=o.single_active_consumer,
+            message_ttl_ms=o.message_ttl_ms,
         )
-        queue_options = (queue_type, max_priority, delivery_limit, max_length, overflow, message_ttl_ms)
+        queue_options = (o.queue_type, o.max_priority, o.delivery_limit, o.max_length, o.overflow, o.message_ttl_ms)
         known = self.queues.get(spec.name)
         if (
             known is not None
             and known != spec
-            and (single_active_consumer or any(o is not None for o in queue_options))
+            and (o.single_active_consumer or any(v is not None for v in queue_options))
         ):
             raise ConfigError(
                 f"queue {spec.name!r} is declared with different options by two tasks: {known} and {spec}"
             )
         check_delay_queue_name(spec.name)
-        retry = policy_for(self.settings, self.autoretry_for, retry_options)
+        retry = policy_for(self.settings, self.autoretry_for, o.retry_options())
         self.queues.setdefault(spec.name, spec)
-        task: Task[P, R] = Task(self, fn, name, spec.name, retry=retry, bind=bind)
-        task.ignore_result = ignore_result
-        task.set_time_limits(time_limit, soft_time_limit)
+        task: Task[P, R] = Task(self, fn, name, spec.name, retry=retry, bind=o.bind)
+        task.ignore_result = o.ignore_result
+        task.set_time_limits(o.time_limit, o.soft_time_limit)
         self.tasks[name] = task
         return task
 
@@ -258,24 +302,7 @@ class App:
 
     def declare(self) -> None:
         """Declare the app's whole topology on the broker now (it is also declared on first use)."""
-        publisher = self._sync_publisher()
-        publisher.close()
-        self._declared_pid = 0
-        publisher.open()
-
-    def _declare_once(self, channel: BlockingChannel) -> None:
-        if self._declared_pid != os.getpid() and self.settings.declare_topology:
-            declare_sync(channel, self.declarations())
-            self._declared_pid = os.getpid()
-
-    # -- publishing ------------------------------------------------------------------------------
-
-    def _sync_publisher(self) -> SyncPublisher:
-        publisher: SyncPublisher | None = getattr(self._local, "publisher", None)
-        if publisher is None or publisher.pid != os.getpid():
-            publisher = SyncPublisher(self.settings, self._declare_once)
-            self._local.publisher = publisher
-        return publisher
+        self.clients.declare()
 
     def on_worker_process_init(self, fn: Callable[[], None]) -> Callable[[], None]:
         """Decorator: call `fn()` in each worker child after the fork, before it consumes (Celery's
@@ -284,89 +311,56 @@ class App:
         self.worker_process_init.append(fn)
         return fn
 
+    # -- sending ---------------------------------------------------------------------------------
+
     def send(self, msg: Outgoing) -> TaskHandle:
         """Publish a prepared message and wait for the confirm (or hold it in the current batch)."""
         if tracing.spans is not None:
             with tracing.publishing(msg, self.settings.exchange):
-                return self._send(msg)
-        return self._send(msg)
-
-    def _send(self, msg: Outgoing) -> TaskHandle:
-        batch: SyncBatch | None = getattr(self._local, "batch", None)
-        if batch is not None:
-            batch.add(msg)
+                self.clients.send(msg)
         else:
-            self._sync_publisher().publish(msg)
+            self.clients.send(msg)
         return TaskHandle(msg.message_id, msg.task_name, msg.routing_key, self)
-
-    def _async_publisher(self) -> AsyncPublisher:
-        loop = asyncio.get_running_loop()
-        publisher = self._aio.get(loop)
-        if publisher is None:
-            publisher = self._aio[loop] = AsyncPublisher(self.settings, self.declarations())
-            self._close_with_loop()
-        return publisher
-
-    def _close_with_loop(self) -> None:
-        # An async generator started on the loop is closed by the loop's shutdown_asyncgens(), which
-        # asyncio.run() calls before closing the loop: the app's connections of that loop close with it.
-        loop = asyncio.get_running_loop()
-        if loop in self._guards:
-            return
-
-        async def guard() -> AsyncIterator[None]:
-            try:
-                yield
-            finally:
-                self._guards.pop(loop, None)
-                await self.aclose()
-
-        gen = self._guards[loop] = guard()
-        asyncio.ensure_future(gen.__anext__())
 
     async def asend(self, msg: Outgoing) -> TaskHandle:
         """Async twin of `send`: inside `abatch()` the confirm is awaited at the end of the batch."""
         if tracing.spans is not None:
             with tracing.publishing(msg, self.settings.exchange):
-                return await self._asend(msg)
-        return await self._asend(msg)
-
-    async def _asend(self, msg: Outgoing) -> TaskHandle:
-        batch = self._abatch.get()
-        if batch is None:
-            await self._async_publisher().publish(msg)
+                await self.clients.asend(msg)
         else:
-            await batch.add(msg)
+            await self.clients.asend(msg)
         return TaskHandle(msg.message_id, msg.task_name, msg.routing_key, self)
 
     def rpc_call(self, msg: Outgoing, timeout_s: float) -> Any:
         """Publish a request over direct reply-to and wait for the task's return value (any thread)."""
-        rpc = self._rpc
-        if rpc is None:
-            with _LAZY_INIT:
-                rpc = self._rpc = self._rpc or SyncRpc(self.settings, self.declarations())
+        rpc = self.clients.rpc()
         with tracing.publishing(msg, self.settings.exchange):
             return rpc.call(msg, timeout_s)
 
     async def arpc_call(self, msg: Outgoing, timeout_s: float) -> Any:
         """Async twin of `rpc_call`: the calls of one event loop share a connection and reply consumer."""
-        loop = asyncio.get_running_loop()
-        rpc = self._arpc.get(loop)
-        if rpc is None:
-            self._close_with_loop()
-            rpc = self._arpc[loop] = AsyncRpc(self.settings, self.declarations())
+        rpc = self.clients.arpc()
         with tracing.publishing(msg, self.settings.exchange):
             return await rpc.call(msg, timeout_s)
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Send many tasks with pipelined confirms; on exit wait for all and raise if any failed.
+
+        Messages stream to the broker in chunks while the block runs (see `publish/batch.py`); if the
+        block raises, what it sent so far is still confirmed, the rest is not sent.
+        """
+        return self.clients.batch()
+
+    def abatch(self) -> AbstractAsyncContextManager[None]:
+        """Async twin of `batch()`: publishes start at once, confirms are awaited on exit."""
+        return self.clients.abatch()
 
     # -- results ---------------------------------------------------------------------------------
 
     @property
     def backend(self) -> ResultBackend | None:
         """The result backend chosen by `result_backend`'s URL scheme, or None when results are not stored."""
-        if self._backend is None and self.settings.result_backend:
-            with _LAZY_INIT:
-                self._backend = self._backend or load_backend(self.settings.result_backend)
-        return self._backend
+        return self.clients.backend
 
     def result_backend_for(self, task_name: str) -> ResultBackend:
         """The backend that holds `task_name`'s results; `ConfigError` saying why there is none."""
@@ -382,84 +376,10 @@ class App:
             raise ConfigError(f"task {task_name!r} is declared with ignore_result=True: its results are not stored")
         return backend
 
-    @contextmanager
-    def batch(self) -> Iterator[None]:
-        """Send many tasks with pipelined confirms; on exit wait for all and raise if any failed.
-
-        Messages stream to the broker in chunks while the block runs (see `publish/batch.py`); if the
-        block raises, what it sent so far is still confirmed, the rest is not sent.
-        """
-        if getattr(self._local, "batch", None) is not None:
-            yield  # nested: the outer batch confirms
-            return
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
-            raise ConfigError("app.batch() cannot be used inside a running event loop: use `async with app.abatch()`")
-        batch = self._local.batch = SyncBatch(self.settings, self._batch_declarations, self._batch_opened)
-        try:
-            yield
-        except BaseException:
-            self._local.batch = None
-            with contextlib.suppress(Exception):
-                batch.finish(send=False)
-            raise
-        self._local.batch = None
-        _raise_failed(batch.finish(), batch.count)
-
-    def _batch_declarations(self) -> Sequence[Declaration]:
-        # The topology is declared once per process, not per batch.
-        return () if self._declared_pid == os.getpid() else self.declarations()
-
-    def _batch_opened(self) -> None:
-        self._declared_pid = os.getpid()
-
-    @asynccontextmanager
-    async def abatch(self) -> AsyncIterator[None]:
-        """Async twin of `batch()`: publishes start at once, confirms are awaited on exit."""
-        if self._abatch.get() is not None:
-            yield
-            return
-        batch = Pipeline(self._async_publisher(), self.settings.batch_in_flight)
-        token = self._abatch.set(batch)
-        try:
-            yield
-        finally:
-            self._abatch.reset(token)
-            await batch.wait()
-        _raise_failed(batch.failed, batch.count)
-
     def close(self) -> None:
         """Close this thread's publisher connection, the process's RPC connection and the backend's."""
-        publisher: SyncPublisher | None = getattr(self._local, "publisher", None)
-        if publisher is not None:
-            publisher.close()
-        if self._rpc is not None:
-            self._rpc.close()  # shared by all threads: a later call reopens it
-        if self._backend is not None:
-            self._backend.close()
+        self.clients.close()
 
     async def aclose(self) -> None:
         """Close this event loop's publisher, RPC and result-backend connections."""
-        loop = asyncio.get_running_loop()
-        publisher = self._aio.pop(loop, None)
-        if publisher is not None:
-            await publisher.close()
-        rpc = self._arpc.pop(loop, None)
-        if rpc is not None:
-            await rpc.close()
-        if self._backend is not None:
-            await self._backend.aclose()
-
-
-def _raise_failed(failed: list[tuple[str, BaseException]], total: int) -> None:
-    if failed:
-        ids = [i for i, _ in failed]
-        first = failed[0][1]
-        shown = ", ".join(ids[:20]) + (" ..." if len(ids) > 20 else "")
-        raise BatchNotConfirmed(
-            f"{len(failed)} of {total} message(s) of the batch were not confirmed (first error: {first}); ids: {shown}",
-            ids,
-        )
+        await self.clients.aclose()

@@ -2,7 +2,9 @@
 
 A task is one AMQP message: `type` names the task, `message_id` is the task id, the body is
 `{"v": 1, "args": [...], "kwargs": {...}}` as UTF-8 JSON with content type `application/json`.
-Bookkeeping travels in `rt-*` headers so tools can read it without decoding the body.
+Bookkeeping travels in `rt-*` headers so tools can read it without decoding the body; every
+header name rabbittask writes is defined here. `Outgoing` is a message ready to publish,
+independent of the client library that sends it (`amqp/properties.py` turns it into properties).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any
 
 from pydantic_core import PydanticSerializationError, from_json, to_json
 
-from rabbittask.errors import PayloadError
+from rabbittask.errors import PayloadError, PublishNotConfirmed
+from rabbittask.settings import mask_url
+from rabbittask.topology import delay_entry
 
 PROTOCOL_VERSION = 1
 CONTENT_TYPE = "application/json"
@@ -33,6 +37,11 @@ H_FIRST_SEEN = "rt-first-seen"
 H_EXPIRES = "rt-expires"
 H_ETA = "rt-eta"
 H_DELIVERY_COUNT = "rt-delivery-count"
+H_SIGNATURE = "rt-signature"  # signing.py
+# Headers of a beat tick (beat/scheduler.py); a tick's `rt-expires` is read like any task's.
+H_SCHEDULE = "rt-schedule"
+H_SLOT = "rt-slot"
+H_FIRED_AT = "rt-fired-at"
 X_DELIVERY_COUNT = "x-delivery-count"
 # Headers the broker writes. A copy re-published with them (a retry through the delay ladder) can
 # be taken for a dead-letter cycle on its next pass and dropped silently, though confirmed.
@@ -48,6 +57,44 @@ DEATH_HEADERS = frozenset(
         X_DELIVERY_COUNT,
     }
 )
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One task message: routing key (the queue), JSON body and the AMQP properties rabbittask sets."""
+
+    routing_key: str
+    body: bytes
+    message_id: str
+    task_name: str
+    priority: int | None = None
+    headers: dict[str, Any] | None = None
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    content_type: str = CONTENT_TYPE
+    exchange: str | None = None  # None: the app's task exchange
+    # Direct replies go out without `mandatory`: RabbitMQ 3.x returns them as unroutable although it delivered them.
+    mandatory: bool = True
+    # > 0: publish into the delay ladder, due for `routing_key` (the task queue) after this long.
+    delay_ms: int = 0
+    # The broker dead-letters it (reason `expired`) if no consumer took it this long after it was queued.
+    expiration_ms: int | None = None
+
+
+def publish_target(msg: Outgoing, exchange: str) -> tuple[str, str]:
+    """Exchange and routing key of `msg`: the task exchange (or its own), or the delay ladder's entry."""
+    if msg.delay_ms > 0:
+        return delay_entry(exchange, msg.routing_key, msg.delay_ms)
+    return (exchange if msg.exchange is None else msg.exchange), msg.routing_key
+
+
+def missing_exchange(msg: Outgoing, exchange: str, reply: str) -> PublishNotConfirmed:
+    """The error for a publish to an exchange the broker does not have (it closes the channel with 404)."""
+    return PublishNotConfirmed(
+        f"task {msg.task_name!r} (id {msg.message_id}) was not published: exchange {exchange!r} does not exist on "
+        f"the broker ({mask_url(reply)}). Declare the topology (start a worker or run `rabbittask topology apply`) "
+        "or check the exchange setting"
+    )
 
 
 def new_id() -> str:

@@ -19,7 +19,7 @@ from opentelemetry import trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from rabbittask.publish.outgoing import Outgoing, publish_target
+from rabbittask.message import Outgoing, publish_target
 
 try:
     _VERSION = version("rabbittask")

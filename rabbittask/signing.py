@@ -22,11 +22,9 @@ from typing import Any
 from pydantic import SecretStr
 
 from rabbittask.errors import SignatureInvalid
-from rabbittask.message import H_EXPIRES
-from rabbittask.publish.outgoing import Outgoing
+from rabbittask.message import H_EXPIRES, H_SIGNATURE, Outgoing
 from rabbittask.settings import Settings
 
-H_SIGNATURE = "rt-signature"
 _DOMAIN = b"rabbittask-signature-v1"
 
 

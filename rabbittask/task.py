@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypedDict, TypeVar, Unpack
 
 from pydantic import ValidationError
 from pydantic.experimental.arguments_schema import generate_arguments_schema
@@ -17,8 +17,7 @@ from pydantic_core import ArgsKwargs, SchemaValidator
 from rabbittask import tracing
 from rabbittask.context import TaskContext
 from rabbittask.errors import ArgumentsInvalid, ConfigError, PayloadError
-from rabbittask.message import encode_body, new_id
-from rabbittask.publish.outgoing import Outgoing
+from rabbittask.message import Outgoing, encode_body, new_id
 from rabbittask.results.record import PENDING, Status, decode_result, status_of
 from rabbittask.retry import RetryPolicy, due_in_ms, schedule_headers
 from rabbittask.signing import sign
@@ -29,6 +28,28 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+Args = tuple[Any, ...] | list[Any]  # positional arguments of a task call
+
+
+class SendOptions(TypedDict, total=False):
+    """How one call is sent: the keywords of `apply_async`, `aapply_async`, `message` and `Signature.apply_async`.
+
+    `countdown` (seconds) or `eta` (a datetime; naive means local time) delay it on the broker's
+    delay ladder; `expires` (seconds from now, or a datetime) makes a worker drop it unrun, into the
+    dead-letter queue with reason "expired", once that time has passed.
+    """
+
+    queue: str | None  # another of the app's queues than the task's own
+    priority: int | None  # on a classic queue declared with max_priority
+    headers: Mapping[str, Any] | None  # added to the message's headers (e.g. a traceparent)
+    message_id: str | None  # the task id; default a new UUID (sending again with the same id is recognisable)
+    countdown: float | None
+    eta: datetime | None
+    expires: float | datetime | None
+
+
+SEND_OPTIONS = SendOptions.__optional_keys__
+_NO_OPTIONS = SendOptions()  # never changed: .delay() and .call() send with none
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,9 +191,7 @@ class Task(Generic[P, R]):
             return self.fn(ctx, *args, **kwargs)  # type: ignore[arg-type]
         return self.fn(*args, **kwargs)
 
-    def validate(
-        self, args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]
-    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def validate(self, args: Args, kwargs: Mapping[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Check and coerce arguments against the signature; raise `ArgumentsInvalid` naming the field."""
         try:
             validated: tuple[tuple[Any, ...], dict[str, Any]] = self._validator.validate_python(
@@ -184,19 +203,14 @@ class Task(Generic[P, R]):
 
     def message(
         self,
-        args: tuple[Any, ...] | list[Any] = (),
+        args: Args = (),
         kwargs: Mapping[str, Any] | None = None,
-        *,
-        queue: str | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, Any] | None = None,
-        message_id: str | None = None,
-        reply_to: str | None = None,
-        countdown: float | None = None,
-        eta: datetime | None = None,
-        expires: float | datetime | None = None,
+        **options: Unpack[SendOptions],
     ) -> Outgoing:
         """Validate the call and build the message that `.apply_async` would publish."""
+        return self._message(args, kwargs, options)
+
+    def _message(self, args: Args, kwargs: Mapping[str, Any] | None, options: SendOptions) -> Outgoing:
         args, kw = self.validate(args, kwargs or {})
         body = encode_body(args, kw)
         if len(body) > self.app.settings.max_payload_bytes:
@@ -204,20 +218,31 @@ class Task(Generic[P, R]):
                 f"task {self.name!r}: the message body is {len(body)} bytes, above max_payload_bytes "
                 f"({self.app.settings.max_payload_bytes}); pass a reference (a URL, a key) instead of the data"
             )
-        msg = Outgoing(
-            routing_key=queue or self.queue,
-            body=body,
-            message_id=message_id or new_id(),
-            task_name=self.name,
-            priority=priority,
-            headers=dict(headers) if headers else None,
-            reply_to=reply_to,
-        )
-        if countdown is not None or eta is not None or expires is not None:
-            self._schedule(msg, countdown, eta, expires)
+        msg = self._with_options(body, options) if options else Outgoing(self.queue, body, new_id(), self.name)
         if self.app.settings.signing_key_id is not None:
             sign(self.app.settings, msg)
         tracing.inject(msg)  # not signed: a worker forwards trace headers of the task it runs
+        return msg
+
+    def _with_options(self, body: bytes, options: SendOptions) -> Outgoing:
+        if not SEND_OPTIONS.issuperset(options):  # what Python says of an unexpected keyword, with the known ones
+            unknown = options.keys() - SEND_OPTIONS
+            raise TypeError(
+                f"task {self.name!r} got unknown send option(s) {', '.join(sorted(unknown))}; "
+                f"the send options are {', '.join(sorted(SEND_OPTIONS))}"
+            )
+        headers = options.get("headers")
+        msg = Outgoing(
+            routing_key=options.get("queue") or self.queue,
+            body=body,
+            message_id=options.get("message_id") or new_id(),
+            task_name=self.name,
+            priority=options.get("priority"),
+            headers=dict(headers) if headers else None,
+        )
+        countdown, eta, expires = options.get("countdown"), options.get("eta"), options.get("expires")
+        if countdown is not None or eta is not None or expires is not None:
+            self._schedule(msg, countdown, eta, expires)
         return msg
 
     def _schedule(
@@ -239,51 +264,28 @@ class Task(Generic[P, R]):
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Send the task; return once the broker confirmed it."""
-        return self.app.send(self.message(args, kwargs))
+        return self.app.send(self._message(args, kwargs, _NO_OPTIONS))
 
     def apply_async(
         self,
-        args: tuple[Any, ...] | list[Any] = (),
+        args: Args = (),
         kwargs: Mapping[str, Any] | None = None,
-        *,
-        queue: str | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, Any] | None = None,
-        message_id: str | None = None,
-        countdown: float | None = None,
-        eta: datetime | None = None,
-        expires: float | datetime | None = None,
+        **options: Unpack[SendOptions],
     ) -> TaskHandle:
-        """Send the task with options; return once the broker confirmed it.
-
-        `countdown` (seconds) or `eta` (a datetime; naive means local time) delay it on the broker's
-        delay ladder; `expires` (seconds from now, or a datetime) makes a worker drop it unrun,
-        into the dead-letter queue with reason "expired", once that time has passed.
-        """
-        msg = self.message(
-            args,
-            kwargs,
-            queue=queue,
-            priority=priority,
-            headers=headers,
-            message_id=message_id,
-            countdown=countdown,
-            eta=eta,
-            expires=expires,
-        )
-        return self.app.send(msg)
+        """Send the task with `SendOptions` (countdown, eta, expires, ...); return once the broker confirmed it."""
+        return self.app.send(self._message(args, kwargs, options))
 
     def call(self, *args: Any, timeout: float = 30.0, **kwargs: Any) -> R:
         """Run the task on a worker and return its result (RPC over direct reply-to).
 
         `timeout` (seconds) bounds the wait and raises `TimeoutError`; a remote failure raises `TaskError`.
         """
-        result: R = self.app.rpc_call(self.message(args, kwargs), timeout)
+        result: R = self.app.rpc_call(self._message(args, kwargs, _NO_OPTIONS), timeout)
         return result
 
     async def acall(self, *args: Any, timeout: float = 30.0, **kwargs: Any) -> R:
         """Async twin of `call`."""
-        result: R = await self.app.arpc_call(self.message(args, kwargs), timeout)
+        result: R = await self.app.arpc_call(self._message(args, kwargs, _NO_OPTIONS), timeout)
         return result
 
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
@@ -297,34 +299,16 @@ class Task(Generic[P, R]):
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Async twin of `delay`."""
-        return await self.app.asend(self.message(args, kwargs))
+        return await self.app.asend(self._message(args, kwargs, _NO_OPTIONS))
 
     async def aapply_async(
         self,
-        args: tuple[Any, ...] | list[Any] = (),
+        args: Args = (),
         kwargs: Mapping[str, Any] | None = None,
-        *,
-        queue: str | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, Any] | None = None,
-        message_id: str | None = None,
-        countdown: float | None = None,
-        eta: datetime | None = None,
-        expires: float | datetime | None = None,
+        **options: Unpack[SendOptions],
     ) -> TaskHandle:
         """Async twin of `apply_async`."""
-        msg = self.message(
-            args,
-            kwargs,
-            queue=queue,
-            priority=priority,
-            headers=headers,
-            message_id=message_id,
-            countdown=countdown,
-            eta=eta,
-            expires=expires,
-        )
-        return await self.app.asend(msg)
+        return await self.app.asend(self._message(args, kwargs, options))
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +329,14 @@ class Signature:
     async def adelay(self) -> TaskHandle:
         """Async twin of `delay`."""
         return await self.task.aapply_async(self.args, self.kwargs)
+
+    def apply_async(self, **options: Unpack[SendOptions]) -> TaskHandle:
+        """Send the task with these arguments and `SendOptions` (countdown, eta, expires, ...)."""
+        return self.task.apply_async(self.args, self.kwargs, **options)
+
+    async def aapply_async(self, **options: Unpack[SendOptions]) -> TaskHandle:
+        """Async twin of `apply_async`."""
+        return await self.task.aapply_async(self.args, self.kwargs, **options)
 
 
 AsyncFn = Callable[..., Awaitable[Any]]

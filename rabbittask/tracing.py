@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 from rabbittask.errors import ConfigError
 
 if TYPE_CHECKING:
+    from rabbittask.message import Outgoing
     from rabbittask.otel import Spans
-    from rabbittask.publish.outgoing import Outgoing
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"

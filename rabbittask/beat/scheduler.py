@@ -33,13 +33,12 @@ import aiormq
 import aiormq.abc
 from pamqp.commands import Basic
 
+from rabbittask.amqp.connect import CONNECTION_ERRORS
+from rabbittask.amqp.link import Link
+from rabbittask.amqp.properties import properties
 from rabbittask.beat.entry import ScheduleEntry
 from rabbittask.beat.plan import due
 from rabbittask.beat.state import (
-    H_EXPIRES,
-    H_FIRED_AT,
-    H_SCHEDULE,
-    H_SLOT,
     State,
     decode_state,
     encode_state,
@@ -52,7 +51,7 @@ from rabbittask.beat.state import (
     time_text,
 )
 from rabbittask.errors import ConfigError, ConnectionLost, PublishError, PublishNotConfirmed
-from rabbittask.publish.aio import CONNECTION_ERRORS, connect, properties
+from rabbittask.message import H_EXPIRES, H_FIRED_AT, H_SCHEDULE, H_SLOT, Outgoing, publish_target
 from rabbittask.publish.declare import declare_async
 from rabbittask.settings import mask_url
 from rabbittask.topology import Declaration
@@ -71,6 +70,7 @@ BROKER_ERRORS: tuple[type[Exception], ...] = (
     aiormq.exceptions.AMQPError,
     *CONNECTION_ERRORS,
 )
+STATE_TYPE = "rabbittask.beat.state"  # the `type` of the state message
 MAX_STATE_MESSAGES = 10  # the state queue holds one; read a few more in case a write raced a read
 
 
@@ -102,7 +102,8 @@ class Beat:
         self.done_until: dict[str, float] = {}
         self.active = False
         self.ticks_sent = 0
-        self._connection: aiormq.abc.AbstractConnection | None = None
+        # The lock, the ticks and the state share this one connection (see "Fencing" above).
+        self._link = Link(self.settings, f"beat {app.name} {self.identity}")
         self._channel: aiormq.abc.AbstractChannel | None = None  # confirms: ticks and state
         self._stop = asyncio.Event()
 
@@ -150,12 +151,8 @@ class Beat:
     async def close(self) -> None:
         """Close the connection: the broker deletes the lock queue and another replica can take over."""
         self.active = False
-        connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None and not connection.is_closed:
-            try:
-                await connection.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
-                log.debug("closing a broken beat connection failed", exc_info=True)
+        self._channel = None
+        await self._link.close()
 
     async def _sleep(self, seconds: float) -> None:
         waits: list[asyncio.Future[object]] = [asyncio.ensure_future(self._stop.wait())]
@@ -168,16 +165,11 @@ class Beat:
 
     # -- election ------------------------------------------------------------------------------------
 
-    async def _connect(self) -> aiormq.abc.AbstractConnection:
-        if self._connection is None or self._connection.is_closed:
-            self._connection = await connect(self.settings, f"beat {self.app.name} {self.identity}")
-        return self._connection
-
     async def acquire(self) -> bool:
         """Try once to become the active scheduler; True if this replica is it (now or already)."""
         if self.active:
             return True
-        connection = await self._connect()
+        connection = await self._link.connect()
         probe = await connection.channel(publisher_confirms=False)
         try:
             await probe.queue_declare(self.lock_queue, exclusive=True)
@@ -272,11 +264,10 @@ class Beat:
         msg = task.message(
             entry.args, entry.kwargs, queue=entry.queue, headers=headers, message_id=tick_id(entry.name, slot)
         )
-        props = properties(msg)
         if entry.expires_s is not None:
             # The broker drops (dead-letters, reason `expired`) a tick no worker took in time.
-            props.expiration = str(max(1, round(entry.expires_s * 1000)))
-        refused = await self._publish(msg.body, self.app.settings.exchange, msg.routing_key, props)
+            msg.expiration_ms = max(1, round(entry.expires_s * 1000))
+        refused = await self._publish(msg)
         if refused:
             log.error(
                 "tick %s of schedule %s to queue %r was not confirmed (%s); sending it again",
@@ -292,23 +283,24 @@ class Beat:
 
     async def _write_state(self, now: float) -> None:
         """Replace the state on the broker and wait for the confirm (`PublishNotConfirmed` if refused)."""
-        props = aiormq.spec.Basic.Properties(
-            content_type="application/json", delivery_mode=2, message_type="rabbittask.beat.state"
+        state = Outgoing(
+            self.state_queue, encode_state(self.done_until, self.identity, now), "", STATE_TYPE, exchange=""
         )
-        refused = await self._publish(encode_state(self.done_until, self.identity, now), "", self.state_queue, props)
+        refused = await self._publish(state)
         if refused:
             # Sending more ticks without recorded state would make the next scheduler repeat them.
             raise PublishNotConfirmed(f"the scheduler state was not confirmed by the broker: {refused}")
 
-    async def _publish(self, body: bytes, exchange: str, routing_key: str, props: aiormq.spec.Basic.Properties) -> str:
+    async def _publish(self, msg: Outgoing) -> str:
         """Publish on the lock's connection and wait for the confirm; '' if confirmed, else why not."""
         assert self._channel is not None
+        exchange, routing_key = publish_target(msg, self.app.settings.exchange)
         try:
             confirm = await self._channel.basic_publish(
-                body,
+                msg.body,
                 exchange=exchange,
                 routing_key=routing_key,
-                properties=props,
+                properties=properties(msg),
                 mandatory=True,
                 timeout=self.settings.publish_timeout_s,
             )

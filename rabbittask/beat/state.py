@@ -18,12 +18,6 @@ from rabbittask.topology import Arguments, QueueDecl
 
 STATE_VERSION = 1
 
-# Headers of a tick (see docs/protocol.md); `rt-expires` has the meaning and format the worker reads.
-H_SCHEDULE = "rt-schedule"
-H_SLOT = "rt-slot"
-H_FIRED_AT = "rt-fired-at"
-H_EXPIRES = "rt-expires"
-
 
 def lock_queue_name(exchange: str, app_name: str) -> str:
     """The exclusive queue whose holder is the active scheduler of an app."""

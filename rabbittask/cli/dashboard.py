@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import ipaddress
 import logging
@@ -120,8 +119,7 @@ def _loopback(host: str) -> bool:
 
 
 async def _check_broker(settings: Settings) -> None:
-    from rabbittask.publish.aio import connect
+    from rabbittask.amqp.link import Link
 
-    connection = await connect(settings, "dashboard check")
-    with contextlib.suppress(Exception):
-        await connection.close()
+    async with Link(settings, "dashboard check"):
+        pass  # connected: the broker answers and takes the login

@@ -6,12 +6,13 @@ Exit codes of `diff` and `apply`: 0 same / applied, 1 differs / conflicts (nothi
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from typing import NoReturn
 
 import click
 
+from rabbittask.amqp.blocking import close_quietly, connect
+from rabbittask.amqp.connect import vhost as vhost_of_url  # `vhost` is a command option here
 from rabbittask.app import App
 from rabbittask.cli.common import APP_OPTION, load_app
 from rabbittask.errors import RabbitTaskError
@@ -19,7 +20,7 @@ from rabbittask.ops.admin.apply import Conflict, Plan, plan
 from rabbittask.ops.admin.apply import apply as apply_declarations
 from rabbittask.ops.admin.compare import compare, describe, ways_out
 from rabbittask.ops.admin.formats import FORMATS, Format, render
-from rabbittask.ops.admin.live import Management, connect, read_passive, vhost_of
+from rabbittask.ops.admin.live import Management, read_passive
 from rabbittask.settings import host_port, mask_url
 
 EXIT_DIFFERENT = 1
@@ -71,7 +72,7 @@ def apply(app_spec: str, dry_run: bool) -> None:
     app = load_app(app_spec)
     decls = app.declarations()
     try:
-        connection = connect(app.settings.broker_url, "topology apply")
+        connection = connect(app.settings, "topology apply")
         try:
             found = plan(connection, decls)
             _print_plan(found, dry_run or bool(found.conflicts))
@@ -81,10 +82,9 @@ def apply(app_spec: str, dry_run: bool) -> None:
                 sys.exit(EXIT_DIFFERENT)
             if not dry_run:
                 apply_declarations(connection, decls)
-                click.echo(f"applied to {_where(app, vhost_of(app.settings.broker_url))}")
+                click.echo(f"applied to {_where(app, vhost_of_url(app.settings.broker_url))}")
         finally:
-            with contextlib.suppress(Exception):
-                connection.close()
+            close_quietly(connection)
     except RabbitTaskError as e:
         _fail(str(e))
 
@@ -127,20 +127,19 @@ def diff(app_spec: str, management_url: str | None, vhost: str | None, ignore_ex
     Exit status: 0 same, 1 different, 2 could not compare (unreachable, login refused).
     """
     app = load_app(app_spec)
-    vhost = vhost or vhost_of(app.settings.broker_url)
+    vhost = vhost or vhost_of_url(app.settings.broker_url)
     decls = app.declarations()
     try:
         if management_url:
             live = Management(management_url, app.settings.broker_url).read(vhost)
             source = f"management API {Management(management_url).base} vhost {vhost!r}"
         else:
-            connection = connect(app.settings.broker_url, "topology diff")
+            connection = connect(app.settings, "topology diff")
             try:
                 live = read_passive(connection, decls)
             finally:
-                with contextlib.suppress(Exception):
-                    connection.close()
-            source = f"{_where(app, vhost_of(app.settings.broker_url))} (passive declares)"
+                close_quietly(connection)
+            source = f"{_where(app, vhost_of_url(app.settings.broker_url))} (passive declares)"
     except RabbitTaskError as e:
         _fail(str(e))
     differences, notes = compare(decls, live)

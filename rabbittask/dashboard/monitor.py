@@ -10,7 +10,6 @@ connection when the page asks, at most once per `DEPTHS_S`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -20,11 +19,11 @@ import aiormq
 import aiormq.abc
 from aiormq.abc import DeliveredMessage
 
+from rabbittask.amqp.link import Link
 from rabbittask.dashboard.history import History
 from rabbittask.errors import RabbitTaskError
 from rabbittask.ops.heartbeat import ROUTING_KEYS, Heartbeat
 from rabbittask.ops.status import beats_of, queue_depth, queue_row, workers_of
-from rabbittask.publish.aio import connect
 from rabbittask.settings import mask_url
 from rabbittask.topology import DELAY_LEVELS, delay_level_name, events_exchange_name
 
@@ -52,9 +51,10 @@ class Monitor:
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting after a lost connection."""
+        link = Link(self.app.settings, "dashboard")
         while True:
             try:
-                connection = await connect(self.app.settings, "dashboard")
+                connection = await link.connect()
             except RabbitTaskError as e:
                 self._lost(str(e))
                 await asyncio.sleep(RECONNECT_S)
@@ -68,8 +68,7 @@ class Monitor:
                 self._lost(f"lost the connection to the broker ({mask_url(str(e)) or type(e).__name__})")
             finally:
                 self._connection = None
-                with contextlib.suppress(Exception):
-                    await connection.close()
+                await link.close()
             await asyncio.sleep(RECONNECT_S)
 
     def _lost(self, why: str) -> None:

@@ -24,6 +24,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
+from rabbittask.amqp import blocking
 from rabbittask.errors import ConfigError, PublishNotConfirmed
 from rabbittask.message import (
     DEATH_HEADERS,
@@ -41,7 +42,6 @@ from rabbittask.message import (
     H_WORKER,
     parse_time,
 )
-from rabbittask.publish.sync import connect_error, connection_params
 from rabbittask.settings import Settings
 from rabbittask.topology import dlq_name
 
@@ -132,10 +132,7 @@ class DeadLetterQueue:
 
     @contextmanager
     def _channel(self, role: str, confirm: bool = False) -> Iterator[BlockingChannel]:
-        try:
-            connection = pika.BlockingConnection(connection_params(self.settings, role))
-        except (pika.exceptions.AMQPError, OSError) as e:
-            raise connect_error(self.settings, e) from None
+        connection = blocking.connect(self.settings, role)
         try:
             channel = connection.channel()
             if confirm:

@@ -10,7 +10,6 @@ consume it alone (the broker reports them only through its management API).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +17,8 @@ import aiormq
 import aiormq.abc
 from aiormq.abc import DeliveredMessage
 
+from rabbittask.amqp.link import Link
 from rabbittask.ops.heartbeat import OFFLINE, ROUTING_KEYS, Heartbeat
-from rabbittask.publish.aio import connect
 from rabbittask.topology import dlq_name, events_exchange_name
 
 if TYPE_CHECKING:
@@ -31,15 +30,11 @@ LISTEN_S = 2.5
 async def gather(app: App, listen_s: float = LISTEN_S) -> dict[str, Any]:
     """Workers and queues of `app` as plain data (what `rabbittask status --json` prints)."""
     settings = app.settings
-    connection = await connect(settings, "status")
-    try:
+    async with Link(settings, "status") as connection:
         beats = await _listen(connection, events_exchange_name(settings.exchange), listen_s, settings.declare_topology)
         mine = beats_of(beats.values(), app.queues)
         workers = workers_of(mine)
         queues = [await queue_row(connection, q, mine) for q in sorted(app.queues)]
-    finally:
-        with contextlib.suppress(Exception):
-            await connection.close()
     return {"workers": workers, "queues": queues}
 
 

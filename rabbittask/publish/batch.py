@@ -20,8 +20,8 @@ from typing import cast
 import aiormq
 
 from rabbittask.errors import PublishError
+from rabbittask.message import Outgoing
 from rabbittask.publish.aio import AsyncPublisher, Pipeline
-from rabbittask.publish.outgoing import Outgoing
 from rabbittask.settings import Settings
 from rabbittask.topology import Declaration
 

@@ -22,12 +22,13 @@ import aiormq
 import aiormq.abc
 from pamqp.commands import Basic
 
+from rabbittask.amqp.link import Link
+from rabbittask.amqp.properties import properties
 from rabbittask.errors import PublishConnectionError, PublishNotConfirmed, TopologyMismatch
-from rabbittask.publish.aio import CONNECTION_ERRORS, connect, properties
+from rabbittask.message import Outgoing
 from rabbittask.publish.declare import declare_async
-from rabbittask.publish.outgoing import Outgoing
 from rabbittask.results.record import decode_result
-from rabbittask.settings import Settings, host_port, mask_url
+from rabbittask.settings import Settings, mask_url
 from rabbittask.topology import Declaration
 
 log = logging.getLogger(__name__)
@@ -55,45 +56,28 @@ def reply_timeout(msg: Outgoing, timeout_s: float) -> TimeoutError:
 
 
 class AsyncRpc:
-    """Direct reply-to calls for one event loop: one connection and channel, a future per correlation id."""
+    """Direct reply-to calls for one event loop: one `Link` (connection and channel), a future per correlation id."""
 
     def __init__(self, settings: Settings, decls: Sequence[Declaration], role: str = "rpc") -> None:
         self.settings = settings
         self.decls = decls
         self.role = role
-        self._connection: aiormq.abc.AbstractConnection | None = None
-        self._channel: aiormq.abc.AbstractChannel | None = None
+        # Returns are not raised by aiormq here: the confirm future then holds the returned message,
+        # which `_send` reads (see there).
+        self.link = Link(
+            settings, role, setup=self._setup, on_return_raises=False, doing="declare the app's topology for RPC"
+        )
         self._waiting: dict[str, Waiter] = {}
         self._sends: set[asyncio.Task[None]] = set()
-        self._lock = asyncio.Lock()
 
     async def open(self) -> aiormq.abc.AbstractChannel:
         """The open channel with its reply consumer; connect and declare the topology first when needed."""
-        channel = self._channel
-        if channel is not None and not channel.is_closed:
-            return channel
-        async with self._lock:
-            if self._channel is None or self._channel.is_closed:
-                await self.close()
-                connection = await connect(self.settings, self.role)
-                try:
-                    # Returns are not raised by aiormq here: the confirm future then holds the returned
-                    # message, which `_published` reads (see there).
-                    channel = await connection.channel(publisher_confirms=True, on_return_raises=False)
-                    await declare_async(channel, self.decls)
-                    await channel.basic_consume(REPLY_TO, self._on_reply, no_ack=True)
-                except TopologyMismatch:
-                    await connection.close()
-                    raise
-                except CONNECTION_ERRORS + (aiormq.exceptions.AMQPError,) as e:
-                    await connection.close()
-                    raise PublishConnectionError(
-                        f"cannot open the RPC channel on the broker at {host_port(self.settings.broker_url)}: "
-                        f"{mask_url(str(e) or type(e).__name__)}"
-                    ) from None
-                channel.closing.add_done_callback(self._on_close)
-                self._connection, self._channel = connection, channel
-            return self._channel
+        return await self.link.channel()
+
+    async def _setup(self, channel: aiormq.abc.AbstractChannel) -> None:
+        await declare_async(channel, self.decls)
+        await channel.basic_consume(REPLY_TO, self._on_reply, no_ack=True)
+        channel.closing.add_done_callback(self._on_close)  # last: a channel that failed its setup fails no call
 
     async def _on_reply(self, message: aiormq.abc.DeliveredMessage) -> None:
         waiter = self._waiting.pop(message.header.properties.correlation_id or "", None)
@@ -110,7 +94,7 @@ class AsyncRpc:
     @property
     def is_open(self) -> bool:
         """True while the channel is open (no connect before the next call)."""
-        return self._channel is not None and not self._channel.is_closed
+        return self.link.is_open
 
     async def call(self, msg: Outgoing, timeout_s: float) -> Any:
         """Publish `msg` with reply-to set and return the task's result (or raise its `TaskError`)."""
@@ -191,9 +175,4 @@ class AsyncRpc:
 
     async def close(self) -> None:
         """Close the connection; calls still waiting fail with `PublishConnectionError`."""
-        connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None and not connection.is_closed:
-            try:
-                await connection.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
-                log.debug("closing a broken RPC connection failed", exc_info=True)
+        await self.link.close()

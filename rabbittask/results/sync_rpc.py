@@ -32,10 +32,11 @@ import pika.exceptions
 import pika.frame
 from pika.adapters.blocking_connection import BlockingChannel
 
+from rabbittask.amqp.link import BlockingLink
+from rabbittask.amqp.properties import pika_properties
 from rabbittask.errors import PublishConnectionError, PublishNotConfirmed, TopologyMismatch
+from rabbittask.message import Outgoing
 from rabbittask.publish.declare import declare_sync
-from rabbittask.publish.outgoing import Outgoing
-from rabbittask.publish.sync import connect_error, connection_params, pika_properties
 from rabbittask.results.record import decode_result
 from rabbittask.results.rpc import REPLY_TO, reply_timeout
 from rabbittask.settings import Settings, mask_url
@@ -76,8 +77,7 @@ class SyncRpc:
         self._calls: dict[str, _Call] = {}  # waiting for a reply, by correlation id (the task id)
         self._tags: dict[int, _Call] = {}  # waiting for a confirm, by delivery tag
         self._next_tag = 0
-        self._connection: pika.BlockingConnection | None = None
-        self._channel: BlockingChannel | None = None
+        self._link = BlockingLink(settings, "rpc")
         self._pid = os.getpid()
         self._stopped = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -135,7 +135,7 @@ class SyncRpc:
 
     def _hand_over(self, call: _Call) -> None:
         """Have the driving thread publish `call` (under the lock, while another thread drives)."""
-        connection = self._connection
+        connection = self._link.connection
         if connection is None or not connection.is_open:
             return  # we publish it ourselves once we drive
         call.submitted = True
@@ -145,7 +145,7 @@ class SyncRpc:
             call.submitted = False
 
     def _drive(self, until: Any, deadline: float) -> None:
-        connection = self._connection
+        connection = self._link.connection
         assert connection is not None
         while not until():
             left_s = deadline - time.monotonic()
@@ -162,51 +162,42 @@ class SyncRpc:
     # -- on the driving thread -------------------------------------------------------------------------
 
     def _open_if_needed(self) -> bool:
-        channel = self._channel
-        if channel is not None and channel.is_open and self._connection is not None and self._connection.is_open:
+        if self._link.is_open:
             return False
-        self._close_connection()
-        try:
-            connection = pika.BlockingConnection(connection_params(self.settings, "rpc"))
-        except CONNECTION_ERRORS as e:
-            raise connect_error(self.settings, e) from None
-        try:
-            channel = connection.channel()
-            declare_sync(channel, self.decls)
-            channel.basic_consume(REPLY_TO, self._on_reply, auto_ack=True)
-            # Confirms and returns on the underlying channel: BlockingChannel would wait for each confirm.
-            impl: pika.channel.Channel = channel._impl
-            confirming: list[bool] = []
-
-            def confirm_ok(_frame: object) -> None:
-                confirming.append(True)
-                connection.call_later(0, _nothing)  # ends the wait below
-
-            impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=confirm_ok)
-            impl.add_on_return_callback(self._on_return)
-            deadline = time.monotonic() + self.settings.connect_timeout_s
-            while not confirming and time.monotonic() < deadline:
-                connection.process_data_events(time_limit=deadline - time.monotonic())
-            if not confirming:
-                raise pika.exceptions.AMQPConnectionError("no answer to confirm.select")
-        except TopologyMismatch:
-            connection.close()
-            raise
-        except CONNECTION_ERRORS as e:
-            _close_quietly(connection)
-            raise connect_error(self.settings, e) from None
-        self._connection, self._channel, self._next_tag = connection, channel, 0
+        self._link.open(self._setup)
+        self._next_tag = 0
         self._start_ticker()
         return True
 
+    def _setup(self, channel: BlockingChannel) -> None:
+        connection = channel.connection
+        declare_sync(channel, self.decls)
+        channel.basic_consume(REPLY_TO, self._on_reply, auto_ack=True)
+        # Confirms and returns on the underlying channel: BlockingChannel would wait for each confirm.
+        impl: pika.channel.Channel = channel._impl
+        confirming: list[bool] = []
+
+        def confirm_ok(_frame: object) -> None:
+            confirming.append(True)
+            connection.call_later(0, _nothing)  # ends the wait below
+
+        impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=confirm_ok)
+        impl.add_on_return_callback(self._on_return)
+        deadline = time.monotonic() + self.settings.connect_timeout_s
+        while not confirming and time.monotonic() < deadline:
+            connection.process_data_events(time_limit=deadline - time.monotonic())
+        if not confirming:
+            raise pika.exceptions.AMQPConnectionError("no answer to confirm.select")
+
     def _publish(self, call: _Call) -> None:
-        if call.done or call.msg.message_id not in self._calls or self._channel is None:
+        channel = self._link.channel
+        if call.done or call.msg.message_id not in self._calls or channel is None:
             return  # answered, failed or given up (a hand-over that ran late)
         msg = call.msg
         msg.reply_to, msg.correlation_id = REPLY_TO, msg.message_id
         props = pika_properties(msg)
         exchange = self.settings.exchange if msg.exchange is None else msg.exchange
-        self._channel._impl.basic_publish(exchange, msg.routing_key, msg.body, props, mandatory=True)
+        channel._impl.basic_publish(exchange, msg.routing_key, msg.body, props, mandatory=True)
         call.submitted = True
         self._next_tag += 1
         self._tags[self._next_tag] = call
@@ -243,8 +234,9 @@ class SyncRpc:
     def _finish(self, call: _Call, wake: bool = True) -> None:
         call.done = True
         if call is self._driver:
-            if wake and self._connection is not None:  # a return or nack does not end process_data_events
-                self._connection.call_later(0, _nothing)
+            connection = self._link.connection
+            if wake and connection is not None:  # a return or nack does not end process_data_events
+                connection.call_later(0, _nothing)
         else:
             with self._cv:
                 self._cv.notify_all()
@@ -264,9 +256,7 @@ class SyncRpc:
         self._close_connection()
 
     def _close_connection(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None:
-            _close_quietly(connection)
+        self._link.close()
 
     # -- idle, close, fork -----------------------------------------------------------------------------
 
@@ -285,12 +275,13 @@ class SyncRpc:
         """Drive the idle connection briefly: heartbeats, late confirms, a close by the broker."""
         while not stopped.wait(tick_s):
             with self._cv:
+                connection = self._link.connection
                 idle = self._driver is None and time.monotonic() - self._last_drive >= tick_s
-                if not idle or self._connection is None:
+                if not idle or connection is None:
                     continue
                 self._driver = _TICKER
             try:
-                self._connection.process_data_events(time_limit=0)
+                connection.process_data_events(time_limit=0)
             except CONNECTION_ERRORS as e:
                 log.debug("RPC connection lost while idle: %s", mask_url(str(e) or type(e).__name__))
                 self._lost(e)
@@ -319,7 +310,8 @@ class SyncRpc:
         # A forked child shares the parent's socket: never touch it, start afresh.
         with self._cv:
             if self._pid != os.getpid():
-                self._connection = self._channel = self._ticker = None
+                self._link.forget()
+                self._ticker = None
                 self._driver, self._calls, self._tags = None, {}, {}
                 self._stopped = threading.Event()
                 self._pid = os.getpid()
@@ -327,15 +319,6 @@ class SyncRpc:
 
 def _nothing() -> None:
     pass
-
-
-def _close_quietly(connection: pika.BlockingConnection) -> None:
-    """Close a connection that may already be broken; its errors must not mask the real one."""
-    if connection.is_open:
-        try:
-            connection.close()
-        except Exception as e:  # noqa: BLE001
-            log.debug("closing a broken RPC connection failed: %s", e)
 
 
 _live: weakref.WeakSet[SyncRpc] = weakref.WeakSet()

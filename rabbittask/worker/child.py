@@ -32,6 +32,7 @@ import aiormq
 import aiormq.abc
 from aiormq.abc import DeliveredMessage
 
+from rabbittask.amqp.connect import CONNECTION_ERRORS, access_refused, connect
 from rabbittask.errors import (
     AccessRefused,
     ConnectionLost,
@@ -41,10 +42,9 @@ from rabbittask.errors import (
     SoftTimeLimitExceeded,
     TopologyMismatch,
 )
-from rabbittask.message import H_ATTEMPT, H_ETA, H_EXPIRES
-from rabbittask.publish.aio import CONNECTION_ERRORS, AsyncPublisher, access_refused, connect
+from rabbittask.message import H_ATTEMPT, H_ETA, H_EXPIRES, Outgoing
+from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.publish.declare import declare_async
-from rabbittask.publish.outgoing import Outgoing
 from rabbittask.results.record import encode_failure, encode_success
 from rabbittask.retry import schedule_headers
 from rabbittask.settings import mask_url

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-import rabbittask.results.rpc
-import rabbittask.results.sync_rpc
+import rabbittask.amqp.blocking
+import rabbittask.amqp.link
 from rabbittask import App, PublishNotConfirmed, TaskError
 from tests import amqp
 from tests.apps.results_app import make_app
@@ -55,7 +55,7 @@ def app(prefix: str, broker_url: str, worker: WorkerProcess) -> Iterator[App]:
 def connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Roles of the RPC connections (async and sync) opened during the test."""
     opened: list[str] = []
-    real_connect, real_params = rabbittask.results.rpc.connect, rabbittask.results.sync_rpc.connection_params
+    real_connect, real_params = rabbittask.amqp.link.connect, rabbittask.amqp.blocking.connection_params
 
     async def counting(settings: Any, role: str) -> Any:
         opened.append(role)
@@ -65,8 +65,8 @@ def connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         opened.append(role)
         return real_params(settings, role)
 
-    monkeypatch.setattr(rabbittask.results.rpc, "connect", counting)
-    monkeypatch.setattr(rabbittask.results.sync_rpc, "connection_params", counting_params)
+    monkeypatch.setattr(rabbittask.amqp.link, "connect", counting)
+    monkeypatch.setattr(rabbittask.amqp.blocking, "connection_params", counting_params)
     return opened
 
 

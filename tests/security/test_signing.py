@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 
 from rabbittask import App, ConfigError
-from rabbittask.message import CONTENT_TYPE, H_EXPIRES
-from rabbittask.publish.outgoing import Outgoing
-from rabbittask.signing import H_SIGNATURE, sign
+from rabbittask.message import CONTENT_TYPE, H_EXPIRES, H_SIGNATURE, Outgoing
+from rabbittask.signing import sign
 from tests import amqp
 from tests.faults.ledger import Ledger
 

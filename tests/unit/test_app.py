@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
 from rabbittask import App, ArgumentsInvalid, ConfigError, TaskNotFound
+from rabbittask.app import TaskOptions
+from rabbittask.retry import RETRY_OPTIONS
 from rabbittask.settings import host_port, mask_url
+from rabbittask.task import SendOptions
 
 
 def noop() -> None: ...
@@ -17,6 +22,38 @@ def test_unknown_task_options_fail_at_declaration() -> None:
 
         @app.task(queue="q", retries=3)
         def f() -> None: ...
+
+
+def test_an_unknown_option_names_the_option_the_task_and_every_valid_option() -> None:
+    app = App("t")
+    with pytest.raises(ConfigError) as info:
+
+        @app.task(name="emails.send", queue="q", retries=3)
+        def send() -> None: ...
+
+    assert str(info.value) == (
+        "task 'emails.send': unknown option(s) for @app.task: retries; "
+        f"known options are {', '.join(sorted(TaskOptions.model_fields))}"
+    )
+    assert "emails.send" not in app.tasks
+
+
+def test_an_option_of_the_wrong_type_names_the_option_and_the_task() -> None:
+    app = App("t")
+    with pytest.raises(ConfigError, match=r"task 'a': invalid option\(s\) for @app.task: max_retries: .*\(got '3'\)"):
+        app.task(name="a", max_retries="3")(noop)
+
+
+def test_the_decorator_takes_exactly_the_fields_of_task_options() -> None:
+    # The decorator has no keywords of its own: it reads TaskOptions, so the two cannot drift apart.
+    params = inspect.signature(App.task).parameters.values()
+    assert [p.kind for p in params][1:] == [inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.VAR_KEYWORD]
+    assert RETRY_OPTIONS <= TaskOptions.model_fields.keys()  # every retry policy field is an option
+    # Every field is accepted, each set to its default value.
+    app = App("t")
+    every = {name: field.default for name, field in TaskOptions.model_fields.items()}
+    task = app.task(**{**every, "name": "all", "max_retries": 2})(noop)
+    assert task.name == "all" and task.retry_policy.max_retries == 2
 
 
 def test_task_names_default_to_module_and_function_and_must_be_unique() -> None:
@@ -81,3 +118,28 @@ def test_settings_never_show_passwords_in_their_repr() -> None:
     text = repr(app.settings) + str(app.settings)
     assert "pw-in-url-77" not in text and "redis-pw-88" not in text
     assert "amqp://alice:***@h:5672/" in text
+
+
+def test_every_way_of_sending_takes_the_send_options_of_one_definition() -> None:
+    app = App("t")
+    send = app.task(name="send", queue="emails")(noop)
+    for method in (send.message, send.apply_async, send.aapply_async, send.s().apply_async, send.s().aapply_async):
+        options = inspect.signature(method).parameters["options"]
+        assert options.kind is inspect.Parameter.VAR_KEYWORD and options.annotation == "Unpack[SendOptions]"
+    msg = send.message((), queue="emails", priority=3, headers={"h": 1}, message_id="m-1", expires=60)
+    assert (msg.routing_key, msg.priority, msg.message_id, msg.headers["h"]) == ("emails", 3, "m-1", 1)
+    assert "rt-expires" in msg.headers
+    assert set(SendOptions.__optional_keys__) == {
+        "queue", "priority", "headers", "message_id", "countdown", "eta", "expires"
+    }  # fmt: skip
+
+
+def test_an_unknown_send_option_is_refused_naming_it_and_the_known_ones() -> None:
+    app = App("t")
+    send = app.task(name="send")(noop)
+    with pytest.raises(TypeError) as info:
+        send.apply_async((), countdwn=5)  # type: ignore[call-arg]
+    assert str(info.value) == (
+        "task 'send' got unknown send option(s) countdwn; "
+        "the send options are countdown, eta, expires, headers, message_id, priority, queue"
+    )

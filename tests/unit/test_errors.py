@@ -18,8 +18,8 @@ from rabbittask import (
     ResultNotSerialisable,
     Settings,
 )
-from rabbittask.publish.aio import access_refused
-from rabbittask.publish.sync import connect_error
+from rabbittask.amqp.blocking import connect_error
+from rabbittask.amqp.connect import access_refused
 from rabbittask.results.record import encode_success
 
 SETTINGS = Settings(broker_url="amqp://worker:secret@localhost:5672/")

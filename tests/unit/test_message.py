@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rabbittask.amqp.properties import pika_properties, properties
 from rabbittask.errors import PayloadError
-from rabbittask.message import decode_body, encode_body
+from rabbittask.message import Outgoing, decode_body, encode_body
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(),
@@ -41,3 +42,20 @@ def test_bad_bodies_are_refused_with_the_reason(raw: bytes, content_type: str | 
 def test_values_json_cannot_carry_are_refused_when_encoding() -> None:
     with pytest.raises(PayloadError, match="arguments cannot be sent as JSON"):
         encode_body([object()], {})
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        Outgoing("q", b"{}", "id-1", "emails.send"),
+        Outgoing("q", b"{}", "id-2", "t", priority=5, headers={"rt-eta": "x"}, reply_to="r", correlation_id="id-2"),
+        Outgoing("s", b"{}", "", "rabbittask.beat.state", exchange="", expiration_ms=1500),
+    ],
+)
+def test_aiormq_and_pika_publish_a_message_with_the_same_properties(msg: Outgoing) -> None:
+    aio, blocking = properties(msg), pika_properties(msg)
+    same = ("content_type", "delivery_mode", "message_id", "correlation_id", "priority", "headers", "reply_to")
+    assert {f: getattr(aio, f) for f in same} == {f: getattr(blocking, f) for f in same}
+    assert (aio.message_type, aio.expiration) == (blocking.type, blocking.expiration)
+    assert aio.message_type == msg.task_name and aio.delivery_mode == 2
+    assert aio.message_id == (msg.message_id or None)

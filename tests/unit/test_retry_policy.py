@@ -125,7 +125,7 @@ def test_apply_async_with_countdown_goes_into_the_ladder() -> None:
     assert send.message(("a@b.c",), countdown=0).delay_ms == 0
     with pytest.raises(ConfigError, match="queue 'elsewhere' is not one of the app's queues"):
         send.message(("a@b.c",), queue="elsewhere", countdown=5)
-    from rabbittask.publish.outgoing import publish_target
+    from rabbittask.message import publish_target
 
     assert publish_target(msg, "shop") == (delay_level_name("shop", 3), "0.1.0.1." + "0." * 22 + "emails")
 

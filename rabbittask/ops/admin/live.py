@@ -15,18 +15,12 @@ import pika.exceptions
 
 from rabbittask.errors import BrokerError, ConnectionLost
 from rabbittask.ops.admin.compare import Live
-from rabbittask.settings import host_port, mask_url
+from rabbittask.settings import mask_url
 from rabbittask.topology import Declaration, ExchangeDecl, QueueDecl
 
 NOT_FOUND = 404
 QUEUE_COLUMNS = "name,type,durable,auto_delete,exclusive,arguments"
 EXCHANGE_COLUMNS = "name,type,durable,auto_delete,internal,arguments"
-
-
-def vhost_of(amqp_url: str) -> str:
-    """The vhost an AMQP URL names ("/" when it names none)."""
-    path = urlsplit(amqp_url).path
-    return unquote(path[1:]) if len(path) > 1 else "/"
 
 
 class Management:
@@ -80,21 +74,6 @@ class Management:
             complete=True,
             policies=policies,
         )
-
-
-def connect(amqp_url: str, purpose: str) -> pika.BlockingConnection:
-    """A blocking connection for a CLI command; raise `ConnectionLost` with a masked URL if it fails."""
-    params = pika.URLParameters(amqp_url)
-    params.connection_attempts = 1
-    params.client_properties = {"connection_name": f"rabbittask {purpose}"}
-    try:
-        return pika.BlockingConnection(params)
-    except pika.exceptions.ProbableAuthenticationError:
-        raise ConnectionLost(f"the broker at {host_port(amqp_url)} refused the login; check the URL's user") from None
-    except pika.exceptions.AMQPError as e:
-        raise ConnectionLost(
-            f"cannot connect to the broker at {host_port(amqp_url)}: {mask_url(str(e) or type(e).__name__)}"
-        ) from None
 
 
 def exists(connection: pika.BlockingConnection, kind: str, name: str) -> bool:
