@@ -105,6 +105,7 @@ prepare() {
                 echo "management.tcp.ip = 127.0.0.1"
             fi
         } > "$n/rabbitmq.conf"
+        cp "$(dirname "${BASH_SOURCE[0]}")/compose/advanced.config" "$n/advanced.config"
         if ((management)); then echo "[rabbitmq_management]." > "$n/enabled_plugins"; else echo "[]." > "$n/enabled_plugins"; fi
     done
     printf 'base=%q\ncount=%q\nmanagement=%q\n' "$base" "$count" "$management" > "$dir/cluster.conf"

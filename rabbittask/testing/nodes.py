@@ -63,6 +63,8 @@ class RabbitNode:
 
     Use as a context manager (``with RabbitNode() as node:``) or call ``start()`` and ``cleanup()``.
     ``extra_config`` lines are appended to its rabbitmq.conf (e.g. ``"consumer_timeout = 5000"``);
+    ``advanced_config`` is the text of its advanced.config, for settings rabbitmq.conf cannot carry (e.g.
+    ``"[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 5000}]}]."``);
     ``plugins`` are enabled at boot, each listener of theirs on a port of its own.
     Nodes that share a ``cookie`` can be clustered with ``ctl("join_cluster", other.nodename)``.
 
@@ -76,6 +78,7 @@ class RabbitNode:
         extra_config: Sequence[str] = (),
         plugins: Sequence[str] = (),
         *,
+        advanced_config: str = "",
         cookie: str = "",
         tls: TlsFiles | None = None,
         netns: str = "",
@@ -85,6 +88,7 @@ class RabbitNode:
         self.netns = netns
         self.host = host
         self.extra_config = tuple(extra_config)
+        self.advanced_config = advanced_config
         self.plugins = tuple(plugins)
         self.cookie = cookie or secrets.token_hex(16)
         self.amqp_port = free_port()
@@ -317,6 +321,8 @@ class RabbitNode:
         self._path("rabbitmq-env.conf").write_text("")
         self._path("rabbitmq.conf").write_text("\n".join(self._config_lines()) + "\n")
         self._path("enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
+        if self.advanced_config:
+            self._path("advanced.config").write_text(self.advanced_config.rstrip() + "\n")
 
     def _config_lines(self) -> Iterator[str]:
         # Loopback only: a throwaway node with guest/guest must not be reachable from the network.
