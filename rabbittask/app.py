@@ -6,11 +6,10 @@ its error lists its fields, and each field carries the description the docs can 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, Unpack, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -21,6 +20,7 @@ from rabbittask.errors import ConfigError, TaskNotFound
 from rabbittask.message import Outgoing
 from rabbittask.results.backend import ResultBackend
 from rabbittask.retry import RETRY_OPTIONS, policy_for
+from rabbittask.sending import TASK_NAME, Args, SendOptions, message_by_name
 from rabbittask.settings import QueueType, Settings
 from rabbittask.task import Signature, Task, TaskHandle
 from rabbittask.topology import (
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
 _APP_SETTING = "default: the app setting of the same name"
 
 
@@ -194,7 +193,7 @@ class App:
 
     def _register(self, fn: Callable[P, R], options: TaskOptions) -> Task[P, R]:
         name = options.name or default_task_name(fn)
-        if not _TASK_NAME.match(name):
+        if not TASK_NAME.match(name):
             raise ConfigError(f"task name {name!r} is not allowed: use letters, digits and _ . : - (max 200)")
         if name in self.tasks:
             raise ConfigError(f"task name {name!r} is declared twice: give one of them name=...")
@@ -244,13 +243,11 @@ class App:
         catch_up_limit: int = 100,
         grace_s: float = 30.0,
     ) -> ScheduleEntry:
-        """Send `target` periodically: `app.schedule("nightly", report.s(day="yesterday"), cron="0 3 * * *")`.
+        """Send `target` periodically, by `rabbittask beat`: `app.schedule("n", report.s(), cron="0 3 * * *")`.
 
         `cron` (5 fields, in time zone `tz`) or `every` (a timedelta or seconds, counted from the Unix
         epoch). `expires`: a tick no worker started this long after it was sent is dropped. `catch_up`:
-        what to do with ticks missed (more than `grace_s` late) while no scheduler ran: `skip` them,
-        send the latest `once`, or send `all` (the latest `catch_up_limit`). `rabbittask beat` runs them;
-        see docs/scheduling.md.
+        ticks missed (over `grace_s` late) while no scheduler ran: `skip`, `once`, `all` (`catch_up_limit`).
         """
         from rabbittask.beat.build import build_entry  # croniter is loaded only by apps that schedule
 
@@ -312,6 +309,24 @@ class App:
         return fn
 
     # -- sending ---------------------------------------------------------------------------------
+
+    def send_task(
+        self, name: str, args: Args = (), kwargs: Mapping[str, Any] | None = None, **options: Unpack[SendOptions]
+    ) -> TaskHandle:
+        """Send a task by its name, from a producer that does not import its code; confirmed like `.delay()`.
+
+        `app.send_task("shop.tasks.send_email", args=["ada@example.com", "hi"], queue="emails")`. The
+        send options are those of `apply_async`. Without `queue`, the message goes to the app's
+        `default_queue`. A task this app declares is sent as `apply_async` sends it (arguments validated,
+        its own queue); for other names the worker checks the arguments and dead-letters a bad call.
+        """
+        return self.send(message_by_name(self, name, args, kwargs, options))
+
+    async def asend_task(
+        self, name: str, args: Args = (), kwargs: Mapping[str, Any] | None = None, **options: Unpack[SendOptions]
+    ) -> TaskHandle:
+        """Async twin of `send_task`."""
+        return await self.asend(message_by_name(self, name, args, kwargs, options))
 
     def send(self, msg: Outgoing) -> TaskHandle:
         """Publish a prepared message and wait for the confirm (or hold it in the current batch)."""

@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         description="How long a worker retries storing a result before it hands the message back to the queue "
         "(it never acks a task whose result is not stored).",
     )
+    allow_join_in_task: bool = Field(
+        False,
+        description="Let a running task wait for another task with a blocking `.call()` or `handle.get()`. Off, "
+        "that raises `WaitInTaskRefused`: the awaited task may need the very thread, process or prefetch slot the "
+        "waiting task holds, and the worker deadlocks until the timeout. Turn it on only where the awaited task "
+        "runs on other workers.",
+    )
 
     events: bool = Field(
         True,
@@ -98,7 +105,7 @@ class Settings(BaseSettings):
         for key, value in super().__repr_args__():
             yield key, mask_url(value) if isinstance(value, str) else value
 
-    # Security (issue 10): TLS files for amqps:// URLs, pre-applied topology, message signing.
+    # Security: TLS files for amqps:// URLs, pre-applied topology, message signing.
     tls_ca_file: str | None = Field(
         None, description="amqps: CA bundle that signs the broker's certificate (default: the system's CAs)."
     )

@@ -122,8 +122,9 @@ def test_settings_never_show_passwords_in_their_repr() -> None:
 
 def test_every_way_of_sending_takes_the_send_options_of_one_definition() -> None:
     app = App("t")
-    send = app.task(name="send", queue="emails")(noop)
-    for method in (send.message, send.apply_async, send.aapply_async, send.s().apply_async, send.s().aapply_async):
+    send = app.task(name="send", queue="emails", queue_type="classic", max_priority=5)(noop)
+    methods = (send.message, send.apply_async, send.aapply_async, send.s().apply_async, send.s().aapply_async)
+    for method in (*methods, app.send_task, app.asend_task):
         options = inspect.signature(method).parameters["options"]
         assert options.kind is inspect.Parameter.VAR_KEYWORD and options.annotation == "Unpack[SendOptions]"
     msg = send.message((), queue="emails", priority=3, headers={"h": 1}, message_id="m-1", expires=60)

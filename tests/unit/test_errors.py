@@ -50,3 +50,27 @@ def test_a_result_that_is_not_json_is_a_payload_error_and_still_a_type_error() -
         encode_success("t.opaque", object())
     assert isinstance(info.value, PayloadError) and isinstance(info.value, RabbitTaskError)
     assert isinstance(info.value, TypeError)
+
+
+def test_a_remote_builtin_failure_is_also_an_instance_of_that_builtin() -> None:
+    from rabbittask import TaskError
+    from rabbittask.results.record import decode_result, encode_failure
+
+    with pytest.raises(ValueError) as info:
+        decode_result(encode_failure("t.parse", "ValueError", "not a number: 'x'", "Traceback ...", "task raised"))
+    error = info.value
+    assert isinstance(error, TaskError) and error.type_name == "ValueError"
+    assert str(error) == "ValueError: not a number: 'x'"
+    assert type(TaskError.remote("ValueError", "again")) is type(error)  # one class per builtin, cached
+    assert isinstance(TaskError.remote("FileNotFoundError", "/x"), OSError)
+    assert str(TaskError.remote("KeyError", "'k'")) == "KeyError: 'k'"  # not quoted again by KeyError.__str__
+    # A type whose constructor takes other arguments falls back to a base that takes a message.
+    assert isinstance(TaskError.remote("UnicodeDecodeError", "bad byte"), UnicodeError)
+
+
+def test_a_remote_failure_of_a_user_type_is_a_plain_task_error() -> None:
+    from rabbittask import TaskError
+
+    error = TaskError.remote("SMTPRecipientsRefused", "no such user")
+    assert type(error) is TaskError and str(error) == "SMTPRecipientsRefused: no such user"
+    assert type(TaskError.remote("KeyboardInterrupt", "stop")) is TaskError  # not an Exception: never mixed in
