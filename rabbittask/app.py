@@ -17,6 +17,7 @@ from rabbittask import tracing
 from rabbittask.clients import Clients
 from rabbittask.context import TaskContext
 from rabbittask.errors import ConfigError, TaskNotFound
+from rabbittask.explain import describe, unknown_names
 from rabbittask.message import Outgoing
 from rabbittask.results.backend import ResultBackend
 from rabbittask.retry import RETRY_OPTIONS, policy_for
@@ -98,34 +99,17 @@ class TaskOptions(BaseModel):
         unknown = options.keys() - cls.model_fields.keys()
         if unknown:
             raise ConfigError(
-                f"task {task_name!r}: unknown option(s) for @app.task: {', '.join(sorted(unknown))}; "
+                f"task {task_name!r}: {unknown_names(unknown, cls.model_fields, 'option')} for @app.task; "
                 f"known options are {', '.join(sorted(cls.model_fields))}"
             )
         try:
             return cls(**options)
         except ValidationError as e:
-            raise ConfigError(f"task {task_name!r}: invalid option(s) for @app.task: {_describe(e)}") from None
+            raise ConfigError(f"task {task_name!r}: invalid option(s) for @app.task: {describe(e)}") from None
 
     def retry_options(self) -> dict[str, Any]:
         """The retry options that were given (the others come from the app's settings)."""
         return {name: getattr(self, name) for name in RETRY_OPTIONS & self.model_fields_set}
-
-
-def _describe(error: ValidationError) -> str:
-    """One part per option: `time_limit: Input should be a valid number (got 'x')`."""
-    by_option: dict[str, tuple[list[str], Any]] = {}
-    for err in error.errors(include_url=False):
-        why = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]  # ours: as raised
-        whys, _ = by_option.setdefault(str(err["loc"][0]), ([], err["input"]))
-        if why not in whys:
-            whys.append(why)
-    parts = []
-    for option, (whys, given) in by_option.items():
-        text = " or ".join(whys)
-        if not text.startswith(option):  # our own validators name the option already
-            text = f"{option}: {text}"
-        parts.append(f"{text} (got {given!r})")
-    return "; ".join(parts)
 
 
 def default_task_name(fn: Callable[..., Any]) -> str:
@@ -147,10 +131,7 @@ class App:
         """`settings` are `Settings` fields; `autoretry_for` are exceptions every task retries on."""
         if broker_url is not None:
             settings["broker_url"] = broker_url
-        try:
-            self.settings = Settings(**settings)
-        except ValueError as e:
-            raise ConfigError(f"invalid settings for app {name!r}: {e}") from None
+        self.settings = Settings.read(settings, f"app {name!r}")
         self.name = name
         self.autoretry_for = tuple(autoretry_for)
         policy_for(self.settings, self.autoretry_for, {})  # refuses a bad app-wide retry setting now

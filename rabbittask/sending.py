@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from rabbittask import tracing
 from rabbittask.errors import ArgumentsInvalid, ConfigError, PayloadError
+from rabbittask.explain import unknown_names
 from rabbittask.message import Outgoing, encode_body, new_id
 from rabbittask.retry import due_in_ms, schedule_headers
 from rabbittask.signing import sign
@@ -94,11 +95,8 @@ def build_message(app: App, task_name: str, queue: str, body: bytes, options: Se
 
 def _with_options(app: App, task_name: str, queue: str, body: bytes, options: SendOptions) -> Outgoing:
     if not SEND_OPTIONS.issuperset(options):  # what Python says of an unexpected keyword, with the known ones
-        unknown = options.keys() - SEND_OPTIONS
-        raise TypeError(
-            f"task {task_name!r} got unknown send option(s) {', '.join(sorted(unknown))}; "
-            f"the send options are {', '.join(sorted(SEND_OPTIONS))}"
-        )
+        unknown = unknown_names(options.keys() - SEND_OPTIONS, SEND_OPTIONS, "send option")
+        raise TypeError(f"task {task_name!r} got {unknown}; the send options are {', '.join(sorted(SEND_OPTIONS))}")
     headers = options.get("headers")
     priority = options.get("priority")
     if priority is not None:

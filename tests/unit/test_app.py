@@ -18,7 +18,7 @@ def noop() -> None: ...
 
 def test_unknown_task_options_fail_at_declaration() -> None:
     app = App("t")
-    with pytest.raises(ConfigError, match="unknown option\\(s\\) for @app.task: retries; known options are"):
+    with pytest.raises(ConfigError, match="unknown option 'retries' \\(the option is max_retries\\) for @app.task"):
 
         @app.task(queue="q", retries=3)
         def f() -> None: ...
@@ -32,10 +32,24 @@ def test_an_unknown_option_names_the_option_the_task_and_every_valid_option() ->
         def send() -> None: ...
 
     assert str(info.value) == (
-        "task 'emails.send': unknown option(s) for @app.task: retries; "
+        "task 'emails.send': unknown option 'retries' (the option is max_retries) for @app.task; "
         f"known options are {', '.join(sorted(TaskOptions.model_fields))}"
     )
     assert "emails.send" not in app.tasks
+
+
+def test_a_mistyped_option_gets_the_closest_names_and_a_celery_option_what_to_do_instead() -> None:
+    app = App("t")
+    with pytest.raises(ConfigError) as typo:
+        app.task(name="a", qeue="emails")(noop)
+    assert str(typo.value).startswith("task 'a': unknown option 'qeue' (did you mean queue?) for @app.task; known")
+    with pytest.raises(ConfigError) as celery:
+        app.task(name="b", acks_late=True, rate_limit="10/m")(noop)
+    assert str(celery.value).startswith(
+        "task 'b': unknown option 'acks_late' (rabbittask always acks after the task finished (late ack): there is "
+        "nothing to set); unknown option 'rate_limit' (rate limits are planned; until then limit concurrency with "
+        "`-c`/`--threads` or single_active_consumer=True) for @app.task; known options are"
+    )
 
 
 def test_an_option_of_the_wrong_type_names_the_option_and_the_task() -> None:
@@ -141,6 +155,6 @@ def test_an_unknown_send_option_is_refused_naming_it_and_the_known_ones() -> Non
     with pytest.raises(TypeError) as info:
         send.apply_async((), countdwn=5)  # type: ignore[call-arg]
     assert str(info.value) == (
-        "task 'send' got unknown send option(s) countdwn; "
+        "task 'send' got unknown send option 'countdwn' (did you mean countdown?); "
         "the send options are countdown, eta, expires, headers, message_id, priority, queue"
     )
