@@ -103,6 +103,15 @@ class PublishNotConfirmed(PublishError):
     """Raised when the broker nacked, returned (unroutable) or did not confirm a message in time."""
 
 
+def not_confirmed_advice(message_id: str) -> str:
+    """What to do about a publish whose confirm never came: the task may run twice if it is sent again."""
+    return (
+        "it may or may not have been enqueued. To send it again, give it the same id "
+        f"(message_id={message_id!r}); the task may then run twice, as nothing removes the repeat, but a task "
+        "can recognise it by its id (TaskContext.id) and skip it"
+    )
+
+
 class BatchNotConfirmed(PublishError):
     """Raised when a batch ends with messages the broker did not confirm."""
 

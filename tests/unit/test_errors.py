@@ -74,3 +74,18 @@ def test_a_remote_failure_of_a_user_type_is_a_plain_task_error() -> None:
     error = TaskError.remote("SMTPRecipientsRefused", "no such user")
     assert type(error) is TaskError and str(error) == "SMTPRecipientsRefused: no such user"
     assert type(TaskError.remote("KeyboardInterrupt", "stop")) is TaskError  # not an Exception: never mixed in
+
+
+def test_an_unconfirmed_publish_says_a_resend_may_run_the_task_twice_and_how_to_recognise_it() -> None:
+    from rabbittask.message import Outgoing
+    from rabbittask.publish.aio import AsyncPublisher
+
+    publisher = AsyncPublisher(Settings(broker_url="amqp://u:pw@rabbit:5672/", publish_timeout_s=2), [])
+    error = publisher.not_confirmed(Outgoing("emails", b"{}", "order-42", "shop.send_email"))
+    assert str(error) == (
+        "task 'shop.send_email' (id order-42) was not confirmed by the broker at rabbit:5672 within 2 s; it may or "
+        "may not have been enqueued. To send it again, give it the same id (message_id='order-42'); the task may "
+        "then run twice, as nothing removes the repeat, but a task can recognise it by its id (TaskContext.id) and "
+        "skip it"
+    )
+    assert "safe" not in str(error)
