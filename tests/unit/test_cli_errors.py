@@ -84,3 +84,29 @@ def test_an_app_spec_without_a_module_says_what_one_looks_like(project: Path) ->
     code, out = run("topology", "export", "-A", ":app")
     assert code == 1
     assert out.strip() == "Error: -A ':app' names no module: use -A module:attribute, e.g. -A shop.tasks:app"
+
+
+def test_status_in_text_mode_says_why_it_exits_1_and_a_missing_queue_reads_missing_in_every_column(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import rabbittask.cli.status as status_cli
+
+    async def gather(app: object, wait_s: float) -> dict[str, object]:
+        return {
+            "workers": [],
+            "queues": [
+                {"name": "emails", "exists": True, "ready": 3, "unacked": 0, "consumers": 0, "dlq_ready": 1},
+                {"name": "thumbs", "exists": False, "ready": None, "unacked": None, "consumers": None, "dlq_ready": None},
+            ],
+        }
+
+    monkeypatch.setattr(status_cli, "gather", gather)
+    result = CliRunner().invoke(main, ["status", "-A", "examples.emails:app"], env={"COLUMNS": "200"})
+    assert result.exit_code == 1
+    rows = [[c.strip() for c in line.strip("│ ").split("│")] for line in result.output.splitlines() if "│" in line]
+    assert rows == [["emails", "3", "0", "0", "1"], ["thumbs", "missing", "missing", "missing", "missing"]]
+    assert result.output.rstrip().endswith(
+        "exit status 1: no worker consumes emails; thumbs does not exist on the broker (a worker or `rabbittask "
+        "topology apply -A examples.emails:app` declares them). Start a worker: rabbittask worker -A "
+        "examples.emails:app -Q emails,thumbs"
+    )
