@@ -96,7 +96,8 @@ def test_status_in_text_mode_says_why_it_exits_1_and_a_missing_queue_reads_missi
             "workers": [],
             "queues": [
                 {"name": "emails", "exists": True, "ready": 3, "unacked": 0, "consumers": 0, "dlq_ready": 1},
-                {"name": "thumbs", "exists": False, "ready": None, "unacked": None, "consumers": None, "dlq_ready": None},
+                {"name": "thumbs", "exists": False, "ready": None, "unacked": None, "consumers": None}
+                | {"dlq_ready": None},
             ],
         }
 
