@@ -27,6 +27,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from rabbittask.errors import ConfigError, PublishNotConfirmed
 from rabbittask.message import (
     DEATH_HEADERS,
+    FAILURE_HEADERS,
     H_ATTEMPT,
     H_DELIVERY_COUNT,
     H_ETA,
@@ -43,7 +44,6 @@ from rabbittask.message import (
 from rabbittask.publish.sync import connect_error, connection_params
 from rabbittask.settings import Settings
 from rabbittask.topology import dlq_name
-from rabbittask.worker.execute import FAILURE_HEADERS
 
 Progress = Callable[[int, int], None]
 """Called with (done, total) as a long command goes."""

@@ -116,3 +116,8 @@ def attempt_of(headers: dict[str, Any] | None) -> int:
     """Which run of its task a message is (1 = the first); `rt-attempt`, absent on a first run."""
     value = headers.get(H_ATTEMPT, 1) if headers else 1
     return value if isinstance(value, int) and value >= 1 else 1
+
+
+# What a worker writes besides the attempt count when it dead-letters a message (the H_* names above);
+# a replay from the DLQ removes them.
+FAILURE_HEADERS = frozenset({H_REASON, H_EXC_TYPE, H_EXC_MESSAGE, H_TRACEBACK, H_WORKER, H_FAILED_AT, H_QUEUE})

@@ -11,7 +11,8 @@ from pydantic import ValidationError
 
 from rabbittask.cli.common import APP_OPTION, load_app
 from rabbittask.errors import RabbitTaskError
-from rabbittask.worker.child import EXIT_CONFIG, Child
+from rabbittask.worker.child import Child
+from rabbittask.worker.exits import EXIT_CONFIG
 from rabbittask.worker.options import WorkerOptions, describe
 from rabbittask.worker.reload import AppLoader
 from rabbittask.worker.supervisor import Supervisor

@@ -62,6 +62,7 @@ from rabbittask.worker.execute import (
     source_queue,
     time_limit_outcome,
 )
+from rabbittask.worker.exits import EXIT_CONFIG, EXIT_OK
 from rabbittask.worker.inline import InlinePolicy
 from rabbittask.worker.limits import MemoryLimit, ThreadLimits
 from rabbittask.worker.metrics import TaskMetrics
@@ -74,8 +75,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_CONFIG = 78  # sysexits EX_CONFIG: a restart would fail the same way
 LIMITS_TICK_S = 0.1  # how often time limits of sync tasks are checked (their precision)
 INLINE_MAX_S = 0.001  # sync tasks whose runs all finish within this run on the event loop (see inline.py)
 BUDGET_IDLE_S = 0.2  # at its max-tasks budget with nothing to do: how long to wait for more before retiring

@@ -71,8 +71,6 @@ REASON_SIGNATURE = "signature invalid"
 REASON_RETRY = "retry"
 REASON_NOT_DUE = "not due"
 REASON_REDELIVERED = "redelivered"
-# What `failure_headers` writes besides the attempt count; a replay from the DLQ removes them.
-FAILURE_HEADERS = frozenset({H_REASON, H_EXC_TYPE, H_EXC_MESSAGE, H_TRACEBACK, H_WORKER, H_FAILED_AT, H_QUEUE})
 
 
 @dataclass(frozen=True, slots=True)
