@@ -1,12 +1,18 @@
-"""Which sync tasks run on the worker child's event loop (rabbittask/worker/inline.py)."""
+"""Which sync tasks run on the worker child's main thread, and how they run there (rabbittask/worker/inline.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
+from typing import Any
 
 from rabbittask import App
-from rabbittask.worker.inline import BURST_S, PROVEN_AFTER, InlinePolicy
+from rabbittask.message import CONTENT_TYPE, encode_body
+from rabbittask.worker.inline import BURST_S, PROVEN_AFTER, InlinePolicy, InlineRunner, run_loop
+from rabbittask.worker.outcome import Outcome
+from rabbittask.worker.redelivery import Redeliveries
+from rabbittask.worker.retirement import Lifecycle
 
 
 def make_app() -> App:
@@ -47,20 +53,101 @@ def test_a_task_with_time_limits_never_runs_inline() -> None:
     assert not policy.inline(task)
 
 
-def test_inline_work_past_the_burst_budget_waits_for_the_next_loop_pass() -> None:
-    async def scenario() -> list[str]:
-        policy = InlinePolicy(max_s=0.001)
-        order: list[str] = []
-        loop = asyncio.get_running_loop()
-        policy.spent(BURST_S)  # this pass has used its budget
-        waiter = asyncio.ensure_future(policy.turn())
-        loop.call_soon(order.append, "same pass")
-        await asyncio.sleep(0)
-        order.append("waiter done" if waiter.done() else "waiter waits")
-        await asyncio.wait_for(waiter, 1.0)
-        order.append("waiter done")
-        return order
+class Threads:
+    """The task threads, as the inline runner sees them: nothing pending, nothing handed over."""
 
+    pending = 0
+
+    def put(self, message: Any) -> None:
+        raise AssertionError("the inline runner handed a message to the thread")
+
+
+def runner_for(app: App, settled: list[Outcome]) -> InlineRunner:
+    policy = InlinePolicy(max_s=1.0)
+    for task in app.tasks.values():  # proven short
+        for _ in range(PROVEN_AFTER):
+            policy.observe(task, 0.0)
+    redeliveries = Redeliveries(app, settle=settled.append, running_here=list)
+    return InlineRunner(app, policy, Threads(), redeliveries, Lifecycle(), settled.append)  # type: ignore[arg-type]
+
+
+def delivered(name: str, i: int) -> Any:
+    props = SimpleNamespace(message_id=f"m{i}", message_type=name, content_type=CONTENT_TYPE, headers=None)
+    return SimpleNamespace(
+        header=SimpleNamespace(properties=props), body=encode_body((i,), {}), channel=SimpleNamespace(is_closed=False)
+    )
+
+
+def test_inline_work_past_the_burst_budget_waits_for_the_next_loop_pass() -> None:
+    # Given a task that takes the whole burst budget, and a loop callback that notes each pass of the loop
+    app = App("inline-burst", broker_url="amqp://guest:guest@localhost:5672/")
+    order: list[str] = []
+
+    @app.task(name="long")
+    def long(i: int) -> None:
+        time.sleep(BURST_S)
+        order.append(f"run {i}")
+
+    settled: list[Outcome] = []
+    runner = runner_for(app, settled)
+
+    async def consume() -> None:
+        loop = asyncio.get_running_loop()
+
+        def note_pass() -> None:
+            order.append("pass")
+            if len(settled) < 3:
+                loop.call_soon(note_pass)
+
+        for i in range(3):  # as the consume callback does
+            runner.put(delivered("long", i), app.tasks["long"])
+        loop.call_soon(note_pass)
+        while len(settled) < 3:
+            await asyncio.sleep(0.001)
+
+    # When three of its messages are queued in one pass
     started = time.monotonic()
-    assert asyncio.run(scenario()) == ["same pass", "waiter waits", "waiter done"]
-    assert time.monotonic() - started < 1.0
+    run_loop(consume(), runner)
+    # Then each runs after its own pass of the loop (acks, heartbeats, deliveries flow between them)
+    runs = [i for i, what in enumerate(order) if what.startswith("run")]
+    assert [order[i] for i in runs] == ["run 0", "run 1", "run 2"]
+    assert all("pass" in order[a:b] for a, b in zip(runs, runs[1:], strict=False)), order
+    assert [o.message.header.properties.message_id for o in settled] == ["m0", "m1", "m2"]
+    assert all(o.ok for o in settled) and time.monotonic() - started < 1.0
+
+
+def test_an_inline_task_runs_as_in_a_thread_with_no_event_loop_running() -> None:
+    # Given a sync task that uses asyncio as a task written for a worker thread may
+    app = App("inline-asyncio", broker_url="amqp://guest:guest@localhost:5672/")
+
+    async def double(i: int) -> int:
+        await asyncio.sleep(0)
+        return 2 * i
+
+    @app.task(name="uses_asyncio")
+    def uses_asyncio(i: int) -> list[Any]:
+        seen: list[Any] = [asyncio.run(double(i))]  # fails inside a running loop
+        for probe in (asyncio.get_running_loop, asyncio.get_event_loop):
+            try:
+                probe()
+                seen.append(f"{probe.__name__} returned a loop")
+            except RuntimeError:
+                seen.append(f"{probe.__name__} raised")
+        return seen
+
+    settled: list[Outcome] = []
+    runner = runner_for(app, settled)
+
+    async def consume() -> asyncio.AbstractEventLoop:
+        runner.put(delivered("uses_asyncio", 21), app.tasks["uses_asyncio"])
+        while not settled:
+            await asyncio.sleep(0.001)
+        return asyncio.get_event_loop()  # the loop's own code still finds it
+
+    # When it runs inline
+    loop = run_loop(consume(), runner)
+    # Then asyncio.run() worked in it, and it saw no loop, as in a thread; the worker's loop was back after it
+    [outcome] = settled
+    assert outcome.ok, outcome.traceback
+    assert outcome.value == [42, "get_running_loop raised", "get_event_loop raised"]
+    assert loop is not None
