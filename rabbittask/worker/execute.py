@@ -102,7 +102,7 @@ def delivery_of(message: DeliveredMessage, headers: Mapping[str, Any]) -> tuple[
     """Was this message delivered before without being settled, and which delivery is this (1 the first)?
 
     A quorum queue counts returns in `x-delivery-count`. A classic queue counts nothing: the worker
-    re-publishes a redelivered message with `rt-delivery-count` (see admit.py), so that copy arrives
+    re-publishes a redelivered message with `rt-delivery-count` (see redelivery.py), so that copy arrives
     with the broker's flag clear but is a redelivery all the same; a redelivery it did not count (no
     `delivery_limit`) is at least the second.
     """
