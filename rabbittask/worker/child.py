@@ -51,7 +51,7 @@ INLINE_MAX_S = 0.001  # sync tasks whose runs all finish within this run on the 
 class Child:
     """Consumes `queues` of `app` until stopped; `run()` returns the process exit code.
 
-    `queues` must be queues of the app (`check_queues` in cli/worker.py); empty means all of them.
+    `queues` must be queues of the app (`queues_to_consume` in cli/worker.py checks); empty means all of them.
     With `inline_max_s`, short sync tasks run inline only under `inline.run_loop(child.run(), child.inline)`.
     """
 
