@@ -52,7 +52,6 @@ class Child:
     """Consumes `queues` of `app` until stopped; `run()` returns the process exit code.
 
     `queues` must be queues of the app (`queues_to_consume` in cli/worker.py checks); empty means all of them.
-    With `inline_max_s`, short sync tasks run inline only under `inline.run_loop(child.run(), child.inline)`.
     """
 
     def __init__(
@@ -118,7 +117,9 @@ class Child:
             self.inline = InlineRunner(
                 app, self.policy, self.threads, self.redeliveries, self.lifecycle, self.settler.settle, started_log
             )
-        self.dispatcher = Dispatcher(app, self.threads, self.redeliveries, self.settler.settle, started_log=started_log)
+        self.dispatcher = Dispatcher(
+            app, self.threads, self.redeliveries, self.settler.settle, inline=self.inline, started_log=started_log
+        )
         self.session = Session(
             app,
             self.queues,
@@ -145,8 +146,6 @@ class Child:
         loop = asyncio.get_running_loop()
         for sig in self.stop_signals:
             loop.add_signal_handler(sig, self.stop)
-        if self.inline is not None and self.inline.loop is loop:  # driven by run_loop: inline runs can happen
-            self.dispatcher.inline = self.inline
         self.threads.start(self.settler.settle, self._time_limit_passed, self.policy)
         if self.events is not None:
             self.events.start()
@@ -182,8 +181,9 @@ class Child:
             self.retire(f"--max-tasks-per-child {self.max_tasks} reached")
         if not self.redeliveries.admit(message):
             return  # settled unrun, or waits for a run of it here
-        if self.dispatcher.route(message):
-            await self.dispatcher.run_async(message)
+        running = self.dispatcher.route(message)  # a sync task is queued for a thread, or run and settled inline
+        if running is not None:  # an async task, or an inline one waiting for its turn
+            await running
 
     # -- lifecycle -----------------------------------------------------------------------------------
 

@@ -1,16 +1,16 @@
 """Where an admitted message runs: async tasks on the event loop, sync tasks inline or in a task thread.
 
-An async task runs in the consume callback itself, at most `prefetch` at a time. A sync task is
-queued: for the inline runner when its task proved short (inline.py), else for the task threads
-(threads.py). A message of no known task goes to a thread as well, where running it fails it
-(`Reason.UNKNOWN`) like any other run.
+An async task runs in the consume callback itself, at most `prefetch` at a time. A sync task runs
+inline, in the consume callback too, when its task proved short (inline.py), else it is queued for
+the task threads (threads.py). A message of no known task goes to a thread as well, where running it
+fails it (`Reason.UNKNOWN`) like any other run.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from aiormq.abc import DeliveredMessage
 
@@ -46,19 +46,18 @@ class Dispatcher:
         self._settle = settle
         self._started_log = started_log
 
-    def route(self, message: DeliveredMessage) -> bool:
-        """Queue a sync task's message for the inline runner or a thread; True for an async task (`run_async` it)."""
+    def route(self, message: DeliveredMessage) -> Coroutine[Any, Any, None] | None:
+        """Run or queue `message`; what the consume callback must await (an async task, an inline turn), or None."""
         task = self._tasks.get(message.header.properties.message_type or "")
         if task is not None and task.is_async:
-            return True
+            return self._run_async(message)
         inline = self.inline
         if inline is not None and task is not None and inline.policy.inline(task):
-            inline.put(message, task)
-        else:
-            self._threads.put(message)
-        return False
+            return inline.run(message, task)
+        self._threads.put(message)
+        return None
 
-    async def run_async(self, message: DeliveredMessage) -> None:
+    async def _run_async(self, message: DeliveredMessage) -> None:
         """Run an async task's message on the loop, then settle it."""
         if self._started_log is not None:
             self._started_log.append((message, time.time()))

@@ -4,8 +4,7 @@ Set-up happens after the fork, never before: default signal handlers (SIGINT ign
 Ctrl-C at the terminal reaches the supervisor alone and the children shut down once, when it
 says so), death with the supervisor (`PR_SET_PDEATHSIG` on Linux, and a parent-pid check every
 second everywhere), a process title, the app's `on_worker_process_init` hooks (a failing one
-halts the worker with `EXIT_CONFIG`), and a fresh event loop (`run_loop`, which runs short sync
-tasks between its passes, see inline.py). The child tells the supervisor
+halts the worker with `EXIT_CONFIG`), and a fresh event loop. The child tells the supervisor
 what it needs to know with one byte on a pipe: `READY` once it consumes, `RETIRING` when it
 stops taking messages so its successor starts at once, and (for `/readyz`) `CONSUMING` / `LOST`
 each time its consumers attach or its session ends.
@@ -28,7 +27,6 @@ from setproctitle import setproctitle
 
 from rabbittask.worker.child import Child
 from rabbittask.worker.exits import EXIT_CONFIG, EXIT_CRASH
-from rabbittask.worker.inline import run_loop
 from rabbittask.worker.options import WorkerOptions
 from rabbittask.worker.running import RunningMarkers
 
@@ -135,7 +133,7 @@ def _serve(spec: ChildSpec) -> int:
     )
     child.stop_signals = (signal.SIGTERM,)
     setproctitle(title(f"child {spec.number}", child.queues, "tasks=0"))
-    return run_loop(_main(child, spec), child.inline)
+    return asyncio.run(_main(child, spec))
 
 
 async def _main(child: Child, spec: ChildSpec) -> int:

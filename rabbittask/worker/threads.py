@@ -61,6 +61,8 @@ class TaskThreads:
         self.app = app
         self.count = count
         self.pending = 0  # messages handed to the threads whose outcome has not been collected yet
+        self.idle = asyncio.Event()  # set while `pending` is 0: inline runs wait for it (inline.py)
+        self.idle.set()
         self.results: deque[Outcome] = deque()
         self._jobs: queue.SimpleQueue[DeliveredMessage | None] = queue.SimpleQueue()
         self._running: list[DeliveredMessage | None] = [None] * count  # what each thread runs now
@@ -94,7 +96,13 @@ class TaskThreads:
 
     def put(self, message: DeliveredMessage) -> None:
         self.pending += 1
+        self.idle.clear()
         self._jobs.put(message)
+
+    def _done(self, count: int = 1) -> None:
+        self.pending -= count
+        if self.pending <= 0:
+            self.idle.set()
 
     def unstarted(self) -> list[DeliveredMessage]:
         """Take back the messages no thread has started (a warm shutdown hands them back)."""
@@ -106,7 +114,7 @@ class TaskThreads:
                 break
             if job is not None:
                 taken.append(job)
-        self.pending -= len(taken)
+        self._done(len(taken))
         return taken
 
     def running(self) -> list[DeliveredMessage]:
@@ -161,7 +169,7 @@ class TaskThreads:
         results, policy, tasks, settle = self.results, self._policy, self.app.tasks, self._settle
         while results:
             outcome = results.popleft()
-            self.pending -= 1
+            self._done()
             if policy is not None and (task := tasks.get(outcome.task_name)) is not None:
                 policy.observe(task, outcome.runtime_s)
             settle(outcome)
@@ -176,6 +184,6 @@ class TaskThreads:
                 entry.message.header.properties.message_id,
                 entry.task.time_limit,
             )
-            self.pending -= 1  # its thread is abandoned: the loop settles the message
+            self._done()  # its thread is abandoned: the loop settles the message
             self._on_abandoned(time_limit_outcome(entry.message, entry.task, entry.task.time_limit or 0.0))
         self._loop.call_later(LIMITS_TICK_S, self._check_time_limits)

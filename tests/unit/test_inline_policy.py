@@ -1,4 +1,4 @@
-"""Which sync tasks run on the worker child's main thread, and how they run there (rabbittask/worker/inline.py)."""
+"""Which sync tasks run on the worker child's event loop, and how they run there (rabbittask/worker/inline.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from rabbittask import App
 from rabbittask.message import CONTENT_TYPE, encode_body
-from rabbittask.worker.inline import BURST_S, PROVEN_AFTER, InlinePolicy, InlineRunner, run_loop
+from rabbittask.worker.inline import BURST_S, PROVEN_AFTER, InlinePolicy, InlineRunner
 from rabbittask.worker.outcome import Outcome
 from rabbittask.worker.redelivery import Redeliveries
 from rabbittask.worker.retirement import Lifecycle
@@ -79,7 +79,7 @@ def delivered(name: str, i: int) -> Any:
 
 
 def test_inline_work_past_the_burst_budget_waits_for_the_next_loop_pass() -> None:
-    # Given a task that takes the whole burst budget, and a loop callback that notes each pass of the loop
+    # Given a task that takes the whole burst budget
     app = App("inline-burst", broker_url="amqp://guest:guest@localhost:5672/")
     order: list[str] = []
 
@@ -90,29 +90,26 @@ def test_inline_work_past_the_burst_budget_waits_for_the_next_loop_pass() -> Non
 
     settled: list[Outcome] = []
     runner = runner_for(app, settled)
+    task = app.tasks["long"]
 
     async def consume() -> None:
         loop = asyncio.get_running_loop()
+        # When one of its messages runs inline (at once, settled), and the next one comes in the same pass
+        assert runner.run(delivered("long", 0), task) is None
+        order.append("after run 0")
+        waiting = runner.run(delivered("long", 1), task)
+        assert waiting is not None
+        loop.call_soon(order.append, "same pass")
+        turn = asyncio.ensure_future(waiting)
+        await asyncio.sleep(0)
+        order.append("run 1 done" if turn.done() else "run 1 waits")
+        await asyncio.wait_for(turn, 1.0)
 
-        def note_pass() -> None:
-            order.append("pass")
-            if len(settled) < 3:
-                loop.call_soon(note_pass)
-
-        for i in range(3):  # as the consume callback does
-            runner.put(delivered("long", i), app.tasks["long"])
-        loop.call_soon(note_pass)
-        while len(settled) < 3:
-            await asyncio.sleep(0.001)
-
-    # When three of its messages are queued in one pass
     started = time.monotonic()
-    run_loop(consume(), runner)
-    # Then each runs after its own pass of the loop (acks, heartbeats, deliveries flow between them)
-    runs = [i for i, what in enumerate(order) if what.startswith("run")]
-    assert [order[i] for i in runs] == ["run 0", "run 1", "run 2"]
-    assert all("pass" in order[a:b] for a, b in zip(runs, runs[1:], strict=False)), order
-    assert [o.message.header.properties.message_id for o in settled] == ["m0", "m1", "m2"]
+    asyncio.run(consume())
+    # Then the second waits for the loop's next pass (acks, heartbeats, deliveries flow meanwhile), then runs
+    assert order == ["run 0", "after run 0", "same pass", "run 1 waits", "run 1"]
+    assert [o.message.header.properties.message_id for o in settled] == ["m0", "m1"]
     assert all(o.ok for o in settled) and time.monotonic() - started < 1.0
 
 
@@ -127,27 +124,23 @@ def test_an_inline_task_runs_as_in_a_thread_with_no_event_loop_running() -> None
     @app.task(name="uses_asyncio")
     def uses_asyncio(i: int) -> list[Any]:
         seen: list[Any] = [asyncio.run(double(i))]  # fails inside a running loop
-        for probe in (asyncio.get_running_loop, asyncio.get_event_loop):
-            try:
-                probe()
-                seen.append(f"{probe.__name__} returned a loop")
-            except RuntimeError:
-                seen.append(f"{probe.__name__} raised")
+        try:
+            asyncio.get_running_loop()
+            seen.append("get_running_loop returned a loop")
+        except RuntimeError:
+            seen.append("get_running_loop raised")
         return seen
 
     settled: list[Outcome] = []
     runner = runner_for(app, settled)
 
-    async def consume() -> asyncio.AbstractEventLoop:
-        runner.put(delivered("uses_asyncio", 21), app.tasks["uses_asyncio"])
-        while not settled:
-            await asyncio.sleep(0.001)
-        return asyncio.get_event_loop()  # the loop's own code still finds it
+    async def consume() -> bool:
+        loop = asyncio.get_running_loop()
+        assert runner.run(delivered("uses_asyncio", 21), app.tasks["uses_asyncio"]) is None  # when it runs inline
+        return asyncio.get_running_loop() is loop
 
-    # When it runs inline
-    loop = run_loop(consume(), runner)
-    # Then asyncio.run() worked in it, and it saw no loop, as in a thread; the worker's loop was back after it
+    # Then asyncio.run() worked in it, and it saw no running loop, as in a thread; the worker's loop is back after it
+    assert asyncio.run(consume())
     [outcome] = settled
     assert outcome.ok, outcome.traceback
-    assert outcome.value == [42, "get_running_loop raised", "get_event_loop raised"]
-    assert loop is not None
+    assert outcome.value == [42, "get_running_loop raised"]
