@@ -102,7 +102,7 @@ class InlineRunner:
         self._lifecycle = lifecycle
         self._settle = settle
         self._started_log = started_log
-        self._spent_s = 0.0  # inline run time since the loop last made a pass without inline work
+        self._spent_s = 0.0  # inline run time since the loop last got a pass in (reset once it reached BURST_S)
         self._reset_pending = False
 
     def run(self, message: DeliveredMessage, task: Task[Any, Any]) -> Coroutine[Any, Any, None] | None:
