@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rabbittask import tracing
 from rabbittask.clients import Clients
 from rabbittask.context import TaskContext
+from rabbittask.delays import check_delay_queue_name, delay_declarations
 from rabbittask.errors import ConfigError, TaskNotFound
 from rabbittask.explain import describe, unknown_names
 from rabbittask.message import Outgoing
@@ -24,16 +25,7 @@ from rabbittask.retry import RETRY_OPTIONS, policy_for
 from rabbittask.sending import TASK_NAME, Args, SendOptions, message_by_name
 from rabbittask.settings import QueueType, Settings
 from rabbittask.task import Signature, Task, TaskHandle
-from rabbittask.topology import (
-    Declaration,
-    ExchangeDecl,
-    Overflow,
-    QueueSpec,
-    check_delay_queue_name,
-    declarations,
-    delay_declarations,
-    events_exchange_name,
-)
+from rabbittask.topology import Declaration, ExchangeDecl, Overflow, QueueSpec, declarations, events_exchange_name
 
 if TYPE_CHECKING:
     from rabbittask.beat.entry import CatchUp, ScheduleEntry

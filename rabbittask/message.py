@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic_core import PydanticSerializationError, from_json, to_json
 
+from rabbittask.delays import delay_entry
 from rabbittask.errors import PayloadError, PublishNotConfirmed
 from rabbittask.settings import mask_url
-from rabbittask.topology import delay_entry
 
 PROTOCOL_VERSION = 1
 CONTENT_TYPE = "application/json"

@@ -1,7 +1,7 @@
 """Retry policies and delays: back-off math, jitter, and the headers of a delayed or retried message.
 
 A retry is a new copy of the message, published into the broker's delay ladder (see
-`topology.delay_entry`) and confirmed before the failed delivery is acked: a crash in between can
+`delays.delay_entry`) and confirmed before the failed delivery is acked: a crash in between can
 duplicate a run, never lose one. Nothing here touches the network; the worker and the publishers
 call these functions.
 """
@@ -15,9 +15,9 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from rabbittask.delays import MAX_DELAY_MS
 from rabbittask.errors import ConfigError
 from rabbittask.message import H_ETA, H_EXPIRES, format_time
-from rabbittask.topology import MAX_DELAY_MS
 
 if TYPE_CHECKING:
     from rabbittask.settings import Settings

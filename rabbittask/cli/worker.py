@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from pydantic import ValidationError
 
 from rabbittask.cli.common import APP_OPTION, load_app
-from rabbittask.errors import RabbitTaskError
-from rabbittask.worker.child import EXIT_CONFIG, Child
+from rabbittask.errors import RabbitTaskError, TopologyMismatch
+from rabbittask.worker.exits import EXIT_CONFIG
 from rabbittask.worker.options import WorkerOptions, describe
 from rabbittask.worker.reload import AppLoader
 from rabbittask.worker.supervisor import Supervisor
 from rabbittask.worker.timeouts import consumer_timeout_problems
 
+if TYPE_CHECKING:
+    from rabbittask.app import App
+
 log = logging.getLogger("rabbittask.worker")
+
+
+def queues_to_consume(app: App, names: list[str]) -> list[str]:
+    """The queues a worker consumes: `names` (all of the app's if none); `TopologyMismatch` for an unknown one."""
+    unknown = [q for q in names if q not in app.queues]
+    if unknown:
+        known = ", ".join(sorted(app.queues)) or "(none)"
+        raise TopologyMismatch(f"app {app.name!r} has no task on queue(s) {', '.join(unknown)}; known: {known}")
+    return names or sorted(app.queues)
 
 
 def setup_logging(level: str) -> None:
@@ -77,7 +89,7 @@ def worker(app_spec: str, queues: str, loglevel: str, **given: Any) -> None:
     app = loader.load()
     names = [q.strip() for q in queues.split(",") if q.strip()]
     try:
-        queues_used = Child(app, names).queues  # checks the queues before anything is forked
+        queues_used = queues_to_consume(app, names)  # before anything is forked
     except RabbitTaskError as e:
         raise click.ClickException(str(e)) from None
     problems = consumer_timeout_problems(app, queues_used, options)

@@ -21,11 +21,12 @@ from aiormq.abc import DeliveredMessage
 
 from rabbittask.amqp.link import Link
 from rabbittask.dashboard.history import History
+from rabbittask.delays import DELAY_LEVELS, delay_level_name
 from rabbittask.errors import RabbitTaskError
 from rabbittask.ops.heartbeat import ROUTING_KEYS, Heartbeat
 from rabbittask.ops.status import beats_of, queue_depth, queue_row, workers_of
 from rabbittask.settings import mask_url
-from rabbittask.topology import DELAY_LEVELS, delay_level_name, events_exchange_name
+from rabbittask.topology import events_exchange_name
 
 if TYPE_CHECKING:
     from rabbittask.app import App

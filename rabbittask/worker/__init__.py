@@ -1,1 +1,1 @@
-"""The worker: a child process's consume loop (child.py), task execution and acknowledgements."""
+"""The worker: the supervisor (supervisor.py) and its children, each a walk of stages wired in child.py."""

@@ -36,17 +36,7 @@ from rabbittask.ops.heartbeat import HEARTBEAT, OFFLINE, Heartbeat
 from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.settings import Settings
 from rabbittask.topology import events_exchange_name
-from rabbittask.worker.execute import (
-    MESSAGE_CHARS,
-    REASON_DELIVERY_LIMIT,
-    REASON_EXPIRED,
-    REASON_INVALID,
-    REASON_MALFORMED,
-    REASON_RETRY,
-    REASON_SIGNATURE,
-    REASON_UNKNOWN,
-    Outcome,
-)
+from rabbittask.worker.outcome import MESSAGE_CHARS, Outcome
 
 if TYPE_CHECKING:
     from rabbittask.worker.metrics import TaskMetrics
@@ -60,10 +50,6 @@ RETRY_CHANNEL_S = 5.0  # after a failed send, how long events are dropped before
 SEND_TIMEOUT_S = 2.0
 PROPERTIES = aiormq.spec.Basic.Properties(content_type="application/json", delivery_mode=1)
 EVENT_TRACEBACK_CHARS = 2000  # the end of a failed task's traceback: where it raised
-# Dead-lettered without running the task's code: no `failed` event, only `dead-lettered`.
-NOT_RUN = frozenset(
-    {REASON_MALFORMED, REASON_UNKNOWN, REASON_INVALID, REASON_SIGNATURE, REASON_EXPIRED, REASON_DELIVERY_LIMIT}
-)
 Succeeded = tuple[str, str, float]  # (message id, task name, runtime_s) of a task that succeeded
 MessageLog = deque[tuple[DeliveredMessage, float]]  # (message, time.time()) of received or started tasks
 
@@ -72,14 +58,11 @@ def state_of(outcome: Outcome) -> str | None:
     """The state of a settled task: succeeded, retried, failed (it ran and raised), dead-lettered (never ran).
 
     None for a message that was only put back to wait (not due yet). A failed task is dead-lettered
-    too: it gets both events, but counts (metrics, heartbeats) under `failed` alone.
+    too: it gets both events, but counts (metrics, heartbeats) under `failed` alone. Each `Reason`
+    knows its state.
     """
     reason = outcome.reason
-    if reason is None:
-        return "succeeded"
-    if outcome.republish is not None:
-        return "retried" if reason == REASON_RETRY else None
-    return "dead-lettered" if reason in NOT_RUN else "failed"
+    return "succeeded" if reason is None else reason.event_state
 
 
 def task_events(outcomes: Sequence[Outcome]) -> dict[str, list[dict[str, Any]]]:
@@ -92,7 +75,7 @@ def task_events(outcomes: Sequence[Outcome]) -> dict[str, list[dict[str, Any]]]:
         if state is None:
             continue
         event: dict[str, Any] = {"id": o.message_id, "task": o.task_name, "state": state, "runtime_s": o.runtime_s}
-        event["reason"], event["exc_type"] = o.reason, o.exc_type
+        event["reason"], event["exc_type"] = o.reason.value, o.exc_type
         event["exc_message"] = o.exc_message[:MESSAGE_CHARS]
         if state == "failed":
             event["traceback"] = o.traceback[-EVENT_TRACEBACK_CHARS:]

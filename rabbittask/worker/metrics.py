@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rabbittask.worker.execute import Outcome
+    from rabbittask.worker.outcome import Outcome
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, NoReturn
 
 from setproctitle import setproctitle
 
-from rabbittask.worker.child import EXIT_CONFIG, Child
+from rabbittask.worker.child import Child
+from rabbittask.worker.exits import EXIT_CONFIG, EXIT_CRASH
 from rabbittask.worker.options import WorkerOptions
 from rabbittask.worker.running import RunningMarkers
 
@@ -38,7 +39,6 @@ READY = b"U"
 RETIRING = b"R"
 CONSUMING = b"C"  # its consumers are attached (again); with --metrics-port only, for /readyz
 LOST = b"L"  # its session ended (connection lost, or stopping)
-EXIT_CRASH = 70  # sysexits EX_SOFTWARE: the child raised out of its loop
 PARENT_CHECK_S = 1.0
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from setproctitle import setproctitle
 
-from rabbittask.worker.child import EXIT_CONFIG
+from rabbittask.worker.exits import EXIT_CONFIG, backoff_s, describe_exit
 from rabbittask.worker.metrics import MetricsServer
 from rabbittask.worker.options import WorkerOptions
 from rabbittask.worker.process import CONSUMING, LOST, READY, RETIRING, ChildSpec, run_child, title
@@ -48,8 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STABLE_S = 5.0  # a child that consumed this long was not crash-looping
-BACKOFF_FIRST_S = 0.25
-BACKOFF_MAX_S = 30.0
 KILL_GRACE_S = 3.0  # beyond shutdown_timeout_s: children close their connections, then SIGKILL
 TICK_S = 1.0
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
@@ -76,22 +74,6 @@ class ChildProc:
     retiring: bool = False
     replacing: int = 0  # pid of the child it takes over from in a rolling restart (until it is ready)
     consuming: bool = False  # its consumers are attached now (reported with --metrics-port only)
-
-
-def backoff_s(crashes: int) -> float:
-    """The wait before the next start after `crashes` crashes in a row (0 = none)."""
-    return 0.0 if crashes <= 0 else min(BACKOFF_FIRST_S * 2 ** (crashes - 1), BACKOFF_MAX_S)
-
-
-def describe_exit(status: int) -> str:
-    """A waitpid status in words, with the likely cause of a SIGKILL."""
-    code = os.waitstatus_to_exitcode(status)
-    if code >= 0:
-        return f"exited with code {code}"
-    sig = signal.Signals(-code)
-    if sig == signal.SIGKILL:
-        return "was killed by SIGKILL (out of memory? see `dmesg`)"
-    return f"was killed by {sig.name}"
 
 
 class Supervisor:

@@ -18,8 +18,8 @@ import pika
 import pytest
 
 from rabbittask import App
+from rabbittask.delays import delay_exchange_name
 from rabbittask.testing import RabbitNode
-from rabbittask.topology import delay_exchange_name
 from tests.apps.retries_app import make_app
 from tests.faults.ledger import report_line
 from tests.retries import APP, runs, wait_runs

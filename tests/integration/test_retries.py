@@ -19,8 +19,9 @@ from click.testing import CliRunner
 
 from rabbittask import App
 from rabbittask.cli import main as cli
+from rabbittask.delays import delay_declarations
 from rabbittask.message import format_time
-from rabbittask.topology import ExchangeDecl, QueueDecl, delay_declarations, dlx_name, events_exchange_name
+from rabbittask.topology import ExchangeDecl, QueueDecl, dlx_name, events_exchange_name
 from tests import amqp
 from tests.apps.retries_app import make_app
 from tests.retries import APP, runs, wait_runs

@@ -7,7 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from rabbittask.cli import main
-from rabbittask.topology import DELAY_LEVELS, ExchangeDecl, QueueDecl, delay_level_name, delay_routing_key
+from rabbittask.delays import DELAY_LEVELS, delay_level_name, delay_routing_key
+from rabbittask.topology import ExchangeDecl, QueueDecl
 from tests import amqp
 from tests.apps.topo import importable, make_app
 

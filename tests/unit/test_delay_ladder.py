@@ -9,16 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rabbittask import App, ConfigError
-from rabbittask.topology import (
+from rabbittask.delays import (
     DELAY_BASE_MS,
     DELAY_LEVELS,
     MAX_DELAY_MS,
-    BindingDecl,
-    Declaration,
-    ExchangeBindingDecl,
-    ExchangeDecl,
-    QueueDecl,
-    definitions,
     delay_declarations,
     delay_entry,
     delay_exchange_name,
@@ -26,6 +20,7 @@ from rabbittask.topology import (
     delay_units,
     delivered_queue,
 )
+from rabbittask.topology import BindingDecl, Declaration, ExchangeBindingDecl, ExchangeDecl, QueueDecl, definitions
 
 
 def topic_matches(pattern: str, key: str) -> bool:

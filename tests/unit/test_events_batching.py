@@ -13,22 +13,14 @@ from rabbittask.ops.heartbeat import Heartbeat
 from rabbittask.ops.status import workers_of
 from rabbittask.settings import Settings
 from rabbittask.worker import events as ev
-from rabbittask.worker.execute import (
-    REASON_FAILED,
-    REASON_INVALID,
-    REASON_NOT_DUE,
-    REASON_REJECTED,
-    REASON_RETRY,
-    Outcome,
-    Republish,
-)
+from rabbittask.worker.outcome import Outcome, Reason, Republish
 
 
 def delivered(mid: str = "m1", task: str = "t.add") -> Any:
     return SimpleNamespace(header=SimpleNamespace(properties=SimpleNamespace(message_id=mid, message_type=task)))
 
 
-def outcome(task: str = "t.add", reason: str | None = None, republish: bool = False, mid: str = "m1") -> Outcome:
+def outcome(task: str = "t.add", reason: Reason | None = None, republish: bool = False, mid: str = "m1") -> Outcome:
     return Outcome(
         delivered(mid, task),
         task,
@@ -45,15 +37,15 @@ def outcome(task: str = "t.add", reason: str | None = None, republish: bool = Fa
 
 def test_each_settled_task_maps_to_one_state_and_a_wait_is_no_event() -> None:
     assert ev.state_of(outcome()) == "succeeded"
-    assert ev.state_of(outcome(reason=REASON_REJECTED)) == "failed"
-    assert ev.state_of(outcome(reason=REASON_FAILED)) == "failed"
-    assert ev.state_of(outcome(reason=REASON_INVALID)) == "dead-lettered"  # never ran
-    assert ev.state_of(outcome(reason=REASON_RETRY, republish=True)) == "retried"
-    assert ev.state_of(outcome(reason=REASON_NOT_DUE, republish=True)) is None
+    assert ev.state_of(outcome(reason=Reason.REJECTED)) == "failed"
+    assert ev.state_of(outcome(reason=Reason.FAILED)) == "failed"
+    assert ev.state_of(outcome(reason=Reason.INVALID)) == "dead-lettered"  # never ran
+    assert ev.state_of(outcome(reason=Reason.RETRY, republish=True)) == "retried"
+    assert ev.state_of(outcome(reason=Reason.NOT_DUE, republish=True)) is None
 
 
 def test_events_are_grouped_by_routing_key_and_a_failure_carries_its_traceback() -> None:
-    groups = ev.task_events([outcome(mid="a"), outcome(mid="b"), outcome("t.x", REASON_FAILED, mid="c")])
+    groups = ev.task_events([outcome(mid="a"), outcome(mid="b"), outcome("t.x", Reason.FAILED, mid="c")])
     assert sorted(groups) == ["task.dead-lettered.t.x", "task.failed.t.x", "task.succeeded.t.add"]
     assert [e["id"] for e in groups["task.succeeded.t.add"]] == ["a", "b"]
     [failed] = groups["task.failed.t.x"]
@@ -63,7 +55,7 @@ def test_events_are_grouped_by_routing_key_and_a_failure_carries_its_traceback()
         "task": "t.x",
         "state": "failed",
         "runtime_s": 0.5,
-        "reason": REASON_FAILED,
+        "reason": Reason.FAILED,
         "exc_type": "ValueError",
         "exc_message": "bad value",
     }
@@ -74,15 +66,15 @@ def test_events_are_grouped_by_routing_key_and_a_failure_carries_its_traceback()
 
 
 def test_a_retry_says_when_it_is_due() -> None:
-    [retried] = ev.task_events([outcome("t.x", REASON_RETRY, republish=True)])["task.retried.t.x"]
+    [retried] = ev.task_events([outcome("t.x", Reason.RETRY, republish=True)])["task.retried.t.x"]
     assert (retried["state"], retried["retry_in_s"], retried["exc_type"]) == ("retried", 1.0, "ValueError")
     assert "traceback" not in retried
 
 
 def test_a_message_that_never_ran_is_only_dead_lettered() -> None:
-    groups = ev.task_events([outcome("t.x", REASON_INVALID, mid="c")])
+    groups = ev.task_events([outcome("t.x", Reason.INVALID, mid="c")])
     assert list(groups) == ["task.dead-lettered.t.x"]
-    assert groups["task.dead-lettered.t.x"][0]["reason"] == REASON_INVALID
+    assert groups["task.dead-lettered.t.x"][0]["reason"] == Reason.INVALID
 
 
 class FakeChannel:
@@ -157,7 +149,7 @@ def test_a_full_batch_goes_out_as_one_message_per_routing_key() -> None:
 def test_a_broken_channel_drops_events_and_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     async def main() -> ev.Events:
         e = events(FakeChannel(fail=True))
-        e.record(outcome(reason=REASON_REJECTED))
+        e.record(outcome(reason=Reason.REJECTED))
         e.flush()
         await asyncio.sleep(0.01)
         e.record(outcome())  # within the back-off: kept, not sent

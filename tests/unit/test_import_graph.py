@@ -25,13 +25,7 @@ KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()
 
 # Modules over MAX_LINES, with their length when listed. A module listed here that shrinks to
 # MAX_LINES or less fails the test until it is taken off the list.
-KNOWN_LONG: dict[str, int] = {
-    "rabbittask.worker.child": 864,  # pending merge: split into session, dispatch, settle, ... (r-worker)
-    "rabbittask.worker.supervisor": 418,  # pending merge: exit codes move to worker/exits.py (r-worker)
-    # Its delay ladder (the second half) is the natural `delays.py`; moving it changes imports in
-    # worker/, app.py and publish/, which are being rewritten: after the merge.
-    "rabbittask.topology": 402,
-}
+KNOWN_LONG: dict[str, int] = {}
 
 
 @dataclass

@@ -1,12 +1,18 @@
-"""Which sync tasks run on the worker child's event loop (rabbittask/worker/inline.py)."""
+"""Which sync tasks run on the worker child's event loop, and how they run there (rabbittask/worker/inline.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
+from typing import Any
 
 from rabbittask import App
-from rabbittask.worker.inline import BURST_S, PROVEN_AFTER, InlinePolicy
+from rabbittask.message import CONTENT_TYPE, encode_body
+from rabbittask.worker.inline import BURST_S, PROVEN_AFTER, InlinePolicy, InlineRunner
+from rabbittask.worker.outcome import Outcome
+from rabbittask.worker.redelivery import Redeliveries
+from rabbittask.worker.retirement import Lifecycle
 
 
 def make_app() -> App:
@@ -47,20 +53,94 @@ def test_a_task_with_time_limits_never_runs_inline() -> None:
     assert not policy.inline(task)
 
 
+class Threads:
+    """The task threads, as the inline runner sees them: nothing pending, nothing handed over."""
+
+    pending = 0
+
+    def put(self, message: Any) -> None:
+        raise AssertionError("the inline runner handed a message to the thread")
+
+
+def runner_for(app: App, settled: list[Outcome]) -> InlineRunner:
+    policy = InlinePolicy(max_s=1.0)
+    for task in app.tasks.values():  # proven short
+        for _ in range(PROVEN_AFTER):
+            policy.observe(task, 0.0)
+    redeliveries = Redeliveries(app, settle=settled.append, running_here=list)
+    return InlineRunner(app, policy, Threads(), redeliveries, Lifecycle(), settled.append)  # type: ignore[arg-type]
+
+
+def delivered(name: str, i: int) -> Any:
+    props = SimpleNamespace(message_id=f"m{i}", message_type=name, content_type=CONTENT_TYPE, headers=None)
+    return SimpleNamespace(
+        header=SimpleNamespace(properties=props), body=encode_body((i,), {}), channel=SimpleNamespace(is_closed=False)
+    )
+
+
 def test_inline_work_past_the_burst_budget_waits_for_the_next_loop_pass() -> None:
-    async def scenario() -> list[str]:
-        policy = InlinePolicy(max_s=0.001)
-        order: list[str] = []
+    # Given a task that takes the whole burst budget
+    app = App("inline-burst", broker_url="amqp://guest:guest@localhost:5672/")
+    order: list[str] = []
+
+    @app.task(name="long")
+    def long(i: int) -> None:
+        time.sleep(BURST_S)
+        order.append(f"run {i}")
+
+    settled: list[Outcome] = []
+    runner = runner_for(app, settled)
+    task = app.tasks["long"]
+
+    async def consume() -> None:
         loop = asyncio.get_running_loop()
-        policy.spent(BURST_S)  # this pass has used its budget
-        waiter = asyncio.ensure_future(policy.turn())
+        # When one of its messages runs inline (at once, settled), and the next one comes in the same pass
+        assert runner.run(delivered("long", 0), task) is None
+        order.append("after run 0")
+        waiting = runner.run(delivered("long", 1), task)
+        assert waiting is not None
         loop.call_soon(order.append, "same pass")
+        turn = asyncio.ensure_future(waiting)
         await asyncio.sleep(0)
-        order.append("waiter done" if waiter.done() else "waiter waits")
-        await asyncio.wait_for(waiter, 1.0)
-        order.append("waiter done")
-        return order
+        order.append("run 1 done" if turn.done() else "run 1 waits")
+        await asyncio.wait_for(turn, 1.0)
 
     started = time.monotonic()
-    assert asyncio.run(scenario()) == ["same pass", "waiter waits", "waiter done"]
-    assert time.monotonic() - started < 1.0
+    asyncio.run(consume())
+    # Then the second waits for the loop's next pass (acks, heartbeats, deliveries flow meanwhile), then runs
+    assert order == ["run 0", "after run 0", "same pass", "run 1 waits", "run 1"]
+    assert [o.message.header.properties.message_id for o in settled] == ["m0", "m1"]
+    assert all(o.ok for o in settled) and time.monotonic() - started < 1.0
+
+
+def test_an_inline_task_runs_as_in_a_thread_with_no_event_loop_running() -> None:
+    # Given a sync task that uses asyncio as a task written for a worker thread may
+    app = App("inline-asyncio", broker_url="amqp://guest:guest@localhost:5672/")
+
+    async def double(i: int) -> int:
+        await asyncio.sleep(0)
+        return 2 * i
+
+    @app.task(name="uses_asyncio")
+    def uses_asyncio(i: int) -> list[Any]:
+        seen: list[Any] = [asyncio.run(double(i))]  # fails inside a running loop
+        try:
+            asyncio.get_running_loop()
+            seen.append("get_running_loop returned a loop")
+        except RuntimeError:
+            seen.append("get_running_loop raised")
+        return seen
+
+    settled: list[Outcome] = []
+    runner = runner_for(app, settled)
+
+    async def consume() -> bool:
+        loop = asyncio.get_running_loop()
+        assert runner.run(delivered("uses_asyncio", 21), app.tasks["uses_asyncio"]) is None  # when it runs inline
+        return asyncio.get_running_loop() is loop
+
+    # Then asyncio.run() worked in it, and it saw no running loop, as in a thread; the worker's loop is back after it
+    assert asyncio.run(consume())
+    [outcome] = settled
+    assert outcome.ok, outcome.traceback
+    assert outcome.value == [42, "get_running_loop raised"]

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from rabbittask import App, ConfigError, SoftTimeLimitExceeded, TimeLimitExceeded
-from rabbittask.worker.execute import REASON_SOFT_TIME_LIMIT, REASON_TIME_LIMIT, run_async
+from rabbittask.worker.execute import run_async
 from rabbittask.worker.limits import MemoryLimit, ThreadLimits
+from rabbittask.worker.outcome import Reason
 from tests.waiting import wait_until
 
 
@@ -99,7 +100,7 @@ async def test_an_async_task_is_cancelled_at_its_hard_limit() -> None:
         await asyncio.sleep(5)
 
     outcome = await run_limited(sleepy)
-    assert outcome.reason == REASON_TIME_LIMIT and outcome.exc_type == "TimeLimitExceeded"
+    assert outcome.reason == Reason.TIME_LIMIT and outcome.exc_type == "TimeLimitExceeded"
     assert "time_limit of 0.05 s" in outcome.exc_message
 
 
@@ -117,7 +118,7 @@ async def test_an_async_task_is_cancelled_at_its_soft_limit_and_sees_it_as_cance
 
     outcome = await run_limited(sleepy)
     assert cancelled == [True]
-    assert outcome.reason == REASON_SOFT_TIME_LIMIT and outcome.exc_type == "SoftTimeLimitExceeded"
+    assert outcome.reason == Reason.SOFT_TIME_LIMIT and outcome.exc_type == "SoftTimeLimitExceeded"
 
 
 async def test_a_time_limit_is_retried_when_the_retry_policy_names_it() -> None:

@@ -12,22 +12,13 @@ from pamqp import commands
 from pamqp.header import ContentHeader
 
 from rabbittask import App, ArgumentsInvalid, ConfigError, Retry, TaskContext
+from rabbittask.delays import MAX_DELAY_MS, delay_level_name
 from rabbittask.message import H_ATTEMPT, H_DELIVERY_COUNT, H_ETA, H_EXPIRES, attempt_of, format_time, parse_time
 from rabbittask.retry import RetryPolicy, due_in_ms, schedule_headers
-from rabbittask.topology import MAX_DELAY_MS, delay_level_name
-from rabbittask.worker.admit import admit, needs_admission
-from rabbittask.worker.execute import (
-    REASON_DELIVERY_LIMIT,
-    REASON_EXPIRED,
-    REASON_MAX_RETRIES,
-    REASON_NOT_DUE,
-    REASON_REDELIVERED,
-    REASON_RETRY,
-    Outcome,
-    context,
-    failed,
-)
-from rabbittask.worker.orphans import Orphans
+from rabbittask.worker import redelivery
+from rabbittask.worker.execute import context, failed
+from rabbittask.worker.outcome import Outcome, Reason
+from rabbittask.worker.redelivery import Orphans, admit
 from rabbittask.worker.running import RunningMarkers
 
 
@@ -177,20 +168,26 @@ def test_a_bound_task_learns_whether_and_how_often_its_message_was_delivered_bef
     assert TaskContext("i", "t", "q").delivery_count == 1 and not TaskContext("i", "t", "q").redelivered
 
 
-def test_a_first_delivery_without_schedule_headers_skips_admission() -> None:
-    assert not needs_admission(delivered())
-    assert not needs_admission(delivered({"x-delivery-count": 0, H_ATTEMPT: 2}))
-    assert needs_admission(delivered({H_EXPIRES: "2030-01-01T00:00:00Z"}))
-    assert needs_admission(delivered(redelivered=True))
+def test_a_first_delivery_without_schedule_headers_skips_admission(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the consume callback calls: Redeliveries.admit, whose checks run only when there is something to check
+    checked: list[DeliveredMessage] = []
+    monkeypatch.setattr(redelivery, "admit", lambda app, message, **kw: checked.append(message))
+    redeliveries = redelivery.Redeliveries(make_app(), settle=lambda o: None, running_here=list)
+    first, counted = delivered(), delivered({"x-delivery-count": 0, H_ATTEMPT: 2})
+    scheduled, again = delivered({H_EXPIRES: "2030-01-01T00:00:00Z"}), delivered(redelivered=True)
+    assert redeliveries.admit(first) and redeliveries.admit(counted)
+    assert checked == []
+    assert redeliveries.admit(scheduled) and redeliveries.admit(again)
+    assert checked == [scheduled, again]
 
 
 def test_an_expired_message_is_dead_lettered_unrun_and_a_future_eta_is_parked_again() -> None:
     app, now = make_app(), time.time()
     expired = admit(app, delivered({H_EXPIRES: format_time(now - 1)}), now)
-    assert expired is not None and expired.reason == REASON_EXPIRED and expired.republish is None
+    assert expired is not None and expired.reason == Reason.EXPIRED and expired.republish is None
     assert admit(app, delivered({H_EXPIRES: format_time(now + 60)}), now) is None
     parked = admit(app, delivered({H_ETA: format_time(now + 90)}), now)
-    assert parked is not None and parked.reason == REASON_NOT_DUE
+    assert parked is not None and parked.reason == Reason.NOT_DUE
     assert parked.republish is not None and parked.republish.delay_s == pytest.approx(90, abs=0.01)
 
 
@@ -198,7 +195,7 @@ def test_quorum_deliveries_past_the_limit_are_dead_lettered_with_the_reason() ->
     app = make_app()
     assert admit(app, delivered({"x-delivery-count": 2}, redelivered=True)) is None  # third start: allowed
     limited = admit(app, delivered({"x-delivery-count": 3}, redelivered=True))
-    assert limited is not None and limited.reason == REASON_DELIVERY_LIMIT
+    assert limited is not None and limited.reason == Reason.DELIVERY_LIMIT
     assert "delivered 3 time(s) without being settled (limit 3)" in limited.exc_message
 
 
@@ -210,7 +207,7 @@ def test_at_the_limit_only_a_message_that_was_running_when_its_child_died_is_dea
     # ... but once it was itself running when a child died (its marker is left), it is dead-lettered
     markers.start("m-1")
     limited = admit(app, delivered({"x-delivery-count": 3}, redelivered=True), markers=markers)
-    assert limited is not None and limited.reason == REASON_DELIVERY_LIMIT
+    assert limited is not None and limited.reason == Reason.DELIVERY_LIMIT
     markers.done("m-1")
     assert not markers.died_running("m-1") and list(tmp_path.iterdir()) == []
 
@@ -232,7 +229,7 @@ def test_a_redelivery_of_a_run_that_outlived_its_channel_gets_that_runs_outcome(
 def test_classic_redeliveries_are_counted_in_a_header_on_a_republished_copy() -> None:
     app = make_app()
     first = admit(app, delivered(redelivered=True, queue="c", name="t.classic"))
-    assert first is not None and first.reason == REASON_REDELIVERED
+    assert first is not None and first.reason == Reason.REDELIVERED
     assert (
         first.republish is not None
         and first.republish.delay_s == 0.1  # via the 100 ms level: the ack is out before the copy
@@ -243,19 +240,19 @@ def test_classic_redeliveries_are_counted_in_a_header_on_a_republished_copy() ->
     retried = failed(counted, app.tasks["t.classic"], Retry(1), 0.0)
     assert retried.republish is not None and H_DELIVERY_COUNT not in retried.copy_headers(retried.republish.headers)
     last = admit(app, delivered({H_DELIVERY_COUNT: 2}, redelivered=True, queue="c", name="t.classic"))
-    assert last is not None and last.reason == REASON_DELIVERY_LIMIT and last.republish is None
+    assert last is not None and last.reason == Reason.DELIVERY_LIMIT and last.republish is None
 
 
 def test_a_failure_retries_with_backoff_until_max_retries_then_dead_letters() -> None:
     app = make_app()
     task = app.tasks["t.task"]
     first = failed(delivered(), task, OSError("down"), 0.01)
-    assert first.reason == REASON_RETRY and first.republish is not None
+    assert first.reason == Reason.RETRY and first.republish is not None
     assert first.republish.delay_s == 0.5 and first.republish.headers == {H_ATTEMPT: 2}
     second = failed(delivered({H_ATTEMPT: 2}), task, OSError("down"), 0.01)
     assert second.republish is not None and second.republish.delay_s == 1.0
     last = failed(delivered({H_ATTEMPT: 3}), task, OSError("down"), 0.01)
-    assert last.reason == REASON_MAX_RETRIES and last.republish is None and last.exc_type == "OSError"
+    assert last.reason == Reason.MAX_RETRIES and last.republish is None and last.exc_type == "OSError"
     not_retried = failed(delivered(), task, ValueError("bug"), 0.01)
     assert not_retried.reason == "task raised" and "ValueError: bug" in not_retried.traceback
 
@@ -267,7 +264,7 @@ def test_an_explicit_retry_takes_its_countdown_and_reports_its_cause() -> None:
     outcome = failed(delivered(), task, Retry(3.0, exc=cause), 0.01)
     assert outcome.republish is not None and outcome.republish.delay_s == 3.0 and outcome.exc_type == "KeyError"
     no_more = failed(delivered({H_ATTEMPT: 2}), task, Retry(exc=cause, max_retries=1), 0.01)
-    assert no_more.reason == REASON_MAX_RETRIES and no_more.exc_type == "KeyError"
+    assert no_more.reason == Reason.MAX_RETRIES and no_more.exc_type == "KeyError"
 
 
 def test_dead_letter_headers_say_why_when_where_and_how_often() -> None:
@@ -280,7 +277,7 @@ def test_dead_letter_headers_say_why_when_where_and_how_often() -> None:
         0.25,
     )
     headers = outcome.copy_headers(outcome.failure_headers("q", 4242))
-    assert headers["rt-reason"] == REASON_MAX_RETRIES and headers["rt-exc-type"] == "OSError"
+    assert headers["rt-reason"] == Reason.MAX_RETRIES and headers["rt-exc-type"] == "OSError"
     assert headers["rt-exc-message"] == "down" and "OSError: down" in headers["rt-traceback"]
     assert headers[H_ATTEMPT] == 3 and headers["rt-first-seen"] == first_seen and headers["rt-queue"] == "q"
     assert headers["rt-worker"].endswith(":4242") and parse_time(headers["rt-failed-at"]) is not None

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from rabbittask.delays import delay_declarations
 from rabbittask.ops.admin.apply import _value
 from rabbittask.ops.admin.compare import Live, applicable_policies, compare, ways_out
 from rabbittask.ops.admin.formats import render
-from rabbittask.topology import Declaration, QueueSpec, declarations, delay_declarations
+from rabbittask.topology import Declaration, QueueSpec, declarations
 
 
 def live_from(decls: list[Any]) -> Live:

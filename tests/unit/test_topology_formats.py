@@ -10,17 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rabbittask import ConfigError
+from rabbittask.delays import DELAY_LEVELS, delay_declarations
 from rabbittask.ops.admin.formats import canonical, markdown, parse_definitions, render
 from rabbittask.settings import QueueType
-from rabbittask.topology import (
-    DELAY_LEVELS,
-    Declaration,
-    ExchangeBindingDecl,
-    QueueSpec,
-    declarations,
-    delay_declarations,
-    natural_key,
-)
+from rabbittask.topology import Declaration, ExchangeBindingDecl, QueueSpec, declarations, natural_key
 
 names = st.from_regex(r"[a-z][a-z0-9_.:-]{0,30}", fullmatch=True).filter(lambda n: not n.startswith("amq."))
 

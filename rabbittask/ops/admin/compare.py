@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from rabbittask.delays import delay_names
 from rabbittask.topology import (
     ARGUMENT_OPTIONS,
     BindingDecl,
@@ -27,7 +28,6 @@ from rabbittask.topology import (
     ExchangeDecl,
     QueueDecl,
     binding_key,
-    delay_names,
 )
 
 Kind = Literal["missing", "extra", "changed"]

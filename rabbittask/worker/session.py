@@ -1,0 +1,231 @@
+"""The consuming side of a child: connect, declare (or check) the topology, qos, consume, drain, reconnect.
+
+One connection and channel at a time, with a per-consumer prefetch (never global) and an `Acker`
+that dies with its channel: a tag from before a reconnect is never acked on the new one. When the
+connection drops, the session is reopened with back-off; a refused login or permission is retried
+`ACCESS_ATTEMPTS` times (a user being created right now), then ends the worker with `EXIT_CONFIG`,
+as does a topology that disagrees with the code.
+
+Draining (the child stops or retires): cancel the consumers, let deliveries that came before the
+cancel-ok arrive, release the held acks; when retiring, wait until everything held is settled (or a
+stop signal comes); hand back to the queue what has not started; wait at most `shutdown_timeout_s`
+for what still runs; send the last acks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
+
+import aiormq
+import aiormq.abc
+from aiormq.abc import DeliveredMessage
+
+from rabbittask.amqp.connect import CONNECTION_ERRORS, access_refused, connect
+from rabbittask.errors import AccessRefused, ConnectionLost, PublishError, TopologyMismatch
+from rabbittask.publish.declare import declare_async
+from rabbittask.settings import mask_url
+from rabbittask.worker.acks import Acker
+from rabbittask.worker.exits import EXIT_CONFIG, EXIT_OK
+
+if TYPE_CHECKING:
+    from rabbittask.app import App
+    from rabbittask.worker.retirement import Lifecycle, Retirement
+    from rabbittask.worker.settle import InFlight, Settler
+
+log = logging.getLogger(__name__)
+
+RECONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    ConnectionLost,
+    PublishError,
+    aiormq.exceptions.AMQPError,
+    asyncio.CancelledError,  # aiormq cancels its reader when heartbeats stop
+)
+ACCESS_ATTEMPTS = 3  # connections tried before a refused login or permission ends the worker
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+class Session:
+    """Consumes `queues` into `on_message` until the lifecycle leaves RUNNING; `run()` returns an exit code."""
+
+    def __init__(
+        self,
+        app: App,
+        queues: list[str],
+        on_message: Callable[[DeliveredMessage], Coroutine[Any, Any, None]],
+        *,
+        prefetch: int,
+        threads: int,
+        lifecycle: Lifecycle,
+        retirement: Retirement,
+        settler: Settler,
+        flight: InFlight,
+        unstarted: Callable[[], list[DeliveredMessage]],
+        shutdown_timeout_s: float,
+        on_ready: Callable[[], None] | None = None,
+        on_consuming: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.queues = queues
+        self.prefetch = prefetch
+        self.reconnects = 0
+        self._on_message = on_message
+        self._threads = threads
+        self._lifecycle = lifecycle
+        self._retirement = retirement
+        self._settler = settler
+        self._flight = flight
+        self._unstarted = unstarted
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self._on_ready = on_ready
+        self._on_consuming = on_consuming
+
+    async def run(self) -> int:
+        """Run sessions until a stop; back off on connection loss, give up on configuration errors."""
+        backoff_s = BACKOFF_FIRST_S
+        refusals = 0
+        while self._lifecycle.running:
+            try:
+                await self._consume()
+                backoff_s = BACKOFF_FIRST_S
+            except TopologyMismatch as e:
+                log.error("%s", e)
+                return EXIT_CONFIG
+            except AccessRefused as e:
+                # A refused login or permission is a configuration error, not an outage: retry a
+                # few times (a user being created right now), then exit so nobody loops on it.
+                refusals += 1
+                if refusals >= ACCESS_ATTEMPTS or not self._lifecycle.running:
+                    log.error("%s; giving up after %d attempt(s) (exit status %d)", e, refusals, EXIT_CONFIG)
+                    return EXIT_CONFIG
+                log.error("%s; attempt %d of %d, retrying in %.1f s", e, refusals, ACCESS_ATTEMPTS, backoff_s)
+                await self._pause(backoff_s)
+                backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+            except RECONNECT_ERRORS as e:
+                refusals = 0
+                self.reconnects += 1
+                current = asyncio.current_task()
+                if isinstance(e, asyncio.CancelledError) and current is not None and current.cancelling():
+                    raise  # we are being cancelled; aiormq's internal cancellations are connection losses
+                if not self._lifecycle.running:
+                    break
+                _explain_consumer_timeout(e)
+                log.warning(
+                    "broker connection lost (%s); reconnecting in %.1f s",
+                    mask_url(str(e) or type(e).__name__),
+                    backoff_s,
+                )
+                await self._pause(backoff_s)
+                backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+        return EXIT_OK
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if a stop is requested meanwhile."""
+        try:
+            await asyncio.wait_for(self._lifecycle.stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _consume(self) -> None:
+        connection = await connect(self.app.settings, f"worker q={','.join(self.queues)}")
+        try:
+            channel = await connection.channel(publisher_confirms=False)
+            try:
+                if self.app.settings.declare_topology:
+                    await declare_async(channel, self.app.declarations(self.queues))
+                else:  # pre-applied by an admin: the worker needs no configure permission
+                    await check_queues(channel, self.queues)
+                prefetch = self._retirement.prefetch(self.prefetch)  # capped by a max-tasks budget
+                await channel.basic_qos(prefetch_count=prefetch)  # per consumer, never global
+                self._settler.acker = Acker(channel, prefetch)
+                tags: list[str] = []
+                for q in self.queues:
+                    ok = await channel.basic_consume(q, self._on_message)
+                    tags.append(ok.consumer_tag or "")
+            except aiormq.exceptions.ChannelAccessRefused as e:
+                raise access_refused(self.app.settings, e, f"declare or consume {', '.join(self.queues)}") from None
+            log.info("consuming from %s (prefetch %d, %d thread(s))", ", ".join(self.queues), prefetch, self._threads)
+            if self._on_ready is not None:
+                self._on_ready()
+                self._on_ready = None
+            if self._on_consuming is not None:
+                self._on_consuming(True)
+            stop = asyncio.ensure_future(self._lifecycle.stopping.wait())
+            await asyncio.wait([stop, channel.closing], return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if not self._lifecycle.running and not channel.is_closed:
+                await self._drain(channel, tags)
+            elif channel.is_closed or channel.closing.done():
+                raise ConnectionLost(f"channel closed: {_close_reason(channel.closing)}")
+        finally:
+            self._settler.acker = None
+            if self._on_consuming is not None:
+                self._on_consuming(False)
+            if not connection.is_closed:
+                await connection.close()
+
+    async def _drain(self, channel: aiormq.abc.AbstractChannel, consumer_tags: list[str]) -> None:
+        for tag in consumer_tags:
+            await channel.basic_cancel(tag)
+        await asyncio.sleep(0)  # deliveries that came before the cancel-ok run their callbacks first
+        acker = self._settler.acker
+        assert acker is not None
+        acker.release()  # acks held back until the broker stopped sending
+        flight, handing_back = self._flight, self._lifecycle.handing_back
+        if not handing_back.is_set():  # retiring: finish all it holds, unless a stop signal comes
+            idle = asyncio.ensure_future(flight.idle.wait())
+            shutdown = asyncio.ensure_future(handing_back.wait())
+            await asyncio.wait([idle, shutdown], return_when=asyncio.FIRST_COMPLETED)
+            idle.cancel()
+            shutdown.cancel()
+        unstarted = self._unstarted()  # prefetched messages that have not started go straight back
+        for message in unstarted:
+            self._settler.hand_back(message)
+        if unstarted:
+            log.info("handed %d unstarted message(s) back to the queue", len(unstarted))
+        try:
+            await asyncio.wait_for(flight.idle.wait(), self._shutdown_timeout_s)
+        except TimeoutError:
+            log.warning(
+                "%d task(s) still running after %.0f s; they go back to the queue",
+                flight.count,
+                self._shutdown_timeout_s,
+            )
+        await acker.drain()
+
+
+async def check_queues(channel: aiormq.abc.AbstractChannel, queues: Sequence[str]) -> None:
+    """Passively check that `queues` exist; raise `TopologyMismatch` naming the first one missing."""
+    for q in queues:
+        try:
+            await channel.queue_declare(q, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            raise TopologyMismatch(
+                f"queue {q!r} does not exist and declare_topology is False: apply the topology first "
+                "(`rabbittask topology apply -A ...` as a user with configure permission)"
+            ) from None
+
+
+def _close_reason(closing: asyncio.Future[Any]) -> str:
+    """Why a channel or connection closed, from its `closing` future, without raising."""
+    if not closing.done() or closing.cancelled():
+        return "connection lost"
+    try:
+        exc = closing.exception()
+    except BaseException as e:  # noqa: BLE001 - aiormq may store a CancelledError here
+        exc = e
+    return "closed" if exc is None else (str(exc) or type(exc).__name__)
+
+
+def _explain_consumer_timeout(exc: BaseException) -> None:
+    """Say what to change when the broker closed the channel for its consumer_timeout."""
+    if "acknowledgement" in str(exc):  # 406 "delivery acknowledgement on channel N timed out"
+        log.error(
+            "the broker's consumer_timeout closed the channel: a message was held unacked longer than it "
+            "allows, and what the channel held is redelivered. Raise consumer_timeout in rabbitmq.conf, or "
+            "lower --prefetch and the tasks' time limits"
+        )

@@ -1,0 +1,319 @@
+"""Settling a delivery, in one place: every ack and reject of a worker child goes through the `Settler`.
+
+What an outcome's `Reason` asks for (its `Settlement`), in order:
+
+* success: ack; with a `reply_to` or a result backend, the reply is published and the result stored
+  first (an acked task never lacks its result; one that cannot be stored goes back to the queue);
+* DEAD_LETTER: a copy with the `rt-*` reason headers to the dead-letter exchange, confirmed, then ack;
+* REPUBLISH: a copy back to the task queue through the delay ladder, confirmed, then ack;
+* REQUEUE: reject with requeue (it never started: a warm shutdown hands it back);
+* FORGET: nothing (its channel closed before it started; the broker has it back already).
+
+A copy that cannot be published is rejected without requeue, so the broker dead-letters it. When
+the channel a message came on is gone, its tag means nothing on the new one: the outcome is kept
+for its redelivery (see redelivery.py, `Orphans`). Publishing goes over a second connection,
+because a memory alarm blocks a publishing connection and would stop its acks too.
+
+`InFlight` counts what a child holds unsettled: up on delivery, down only here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from aiormq.abc import DeliveredMessage
+
+from rabbittask.amqp.connect import CONNECTION_ERRORS
+from rabbittask.errors import PublishError, PublishNotConfirmed, ResultNotSerialisable
+from rabbittask.message import H_ATTEMPT, Outgoing
+from rabbittask.publish.aio import AsyncPublisher
+from rabbittask.results.record import encode_failure, encode_success
+from rabbittask.retry import schedule_headers
+from rabbittask.topology import dlx_name
+from rabbittask.worker.acks import Acker, delivery_tag
+from rabbittask.worker.execute import source_queue
+from rabbittask.worker.outcome import Outcome, Reason, Settlement
+
+if TYPE_CHECKING:
+    from rabbittask.app import App
+    from rabbittask.results.backend import ResultBackend
+    from rabbittask.worker.events import Events
+    from rabbittask.worker.redelivery import Redeliveries
+    from rabbittask.worker.retirement import Lifecycle, Retirement
+
+log = logging.getLogger(__name__)
+
+PUBLISH_ERRORS: tuple[type[Exception], ...] = (PublishError, *CONNECTION_ERRORS)
+
+
+class InFlight:
+    """Messages a child holds unsettled (running, waiting for a thread, or waiting for a confirm)."""
+
+    __slots__ = ("count", "idle")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def add(self) -> None:
+        self.count += 1
+        self.idle.clear()
+
+    def done(self) -> None:
+        self.count -= 1
+        if self.count <= 0:
+            self.idle.set()
+
+
+class Settler:
+    """Acks, rejects, replies, stores, republishes and dead-letters; `acker` is the current channel's."""
+
+    def __init__(
+        self,
+        app: App,
+        publisher: AsyncPublisher,
+        *,
+        flight: InFlight,
+        retirement: Retirement,
+        lifecycle: Lifecycle,
+        redeliveries: Redeliveries,
+        on_limit: Callable[[], None],
+        events: Events | None = None,
+    ) -> None:
+        self.app = app
+        self.publisher = publisher
+        self.backend: ResultBackend | None = app.backend  # loaded now: a bad result_backend URL stops the worker
+        self.flight = flight
+        self.retirement = retirement
+        self.lifecycle = lifecycle
+        self.redeliveries = redeliveries
+        self.on_limit = on_limit  # a limit needs a look (before this settle's ack, which it may hold back)
+        self.events = events
+        self.acker: Acker | None = None  # set by the session while its channel is open
+        self._background: set[asyncio.Task[None]] = set()
+
+    def settle(self, outcome: Outcome) -> None:
+        """Settle the message of `outcome` as its reason says (the hot path: a success acked in a batch)."""
+        reason = outcome.reason
+        forget = False
+        if reason is not None:  # on success no Reason is looked at: a class attribute of an enum costs 0.1 µs
+            if reason.settlement is Settlement.REQUEUE:
+                self.hand_back(outcome.message)
+                return
+            forget = reason.settlement is Settlement.FORGET
+        events = self.events
+        if events is not None and not forget:
+            events.record(outcome)
+        if self.retirement.settled():
+            self.on_limit()
+        message = outcome.message
+        if self.redeliveries.marked:
+            self.redeliveries.settled(message)
+        acker = self.acker
+        if forget:
+            pass
+        elif acker is None or message.channel is not acker.channel or not acker.alive:
+            self._orphaned(outcome)
+        elif (
+            reason is None
+            and not message.header.properties.reply_to
+            and (self.backend is None or not self._stores(outcome))
+        ):
+            acker.ack(delivery_tag(message))
+        else:
+            self._spawn(self._publish_then_ack(acker, outcome))
+            return  # in flight until the copy, reply or result is confirmed and the message acked
+        self.flight.done()
+
+    def hand_back(self, message: DeliveredMessage) -> None:
+        """Return a message that never started to its queue (warm shutdown): reject it with requeue."""
+        acker = self.acker
+        if acker is not None and message.channel is acker.channel and acker.alive:
+            acker.reject(delivery_tag(message), requeue=True)
+        self.flight.done()
+
+    def _orphaned(self, outcome: Outcome) -> None:
+        redelivery = self.redeliveries.orphaned(outcome)
+        if redelivery is None:
+            log.info(
+                "task %s [%s] finished after its channel closed; the broker redelivers it",
+                outcome.task_name,
+                outcome.message_id,
+            )
+        else:
+            self.settle(redelivery)  # its redelivery waited for this run: settled on the new channel
+
+    def _stores(self, outcome: Outcome) -> bool:
+        """True when the outcome goes to the result backend (the app has one, the task keeps results)."""
+        if self.backend is None:
+            return False
+        task = self.app.tasks.get(outcome.task_name)
+        return task is None or not task.ignore_result
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _publish_then_ack(self, acker: Acker, outcome: Outcome) -> None:
+        tag = delivery_tag(outcome.message)
+        reply_to = outcome.message.header.properties.reply_to
+        republish = outcome.reason is not None and outcome.reason.settlement is Settlement.REPUBLISH
+        stores = self._stores(outcome)
+        try:
+            if republish:  # a retry (or a re-park): the copy is confirmed before the ack
+                await self._republish(outcome)  # no reply and no stored result: the task is not finished
+            else:
+                record = b""
+                if reply_to or stores:
+                    outcome, record = self._record(outcome)
+                if reply_to:
+                    await self._reply(outcome, record)
+                if stores and not await self._store(outcome, record):
+                    if acker.alive:
+                        acker.reject(tag, requeue=True)
+                    return
+                if not outcome.ok:
+                    await self._dead_letter(outcome)
+        except PUBLISH_ERRORS as e:
+            log.warning(
+                "task %s [%s]: could not publish its %s (%s); the broker dead-letters it instead",
+                outcome.task_name,
+                outcome.message_id,
+                "copy" if republish else "dead letter",
+                e,
+            )
+            if acker.alive:
+                acker.reject(tag, requeue=False)
+        else:
+            if acker.alive:
+                acker.ack(tag)
+        finally:
+            self.flight.done()
+
+    async def _republish(self, outcome: Outcome) -> None:
+        republish = outcome.republish
+        assert republish is not None, f"{outcome.reason} comes with a Republish"
+        props = outcome.message.header.properties
+        if outcome.reason is Reason.RETRY:
+            log.info(
+                "task %s [%s] failed (%s: %s); attempt %s in %.3f s",
+                outcome.task_name,
+                outcome.message_id,
+                outcome.exc_type,
+                outcome.exc_message,
+                republish.headers.get(H_ATTEMPT, "?"),
+                republish.delay_s,
+            )
+        else:
+            log.info("task %s [%s] re-published (%s)", outcome.task_name, outcome.message_id, outcome.reason)
+        delay_ms = math.ceil(republish.delay_s * 1000)
+        extra = schedule_headers(delay_ms, None, time.time())  # rt-eta again if beyond one ladder pass
+        await self.publisher.publish(
+            Outgoing(
+                routing_key=source_queue(self.app, outcome.message),
+                body=outcome.message.body,
+                message_id=outcome.message_id,
+                task_name=outcome.task_name,
+                priority=props.priority,
+                headers=outcome.copy_headers({**republish.headers, **extra}),
+                reply_to=props.reply_to,
+                correlation_id=props.correlation_id,
+                content_type=props.content_type or "",
+                delay_ms=delay_ms,
+            )
+        )
+
+    async def _dead_letter(self, outcome: Outcome) -> None:
+        props = outcome.message.header.properties
+        queue_name = source_queue(self.app, outcome.message)
+        log.error(
+            "task %s [%s] dead-lettered: %s: %s %s",
+            outcome.task_name,
+            outcome.message_id,
+            outcome.reason,
+            outcome.exc_type,
+            outcome.exc_message,
+        )
+        headers = outcome.copy_headers(outcome.failure_headers(queue_name, os.getpid()))
+        await self.publisher.publish(
+            Outgoing(
+                routing_key=queue_name,
+                body=outcome.message.body,
+                message_id=outcome.message_id,
+                task_name=outcome.task_name,
+                priority=props.priority,
+                headers=headers,
+                correlation_id=props.correlation_id,
+                content_type=props.content_type or "",
+                exchange=dlx_name(self.app.settings.exchange),
+            )
+        )
+
+    @staticmethod
+    def _record(outcome: Outcome) -> tuple[Outcome, bytes]:
+        """The result record for the reply and the backend; a result that is not JSON fails the task."""
+        if outcome.ok:
+            try:
+                return outcome, encode_success(outcome.task_name, outcome.value)
+            except ResultNotSerialisable as e:
+                outcome = outcome._replace(reason=Reason.NOT_SERIALISABLE, exc_type="TypeError", exc_message=str(e))
+        reason = outcome.reason.value if outcome.reason is not None else ""
+        record = encode_failure(outcome.task_name, outcome.exc_type, outcome.exc_message, outcome.traceback, reason)
+        return outcome, record
+
+    async def _reply(self, outcome: Outcome, record: bytes) -> None:
+        props = outcome.message.header.properties
+        try:
+            await self.publisher.publish(
+                Outgoing(
+                    routing_key=props.reply_to or "",
+                    body=record,
+                    message_id=outcome.message_id,
+                    task_name=outcome.task_name,
+                    correlation_id=props.correlation_id or outcome.message_id,
+                    exchange="",
+                    # Not mandatory: RabbitMQ 3.x returns every direct reply as unroutable although it
+                    # delivered it. A reply to a caller that is gone is dropped by the broker, silently.
+                    mandatory=False,
+                )
+            )
+        except PublishNotConfirmed as e:  # nacked: the caller may be gone; the task still ran
+            log.debug("task %s [%s]: reply not confirmed: %s", outcome.task_name, outcome.message_id, e)
+        except PUBLISH_ERRORS as e:
+            log.warning("task %s [%s]: reply not delivered: %s", outcome.task_name, outcome.message_id, e)
+
+    async def _store(self, outcome: Outcome, record: bytes) -> bool:
+        """Store the result, retrying for `result_store_timeout_s`; False when it could not be stored."""
+        assert self.backend is not None
+        settings = self.app.settings
+        deadline, pause_s = time.monotonic() + settings.result_store_timeout_s, 0.1
+        while True:
+            try:
+                await self.backend.astore(outcome.message_id, record, settings.result_expires_s)
+                return True
+            except Exception as e:  # noqa: BLE001 - any plugin failure: the message must not be acked
+                if time.monotonic() + pause_s > deadline or not self.lifecycle.running:
+                    log.error(
+                        "task %s [%s]: its result could not be stored (%s); the message goes back to the queue",
+                        outcome.task_name,
+                        outcome.message_id,
+                        e,
+                    )
+                    return False
+                log.warning(
+                    "task %s [%s]: storing its result failed (%s); retrying in %.1f s",
+                    outcome.task_name,
+                    outcome.message_id,
+                    e,
+                    pause_s,
+                )
+                await asyncio.sleep(pause_s)
+                pause_s = min(pause_s * 2, 2.0)
