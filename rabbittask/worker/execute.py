@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from aiormq.abc import DeliveredMessage
 
 from rabbittask import tracing
-from rabbittask.context import TaskContext
+from rabbittask.context import TaskContext, running
 from rabbittask.delays import delivered_queue
 from rabbittask.errors import (
     ArgumentsInvalid,
@@ -134,7 +134,9 @@ def run_sync(app: App, message: DeliveredMessage) -> Outcome:
     task, args, kwargs = prepared
     if task.bind:
         args = (context(app, task, message), *args)
-    headers = message.header.properties.headers
+    props = message.header.properties
+    headers = props.headers
+    token = running.set((task.name, props.message_id or "?"))  # task loggers, and no blocking .call() inside
     start = time.perf_counter()
     try:
         if tracing.spans is None and not (headers and TRACEPARENT in headers):
@@ -144,6 +146,8 @@ def run_sync(app: App, message: DeliveredMessage) -> Outcome:
                 value = task.fn(*args, **kwargs)
     except Exception as e:  # noqa: BLE001 - a task's failure is data, not a crash of the worker
         return failed(message, task, e, time.perf_counter() - start)
+    finally:
+        running.reset(token)
     return Outcome(message, task.name, value=value, runtime_s=time.perf_counter() - start)
 
 
@@ -153,7 +157,9 @@ async def run_async(
     """Run an async task on the child's event loop."""
     if task.bind:
         args = (context(task.app, task, message), *args)
-    headers = message.header.properties.headers
+    props = message.header.properties
+    headers = props.headers
+    token = running.set((task.name, props.message_id or "?"))  # in this message's own asyncio task
     start = time.perf_counter()
     try:
         if tracing.spans is not None or (headers and TRACEPARENT in headers):
@@ -165,6 +171,8 @@ async def run_async(
             value = await _limited(task, task.fn(*args, **kwargs))
     except Exception as e:  # noqa: BLE001 - a task's failure is data, not a crash of the worker
         return failed(message, task, e, time.perf_counter() - start)
+    finally:
+        running.reset(token)
     return Outcome(message, task.name, value=value, runtime_s=time.perf_counter() - start)
 
 

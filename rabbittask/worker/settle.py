@@ -35,7 +35,8 @@ from rabbittask.message import H_ATTEMPT, Outgoing
 from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.results.record import encode_failure, encode_success
 from rabbittask.retry import schedule_headers
-from rabbittask.topology import dlx_name
+from rabbittask.topology import dlq_name, dlx_name
+from rabbittask.worker import tasklog
 from rabbittask.worker.acks import Acker, delivery_tag
 from rabbittask.worker.execute import source_queue
 from rabbittask.worker.outcome import Outcome, Reason, Settlement
@@ -97,6 +98,7 @@ class Settler:
         self.on_limit = on_limit  # a limit needs a look (before this settle's ack, which it may hold back)
         self.events = events
         self.acker: Acker | None = None  # set by the session while its channel is open
+        self.log_successes = tasklog.enabled()  # asked once: a quiet drain pays no call per success
         self._background: set[asyncio.Task[None]] = set()
 
     def settle(self, outcome: Outcome) -> None:
@@ -108,6 +110,8 @@ class Settler:
                 self.hand_back(outcome.message)
                 return
             forget = reason.settlement is Settlement.FORGET
+        elif self.log_successes:
+            tasklog.succeeded(outcome)
         events = self.events
         if events is not None and not forget:
             events.record(outcome)
@@ -203,15 +207,7 @@ class Settler:
         assert republish is not None, f"{outcome.reason} comes with a Republish"
         props = outcome.message.header.properties
         if outcome.reason is Reason.RETRY:
-            log.info(
-                "task %s [%s] failed (%s: %s); attempt %s in %.3f s",
-                outcome.task_name,
-                outcome.message_id,
-                outcome.exc_type,
-                outcome.exc_message,
-                republish.headers.get(H_ATTEMPT, "?"),
-                republish.delay_s,
-            )
+            tasklog.retried(outcome, republish.headers.get(H_ATTEMPT, "?"), republish.delay_s)
         else:
             log.info("task %s [%s] re-published (%s)", outcome.task_name, outcome.message_id, outcome.reason)
         delay_ms = math.ceil(republish.delay_s * 1000)
@@ -234,14 +230,7 @@ class Settler:
     async def _dead_letter(self, outcome: Outcome) -> None:
         props = outcome.message.header.properties
         queue_name = source_queue(self.app, outcome.message)
-        log.error(
-            "task %s [%s] dead-lettered: %s: %s %s",
-            outcome.task_name,
-            outcome.message_id,
-            outcome.reason,
-            outcome.exc_type,
-            outcome.exc_message,
-        )
+        tasklog.dead_lettered(outcome, dlq_name(queue_name))
         headers = outcome.copy_headers(outcome.failure_headers(queue_name, os.getpid()))
         await self.publisher.publish(
             Outgoing(
