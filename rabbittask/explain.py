@@ -62,11 +62,12 @@ def unknown_names(given: Iterable[str], known: Iterable[str], what: str) -> str:
     return "; ".join(parts)
 
 
-def describe(error: ValidationError, env_prefix: str = "") -> str:
+def describe(error: ValidationError, env_prefix: str = "", labels: dict[str, str] | None = None) -> str:
     """One part per field: `prefetch (RABBITTASK_PREFETCH): Input should be a valid integer (got 'many')`.
 
     Our own validators' messages are kept as raised (they name the field already); pydantic's are
-    kept without their internals (no error codes, no documentation links).
+    kept without their internals (no error codes, no documentation links). `labels` names a field
+    otherwise, e.g. by its command-line flag.
     """
     by_field: dict[str, tuple[list[str], Any]] = {}
     for err in error.errors(include_url=False):
@@ -82,7 +83,7 @@ def describe(error: ValidationError, env_prefix: str = "") -> str:
     parts = []
     for name, (whys, given) in by_field.items():
         text = " or ".join(whys)
-        label = f"{name} ({env_prefix}{name.upper()})" if env_prefix else name
+        label = (labels or {}).get(name) or (f"{name} ({env_prefix}{name.upper()})" if env_prefix else name)
         if name and not text.startswith(name):
             text = f"{label}: {text}"
         parts.append(f"{text} (got {mask_url(repr(given))})" if given is not None else text)

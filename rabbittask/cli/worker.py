@@ -41,7 +41,9 @@ def _options(given: dict[str, Any]) -> WorkerOptions:
     try:
         return WorkerOptions(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as e:
-        raise click.UsageError(f"invalid worker options: {describe_error(e, 'RABBITTASK_WORKER_')}") from None
+        prefix = "RABBITTASK_WORKER_"
+        flags = {p.name: f"{'/'.join(p.opts)} ({prefix}{str(p.name).upper()})" for p in worker.params if p.name}
+        raise click.UsageError(f"invalid worker options: {describe_error(e, prefix, flags)}") from None
 
 
 LOGLEVEL_OPTION = click.option(
@@ -96,7 +98,6 @@ def worker(app_spec: str, queues: str, loglevel: str, log_format: LogFormat, **g
     Signals: TERM/INT warm shutdown (a second one: cold), QUIT cold shutdown, HUP reload the code and
     replace the children one by one.
     """
-    setup_logging(loglevel, log_format)
     options = _options(given)
     loader = AppLoader(app_spec, load_app)
     app = loader.load()
@@ -104,6 +105,7 @@ def worker(app_spec: str, queues: str, loglevel: str, log_format: LogFormat, **g
         queues_used = queues_to_consume(app, split_queues(queues))  # before anything is forked
     except RabbitTaskError as e:
         raise click.ClickException(str(e)) from None
+    setup_logging(loglevel, log_format)  # once the command line is known to be right: its errors are not logs
     text, fields = banner(app, queues_used, options, rabbittask.__version__)
     log.info("%s", text, extra={"rt": fields})
     problems = consumer_timeout_problems(app, queues_used, options)

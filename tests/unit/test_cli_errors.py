@@ -111,3 +111,25 @@ def test_status_in_text_mode_says_why_it_exits_1_and_a_missing_queue_reads_missi
         "topology apply -A examples.emails:app` declares them). Start a worker: rabbittask worker -A "
         "examples.emails:app -Q emails,thumbs"
     )
+
+
+def test_a_bad_worker_option_names_the_flag_its_variable_and_the_value() -> None:
+    code, out = run("worker", "-A", "examples.emails:app", "-c", "0")
+    assert code == 2
+    assert (
+        "Error: invalid worker options: -c/--concurrency (RABBITTASK_WORKER_CONCURRENCY): Input should be greater "
+        "than or equal to 1 (got 0)"
+    ) in out
+    code, out = run("worker", "-A", "examples.emails:app", "--max-memory-per-child", "lots")
+    assert (
+        "--max-memory-per-child (RABBITTASK_WORKER_MAX_MEMORY_PER_CHILD_MB): 'lots' is not a memory size: use a "
+        "number with an optional unit, e.g. 300MB or 1.5GB"
+    ) in " ".join(out.split())
+
+
+def test_a_queue_the_app_does_not_have_names_the_ones_it_has() -> None:
+    code, out = run("worker", "-A", "examples.emails:app", "-Q", "emails, nope")
+    assert (code, out.strip().splitlines()[-1]) == (
+        1,
+        "Error: app 'shop' has no task on queue(s) nope; known: emails, thumbs",
+    )
