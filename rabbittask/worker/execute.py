@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import traceback
 from collections.abc import Mapping
@@ -37,6 +38,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+_WORKER_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def task_traceback(exc: BaseException) -> str:
+    """The traceback from the task's own code on: the worker's frames that called it say nothing to its author."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename.startswith(_WORKER_DIR):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
 def _failure(
     message: DeliveredMessage,
     name: str,
@@ -53,7 +65,7 @@ def _failure(
         exc_type=type(exc).__name__,
         exc_message=str(exc)
         or ("the task ran past its soft_time_limit" if isinstance(exc, SoftTimeLimitExceeded) else ""),
-        traceback="".join(traceback.format_exception(exc)) if tb else "",
+        traceback=task_traceback(exc) if tb else "",
         runtime_s=runtime_s,
         republish=republish,
     )
