@@ -6,6 +6,9 @@ its error lists its fields, and each field carries the description the docs can 
 
 from __future__ import annotations
 
+import difflib
+import os
+import sys
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from datetime import timedelta
@@ -105,8 +108,24 @@ class TaskOptions(BaseModel):
 
 
 def default_task_name(fn: Callable[..., Any]) -> str:
-    """`module.function` (nested functions drop the `<locals>` part)."""
-    return f"{fn.__module__}.{fn.__qualname__.replace('<locals>.', '')}"
+    """`module.function` (nested functions drop the `<locals>` part).
+
+    A module run as a script (`python tasks.py`) is `__main__` to itself but `tasks` to a worker that
+    imports it: the name uses the module's own name, so sender and worker agree.
+    """
+    module = fn.__module__
+    if module == "__main__":
+        main = sys.modules["__main__"]
+        spec = getattr(main, "__spec__", None)
+        module = spec.name if spec is not None else os.path.splitext(os.path.basename(getattr(main, "__file__", "")))[0]
+    return f"{module or '__main__'}.{fn.__qualname__.replace('<locals>.', '')}"
+
+
+def _known(name: str, tasks: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(name, list(tasks), n=3, cutoff=0.6)
+    if close:
+        return f" (did you mean {' or '.join(map(repr, close))}?); is the worker running the same code as the sender?"
+    return f" ({len(tasks)} task(s) known); is the worker running the same code as the sender?"
 
 
 class App:
@@ -253,7 +272,9 @@ class App:
         try:
             return self.tasks[name]
         except KeyError:
-            raise TaskNotFound(f"task {name!r} is not registered in app {self.name!r}") from None
+            raise TaskNotFound(
+                f"task {name!r} is not registered in app {self.name!r}{_known(name, self.tasks)}"
+            ) from None
 
     def declarations(self, queues: list[str] | None = None) -> list[Declaration]:
         """What the broker must have for this app (or for some of its queues)."""
