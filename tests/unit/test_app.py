@@ -158,3 +158,32 @@ def test_an_unknown_send_option_is_refused_naming_it_and_the_known_ones() -> Non
         "task 'send' got unknown send option 'countdwn' (did you mean countdown?); "
         "the send options are countdown, eta, expires, headers, message_id, priority, queue"
     )
+
+
+def test_a_task_declared_in_a_script_is_named_after_the_script_not_main(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    from rabbittask.app import default_task_name
+
+    # Given a module run as `python billing.py`: it is __main__ to itself, `billing` to the worker
+    script = types.ModuleType("__main__")
+    script.__file__ = "/srv/shop/billing.py"
+    script.__spec__ = None
+    monkeypatch.setitem(sys.modules, "__main__", script)
+
+    def charge() -> None: ...
+
+    charge.__module__, charge.__qualname__ = "__main__", "charge"
+    assert default_task_name(charge) == "billing.charge"
+
+
+def test_an_unknown_task_name_suggests_the_close_ones_and_the_likely_cause() -> None:
+    app = App("shop")
+    app.task(name="shop.tasks.send_email")(noop)
+    with pytest.raises(TaskNotFound) as info:
+        app.get_task("shop.task.send_email")
+    assert str(info.value) == (
+        "task 'shop.task.send_email' is not registered in app 'shop' (did you mean 'shop.tasks.send_email'?); "
+        "is the worker running the same code as the sender?"
+    )
