@@ -156,7 +156,6 @@ def cli() -> str:
             out += ["| command | what it does |", "|---|---|"]
             out += [f"| `{path} {name}` | {cell(sub.get_short_help_str(200))} |" for name, sub in subs if sub]
             out.append("")
-            continue
         rows = []
         for param in command.get_params(ctx):
             record = param.get_help_record(ctx)
