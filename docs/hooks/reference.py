@@ -10,6 +10,7 @@ the build. `tests/unit/test_docs_site.py` checks that every field and every comm
 from __future__ import annotations
 
 import enum
+import html
 import importlib
 import re
 import types
@@ -72,6 +73,11 @@ def cell(text: str) -> str:
     return "".join(escaped).replace("|", "\\|")
 
 
+def code(text: str) -> str:
+    """A type in a table cell: `|` inside a Markdown code span would show its escape, so HTML it is."""
+    return f"<code>{html.escape(text).replace('|', '&#124;')}</code>"
+
+
 def _fields(model: type[BaseModel]) -> Iterator[tuple[str, FieldInfo]]:
     yield from model.model_fields.items()
 
@@ -82,8 +88,8 @@ def task_options() -> str:
 
     rows = ["| option | type | default | meaning |", "|---|---|---|---|"]
     for name, field in _fields(TaskOptions):
-        kind = cell(type_text(field.annotation))
-        rows.append(f"| `{name}` | `{kind}` | {default_text(field)} | {cell(field.description or '')} |")
+        kind = code(type_text(field.annotation))
+        rows.append(f"| `{name}` | {kind} | {default_text(field)} | {cell(field.description or '')} |")
     return "\n".join(rows)
 
 
@@ -95,7 +101,7 @@ def settings() -> str:
     rows = ["| setting | environment variable | type | default | meaning |", "|---|---|---|---|---|"]
     for name, field in _fields(Settings):
         rows.append(
-            f"| `{name}` | `{prefix}{name.upper()}` | `{cell(type_text(field.annotation))}` | {default_text(field)} "
+            f"| `{name}` | `{prefix}{name.upper()}` | {code(type_text(field.annotation))} | {default_text(field)} "
             f"| {cell(field.description or '')} |"
         )
     return "\n".join(rows)
@@ -111,7 +117,7 @@ def worker_options() -> str:
     rows = ["| flag | environment variable | type | default | meaning |", "|---|---|---|---|---|"]
     for name, field in _fields(WorkerOptions):
         rows.append(
-            f"| {flags.get(name, '(none)')} | `{prefix}{name.upper()}` | `{cell(type_text(field.annotation))}` "
+            f"| {flags.get(name, '(none)')} | `{prefix}{name.upper()}` | {code(type_text(field.annotation))} "
             f"| {default_text(field)} | {cell(field.description or '')} |"
         )
     return "\n".join(rows)
@@ -163,7 +169,7 @@ def cli() -> str:
                 rows.append(f"| `{param.human_readable_name}` | argument{' (required)' if param.required else ''} |")
             elif record is not None:
                 flags, text = record
-                rows.append(f"| `{cell(flags)}` | {cell(text)} |")
+                rows.append(f"| {code(flags)} | {cell(text)} |")
         if rows:
             out += ["| argument or flag | meaning |", "|---|---|", *rows, ""]
     return "\n".join(out)

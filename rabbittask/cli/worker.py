@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from pydantic import ValidationError
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from rabbittask.app import App
 
 log = logging.getLogger("rabbittask.worker")
+FC = TypeVar("FC", bound=Callable[..., Any])
 
 
 def queues_to_consume(app: App, names: list[str]) -> list[str]:
@@ -46,14 +48,18 @@ def _options(given: dict[str, Any]) -> WorkerOptions:
         raise click.UsageError(f"invalid worker options: {describe_error(e, prefix, flags)}") from None
 
 
-LOGLEVEL_OPTION = click.option(
-    "--loglevel",
-    "-l",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    help="Log level; at info the worker logs a line for each task (succeeded, retried, failed, dead-lettered).",
-)
+def loglevel_option(help_text: str = "Log level.") -> Callable[[FC], FC]:
+    """`--loglevel/-l`, as the worker and beat take it."""
+    return click.option(
+        "--loglevel",
+        "-l",
+        type=click.Choice(["debug", "info", "warning", "error"]),
+        default="info",
+        show_default=True,
+        help=help_text,
+    )
+
+
 LOG_FORMAT_OPTION = click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
@@ -90,7 +96,7 @@ LOG_FORMAT_OPTION = click.option(
 @click.option("--metrics-port", type=int, metavar="PORT", help=describe("metrics_port"))
 @click.option("--metrics-host", metavar="ADDRESS", help=describe("metrics_host") + " [default: 0.0.0.0]")
 @click.option("--strict-timeouts", is_flag=True, default=None, help=describe("strict_timeouts"))
-@LOGLEVEL_OPTION
+@loglevel_option("Log level; at info a line for each task (succeeded, retried, failed, dead-lettered).")
 @LOG_FORMAT_OPTION
 def worker(app_spec: str, queues: str, loglevel: str, log_format: LogFormat, **given: Any) -> None:
     """Consume task queues in forked children and run the tasks; ack each message after its task finished.

@@ -75,15 +75,16 @@ def test_the_task_options_table_has_every_option_with_its_description() -> None:
 
 def test_the_settings_table_has_every_setting_its_variable_and_default() -> None:
     table = reference().settings()
-    assert "| `prefetch` | `RABBITTASK_PREFETCH` | `int` | `16` |" in table
-    assert '| `queue_type` | `RABBITTASK_QUEUE_TYPE` | `"quorum" \\| "classic"` | `"quorum"` |' in table
+    assert "| `prefetch` | `RABBITTASK_PREFETCH` | <code>int</code> | `16` |" in table
+    quorum_or_classic = "<code>&quot;quorum&quot; &#124; &quot;classic&quot;</code>"
+    assert f'| `queue_type` | `RABBITTASK_QUEUE_TYPE` | {quorum_or_classic} | `"quorum"` |' in table
     for name in Settings.model_fields:
         assert f"| `{name}` | `RABBITTASK_{name.upper()}` |" in table
 
 
 def test_the_worker_options_table_has_every_option_with_its_flag() -> None:
     table = reference().worker_options()
-    assert "| `-c`, `--concurrency` | `RABBITTASK_WORKER_CONCURRENCY` | `int` | `1` |" in table
+    assert "| `-c`, `--concurrency` | `RABBITTASK_WORKER_CONCURRENCY` | <code>int</code> | `1` |" in table
     for name in WorkerOptions.model_fields:
         row = next(line for line in table.splitlines() if f"`RABBITTASK_WORKER_{name.upper()}`" in line)
         assert "(none)" not in row, f"worker option {name} has no flag"
