@@ -118,7 +118,8 @@ def default_task_name(fn: Callable[..., Any]) -> str:
         main = sys.modules["__main__"]
         spec = getattr(main, "__spec__", None)
         module = spec.name if spec is not None else os.path.splitext(os.path.basename(getattr(main, "__file__", "")))[0]
-    return f"{module or '__main__'}.{fn.__qualname__.replace('<locals>.', '')}"
+        module = module if module.isidentifier() else "__main__"  # stdin, a notebook: no name a worker can import
+    return f"{module}.{fn.__qualname__.replace('<locals>.', '')}"
 
 
 def _known(name: str, tasks: Mapping[str, Any]) -> str:
@@ -186,7 +187,10 @@ class App:
     def _register(self, fn: Callable[P, R], options: TaskOptions) -> Task[P, R]:
         name = options.name or default_task_name(fn)
         if not TASK_NAME.match(name):
-            raise ConfigError(f"task name {name!r} is not allowed: use letters, digits and _ . : - (max 200)")
+            raise ConfigError(
+                f"task name {name!r} is not allowed: use letters, digits and _ . : - (max 200); give the task a "
+                "name=... (a lambda or a function declared in a script read from stdin has none of its own)"
+            )
         if name in self.tasks:
             raise ConfigError(f"task name {name!r} is declared twice: give one of them name=...")
         o = options

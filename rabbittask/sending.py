@@ -12,11 +12,14 @@ import re
 import time
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any
+
+from pydantic import TypeAdapter, ValidationError
+from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12
 
 from rabbittask import tracing
 from rabbittask.errors import ArgumentsInvalid, ConfigError, PayloadError
-from rabbittask.explain import unknown_names
+from rabbittask.explain import describe, unknown_names
 from rabbittask.message import Outgoing, encode_body, new_id
 from rabbittask.retry import due_in_ms, schedule_headers
 from rabbittask.signing import sign
@@ -51,6 +54,30 @@ _NO_OPTIONS = SendOptions()  # never changed: .delay() and .call() send with non
 
 SEND_OPTIONS = SendOptions.__optional_keys__
 NO_OPTIONS = SendOptions()  # never changed: .delay() and .call() send with none
+_OPTIONS = TypeAdapter(SendOptions)  # checks the values; built once, used only when options are given
+
+
+def check_call(task_name: str, args: Any, kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """`args` as a tuple and `kwargs` as a dict; `ArgumentsInvalid` saying what to pass instead."""
+    if not isinstance(args, list | tuple):
+        raise ArgumentsInvalid(
+            f"task {task_name!r}: args must be a tuple or list of the positional arguments, got "
+            f"{type(args).__name__} {args!r:.60}: e.g. apply_async(({args!r:.40},)) for one argument"
+        )
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise ArgumentsInvalid(
+            f"task {task_name!r}: kwargs must be a dict of the keyword arguments, got {type(kwargs).__name__} "
+            f"{kwargs!r:.60}"
+        )
+    return tuple(args), dict(kwargs or {})
+
+
+def _read_options(task_name: str, options: SendOptions) -> SendOptions:
+    try:
+        checked: SendOptions = _OPTIONS.validate_python(options)
+    except ValidationError as e:
+        raise ConfigError(f"task {task_name!r}: invalid send option(s): {describe(e)}") from None
+    return checked
 
 
 def message_by_name(
@@ -65,11 +92,8 @@ def message_by_name(
             f"send_task: {name!r} is not a task name: use the name the task is registered under, e.g. "
             "'shop.tasks.send_email' (letters, digits and _ . : -)"
         )
-    if not isinstance(args, list | tuple):
-        raise ArgumentsInvalid(f"send_task {name!r}: args must be a list or tuple, got {type(args).__name__}")
-    if kwargs is not None and not isinstance(kwargs, Mapping):
-        raise ArgumentsInvalid(f"send_task {name!r}: kwargs must be a dict, got {type(kwargs).__name__}")
-    body = encode_call(app, name, args, dict(kwargs or {}))
+    args, kw = check_call(name, args, kwargs)
+    body = encode_call(app, name, args, kw)
     return build_message(app, name, app.settings.default_queue, body, options)
 
 
@@ -97,6 +121,7 @@ def _with_options(app: App, task_name: str, queue: str, body: bytes, options: Se
     if not SEND_OPTIONS.issuperset(options):  # what Python says of an unexpected keyword, with the known ones
         unknown = unknown_names(options.keys() - SEND_OPTIONS, SEND_OPTIONS, "send option")
         raise TypeError(f"task {task_name!r} got {unknown}; the send options are {', '.join(sorted(SEND_OPTIONS))}")
+    options = _read_options(task_name, options)
     headers = options.get("headers")
     priority = options.get("priority")
     if priority is not None:

@@ -16,7 +16,7 @@ from rabbittask.errors import ArgumentsInvalid, ConfigError
 from rabbittask.handle import TaskHandle, refuse_wait_in_task
 from rabbittask.message import Outgoing, new_id
 from rabbittask.retry import RetryPolicy
-from rabbittask.sending import NO_OPTIONS, Args, SendOptions, build_message, encode_call
+from rabbittask.sending import NO_OPTIONS, Args, SendOptions, build_message, check_call, encode_call
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -126,6 +126,8 @@ class Task(Generic[P, R]):
         return self._message(args, kwargs, options)
 
     def _message(self, args: Args, kwargs: Mapping[str, Any] | None, options: SendOptions) -> Outgoing:
+        if type(args) is not tuple or (kwargs is not None and type(kwargs) is not dict):  # .delay(): never
+            args, kwargs = check_call(self.name, args, kwargs)
         args, kw = self.validate(args, kwargs or {})
         return build_message(self.app, self.name, self.queue, encode_call(self.app, self.name, args, kw), options)
 

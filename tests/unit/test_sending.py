@@ -45,10 +45,12 @@ def test_send_task_refuses_what_is_not_a_task_name_or_not_arguments_saying_what_
     )
     with pytest.raises(ArgumentsInvalid) as args_info:
         app.send_task("shop.send", args="ada@example.com")  # type: ignore[arg-type]
-    assert str(args_info.value) == "send_task 'shop.send': args must be a list or tuple, got str"
+    assert str(args_info.value).startswith("task 'shop.send': args must be a tuple or list of the positional arguments")
     with pytest.raises(ArgumentsInvalid) as kwargs_info:
         app.send_task("shop.send", kwargs=[("to", "a")])  # type: ignore[arg-type]
-    assert str(kwargs_info.value) == "send_task 'shop.send': kwargs must be a dict, got list"
+    assert str(kwargs_info.value) == (
+        "task 'shop.send': kwargs must be a dict of the keyword arguments, got list [('to', 'a')]"
+    )
 
 
 def test_a_priority_on_a_quorum_queue_is_refused_naming_the_queue_type_that_honours_it() -> None:
@@ -77,4 +79,51 @@ def test_a_priority_on_a_classic_queue_without_max_priority_or_above_it_is_refus
     )
     with pytest.raises(ConfigError) as kind:
         ranked.message(("a",), priority="high")  # type: ignore[typeddict-item]
-    assert str(kind.value) == "task 'ranked': priority must be a whole number 0..255, got 'high'"
+    assert str(kind.value) == (
+        "task 'ranked': invalid send option(s): priority: Input should be a valid integer, unable to parse string "
+        "as an integer (got 'high')"
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (
+            {"countdown": "soon"},
+            "countdown: Input should be a valid number, unable to parse string as a number (got 'soon')",
+        ),
+        ({"eta": "tomorrow"}, "eta: Input should be a valid datetime or date, input is too short (got 'tomorrow')"),
+        ({"message_id": 42}, "message_id: Input should be a valid string (got 42)"),
+        ({"headers": "x-tenant=7"}, "headers: Input should be a valid dictionary (got 'x-tenant=7')"),
+        ({"queue": 5}, "queue: Input should be a valid string (got 5)"),
+    ],
+)
+def test_a_send_option_of_the_wrong_type_names_the_option_and_the_value(
+    options: dict[str, object], expected: str
+) -> None:
+    app = App("shop")
+    send = app.task(name="send", queue="emails")(noop)
+    with pytest.raises(ConfigError) as info:
+        send.apply_async(("a@b.c",), **options)  # type: ignore[arg-type]
+    assert str(info.value) == f"task 'send': invalid send option(s): {expected}"
+
+
+def test_args_that_are_not_a_sequence_say_how_to_pass_one_argument() -> None:
+    app = App("shop")
+    send = app.task(name="send", queue="emails")(noop)
+    with pytest.raises(ArgumentsInvalid) as info:
+        send.apply_async("a@b.c")  # type: ignore[arg-type]
+    assert str(info.value) == (
+        "task 'send': args must be a tuple or list of the positional arguments, got str 'a@b.c': "
+        "e.g. apply_async(('a@b.c',)) for one argument"
+    )
+    with pytest.raises(ArgumentsInvalid, match="kwargs must be a dict of the keyword arguments, got list"):
+        send.apply_async((), [("to", "a@b.c")])  # type: ignore[arg-type]
+    assert send.message(["a@b.c"]).routing_key == "emails"  # a list is fine
+
+
+def test_an_eta_given_as_iso_text_is_read_as_a_datetime() -> None:
+    app = App("shop")
+    send = app.task(name="send", queue="emails")(noop)
+    msg = send.message(("a@b.c",), eta="2999-01-01T00:00:00+00:00")  # type: ignore[typeddict-item]
+    assert msg.delay_ms > 0
