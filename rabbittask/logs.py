@@ -132,7 +132,6 @@ def setup_logging(level: str, log_format: LogFormat = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    if level.upper() != "DEBUG":
-        # aiormq logs every broker-initiated close with a traceback; the worker logs one line saying
-        # what happened and what it does about it.
-        logging.getLogger("aiormq").setLevel(logging.CRITICAL)
+    # aiormq logs every broker-initiated close with a traceback; the worker logs one line saying what
+    # happened and what it does about it. At debug, everything.
+    logging.getLogger("aiormq").setLevel(logging.NOTSET if level.upper() == "DEBUG" else logging.CRITICAL)

@@ -20,7 +20,12 @@ EXIT_NO_CONSUMER = 1
 @APP_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of tables.")
 @click.option(
-    "--wait", "wait_s", type=float, default=LISTEN_S, show_default=True, help="Seconds to listen for heartbeats."
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0),
+    default=LISTEN_S,
+    show_default=True,
+    help="Seconds to listen for heartbeats.",
 )
 def status(app_spec: str, as_json: bool, wait_s: float) -> None:
     """Show live workers and queue depths; exit 1 when a queue has no consumer (or does not exist)."""

@@ -89,3 +89,19 @@ def test_an_unconfirmed_publish_says_a_resend_may_run_the_task_twice_and_how_to_
         "skip it"
     )
     assert "safe" not in str(error)
+
+
+def test_an_unreachable_broker_says_why_in_words_not_pika_class_names() -> None:
+    from rabbittask import App
+    from rabbittask.testing import free_port
+
+    port = free_port()  # nothing listens there
+    app = App("shop", broker_url=f"amqp://shop:s3cret@127.0.0.1:{port}/", connect_timeout_s=2)
+    task = app.task(name="shop.ping", queue="q")(lambda: None)
+    with pytest.raises(PublishConnectionError) as info:
+        task.delay()
+    assert str(info.value) == (
+        f"cannot publish to the broker at 127.0.0.1:{port}: [Errno 111] Connection refused "
+        "(is RabbitMQ running and reachable?)"
+    )
+    assert "s3cret" not in str(info.value) and "AMQP" not in str(info.value)
