@@ -15,7 +15,7 @@ channel.queue_bind(my_queue, exchange, "worker.*")  # heartbeats
 for method, _, body in channel.consume(my_queue, auto_ack=True, inactivity_timeout=10):
     if method is None:
         raise SystemExit("no event within 10 s: is a worker running?")
-    event = json.loads(body)
-    print(method.routing_key, event["host"], event["pid"], event.get("done"))
+    event = json.loads(body)  # a heartbeat, or a batch of task events of one routing key
+    print(method.routing_key, event["host"], event["pid"])
     break
 conn.close()

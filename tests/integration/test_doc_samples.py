@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
 from tests import amqp
 from tests.redis_server import redis_url_fixture  # noqa: F401 - fixture
+from tests.vhosts import own_vhost
 from tests.workers import ROOT, WorkerProcess
 
 SAMPLES = ROOT / "docs" / "samples"
@@ -29,39 +28,26 @@ UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 QUEUES = ["mail", "images", "payments", "billing", "orders", "default"]
 
 
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def samples_env(broker_url: str, redis_url: str) -> Iterator[dict[str, str]]:
     """The environment a reader's shell would have: the broker, the result backend, the samples on the path."""
-    parts = urlsplit(broker_url)
-    name = f"rt-docs-{uuid.uuid4().hex[:8]}"
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(SAMPLES), str(ROOT)]),
         "RABBITTASK_RESULT_BACKEND": redis_url,
     }
-    local = parts.hostname in ("localhost", "127.0.0.1") and shutil.which("rabbitmqctl") is not None
-    if local:
-        try:
-            _rabbitmqctl("add_vhost", name)
-            _rabbitmqctl("set_permissions", "-p", name, parts.username or "guest", ".*", ".*", ".*")
-        except (OSError, subprocess.SubprocessError):
-            local = False
-    if local:
-        env["RABBITTASK_BROKER_URL"] = urlunsplit(parts._replace(path=f"/{quote(name, safe='')}"))
-    else:
+    with own_vhost(broker_url, "rt-docs") as url:
+        if url is not None:
+            env["RABBITTASK_BROKER_URL"] = url
+            yield env
+            return
+        name = f"rt-docs-{uuid.uuid4().hex[:8]}"
         env["RABBITTASK_BROKER_URL"] = broker_url
         env["RABBITTASK_EXCHANGE"] = name  # its delay ladder and events exchange are its own too
-    try:
-        yield env
-    finally:
-        if local:
-            _rabbitmqctl("delete_vhost", name)
-        else:
-            amqp.delete(broker_url, [q + s for q in QUEUES for s in ("", ".dlq")] + [f"{name}.beat.shop.state"])
+        try:
+            yield env
+        finally:
+            amqp.delete(broker_url, [q + s for q in QUEUES for s in ("", ".dlq")])
 
 
 def run_sample(env: dict[str, str], *args: str, timeout_s: float = 60) -> str:
@@ -148,7 +134,7 @@ def test_raw_pika_producers_follow_the_protocol_page(
 
 def test_listening_to_events(samples_env: dict[str, str], workers: dict[str, WorkerProcess]) -> None:
     out = run_sample(samples_env, "events_listen.py")
-    assert re.fullmatch(r"worker\.heartbeat \S+ \d+ \d+\n", out), out
+    assert re.fullmatch(r"(worker\.heartbeat|task\.failed\.[\w.]+) \S+ \d+\n", out), out
 
 
 def test_samples_that_need_no_worker(samples_env: dict[str, str]) -> None:
