@@ -71,6 +71,20 @@ class TextFormatter(logging.Formatter):
             self._second, self._second_text = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         return f"{self._second_text},{int(record.msecs):03d}"
 
+    def format(self, record: logging.LogRecord) -> str:
+        lines = getattr(record, "rt_lines", None)
+        if lines is None:
+            return super().format(record)
+        # Several lines in one record (the worker's successes): each gets the prefix, with its own time.
+        times = getattr(record, "rt_times", None) or [record.created] * len(lines)
+        record.message = ""
+        out = []
+        for line, at in zip(lines, times, strict=True):
+            record.created, record.msecs = at, round((at - int(at)) * 1000, 3)
+            record.asctime = self.formatTime(record)
+            out.append(self._style.format(record) + line)
+        return "\n".join(out)
+
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         task_id = getattr(record, "task_id", None)
         if task_id is not None:
@@ -90,8 +104,20 @@ class JsonFormatter(logging.Formatter):
     """
 
     def format(self, record: logging.LogRecord) -> str:
+        lines = getattr(record, "rt_lines", None)
+        if lines is not None:  # several lines in one record: an object each
+            base = self._fields(record)
+            each = getattr(record, "rt_each", None) or [{} for _ in lines]
+            times = getattr(record, "rt_times", None) or [record.created] * len(lines)
+            return "\n".join(
+                json.dumps({**base, "ts": _iso(at), "message": line, **fields}, default=str, ensure_ascii=False)
+                for line, fields, at in zip(lines, each, times, strict=True)
+            )
+        return json.dumps(self._fields(record), default=str, ensure_ascii=False)
+
+    def _fields(self, record: logging.LogRecord) -> dict[str, Any]:
         data: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": _iso(record.created),
             "level": record.levelname,
             "logger": record.name,
             "pid": record.process,
@@ -108,7 +134,11 @@ class JsonFormatter(logging.Formatter):
             data["exc_type"] = record.exc_info[0].__name__
             data["exc_message"] = mask_url(str(record.exc_info[1]))
             data["traceback"] = mask_url(self.formatException(record.exc_info))
-        return json.dumps(data, default=str, ensure_ascii=False)
+        return data
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
 
 
 structured = False

@@ -99,6 +99,7 @@ class Settler:
         self.events = events
         self.acker: Acker | None = None  # set by the session while its channel is open
         self.log_successes = tasklog.enabled()  # asked once: a quiet drain pays no call per success
+        self.successes = tasklog.Successes()  # with INFO on: one log record per loop turn
         self._background: set[asyncio.Task[None]] = set()
 
     def settle(self, outcome: Outcome) -> None:
@@ -111,7 +112,7 @@ class Settler:
                 return
             forget = reason.settlement is Settlement.FORGET
         elif self.log_successes:
-            tasklog.succeeded(outcome)
+            self.successes.add(outcome)
         events = self.events
         if events is not None and not forget:
             events.record(outcome)
@@ -207,6 +208,7 @@ class Settler:
         assert republish is not None, f"{outcome.reason} comes with a Republish"
         props = outcome.message.header.properties
         if outcome.reason is Reason.RETRY:
+            self.successes.flush()  # the success lines before it come first
             tasklog.retried(outcome, republish.headers.get(H_ATTEMPT, "?"), republish.delay_s)
         else:
             log.info("task %s [%s] re-published (%s)", outcome.task_name, outcome.message_id, outcome.reason)
@@ -230,6 +232,7 @@ class Settler:
     async def _dead_letter(self, outcome: Outcome) -> None:
         props = outcome.message.header.properties
         queue_name = source_queue(self.app, outcome.message)
+        self.successes.flush()  # the success lines before it come first
         tasklog.dead_lettered(outcome, dlq_name(queue_name))
         headers = outcome.copy_headers(outcome.failure_headers(queue_name, os.getpid()))
         await self.publisher.publish(

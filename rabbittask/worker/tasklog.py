@@ -1,14 +1,22 @@
 """The worker's log line for each settled task: succeeded, retried (with when), failed or dead-lettered (with why).
 
 They go to the logger `rabbittask.worker.tasks`, so a deployment can quiet them alone
-(`logging.getLogger("rabbittask.worker.tasks").setLevel("WARNING")`). A success is the hot path: the
-settler asks `enabled()` once when it is made and skips the call entirely when INFO is off, so a
-drain with quiet logs pays one attribute check per task, not a format. Each line carries the same
-facts as fields (`extra={"rt": ...}`) for the JSON log format.
+(`logging.getLogger("rabbittask.worker.tasks").setLevel("WARNING")`). A success is the hot path:
+
+* with INFO off, the settler asked `enabled()` once when it was made and makes no call at all;
+* with INFO on, `Successes` collects success lines for at most 50 ms and logs them as one record,
+  one line per task (the worker's formatters give each line its own time, level and logger prefix,
+  or its own JSON object). A log record costs about 9 µs (creating it, formatting the time, a write
+  and a flush), a fifth of a no-op task's whole cost in a drain: one record for many lines makes a
+  success line cost about a microsecond. Retries and failures are rarer and logged at once, after
+  the success lines before them, so the order of one task's lines holds.
+
+Each line carries the same facts as fields (`extra={"rt": ...}`) for the JSON log format.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -30,6 +38,48 @@ def duration(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1000:.3g} ms"
     return f"{seconds:.3g} s"
+
+
+FLUSH_S = 0.05  # how long a success line may wait to be written with others: not long enough to notice
+FLUSH_LINES = 500
+
+
+class Successes:
+    """Success lines, logged together at most `FLUSH_S` after the first of them (each with its own time)."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, str, float, float]] = []
+
+    def add(self, outcome: Outcome) -> None:
+        """Note a success; the first one schedules the flush (outside an event loop it is logged at once)."""
+        pending = self.pending
+        pending.append((outcome.task_name, outcome.message_id, outcome.runtime_s, time.time()))
+        if len(pending) == 1:
+            try:
+                asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
+            except RuntimeError:
+                self.flush()
+        elif len(pending) >= FLUSH_LINES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Log the successes noted so far: one record, a line (and in JSON an object) per task."""
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        lines = [
+            f"task {name} [{task_id}] succeeded in {duration(runtime_s)}" for name, task_id, runtime_s, _ in pending
+        ]
+        each = None
+        if logs.structured:
+            each = [
+                {"task": name, "id": task_id, "outcome": "succeeded", "runtime_s": round(runtime_s, 6)}
+                for name, task_id, runtime_s, _ in pending
+            ]
+        times = [at for *_, at in pending]
+        log.info("%s", "\n".join(lines), extra={"rt_lines": lines, "rt_each": each, "rt_times": times})
 
 
 def succeeded(outcome: Outcome) -> None:

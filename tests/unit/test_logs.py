@@ -83,3 +83,42 @@ def test_setup_logging_replaces_the_root_handlers(fmt: str) -> None:
     finally:
         root.handlers[:], _ = saved[0], None
         root.setLevel(saved[1])
+
+
+def test_several_lines_in_one_record_each_get_their_own_prefix_time_and_json_object() -> None:
+    # What the worker's Successes logs: one record for many success lines
+    rec = logging.LogRecord("rabbittask.worker.tasks", logging.INFO, __file__, 1, "%s", ("a\nb",), None)
+    rec.rt_lines = ["task t [1] succeeded in 5 µs", "task t [2] succeeded in 6 µs"]
+    rec.rt_times = [1767225600.001, 1767225601.002]
+    rec.rt_each = [{"id": "1", "outcome": "succeeded"}, {"id": "2", "outcome": "succeeded"}]
+    text = TextFormatter().format(rec).splitlines()
+    assert len(text) == 2
+    assert text[0].endswith(f",001 INFO [{rec.process}] rabbittask.worker.tasks: task t [1] succeeded in 5 µs")
+    assert text[1].endswith(f",002 INFO [{rec.process}] rabbittask.worker.tasks: task t [2] succeeded in 6 µs")
+    objects = [json.loads(line) for line in JsonFormatter().format(rec).splitlines()]
+    assert [(o["id"], o["message"], o["ts"]) for o in objects] == [
+        ("1", "task t [1] succeeded in 5 µs", "2026-01-01T00:00:00.001+00:00"),
+        ("2", "task t [2] succeeded in 6 µs", "2026-01-01T00:00:01.002+00:00"),
+    ]
+
+
+async def test_success_lines_are_written_together_and_before_a_later_failure_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+
+    from rabbittask.worker import tasklog
+
+    caplog.set_level(logging.INFO, logger="rabbittask.worker.tasks")
+
+    class Done:  # the fields of an Outcome that a success line reads
+        def __init__(self, n: int) -> None:
+            self.task_name, self.message_id, self.runtime_s = "t", str(n), 0.001
+
+    successes = tasklog.Successes()
+    for n in range(3):
+        successes.add(Done(n))  # type: ignore[arg-type]
+    assert caplog.records == []  # not yet: within FLUSH_S
+    await asyncio.sleep(tasklog.FLUSH_S * 2)
+    (record,) = caplog.records
+    assert record.rt_lines == [f"task t [{n}] succeeded in 1 ms" for n in range(3)]  # type: ignore[attr-defined]
