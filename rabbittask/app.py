@@ -28,6 +28,7 @@ from rabbittask.topology import Declaration, ExchangeDecl, Overflow, QueueSpec, 
 
 if TYPE_CHECKING:
     from rabbittask.beat.entry import CatchUp, ScheduleEntry
+    from rabbittask.testing.eager import Eager
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -154,6 +155,8 @@ class App:
         self.worker_process_init: list[Callable[[], None]] = []
         if self.settings.otel:
             tracing.enable()
+        if self.settings.eager:
+            self.eager().start()  # for the app's whole life
 
     def __repr__(self) -> str:
         return f"<App {self.name} tasks={len(self.tasks)}>"
@@ -325,15 +328,24 @@ class App:
 
     def rpc_call(self, msg: Outgoing, timeout_s: float) -> Any:
         """Publish a request over direct reply-to and wait for the task's return value (any thread)."""
-        rpc = self.clients.rpc()
         with tracing.publishing(msg, self.settings.exchange):
-            return rpc.call(msg, timeout_s)
+            return self.clients.call(msg, timeout_s)
 
     async def arpc_call(self, msg: Outgoing, timeout_s: float) -> Any:
         """Async twin of `rpc_call`: the calls of one event loop share a connection and reply consumer."""
-        rpc = self.clients.arpc()
         with tracing.publishing(msg, self.settings.exchange):
-            return await rpc.call(msg, timeout_s)
+            return await self.clients.acall(msg, timeout_s)
+
+    def eager(self) -> Eager:
+        """Eager mode, for tests: `with app.eager():` runs each task this app sends at once, in this process.
+
+        The real message is built (arguments validated, JSON-encoded) and run by the worker's own stages;
+        `.get()` on a handle returns the result or raises the task's `TaskError`; retries run without
+        sleeping. The context yields the `Eager` stub (`dead_letters(queue)`...). See docs/testing.md.
+        """
+        from rabbittask.testing.eager import Eager  # loaded by tests only
+
+        return Eager(self)
 
     def batch(self) -> AbstractContextManager[None]:
         """Send many tasks with pipelined confirms; on exit wait for all and raise if any failed.
