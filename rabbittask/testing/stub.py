@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiormq.abc import DeliveredMessage
+from pamqp import frame
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
@@ -63,6 +64,7 @@ class StubBroker:
     def __init__(self, app: App) -> None:
         self.app = app
         self.vhost = VirtualHost(app.declarations())
+        self._queues_declared = len(app.queues)
         self.channel = StubChannel()
         self.memory = MemoryBackend(self)
         self.deliveries = 0  # messages delivered to the stages so far
@@ -137,11 +139,11 @@ class StubBroker:
     def publish(self, msg: Outgoing) -> None:
         """Publish `msg` as a client would (the ladder for a delay); raise what the broker's answer means."""
         exchange, routing_key = publish_target(msg, self.app.settings.exchange)
+        props = on_the_wire(properties(msg), len(msg.body))
         with self._lock:
+            self._declare_new_queues()
             self.vhost.expire(self.now())
-            routed = self.vhost.publish(
-                exchange, routing_key, msg.body, properties(msg), now=self.now(), mandatory=msg.mandatory
-            )
+            routed = self.vhost.publish(exchange, routing_key, msg.body, props, now=self.now(), mandatory=msg.mandatory)
         if routed == "no exchange":
             raise missing_exchange(msg, exchange, "the stub broker")
         if routed == "unroutable":
@@ -154,6 +156,13 @@ class StubBroker:
                 f"task {msg.task_name!r} (id {msg.message_id}) was rejected by the broker (nack): "
                 f"queue {msg.routing_key!r} is full (x-overflow=reject-publish)"
             )
+
+    def _declare_new_queues(self) -> None:
+        """Declare what tasks declared since the stub started (an app made with `eager=True` has none at first)."""
+        if len(self.app.queues) != self._queues_declared:
+            for decl in self.app.declarations():
+                self.vhost.declare(decl)
+            self._queues_declared = len(self.app.queues)
 
     # -- the clock -----------------------------------------------------------------------------------
 
@@ -211,6 +220,8 @@ class StubBroker:
         queues: Iterable[str] | None = None,
         max_deliveries: int = MAX_DELIVERIES,
     ) -> int:
+        with self._lock:
+            self._declare_new_queues()
         stages = Stages(self)
         consumed = list(queues) if queues is not None else sorted(self.app.queues)
         deadline = None if within_s is None else self.now() + within_s
@@ -256,6 +267,20 @@ class StubBroker:
             props.headers = dict(props.headers)
         deliver = Basic.Deliver("stub", tag, msg.redelivered, msg.exchange, msg.routing_key)
         return DeliveredMessage(deliver, ContentHeader(properties=props), msg.body, self.channel)  # type: ignore[arg-type]
+
+    def lose_delivery(self, queue: str) -> Message | None:
+        """Deliver the next message of `queue` and lose it unsettled, as a worker killed while running it does.
+
+        The broker takes it back as redelivered (a quorum queue counts it, and dead-letters it past
+        `x-delivery-limit`); the next run sees what a worker sees after a crash. None if `queue` is empty.
+        """
+        with self._lock:
+            delivered = self._deliver([queue])
+            if delivered is None:
+                return None
+            _, msg = self._unacked[delivered.delivery_tag or 0]
+        self.reject(delivered.delivery_tag or 0, requeue=True)
+        return msg
 
     def ack(self, tag: int) -> None:
         """The worker acked delivery `tag`: the message is gone."""
@@ -322,6 +347,16 @@ class StubBroker:
 
 
 _PROPERTIES = tuple(Basic.Properties().__slots__)
+
+
+def on_the_wire(props: Basic.Properties, body_size: int) -> Basic.Properties:
+    """`props` as a consumer gets them: encoded into an AMQP frame and decoded (pamqp, aiormq's codec).
+
+    A header value AMQP cannot carry raises here as it would in a real publish (`TypeError`).
+    """
+    _, _, header = frame.unmarshal(frame.marshal(ContentHeader(0, body_size, props), 1))
+    assert isinstance(header, ContentHeader)
+    return header.properties
 
 
 def _target(exchange: str, msg: Message) -> str:
