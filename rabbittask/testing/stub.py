@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from aiormq.abc import DeliveredMessage
 from pamqp import frame
@@ -81,7 +81,7 @@ class StubBroker:
 
     # -- in place of the network ---------------------------------------------------------------------
 
-    def start(self) -> StubBroker:
+    def start(self) -> Self:
         """Take every send of the app from now on (until `stop()`)."""
         if not self._started:
             self._previous, self.app.clients.local = self.app.clients.local, self
@@ -94,7 +94,7 @@ class StubBroker:
             self.app.clients.local = self._previous
             self._started = False
 
-    def __enter__(self) -> StubBroker:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
