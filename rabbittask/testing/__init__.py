@@ -19,6 +19,7 @@ from rabbittask.testing.nodes import RabbitNode, TlsFiles
 from rabbittask.testing.probes import broker_answers, free_port, rabbitmq_bin_dir
 from rabbittask.testing.stub import StubBroker
 from rabbittask.testing.vhost import Message
+from rabbittask.testing.workers import WorkerFactory, WorkerProcess
 
 __all__ = [
     # in memory
@@ -26,7 +27,9 @@ __all__ = [
     "Eager",
     "Message",
     "MemoryBackend",
-    # real brokers
+    # real brokers and workers
+    "WorkerProcess",
+    "WorkerFactory",
     "RabbitNode",
     "TlsFiles",
     "NodeError",

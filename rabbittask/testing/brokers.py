@@ -14,13 +14,18 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from rabbittask.clients import Clients
 from rabbittask.errors import NodeError
 from rabbittask.settings import mask_url
 from rabbittask.testing.nodes import RabbitNode
 from rabbittask.testing.probes import broker_answers, rabbitmq_bin_dir
+
+if TYPE_CHECKING:
+    from rabbittask.app import App
 
 ENV_URL = "RABBITTASK_TEST_BROKER_URL"
 ENV_IMAGE = "RABBITTASK_TEST_RABBITMQ_IMAGE"
@@ -92,3 +97,20 @@ def session_broker(stack: contextlib.ExitStack, environ: Mapping[str, str] = os.
     node = stack.enter_context(RabbitNode())
     why = f"{ENV_URL} is not set and {container}"
     return BrokerUrl(node.url, "rabbitmq-server", f"a throwaway rabbitmq-server node at {mask_url(node.url)} ({why})")
+
+
+@contextlib.contextmanager
+def connected(app: App, url: str) -> Iterator[App]:
+    """Point `app` at the broker `url` for a while: new clients on it, closed after, then the app as it was.
+
+    An app reads its broker URL once, when it is made (often at import); a test's broker is chosen
+    later. Its tasks send through the app, so they follow.
+    """
+    settings, clients = app.settings, app.clients
+    app.settings = settings.model_copy(update={"broker_url": url})
+    app.clients = Clients(app.settings, app.declarations)
+    try:
+        yield app
+    finally:
+        app.close()
+        app.settings, app.clients = settings, clients

@@ -9,6 +9,7 @@ Fixtures (docs/testing.md shows each in use):
 * `rabbittask_broker_url` (session): a real broker, first that applies: `RABBITTASK_TEST_BROKER_URL`,
   a testcontainers RabbitMQ where Docker answers, a throwaway `rabbitmq-server` node. A `str`
   with `.source` and `.description`; the run's summary says which broker it was.
+* `rabbittask_live_app`: `rabbittask_app` connected to that broker for one test.
 * `rabbittask_worker`: a factory of real `rabbittask worker` subprocesses on that broker, each
   stopped at teardown (its log is attached to the report of a failed test).
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +31,7 @@ if TYPE_CHECKING:
     from rabbittask.testing.brokers import BrokerUrl
     from rabbittask.testing.eager import Eager
     from rabbittask.testing.stub import StubBroker
-    from rabbittask.testing.workers import WorkerProcess
-
-    WorkerFactory = Callable[..., WorkerProcess]
+    from rabbittask.testing.workers import WorkerFactory, WorkerProcess
 
 REPORT_KEY = "rabbittask broker"
 _chosen = pytest.StashKey[str]()  # the session's broker, in words (in each xdist worker)
@@ -99,6 +98,15 @@ def rabbittask_broker_url(request: pytest.FixtureRequest) -> Iterator[BrokerUrl]
             pytest.skip(str(e))
         request.config.stash[_chosen] = url.description
         yield url
+
+
+@pytest.fixture
+def rabbittask_live_app(rabbittask_app: App, rabbittask_broker_url: BrokerUrl) -> Iterator[App]:
+    """`rabbittask_app` sending to `rabbittask_broker_url` during this test (its connections closed after)."""
+    from rabbittask.testing.brokers import connected
+
+    with connected(rabbittask_app, rabbittask_broker_url) as app:
+        yield app
 
 
 @pytest.hookimpl(wrapper=True)

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -105,6 +105,10 @@ class WorkerProcess:
             pass
         self._log.close()
         return self.proc.returncode
+
+
+WorkerFactory = Callable[..., WorkerProcess]
+"""The `rabbittask_worker` fixture: `start(app, queues=..., concurrency=..., args=..., env=...) -> WorkerProcess`."""
 
 
 def app_path(app: App | str) -> str:
