@@ -63,7 +63,7 @@ def docker_answers(timeout_s: float = 0.5, environ: Mapping[str, str] = os.envir
     return True
 
 
-def testcontainers_broker(stack: contextlib.ExitStack, environ: Mapping[str, str] = os.environ) -> BrokerUrl | str:
+def container_broker(stack: contextlib.ExitStack, environ: Mapping[str, str] = os.environ) -> BrokerUrl | str:
     """A RabbitMQ container (stopped when `stack` closes), or why there is none (a `str` that is not a URL)."""
     if not docker_answers(environ=environ):
         return "no Docker engine answers"
@@ -87,7 +87,7 @@ def session_broker(stack: contextlib.ExitStack, environ: Mapping[str, str] = os.
         if not broker_answers(url, timeout_s=5):
             raise NodeError(f"{ENV_URL}={mask_url(url)} does not answer: start that broker or unset the variable")
         return BrokerUrl(url, "env", f"{ENV_URL} ({mask_url(url)})")
-    container = testcontainers_broker(stack, environ)
+    container = container_broker(stack, environ)
     if isinstance(container, BrokerUrl):
         return container
     try:
