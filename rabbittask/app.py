@@ -337,12 +337,8 @@ class App:
             return await self.clients.acall(msg, timeout_s)
 
     def eager(self) -> Eager:
-        """Eager mode, for tests: `with app.eager():` runs each task this app sends at once, in this process.
-
-        The real message is built (arguments validated, JSON-encoded) and run by the worker's own stages;
-        `.get()` on a handle returns the result or raises the task's `TaskError`; retries run without
-        sleeping. The context yields the `Eager` stub (`dead_letters(queue)`...). See docs/testing.md.
-        """
+        """For tests: `with app.eager() as eager:` runs each task this app sends at once, in this process,
+        through the worker's own stages; `handle.get()` returns or raises as for a worker (docs/testing.md)."""
         from rabbittask.testing.eager import Eager  # loaded by tests only
 
         return Eager(self)
