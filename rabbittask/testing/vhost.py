@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pamqp.commands import Basic
 
-from rabbittask.message import H_ATTEMPT, H_EXC_MESSAGE, H_EXC_TYPE, H_REASON, Body, attempt_of, decode_body
+from rabbittask.message import H_EXC_MESSAGE, H_EXC_TYPE, H_REASON, Body, attempt_of, decode_body
 from rabbittask.results.rpc import REPLY_TO
 from rabbittask.topology import BindingDecl, Declaration, ExchangeDecl, QueueDecl
 
@@ -79,7 +79,7 @@ class Message:
     @property
     def attempt(self) -> int:
         """Which run of its task it is (or was, in a dead-letter queue): `rt-attempt`, 1 without it."""
-        return attempt_of(self.properties.headers) if H_ATTEMPT in self.headers else 1
+        return attempt_of(self.properties.headers)
 
     @property
     def args(self) -> list[Any]:
