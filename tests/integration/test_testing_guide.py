@@ -23,6 +23,7 @@ GUIDE = ROOT / "docs" / "testing.md"
 
 def run_pytest(*args: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args]
+    env = {k: v for k, v in env.items() if not k.startswith("PYTEST_")}  # not a worker of this run's xdist
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
 
 
