@@ -13,9 +13,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -107,8 +107,21 @@ class WorkerProcess:
         return self.proc.returncode
 
 
-WorkerFactory = Callable[..., WorkerProcess]
-"""The `rabbittask_worker` fixture: `start(app, queues=..., concurrency=..., args=..., env=...) -> WorkerProcess`."""
+class WorkerFactory(Protocol):
+    """The `rabbittask_worker` fixture: start a worker on `app` (an `App`, or `"pkg.module:app"`), return it."""
+
+    def __call__(
+        self,
+        app: App | str,
+        *,
+        queues: Sequence[str] = (),
+        concurrency: int = 1,
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        broker_url: str | None = None,
+        ready: bool = True,
+        timeout_s: float = 30.0,
+    ) -> WorkerProcess: ...
 
 
 def app_path(app: App | str) -> str:

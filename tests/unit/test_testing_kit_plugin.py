@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import rabbittask.testing
 from rabbittask import App
 from rabbittask.errors import NodeError
 from rabbittask.testing import brokers
@@ -79,22 +78,3 @@ def test_connected_points_an_app_at_another_broker_for_a_while() -> None:
     with connected(app, "amqp://guest:guest@127.0.0.1:2/") as same:
         assert same is app and app.settings.broker_url.endswith(":2/") and app.clients is not before
     assert app.settings.broker_url.endswith(":1/") and app.clients is before
-
-
-def test_the_testing_package_exports_the_kit() -> None:
-    assert sorted(rabbittask.testing.__all__) == sorted(
-        [
-            "StubBroker",
-            "Eager",
-            "Message",
-            "MemoryBackend",
-            "WorkerProcess",
-            "WorkerFactory",
-            "RabbitNode",
-            "TlsFiles",
-            "NodeError",
-            "broker_answers",
-            "free_port",
-            "rabbitmq_bin_dir",
-        ]
-    )
