@@ -13,11 +13,11 @@ import threading
 import time
 from pathlib import Path
 
-import pika
 import pytest
 
 from rabbittask.testing import RabbitNode
 from rabbittask.topology import dlq_name
+from tests.amqp import depth
 from tests.apps.retries_app import make_app
 from tests.faults.helpers import APP, finish, ledger_app
 from tests.faults.ledger import Ledger, Report, report_line
@@ -27,14 +27,6 @@ from tests.retries import runs
 from tests.waiting import assert_stays, wait_until
 
 pytestmark = pytest.mark.faults
-
-
-def _depth(url: str, queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        return int(connection.channel().queue_declare(queue, passive=True).method.message_count)
-    finally:
-        connection.close()
 
 
 def test_a_memory_alarm_while_tasks_retry_dead_letters_none_of_those_that_succeed(
@@ -65,7 +57,7 @@ def test_a_memory_alarm_while_tasks_retry_dead_letters_none_of_those_that_succee
         60,
         "every task succeeded on its third attempt",
     )
-    assert_stays(lambda: _depth(rabbit_node.url, dlq_name(f"{prefix}.main")) == 0, 2.0, "an empty dead-letter queue")
+    assert_stays(lambda: depth(rabbit_node.url, dlq_name(f"{prefix}.main")) == 0, 2.0, "an empty dead-letter queue")
     log = w.log_path.read_text()
     waited = log.count("waits up to")
     resent = log.count("re-sending it with the same id")
@@ -95,10 +87,10 @@ def test_a_publish_re_sent_after_its_connection_closed_is_flagged_and_runs_once_
         for name, key in (("ledger.work", "plain"), ("ledger.once", "deduped")):
             # When the broker takes the publish but its confirm never comes back, and the connection closes
             proxy.drop_to_client = True
-            enqueued = _depth(node.url, queue) + 1
+            enqueued = depth(node.url, queue) + 1
 
             def cut() -> None:
-                wait_until(lambda: _depth(node.url, queue) >= enqueued, 2.5, "the publish is on the queue")  # noqa: B023
+                wait_until(lambda: depth(node.url, queue) >= enqueued, 2.5, "the publish is on the queue")  # noqa: B023
                 proxy.drop_to_client = False
                 proxy.cut_from_thread()
 
@@ -109,7 +101,7 @@ def test_a_publish_re_sent_after_its_connection_closed_is_flagged_and_runs_once_
             ledger.confirmed.add(key)
         app.close()
     # Then both copies of each are on the queue: the publisher re-sent them on a new connection
-    assert _depth(node.url, queue) == 5
+    assert depth(node.url, queue) == 5
     worker_factory(APP, broker_url=node.url, env=ledger_env)
     plain = wait_until(
         lambda: r if len(r := [x for x in ledger.runs() if x.key == "plain"]) == 2 else None, 30, "2 runs"
