@@ -58,6 +58,12 @@ class TaskOptions(BaseModel):
     single_active_consumer: bool = Field(False, description="One consumer at a time takes from the queue.")
     message_ttl_ms: int | None = Field(None, description="Messages older than this are dead-lettered unrun.")
     ignore_result: bool = Field(False, description="Do not store results of this task in the result backend.")
+    dedupe_s: float | None = Field(
+        None,
+        gt=0,
+        description="Run a message at most once per id and attempt within this many seconds, across workers: "
+        "a copy a publisher re-sent (or one published twice with the same id) is acked unrun.",
+    )
     bind: bool = Field(False, description="Pass a `TaskContext` (id, attempt, headers, `.retry()`) as first argument.")
     time_limit: float | None = Field(
         None, description="Hard limit in seconds: the run is stopped and the message dead-lettered."
@@ -219,6 +225,7 @@ class App:
         self.queues.setdefault(spec.name, spec)
         task: Task[P, R] = Task(self, fn, name, spec.name, retry=retry, bind=o.bind)
         task.ignore_result = o.ignore_result
+        task.dedupe_s = o.dedupe_s
         task.set_time_limits(o.time_limit, o.soft_time_limit)
         self.tasks[name] = task
         return task

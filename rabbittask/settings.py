@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     result_expires_s: float = Field(
         86400.0, gt=0, description="How long a stored result is kept before the backend expires it (default 1 day)."
     )
+    alarm_wait_s: float = Field(
+        300.0,
+        gt=0,
+        description="How long a worker waits for the broker's memory or disk alarm to clear while it publishes a "
+        "retry's copy or a dead letter (the message stays unacked meanwhile), before it hands the message back "
+        "to the queue.",
+    )
     result_store_timeout_s: float = Field(
         10.0,
         gt=0,

@@ -63,8 +63,8 @@ class StubPublisher(AsyncPublisher):
         super().__init__(stub.app.settings, (), role="stub")
         self.stub = stub
 
-    async def publish(self, msg: Outgoing) -> None:
-        self.stub.publish(msg)
+    async def publish(self, msg: Outgoing, *, alarm_wait_s: float = 0.0) -> None:
+        self.stub.publish(msg)  # a stub has no resource alarms: `alarm_wait_s` has nothing to wait out
 
     async def close(self) -> None:
         """Nothing to close: no connection was opened."""
