@@ -5,6 +5,8 @@ stub stands in for the session (it delivers) and the broker; everything after is
 not a copy of it:
 
 * redelivery: `Redeliveries.admit` (expired, not due, delivery limit), on the stub's clock;
+* dedupe: `Dedupe.admit` for tasks with `dedupe_s` (its claim queues live in the stub, `x-expires` on
+  the stub's clock);
 * execute: `execute.prepare` and `run_async` for async tasks, `inline.run_as_in_a_thread` (the
   worker's inline path: `run_sync` with no running loop set) for sync tasks, so a sync task runs in
   the caller's thread, where its test's fixtures (a database transaction, mocks) are;
@@ -17,14 +19,18 @@ Not run here: time limits of sync tasks (they need the task threads), events, th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
+import aiormq
 import aiormq.abc
 from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
 
 from rabbittask.message import Outgoing
 from rabbittask.publish.aio import AsyncPublisher
+from rabbittask.topology import QueueDecl
 from rabbittask.worker.acks import Acker
+from rabbittask.worker.dedupe import Dedupe
 from rabbittask.worker.execute import prepare, run_async
 from rabbittask.worker.inline import run_as_in_a_thread
 from rabbittask.worker.outcome import Outcome
@@ -37,9 +43,34 @@ if TYPE_CHECKING:
 
 
 class StubChannel:
-    """The one channel of a stub: it never closes, so every delivery tag stays good."""
+    """The one channel of a stub: it never closes, so every delivery tag stays good.
+
+    It also answers the two calls the dedupe stage makes on the publisher's channel (declare a claim
+    queue, publish a marker into it): a full claim queue nacks, as on the broker.
+    """
 
     is_closed = False
+
+    def __init__(self, stub: StubBroker) -> None:
+        self.stub = stub
+
+    async def queue_declare(self, queue: str, *, arguments: dict[str, Any] | None = None, **_: Any) -> None:
+        self.stub.declare(QueueDecl(queue, dict(arguments or {})))
+
+    async def basic_publish(
+        self,
+        body: bytes,
+        *,
+        exchange: str = "",
+        routing_key: str = "",
+        properties: Basic.Properties | None = None,
+        mandatory: bool = False,
+        **_: Any,
+    ) -> Basic.Ack:
+        routed = self.stub.route(exchange, routing_key, body, properties or Basic.Properties(), mandatory=mandatory)
+        if routed != "routed":
+            raise aiormq.exceptions.DeliveryError(None, Basic.Nack())
+        return Basic.Ack()
 
 
 class StubAcker(Acker):
@@ -66,6 +97,10 @@ class StubPublisher(AsyncPublisher):
     async def publish(self, msg: Outgoing, *, alarm_wait_s: float = 0.0) -> None:
         self.stub.publish(msg)  # a stub has no resource alarms: `alarm_wait_s` has nothing to wait out
 
+    async def channel(self) -> aiormq.abc.AbstractChannel:
+        """The stub's channel (the dedupe stage claims on it)."""
+        return cast(aiormq.abc.AbstractChannel, self.stub.channel)
+
     async def close(self) -> None:
         """Nothing to close: no connection was opened."""
 
@@ -84,9 +119,10 @@ class Stages:
         self.channel = cast(aiormq.abc.AbstractChannel, stub.channel)
         self.flight = InFlight()
         self.redeliveries = Redeliveries(app, self._settle, list, clock=stub.now)
+        publisher = StubPublisher(stub)
         self.settler = Settler(
             app,
-            StubPublisher(stub),
+            publisher,
             flight=self.flight,
             retirement=Retirement(),
             lifecycle=Lifecycle(),
@@ -94,6 +130,8 @@ class Stages:
             on_limit=_no_limits,
         )
         self.settler.acker = StubAcker(stub, self.channel)
+        # As in a child: only apps with `dedupe_s` tasks pay for the stage.
+        self.dedupe = Dedupe(app, publisher, self._settle) if any(t.dedupe_s for t in app.tasks.values()) else None
 
     def _settle(self, outcome: Outcome) -> None:
         self.settler.settle(outcome)
@@ -101,7 +139,7 @@ class Stages:
     async def run(self, message: DeliveredMessage) -> None:
         """One delivery, admitted, run and settled; returns once it is settled for good (copies confirmed)."""
         self.flight.add()
-        if self.redeliveries.admit(message):
+        if self.redeliveries.admit(message) and (self.dedupe is None or await self.dedupe.admit(message)):
             self.settler.settle(await self._execute(message))
         await self.flight.idle.wait()
 

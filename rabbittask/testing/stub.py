@@ -41,8 +41,8 @@ from rabbittask.results.record import decode_result
 from rabbittask.results.rpc import REPLY_TO, reply_timeout
 from rabbittask.testing.memory import MemoryBackend
 from rabbittask.testing.stages import Stages, StubChannel
-from rabbittask.testing.vhost import Message, Queue, VirtualHost
-from rabbittask.topology import dlq_name
+from rabbittask.testing.vhost import Message, Queue, Routed, VirtualHost
+from rabbittask.topology import Declaration, dlq_name
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -65,7 +65,7 @@ class StubBroker:
         self.app = app
         self.vhost = VirtualHost(app.declarations())
         self._queues_declared = len(app.queues)
-        self.channel = StubChannel()
+        self.channel = StubChannel(self)
         self.memory = MemoryBackend(self)
         self.deliveries = 0  # messages delivered to the stages so far
         self._offset_s = 0.0
@@ -139,11 +139,7 @@ class StubBroker:
     def publish(self, msg: Outgoing) -> None:
         """Publish `msg` as a client would (the ladder for a delay); raise what the broker's answer means."""
         exchange, routing_key = publish_target(msg, self.app.settings.exchange)
-        props = on_the_wire(properties(msg), len(msg.body))
-        with self._lock:
-            self._declare_new_queues()
-            self.vhost.expire(self.now())
-            routed = self.vhost.publish(exchange, routing_key, msg.body, props, now=self.now(), mandatory=msg.mandatory)
+        routed = self.route(exchange, routing_key, msg.body, properties(msg), mandatory=msg.mandatory)
         if routed == "no exchange":
             raise missing_exchange(msg, exchange, "the stub broker")
         if routed == "unroutable":
@@ -156,6 +152,22 @@ class StubBroker:
                 f"task {msg.task_name!r} (id {msg.message_id}) was rejected by the broker (nack): "
                 f"queue {msg.routing_key!r} is full (x-overflow=reject-publish)"
             )
+
+    def route(
+        self, exchange: str, routing_key: str, body: bytes, props: Basic.Properties, *, mandatory: bool
+    ) -> Routed:
+        """Publish a raw message into the vhost (properties through the wire codec); what the broker answered."""
+        props = on_the_wire(props, len(body))
+        with self._lock:
+            self._declare_new_queues()
+            self.vhost.expire(self.now())
+            return self.vhost.publish(exchange, routing_key, body, props, now=self.now(), mandatory=mandatory)
+
+    def declare(self, decl: Declaration) -> None:
+        """Declare a queue, exchange or binding now (as a client's declare would)."""
+        with self._lock:
+            self.vhost.expire(self.now())
+            self.vhost.declare(decl, self.now())
 
     def _declare_new_queues(self) -> None:
         """Declare what tasks declared since the stub started (an app made with `eager=True` has none at first)."""

@@ -12,6 +12,7 @@ declare, so the stub routes what the broker would route and nothing else:
   own key), with `x-death` and `x-first-death-*` headers, and the broker's cycle rule: a message
   dead-lettered again into a queue it already died in, with no reject in between, is dropped
   silently (the trap that makes the worker strip `x-death` from its retry copies);
+* `x-expires`: a queue declared with it is deleted once it was not declared again for that long;
 * quorum queues count returns (`x-delivery-count`) and dead-letter past `x-delivery-limit`
   (reason `delivery_limit`); `x-max-length` with `drop-head`, `reject-publish` (a nack) and
   `reject-publish-dlx`; `x-max-priority` on classic queues.
@@ -106,6 +107,7 @@ class Queue:
     name: str
     arguments: dict[str, Any] = field(default_factory=dict)
     messages: deque[Message] = field(default_factory=deque)
+    declared_at: float = 0.0  # `x-expires` counts from the last declare (a stub queue has no other use)
 
     @property
     def quorum(self) -> bool:
@@ -148,12 +150,12 @@ class VirtualHost:
         for decl in declarations:
             self.declare(decl)
 
-    def declare(self, decl: Declaration) -> None:
-        """Apply one declaration (as idempotently as the broker)."""
+    def declare(self, decl: Declaration, now: float = 0.0) -> None:
+        """Apply one declaration (as idempotently as the broker; a queue declared again is in use again)."""
         if isinstance(decl, ExchangeDecl):
             self.exchanges.setdefault(decl.name, decl.type)
         elif isinstance(decl, QueueDecl):
-            self.queues.setdefault(decl.name, Queue(decl.name, dict(decl.arguments)))
+            self.queues.setdefault(decl.name, Queue(decl.name, dict(decl.arguments))).declared_at = now
         else:
             source = decl.exchange if isinstance(decl, BindingDecl) else decl.source
             binding = (
@@ -270,7 +272,8 @@ class VirtualHost:
         return min(times) if times else None
 
     def expire(self, now: float) -> None:
-        """Expire, in time order, every head that is due by `now`; each copy it makes arrives at its expiry time."""
+        """Expire, in time order, every head that is due by `now` (each copy it makes arrives at its expiry
+        time), then delete the queues left unused past their `x-expires`."""
         while True:
             due: tuple[float, Queue] | None = None
             for queue in self.queues.values():
@@ -278,9 +281,13 @@ class VirtualHost:
                     if due is None or t < due[0]:
                         due = (t, queue)
             if due is None:
-                return
+                break
             at, queue = due
             self.dead_letter(queue, queue.messages.popleft(), "expired", at)
+        for name, queue in list(self.queues.items()):
+            unused_ms = queue.arguments.get("x-expires")
+            if unused_ms is not None and queue.declared_at + int(unused_ms) / 1000.0 <= now:
+                del self.queues[name]
 
 
 def _copy(props: Basic.Properties) -> Basic.Properties:

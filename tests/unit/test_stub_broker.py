@@ -204,3 +204,23 @@ def test_reject_dead_letters_with_the_tasks_reason() -> None:
             refuse.call()
         (dead,) = stub.dead_letters("q")
     assert caught.value.reason == dead.reason == "rejected by task" and dead.exc_message == "not for us"
+
+
+def test_a_dedupe_task_runs_one_copy_of_an_id_within_its_window_as_on_a_worker() -> None:
+    app = App("dedupe", broker_url=NOWHERE)
+    runs: list[int] = []
+
+    @app.task(queue="q", dedupe_s=60)
+    def once(n: int) -> int:
+        runs.append(n)
+        return n
+
+    with StubBroker(app) as stub:
+        first = once.apply_async((1,), message_id="order-7")
+        once.apply_async((2,), message_id="order-7")  # a producer's second send of the same id
+        assert stub.run_until_idle() == 2 and runs == [1]  # the copy was acked unrun
+        assert first.get(timeout=0) == 1 and stub.queue("q") == [] and stub.dead_letters("q") == []
+        stub.advance(61)  # the claim queue expired (x-expires): the id may run again
+        once.apply_async((3,), message_id="order-7")
+        stub.run_until_idle()
+    assert runs == [1, 3]
