@@ -45,13 +45,13 @@ bench: venv broker
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 check: venv
-	$(VENV)/bin/ruff check rabbittask tests bench examples
-	$(VENV)/bin/ruff format --check rabbittask tests bench examples
+	$(VENV)/bin/ruff check rabbittask tests bench examples docs/samples
+	$(VENV)/bin/ruff format --check rabbittask tests bench examples docs/samples
 	$(VENV)/bin/mypy
 
 format: venv
-	$(VENV)/bin/ruff format rabbittask tests bench examples
-	$(VENV)/bin/ruff check --fix rabbittask tests bench examples
+	$(VENV)/bin/ruff format rabbittask tests bench examples docs/samples
+	$(VENV)/bin/ruff check --fix rabbittask tests bench examples docs/samples
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -28,6 +28,7 @@ from rabbittask.topology import Declaration, ExchangeDecl, Overflow, QueueSpec, 
 
 if TYPE_CHECKING:
     from rabbittask.beat.entry import CatchUp, ScheduleEntry
+    from rabbittask.testing.eager import Eager
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -160,6 +161,8 @@ class App:
         self.worker_process_init: list[Callable[[], None]] = []
         if self.settings.otel:
             tracing.enable()
+        if self.settings.eager:
+            self.eager().start()  # for the app's whole life
 
     def __repr__(self) -> str:
         return f"<App {self.name} tasks={len(self.tasks)}>"
@@ -332,15 +335,20 @@ class App:
 
     def rpc_call(self, msg: Outgoing, timeout_s: float) -> Any:
         """Publish a request over direct reply-to and wait for the task's return value (any thread)."""
-        rpc = self.clients.rpc()
         with tracing.publishing(msg, self.settings.exchange):
-            return rpc.call(msg, timeout_s)
+            return self.clients.call(msg, timeout_s)
 
     async def arpc_call(self, msg: Outgoing, timeout_s: float) -> Any:
         """Async twin of `rpc_call`: the calls of one event loop share a connection and reply consumer."""
-        rpc = self.clients.arpc()
         with tracing.publishing(msg, self.settings.exchange):
-            return await rpc.call(msg, timeout_s)
+            return await self.clients.acall(msg, timeout_s)
+
+    def eager(self) -> Eager:
+        """For tests: `with app.eager() as eager:` runs each task this app sends at once, in this process,
+        through the worker's own stages; `handle.get()` returns or raises as for a worker (docs/testing.md)."""
+        from rabbittask.testing.eager import Eager  # loaded by tests only
+
+        return Eager(self)
 
     def batch(self) -> AbstractContextManager[None]:
         """Send many tasks with pipelined confirms; on exit wait for all and raise if any failed.

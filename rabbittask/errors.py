@@ -114,13 +114,18 @@ class ResultBackendError(RabbitTaskError):
 
 
 class TaskError(RabbitTaskError):
-    """Raised in the caller when a task failed in the worker; carries the remote type and traceback."""
+    """Raised in the caller when a task failed in the worker; carries the remote type and traceback.
 
-    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+    `reason` is the text of the `rt-reason` header its dead letter carries ("task raised", "max retries
+    exceeded", "expired", "invalid arguments", ...).
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str = "", reason: str = "") -> None:
         super().__init__(f"{type_name}: {message}")
         self.type_name = type_name
         self.remote_message = message
         self.remote_traceback = traceback
+        self.reason = reason
 
 
 class Reject(Exception):  # noqa: N818 - control flow, named for what the task asks for

@@ -94,6 +94,11 @@ class Settings(BaseSettings):
         description="Also send a `started` event when a worker child starts handling a message (one more append "
         "per task, like Celery's task-started; off by default to keep events cheap).",
     )
+    eager: bool = Field(
+        False,
+        description="Run every task the app sends at once, in the sending process, through the worker's own code "
+        "(for tests; see docs/testing.md): nothing reaches the broker.",
+    )
     otel: bool = Field(
         False,
         description="Create OpenTelemetry spans for publish (producer) and run (consumer), with the trace context "
