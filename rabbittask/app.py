@@ -6,9 +6,6 @@ its error lists its fields, and each field carries the description the docs can 
 
 from __future__ import annotations
 
-import difflib
-import os
-import sys
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from datetime import timedelta
@@ -21,17 +18,18 @@ from rabbittask.clients import Clients
 from rabbittask.context import TaskContext
 from rabbittask.delays import check_delay_queue_name, delay_declarations
 from rabbittask.errors import ConfigError, TaskNotFound
-from rabbittask.explain import describe, unknown_names
+from rabbittask.explain import describe, unknown_names, unknown_task_hint
 from rabbittask.message import Outgoing
 from rabbittask.results.backend import ResultBackend
 from rabbittask.retry import RETRY_OPTIONS, policy_for
 from rabbittask.sending import TASK_NAME, Args, SendOptions, message_by_name
 from rabbittask.settings import QueueType, Settings
-from rabbittask.task import Signature, Task, TaskHandle
+from rabbittask.task import Signature, Task, TaskHandle, default_task_name
 from rabbittask.topology import Declaration, ExchangeDecl, Overflow, QueueSpec, declarations, events_exchange_name
 
 if TYPE_CHECKING:
     from rabbittask.beat.entry import CatchUp, ScheduleEntry
+    from rabbittask.testing.eager import Eager
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -60,6 +58,12 @@ class TaskOptions(BaseModel):
     single_active_consumer: bool = Field(False, description="One consumer at a time takes from the queue.")
     message_ttl_ms: int | None = Field(None, description="Messages older than this are dead-lettered unrun.")
     ignore_result: bool = Field(False, description="Do not store results of this task in the result backend.")
+    dedupe_s: float | None = Field(
+        None,
+        gt=0,
+        description="Run a message at most once per id and attempt within this many seconds, across workers: "
+        "a copy a publisher re-sent (or one published twice with the same id) is acked unrun.",
+    )
     bind: bool = Field(False, description="Pass a `TaskContext` (id, attempt, headers, `.retry()`) as first argument.")
     time_limit: float | None = Field(
         None, description="Hard limit in seconds: the run is stopped and the message dead-lettered."
@@ -107,28 +111,6 @@ class TaskOptions(BaseModel):
         return {name: getattr(self, name) for name in RETRY_OPTIONS & self.model_fields_set}
 
 
-def default_task_name(fn: Callable[..., Any]) -> str:
-    """`module.function` (nested functions drop the `<locals>` part).
-
-    A module run as a script (`python tasks.py`) is `__main__` to itself but `tasks` to a worker that
-    imports it: the name uses the module's own name, so sender and worker agree.
-    """
-    module = fn.__module__
-    if module == "__main__":
-        main = sys.modules["__main__"]
-        spec = getattr(main, "__spec__", None)
-        module = spec.name if spec is not None else os.path.splitext(os.path.basename(getattr(main, "__file__", "")))[0]
-        module = module if module.isidentifier() else "__main__"  # stdin, a notebook: no name a worker can import
-    return f"{module}.{fn.__qualname__.replace('<locals>.', '')}"
-
-
-def _known(name: str, tasks: Mapping[str, Any]) -> str:
-    close = difflib.get_close_matches(name, list(tasks), n=3, cutoff=0.6)
-    if close:
-        return f" (did you mean {' or '.join(map(repr, close))}?); is the worker running the same code as the sender?"
-    return f" ({len(tasks)} task(s) known); is the worker running the same code as the sender?"
-
-
 class App:
     """A rabbittask application: tasks, the queues they map to, and how to reach the broker."""
 
@@ -154,6 +136,8 @@ class App:
         self.worker_process_init: list[Callable[[], None]] = []
         if self.settings.otel:
             tracing.enable()
+        if self.settings.eager:
+            self.eager().start()  # for the app's whole life
 
     def __repr__(self) -> str:
         return f"<App {self.name} tasks={len(self.tasks)}>"
@@ -219,6 +203,7 @@ class App:
         self.queues.setdefault(spec.name, spec)
         task: Task[P, R] = Task(self, fn, name, spec.name, retry=retry, bind=o.bind)
         task.ignore_result = o.ignore_result
+        task.dedupe_s = o.dedupe_s
         task.set_time_limits(o.time_limit, o.soft_time_limit)
         self.tasks[name] = task
         return task
@@ -277,7 +262,7 @@ class App:
             return self.tasks[name]
         except KeyError:
             raise TaskNotFound(
-                f"task {name!r} is not registered in app {self.name!r}{_known(name, self.tasks)}"
+                f"task {name!r} is not registered in app {self.name!r}{unknown_task_hint(name, self.tasks)}"
             ) from None
 
     def declarations(self, queues: list[str] | None = None) -> list[Declaration]:
@@ -346,15 +331,20 @@ class App:
 
     def rpc_call(self, msg: Outgoing, timeout_s: float) -> Any:
         """Publish a request over direct reply-to and wait for the task's return value (any thread)."""
-        rpc = self.clients.rpc()
         with tracing.publishing(msg, self.settings.exchange):
-            return rpc.call(msg, timeout_s)
+            return self.clients.call(msg, timeout_s)
 
     async def arpc_call(self, msg: Outgoing, timeout_s: float) -> Any:
         """Async twin of `rpc_call`: the calls of one event loop share a connection and reply consumer."""
-        rpc = self.clients.arpc()
         with tracing.publishing(msg, self.settings.exchange):
-            return await rpc.call(msg, timeout_s)
+            return await self.clients.acall(msg, timeout_s)
+
+    def eager(self) -> Eager:
+        """For tests: `with app.eager() as eager:` runs each task this app sends at once, in this process,
+        through the worker's own stages; `handle.get()` returns or raises as for a worker (docs/testing.md)."""
+        from rabbittask.testing.eager import Eager  # loaded by tests only
+
+        return Eager(self)
 
     def batch(self) -> AbstractContextManager[None]:
         """Send many tasks with pipelined confirms; on exit wait for all and raise if any failed.

@@ -5,7 +5,9 @@
 * an `AsyncPublisher` and an `AsyncRpc` per event loop, closed when the loop shuts down;
 * one `SyncRpc` per process, shared by every thread (see results/sync_rpc.py);
 * the result backend, loaded from `result_backend`'s URL on first use;
-* the batch in progress: this thread's `batch()`, this context's `abatch()`.
+* the batch in progress: this thread's `batch()`, this context's `abatch()`;
+* `local`: an in-process stand-in for the broker (eager mode, `rabbittask.testing.StubBroker`) that,
+  while set, takes every send, call and result instead of the network.
 
 The app's topology is declared once per process by the first sync publisher or batch that connects;
 async publishers and the RPC clients declare it on each connection they open.
@@ -21,6 +23,7 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from typing import Any, Protocol
 
 from pika.adapters.blocking_connection import BlockingChannel
 
@@ -37,6 +40,35 @@ from rabbittask.settings import Settings
 from rabbittask.topology import Declaration
 
 _LAZY_INIT = threading.Lock()  # builds the shared RPC client and the backend once, whichever thread asks first
+
+
+class LocalBroker(Protocol):
+    """What stands in for the broker while an app runs in eager mode or under a `StubBroker` (rabbittask.testing).
+
+    Every message the app sends reaches it here, the one place sends leave an app, so whatever sends
+    (`.delay()`, `send_task`, workflows, batches) is covered alike.
+    """
+
+    @property
+    def backend(self) -> ResultBackend:
+        """Where results are kept meanwhile."""
+        ...
+
+    def send(self, msg: Outgoing) -> None:
+        """Take a message the app would publish."""
+        ...
+
+    async def asend(self, msg: Outgoing) -> None:
+        """Async twin of `send`."""
+        ...
+
+    def call(self, msg: Outgoing, timeout_s: float) -> Any:
+        """Take a request the app would send over direct reply-to; return its result."""
+        ...
+
+    async def acall(self, msg: Outgoing, timeout_s: float) -> Any:
+        """Async twin of `call`."""
+        ...
 
 
 class Clients:
@@ -58,6 +90,7 @@ class Clients:
         )
         self._rpc: SyncRpc | None = None
         self._backend: ResultBackend | None = None
+        self.local: LocalBroker | None = None
 
     # -- publishing ------------------------------------------------------------------------------
 
@@ -76,6 +109,8 @@ class Clients:
 
     def declare(self) -> None:
         """Declare the whole topology on the broker now, on a new connection of this thread's publisher."""
+        if self.local is not None:
+            return
         publisher = self.publisher()
         publisher.close()
         self._declared_pid = 0
@@ -83,6 +118,9 @@ class Clients:
 
     def send(self, msg: Outgoing) -> None:
         """Publish and wait for the confirm, or hold `msg` in this thread's batch."""
+        if self.local is not None:
+            self.local.send(msg)
+            return
         batch: SyncBatch | None = getattr(self._local, "batch", None)
         if batch is not None:
             batch.add(msg)
@@ -100,6 +138,9 @@ class Clients:
 
     async def asend(self, msg: Outgoing) -> None:
         """Publish and wait for the confirm, or start it in this context's `abatch()`."""
+        if self.local is not None:
+            await self.local.asend(msg)
+            return
         batch = self._abatch.get()
         if batch is None:
             await self.apublisher().publish(msg)
@@ -137,6 +178,9 @@ class Clients:
             pass
         else:
             raise ConfigError("app.batch() cannot be used inside a running event loop: use `async with app.abatch()`")
+        if self.local is not None:
+            yield  # each send goes to the stand-in at once
+            return
         batch = self._local.batch = SyncBatch(self.settings, self._batch_declarations, self._batch_opened)
         try:
             yield
@@ -158,7 +202,7 @@ class Clients:
     @asynccontextmanager
     async def abatch(self) -> AsyncIterator[None]:
         """This context's sends start at once on the loop's publisher; confirms are awaited on exit."""
-        if self._abatch.get() is not None:
+        if self._abatch.get() is not None or self.local is not None:
             yield
             return
         batch = Pipeline(self.apublisher(), self.settings.batch_in_flight)
@@ -171,6 +215,18 @@ class Clients:
         raise_failed(batch.failed, batch.count)
 
     # -- RPC and results -------------------------------------------------------------------------
+
+    def call(self, msg: Outgoing, timeout_s: float) -> Any:
+        """Send a request over direct reply-to and return the task's result (see `SyncRpc`)."""
+        if self.local is not None:
+            return self.local.call(msg, timeout_s)
+        return self.rpc().call(msg, timeout_s)
+
+    async def acall(self, msg: Outgoing, timeout_s: float) -> Any:
+        """Async twin of `call` (see `AsyncRpc`)."""
+        if self.local is not None:
+            return await self.local.acall(msg, timeout_s)
+        return await self.arpc().call(msg, timeout_s)
 
     def rpc(self) -> SyncRpc:
         """The process's sync RPC client, shared by every thread."""
@@ -191,7 +247,12 @@ class Clients:
 
     @property
     def backend(self) -> ResultBackend | None:
-        """The result backend chosen by `result_backend`'s URL scheme, or None when results are not stored."""
+        """The result backend chosen by `result_backend`'s URL scheme, or None when results are not stored.
+
+        While a `local` stand-in is set, its own (in memory, whatever `result_backend` says).
+        """
+        if self.local is not None:
+            return self.local.backend
         if self._backend is None and self.settings.result_backend:
             with _LAZY_INIT:
                 self._backend = self._backend or load_backend(self.settings.result_backend)

@@ -35,6 +35,10 @@ class TaskContext:
     redelivered: bool = False
     """True if this message was delivered before and not settled then (its worker died, lost its
     connection or was cut off by `consumer_timeout`): the task may have run, in part or in full."""
+    resent: bool = False
+    """True if a publisher sent this message again because the first copy's confirm never came (its
+    connection closed, or no confirm in time, header `rt-resent`): the first copy may have run too. A
+    task with `dedupe_s` runs only one of them."""
     delivery_count: int = 1
     """Which delivery of this message this is, 1 the first; redeliveries after a retry start again at 1.
     Quorum queues count (`x-delivery-count`); on classic queues it is the worker's `rt-delivery-count`,

@@ -138,22 +138,26 @@ class TaskError(RabbitTaskError):
     `TaskError.remote(type_name, ...)` is what results and replies raise: for a builtin exception type
     (`ValueError`, `KeyError`, `TimeoutError`, ...) an instance of a subclass that also derives from
     that builtin, so `except ValueError` works as if the task ran here.
+
+    `reason` is the text of the `rt-reason` header its dead letter carries ("task raised", "max retries
+    exceeded", "expired", "invalid arguments", ...).
     """
 
-    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+    def __init__(self, type_name: str, message: str, traceback: str = "", reason: str = "") -> None:
         super().__init__(f"{type_name}: {message}")
         self.type_name = type_name
         self.remote_message = message
         self.remote_traceback = traceback
+        self.reason = reason
 
     def __str__(self) -> str:
         # Not the builtin's own: KeyError quotes its argument, OSError formats errno and strerror.
         return str(self.args[0]) if self.args else ""
 
     @classmethod
-    def remote(cls, type_name: str, message: str, traceback: str = "") -> TaskError:
+    def remote(cls, type_name: str, message: str, traceback: str = "", reason: str = "") -> TaskError:
         """The error of a remote failure of type `type_name`: also an instance of it if it is a builtin."""
-        return _remote_class(type_name)(type_name, message, traceback)
+        return _remote_class(type_name)(type_name, message, traceback, reason)
 
 
 @lru_cache(maxsize=256)  # keyed by names that come from workers: bounded

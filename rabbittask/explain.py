@@ -38,8 +38,7 @@ CELERY_HINTS: dict[str, str] = {
     "countdown": "countdown is a send option: task.apply_async(args, countdown=60)",
     "priority": "priority is a send option (task.apply_async(args, priority=5)) on a queue declared with "
     "queue_type='classic', max_priority=10",
-    "task_always_eager": "eager mode is planned; until then call the task like a function (`send_email(...)` runs "
-    "it here) or run a worker in tests",
+    "task_always_eager": "the setting is eager (RABBITTASK_EAGER), or `with app.eager():` in tests",
     "broker": "the setting is broker_url (RABBITTASK_BROKER_URL)",
     "result_expires": "the setting is result_expires_s (seconds)",
     "worker_prefetch_multiplier": "prefetch is per worker child: --prefetch or the app setting prefetch",
@@ -93,3 +92,11 @@ def describe(error: ValidationError, env_prefix: str = "", labels: dict[str, str
 def extra_names(error: ValidationError) -> list[str]:
     """The names a model refused as unknown (`extra="forbid"`)."""
     return [str(e["loc"][0]) for e in error.errors(include_url=False) if e["type"] == "extra_forbidden" and e["loc"]]
+
+
+def unknown_task_hint(name: str, tasks: Iterable[str]) -> str:
+    """What to add to "task 'x' is not registered": the close names, and the likely cause."""
+    known = list(tasks)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    found = f"did you mean {' or '.join(map(repr, close))}?" if close else f"{len(known)} task(s) known"
+    return f" ({found}); is the worker running the same code as the sender?"

@@ -10,7 +10,7 @@ independent of the client library that sends it (`amqp/properties.py` turns it i
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,6 +38,9 @@ H_EXPIRES = "rt-expires"
 H_ETA = "rt-eta"
 H_DELIVERY_COUNT = "rt-delivery-count"
 H_SIGNATURE = "rt-signature"  # signing.py
+# Set on a copy a publisher sent again because the first one's confirm never came (its connection
+# closed, or no confirm in time): the first may have been enqueued too. The value counts the re-sends.
+H_RESENT = "rt-resent"
 # Headers of a beat tick (beat/scheduler.py); a tick's `rt-expires` is read like any task's.
 H_SCHEDULE = "rt-schedule"
 H_SLOT = "rt-slot"
@@ -79,6 +82,13 @@ class Outgoing:
     delay_ms: int = 0
     # The broker dead-letters it (reason `expired`) if no consumer took it this long after it was queued.
     expiration_ms: int | None = None
+
+
+def resent(msg: Outgoing) -> Outgoing:
+    """`msg` to publish again after its confirm never came: the same id, marked with `rt-resent`."""
+    headers = dict(msg.headers or {})
+    headers[H_RESENT] = int(headers.get(H_RESENT, 0)) + 1
+    return replace(msg, headers=headers)
 
 
 def publish_target(msg: Outgoing, exchange: str) -> tuple[str, str]:

@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     result_expires_s: float = Field(
         86400.0, gt=0, description="How long a stored result is kept before the backend expires it (default 1 day)."
     )
+    alarm_wait_s: float = Field(
+        300.0,
+        gt=0,
+        description="How long a worker waits for the broker's memory or disk alarm to clear while it publishes a "
+        "retry's copy or a dead letter (the message stays unacked meanwhile), before it hands the message back "
+        "to the queue.",
+    )
     result_store_timeout_s: float = Field(
         10.0,
         gt=0,
@@ -98,6 +105,11 @@ class Settings(BaseSettings):
         False,
         description="Also send a `started` event when a worker child starts handling a message (one more append "
         "per task, like Celery's task-started; off by default to keep events cheap).",
+    )
+    eager: bool = Field(
+        False,
+        description="Run every task the app sends at once, in the sending process, through the worker's own code "
+        "(for tests; see docs/testing.md): nothing reaches the broker.",
     )
     otel: bool = Field(
         False,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import os
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack
@@ -53,6 +55,21 @@ def describe_validation_error(task_name: str, error: ValidationError, params: li
     return f"invalid arguments for task {task_name!r}: " + "; ".join(parts)
 
 
+def default_task_name(fn: Callable[..., Any]) -> str:
+    """`module.function` (nested functions drop the `<locals>` part).
+
+    A module run as a script (`python tasks.py`) is `__main__` to itself but `tasks` to a worker that
+    imports it: the name uses the module's own name, so sender and worker agree.
+    """
+    module = fn.__module__
+    if module == "__main__":
+        main = sys.modules["__main__"]
+        spec = getattr(main, "__spec__", None)
+        module = spec.name if spec is not None else os.path.splitext(os.path.basename(getattr(main, "__file__", "")))[0]
+        module = module if module.isidentifier() else "__main__"  # stdin, a notebook: no name a worker can import
+    return f"{module}.{fn.__qualname__.replace('<locals>.', '')}"
+
+
 class Task(Generic[P, R]):
     """A task declared with `@app.task`; calling it runs the function here, `.delay()` sends it."""
 
@@ -78,6 +95,7 @@ class Task(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         self.retry_policy = retry or RetryPolicy()
         self.ignore_result = False  # set by @app.task(ignore_result=True): no result is stored
+        self.dedupe_s: float | None = None  # set by @app.task(dedupe_s=...): see worker/dedupe.py
         self.bind = bind
         self._validator = _validator(fn, name, bind)
         self._params = list(inspect.signature(fn).parameters)[1 if bind else 0 :]

@@ -1,74 +1,30 @@
 """Broker fixtures shared by the whole test suite.
 
-``broker_url`` is the broker most tests use, chosen once per session, first that applies:
-``RABBITTASK_TEST_BROKER_URL``; a testcontainers RabbitMQ where a Docker engine answers (and the
-package is installed); a throwaway node started from the local ``rabbitmq-server`` binary.
+``broker_url`` is the broker most tests use: rabbittask's own pytest plugin chooses it once per
+session (``rabbittask_broker_url``), first that applies: ``RABBITTASK_TEST_BROKER_URL``; a
+testcontainers RabbitMQ where a Docker engine answers (and the package is installed); a throwaway
+node started from the local ``rabbitmq-server`` binary.
 Fault tests get their own node (``rabbit_node``, ``rabbit_node_factory``) to stop, kill and restart.
 Tests isolate by ``unique_name`` and delete what they declare through ``amqp_cleanup``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import shutil
-import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pika
 import pytest
 
-from rabbittask.testing import NodeError, RabbitNode, broker_answers, rabbitmq_bin_dir
+from rabbittask.testing import NodeError, RabbitNode, rabbitmq_bin_dir
+from rabbittask.testing.brokers import BrokerUrl
 
 RabbitNodeFactory = Callable[..., RabbitNode]
-
-
-def _masked(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc}"))
-
-
-def _docker_answers(timeout_s: float = 0.5) -> bool:
-    """True if a Docker engine accepts a connection (unix socket or DOCKER_HOST=tcp://...)."""
-    docker_host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    parts = urlsplit(docker_host)
-    try:
-        if parts.scheme == "unix":
-            with socket.socket(socket.AF_UNIX) as sock:
-                sock.settimeout(timeout_s)
-                sock.connect(parts.path)
-        elif parts.scheme == "tcp" and parts.hostname:
-            with socket.create_connection((parts.hostname, parts.port or 2375), timeout=timeout_s):
-                pass
-        else:
-            return False
-    except OSError:
-        return False
-    return True
-
-
-def _testcontainers_broker(stack: contextlib.ExitStack) -> str | None:
-    """Start a RabbitMQ container if testcontainers is installed and Docker answers, else None."""
-    if not _docker_answers():
-        return None
-    try:
-        from testcontainers.rabbitmq import RabbitMqContainer  # optional, never a hard dependency
-    except ImportError:
-        return None
-    image = os.environ.get("RABBITTASK_TEST_RABBITMQ_IMAGE", "rabbitmq:3.10")
-    container = stack.enter_context(RabbitMqContainer(image))
-    host = container.get_container_host_ip()
-    port = container.get_exposed_port(5672)
-    return f"amqp://guest:guest@{host}:{port}/"
 
 
 _SESSION_NAMES: set[str] = set()
@@ -124,20 +80,14 @@ def _delete_test_objects(url: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def broker_url() -> Iterator[str]:
-    """URL of the broker shared by the session's integration tests."""
-    url = os.environ.get("RABBITTASK_TEST_BROKER_URL")
-    if url:
-        if not broker_answers(url, timeout_s=5):
-            pytest.fail(f"RABBITTASK_TEST_BROKER_URL={_masked(url)} does not answer; start it or unset the variable")
-        yield url
-        _delete_test_objects(url)
-        return
-    with contextlib.ExitStack() as stack:
-        url = _testcontainers_broker(stack)
-        if url is None:
-            url = stack.enter_context(RabbitNode()).url
-        yield url
+def broker_url(rabbittask_broker_url: BrokerUrl) -> Iterator[str]:
+    """URL of the broker shared by the session's integration tests: the plugin's (rabbittask.testing.pytest_plugin).
+
+    The suite proves the plugin's broker fixture on every run; what the session named is deleted at its end.
+    """
+    yield rabbittask_broker_url
+    if rabbittask_broker_url.source == "env":  # a long-lived broker: throwaway ones go with their leftovers
+        _delete_test_objects(rabbittask_broker_url)
 
 
 @pytest.fixture

@@ -20,6 +20,8 @@ class BlackHoleProxy:
     def __init__(self, host: str, port: int) -> None:
         self.upstream = (host, port)
         self.black_hole = False
+        self.drop_to_client = False  # forward what clients send, drop what the broker answers (confirms too)
+        self.loop: asyncio.AbstractEventLoop | None = None  # set by `proxy_thread`
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
@@ -41,17 +43,30 @@ class BlackHoleProxy:
         handler.add_done_callback(self._handlers.discard)
         up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         self._writers += [writer, up_writer]
-        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True)
+        await asyncio.gather(
+            self._pump(reader, up_writer), self._pump(up_reader, writer, to_client=True), return_exceptions=True
+        )
         for w in (writer, up_writer):
             w.close()
             with contextlib.suppress(Exception):
                 await w.wait_closed()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, to_client: bool = False) -> None:
         while data := await reader.read(65536):
-            if not self.black_hole:
+            if not self.black_hole and not (to_client and self.drop_to_client):
                 writer.write(data)
                 await writer.drain()
+
+    async def cut(self) -> None:
+        """Close every connection through the proxy, both sides; new ones are still served."""
+        writers, self._writers = self._writers, []
+        for w in writers:
+            w.close()
+
+    def cut_from_thread(self) -> None:
+        """`cut()` from another thread than the proxy's loop (`proxy_thread`)."""
+        assert self.loop is not None
+        asyncio.run_coroutine_threadsafe(self.cut(), self.loop).result(5)
 
     async def close(self) -> None:
         """Close every connection and the listener; waits for the handlers to end (cancelled ones make
@@ -72,6 +87,7 @@ def proxy_thread(broker_url: str) -> Iterator[BlackHoleProxy]:
     parts = urlsplit(broker_url)
     proxy = BlackHoleProxy(parts.hostname or "127.0.0.1", parts.port or 5672)
     loop = asyncio.new_event_loop()
+    proxy.loop = loop
     thread = threading.Thread(target=loop.run_forever, name="black-hole-proxy", daemon=True)
     thread.start()
     try:

@@ -52,6 +52,22 @@ EXPECTED = [
     "TaskError",
 ]
 
+# The test kit's surface (docs/testing.md): `from rabbittask.testing import ...`.
+TESTING = [
+    "StubBroker",
+    "Eager",
+    "Message",
+    "MemoryBackend",
+    "WorkerProcess",
+    "WorkerFactory",
+    "RabbitNode",
+    "TlsFiles",
+    "NodeError",
+    "broker_answers",
+    "free_port",
+    "rabbitmq_bin_dir",
+]
+
 # Exceptions raised on purpose to steer a task or the worker, not to report a failure.
 CONTROL_FLOW = {
     "Reject",  # a task dead-letters its message
@@ -95,6 +111,13 @@ def exceptions_defined_in(module: ModuleType) -> list[type[BaseException]]:
 def test_all_is_exactly_the_expected_names() -> None:
     assert len(rabbittask.__all__) == len(set(rabbittask.__all__)), "a name is listed twice"
     assert sorted(rabbittask.__all__) == sorted(EXPECTED)
+
+
+def test_the_testing_kit_exports_exactly_the_expected_names() -> None:
+    import rabbittask.testing
+
+    assert sorted(rabbittask.testing.__all__) == sorted(TESTING)
+    assert all(getattr(rabbittask.testing, name).__doc__ for name in TESTING)
 
 
 def test_every_public_name_is_importable_and_documented() -> None:

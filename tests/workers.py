@@ -1,62 +1,24 @@
-"""Start real worker processes in tests: `rabbittask worker` as a subprocess with its own process group."""
+"""Start real worker processes in tests: the plugin's `WorkerProcess`, with what the suite's tests add to it."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import psutil
 import pytest
 
+from rabbittask.testing import workers as testing_workers
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class WorkerProcess:
-    """A `rabbittask worker` subprocess; its log is captured to a file the test can read."""
+class WorkerProcess(testing_workers.WorkerProcess):
+    """The plugin's `WorkerProcess` (rabbittask.testing.workers), started in the repository, with its children."""
 
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path, wrap: Sequence[str] = ()) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [*wrap, sys.executable, "-m", "rabbittask", "worker", *args],  # wrap: e.g. `ip netns exec NS`
-            env=env,
-            cwd=ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own process group: killpg reaches children too
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log(self) -> str:
-        """Everything the worker printed so far."""
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, text: str, timeout_s: float = 20.0, count: int = 1) -> None:
-        """Wait until `text` appears `count` times in the log; fail with the log tail if not (at once if it exited)."""
-
-        def shown() -> bool:
-            if self.log().count(text) >= count:
-                return True
-            if self.proc.poll() is not None:
-                raise AssertionError(never())
-            return False
-
-        def never() -> str:
-            return f"worker log never showed {text!r} x{count}; exit={self.proc.poll()}\n{self.log()[-3000:]}"
-
-        wait_until(shown, timeout_s, never)
-
-    def signal(self, sig: int) -> None:
-        os.kill(self.proc.pid, sig)
+        super().__init__(args, env, log_path, wrap, cwd=ROOT)  # wrap: e.g. `ip netns exec NS`
 
     def children(self) -> list[int]:
         """Pids of the supervisor's live children (the processes that consume)."""
@@ -82,25 +44,6 @@ class WorkerProcess:
         (pids,) = wait_until(found, timeout_s, wrong)
         return pids
 
-    def kill(self) -> None:
-        """SIGKILL the whole process group (worker and any children)."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(10)
-
-    def stop(self, timeout_s: float = 15.0) -> int:
-        """SIGTERM, wait for exit, SIGKILL if it does not; returns the exit code."""
-        if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._log.close()
-        return self.proc.returncode
-
 
 def _alive(process: psutil.Process) -> bool:
     try:
@@ -125,11 +68,7 @@ WorkerFactory = Callable[..., WorkerProcess]
 
 def worker_env(broker_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment of a worker subprocess: the test broker and the repo on the path."""
-    env = dict(os.environ)
-    env["RABBITTASK_BROKER_URL"] = broker_url
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env.update(extra or {})
-    return env
+    return testing_workers.worker_env(broker_url, extra, path=[ROOT])
 
 
 @pytest.fixture

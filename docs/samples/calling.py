@@ -2,8 +2,9 @@
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from rabbittask import ArgumentsInvalid, TaskError
 from shop.tasks import app, send_email, thumbnail
+
+from rabbittask import ArgumentsInvalid, TaskError
 
 # --8<-- [start:delay]
 handle = send_email.delay("ada@example.com", "hello")  # returns once the broker has confirmed it
@@ -34,7 +35,7 @@ try:
 except ArgumentsInvalid as e:
     print(e)
 except TaskError as e:  # the task raised in the worker (also an instance of the builtin type it raised)
-    print(e.type_name, e.remote_message, e.remote_traceback)
+    print(e.type_name, e.remote_message, e.reason, e.remote_traceback)  # reason: "task raised", ...
 except TimeoutError:  # no answer within 10 s: the task may still run
     pass
 # --8<-- [end:call]

@@ -115,6 +115,17 @@ class Link:
             ) from None
         return connection, channel
 
+    async def blocked(self) -> bool:
+        """True while the broker blocks this connection from publishing (`connection.blocked`: a resource alarm)."""
+        connection = self._connection
+        if connection is None or connection.is_closed:
+            return False
+        try:  # aiormq keeps the state to itself; `ready()` waits while the connection is blocked
+            await asyncio.wait_for(connection.ready(), 0.01)
+        except TimeoutError:
+            return True
+        return False
+
     async def side_channel(self) -> aiormq.abc.AbstractChannel:
         """A new channel without confirms on this connection, for best-effort messages (events).
 

@@ -37,6 +37,7 @@ class Heartbeat(BaseModel):
     failed: int = 0
     retried: int = 0
     dead_lettered: int = 0
+    duplicates: int = 0  # copies acked unrun: the same id and attempt ran within the task's dedupe_s
     dropped: int = 0  # events lost while the broker could not take them
     reconnects: int = 0
     in_flight: int = 0  # messages taken and not yet settled

@@ -21,7 +21,7 @@ from rabbittask.errors import (
     PublishNotConfirmed,
     not_confirmed_advice,
 )
-from rabbittask.message import Outgoing, missing_exchange, publish_target
+from rabbittask.message import Outgoing, missing_exchange, publish_target, resent
 from rabbittask.publish.declare import declare_async
 from rabbittask.settings import Settings, host_port, mask_url
 from rabbittask.topology import Declaration
@@ -51,18 +51,58 @@ class AsyncPublisher:
         """A new channel without confirms on this publisher's connection, for best-effort messages (events)."""
         return await self.link.side_channel()
 
-    async def publish(self, msg: Outgoing) -> None:
-        """Publish one message and wait for its confirm; reopen a connection found closed, once."""
+    async def publish(self, msg: Outgoing, *, alarm_wait_s: float = 0.0) -> None:
+        """Publish one message and wait for its confirm; reopen a connection found closed, once.
+
+        With `alarm_wait_s` (the worker's retry copies and dead letters), a confirm still missing after
+        `publish_timeout_s` while the broker blocks this connection (`connection.blocked`: a memory or
+        disk alarm) is waited for until the alarm clears, for at most `alarm_wait_s` more. The message
+        sits in the blocked connection and is enqueued once the broker reads it again; giving up on it
+        would leave its fate unknown.
+        """
         link = self.link
         was_open = link.is_open
         try:
-            await self._publish(await link.channel(), msg)
+            if alarm_wait_s > 0:
+                await self._publish_through_alarms(await link.channel(), msg, alarm_wait_s)
+            else:
+                await self._publish(await link.channel(), msg)
         except PublishConnectionError:
             if not was_open:
                 raise
-            log.info("publisher connection was closed; reopening once")
+            # Its confirm never came: the message may be on the broker already. The copy is marked
+            # (`rt-resent`), so a task can tell it, and `dedupe_s` tasks run only one of the two.
+            log.info("publisher connection was closed; reopening once and re-sending")
             await link.close()
-            await self._publish(await link.channel(), msg)
+            await self._publish(await link.channel(), resent(msg))
+
+    async def _publish_through_alarms(
+        self, channel: aiormq.abc.AbstractChannel, msg: Outgoing, alarm_wait_s: float
+    ) -> None:
+        timeout_s = self.settings.publish_timeout_s
+        publish = asyncio.ensure_future(self._publish(channel, msg, timed=False))
+        try:
+            done, _ = await asyncio.wait({publish}, timeout=timeout_s)
+            if not done and await self.link.blocked():
+                log.warning(
+                    "the broker blocks publishing (a memory or disk alarm): task %s [%s] waits up to %g s for it "
+                    "to clear",
+                    msg.task_name,
+                    msg.message_id,
+                    alarm_wait_s,
+                )
+                deadline = time.monotonic() + alarm_wait_s
+                while not done and (left_s := deadline - time.monotonic()) > 0:
+                    if not await self.link.blocked():  # cleared: the broker reads the connection again
+                        done, _ = await asyncio.wait({publish}, timeout=timeout_s)
+                        break
+                    done, _ = await asyncio.wait({publish}, timeout=min(left_s, 0.5))
+            if not done:
+                raise self.not_confirmed(msg)
+            publish.result()  # its error, if the broker nacked or returned it
+        finally:
+            if not publish.done():
+                publish.cancel()
 
     async def _publish(self, channel: aiormq.abc.AbstractChannel, msg: Outgoing, *, timed: bool = True) -> None:
         exchange, routing_key = publish_target(msg, self.settings.exchange)

@@ -21,7 +21,7 @@ from rabbittask.amqp.blocking import ACCESS_REFUSED, NOT_FOUND, connect_error
 from rabbittask.amqp.link import BlockingLink
 from rabbittask.amqp.properties import pika_properties
 from rabbittask.errors import PublishNotConfirmed, not_confirmed_advice
-from rabbittask.message import Outgoing, missing_exchange, publish_target
+from rabbittask.message import Outgoing, missing_exchange, publish_target, resent
 from rabbittask.settings import Settings, host_port
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,10 @@ class SyncPublisher:
                 raise connect_error(self.settings, e, ACTION) from None
             if not was_open or isinstance(e, pika.exceptions.ConnectionBlockedTimeout):
                 raise connect_error(self.settings, e, ACTION) from None
-            log.info("publisher connection was closed (%s); reopening once", type(e).__name__)
-            self._publish(self.open(), msg)
+            # Its confirm never came: the message may be on the broker already. The copy is marked
+            # (`rt-resent`), so a task can tell it, and `dedupe_s` tasks run only one of the two.
+            log.info("publisher connection was closed (%s); reopening once and re-sending", type(e).__name__)
+            self._publish(self.open(), resent(msg))
 
     def _publish(self, channel: BlockingChannel, msg: Outgoing) -> None:
         props = pika_properties(msg)

@@ -78,5 +78,8 @@ def decode_result(data: bytes) -> Any:
     if record["ok"]:
         return record.get("result")
     raise TaskError.remote(
-        str(record.get("exc_type") or "Error"), str(record.get("message") or ""), str(record.get("traceback") or "")
+        str(record.get("exc_type") or "Error"),
+        str(record.get("message") or ""),
+        str(record.get("traceback") or ""),
+        str(record.get("reason") or ""),
     )

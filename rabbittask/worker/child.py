@@ -27,6 +27,7 @@ from aiormq.abc import DeliveredMessage
 
 from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.worker.acks import delivery_tag
+from rabbittask.worker.dedupe import Dedupe
 from rabbittask.worker.dispatch import Dispatcher
 from rabbittask.worker.events import Events
 from rabbittask.worker.exits import EXIT_OK
@@ -111,6 +112,12 @@ class Child:
             on_limit=self._on_limit,
             events=self.events,
         )
+        # Tasks with `dedupe_s` claim each message before it runs; without any, the stage is skipped.
+        self.dedupe = (
+            Dedupe(app, self.publisher, self.settler.settle)
+            if any(t.dedupe_s for t in app.tasks.values() if t.queue in self.queues)
+            else None
+        )
         self.policy = InlinePolicy(inline_max_s) if threads == 1 and inline_max_s > 0 else None
         self.inline: InlineRunner | None = None
         if self.policy is not None:
@@ -167,7 +174,7 @@ class Child:
         return code
 
     async def _on_message(self, message: DeliveredMessage) -> None:
-        """One delivery's walk: session -> redelivery -> dispatch -> (run) -> settle."""
+        """One delivery's walk: session -> redelivery -> dedupe -> dispatch -> (run) -> settle."""
         acker = self.settler.acker
         if acker is None:
             return  # not acked: the broker requeues it when the channel closes
@@ -182,6 +189,8 @@ class Child:
             self.retire(f"--max-tasks-per-child {self.max_tasks} reached")
         if not self.redeliveries.admit(message):
             return  # settled unrun, or waits for a run of it here
+        if self.dedupe is not None and not await self.dedupe.admit(message):
+            return  # a copy of it ran: acked unrun
         running = self.dispatcher.route(message)  # a sync task is queued for a thread, or run and settled inline
         if running is not None:  # an async task, or an inline one waiting for its turn
             await running

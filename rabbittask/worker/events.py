@@ -8,7 +8,7 @@ events are off by default (`events_received`, `events_started`): each costs one 
 task processing: while a send is still under way (a memory alarm blocks publishing connections)
 they pile up to `MAX_PENDING` and older ones are dropped; a broken channel is reopened later.
 
-Routing keys: `task.<state>.<task name>` (state: received, started, succeeded, failed, retried,
+Routing keys: `task.<state>.<task name>` (state: received, started, succeeded, failed, retried, duplicate,
 dead-lettered) and `worker.heartbeat` / `worker.offline`. Bodies (docs/events.md is the reference):
 
     task.*:  {"host", "pid", "ts", "events": [{"id", "task", "state", ...}]}
@@ -36,7 +36,7 @@ from rabbittask.ops.heartbeat import HEARTBEAT, OFFLINE, Heartbeat
 from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.settings import Settings
 from rabbittask.topology import events_exchange_name
-from rabbittask.worker.outcome import MESSAGE_CHARS, Outcome
+from rabbittask.worker.outcome import MESSAGE_CHARS, Outcome, Settlement
 
 if TYPE_CHECKING:
     from rabbittask.worker.metrics import TaskMetrics
@@ -81,7 +81,7 @@ def task_events(outcomes: Sequence[Outcome]) -> dict[str, list[dict[str, Any]]]:
             event["traceback"] = o.traceback[-EVENT_TRACEBACK_CHARS:]
         elif state == "retried" and o.republish is not None:
             event["retry_in_s"] = round(o.republish.delay_s, 3)
-        if state != "retried":  # failed ones end in the DLQ as well
+        if o.reason.settlement is Settlement.DEAD_LETTER:  # failed ones end in the DLQ as well
             dead = {**event, "state": "dead-lettered"}
             dead.pop("traceback", None)
             groups.setdefault(f"task.dead-lettered.{o.task_name}", []).append(dead)
@@ -135,7 +135,7 @@ class Events:
         self.succeeded: list[Succeeded] = []
         self.settings = settings
         self.exchange = events_exchange_name(settings.exchange)
-        self.done = self.failed = self.retried = self.dead_lettered = self.dropped = 0
+        self.done = self.failed = self.retried = self.dead_lettered = self.duplicates = self.dropped = 0
         self.received: MessageLog | None = deque(maxlen=MAX_PENDING) if publish and settings.events_received else None
         self.started: MessageLog | None = deque(maxlen=MAX_PENDING) if publish and settings.events_started else None
         self._publisher = publisher
@@ -202,6 +202,7 @@ class Events:
             "failed": self.failed,
             "retried": self.retried,
             "dead_lettered": self.dead_lettered,
+            "duplicates": self.duplicates,
             "dropped": self.dropped,
             **self._stats(),
         }
@@ -252,6 +253,8 @@ class Events:
                     self.retried += 1
                 elif state == "dead-lettered":
                     self.dead_lettered += 1
+                elif state == "duplicate":
+                    self.duplicates += 1
 
     async def _send(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
         try:

@@ -25,7 +25,7 @@ from rabbittask.errors import (
     TaskNotFound,
     TimeLimitExceeded,
 )
-from rabbittask.message import H_ATTEMPT, H_DELIVERY_COUNT, X_DELIVERY_COUNT, attempt_of, decode_body
+from rabbittask.message import H_ATTEMPT, H_DELIVERY_COUNT, H_RESENT, X_DELIVERY_COUNT, attempt_of, decode_body
 from rabbittask.retry import due_in_ms
 from rabbittask.signing import verify
 from rabbittask.tracing import TRACEPARENT
@@ -106,7 +106,14 @@ def context(app: App, task: Task[Any, Any], message: DeliveredMessage) -> TaskCo
     headers = props.headers or {}
     redelivered, count = delivery_of(message, headers)
     return TaskContext(
-        props.message_id or "", task.name, source_queue(app, message), attempt_of(headers), headers, redelivered, count
+        props.message_id or "",
+        task.name,
+        source_queue(app, message),
+        attempt_of(headers),
+        headers,
+        redelivered,
+        H_RESENT in headers,
+        count,
     )
 
 

@@ -33,6 +33,7 @@ from rabbittask.message import (
     H_FIRST_SEEN,
     H_QUEUE,
     H_REASON,
+    H_RESENT,
     H_TRACEBACK,
     H_WORKER,
     attempt_of,
@@ -40,6 +41,7 @@ from rabbittask.message import (
 )
 
 TRACEBACK_CHARS = 4000
+COPY_DROPS = frozenset({H_DELIVERY_COUNT, H_RESENT})  # headers of one delivery or one send, not of a copy
 MESSAGE_CHARS = 1000
 WORKER_ID = f"{socket.gethostname()}:{{pid}}"
 
@@ -51,6 +53,7 @@ class Settlement(enum.Enum):
     REPUBLISH = "republish"  # a copy back to the task queue (after a delay), confirmed, then ack
     REQUEUE = "requeue"  # reject with requeue: it never started and goes back to the head of its queue
     FORGET = "forget"  # nothing to send: its channel closed, so the broker has requeued it already
+    ACK = "ack"  # acked unrun: another copy of it ran (or runs) already
 
 
 class Reason(enum.StrEnum):
@@ -86,6 +89,8 @@ class Reason(enum.StrEnum):
     RETRY = "retry", True, Settlement.REPUBLISH, "retried"
     NOT_DUE = "not due", False, Settlement.REPUBLISH, None
     REDELIVERED = "redelivered", False, Settlement.REPUBLISH, None
+    # Not run: a copy with the same id and attempt ran within the task's `dedupe_s` (see dedupe.py).
+    DUPLICATE = "duplicate", False, Settlement.ACK, "duplicate"
     # Never started here: no event, not counted as a task.
     STALE = "stale delivery", False, Settlement.FORGET, None  # its channel closed before it started
     HANDED_BACK = "handed back", False, Settlement.REQUEUE, None  # a warm shutdown came before it started
@@ -141,11 +146,12 @@ class Outcome(NamedTuple):
 
         The broker's `x-death` must go: a copy that passes the delay ladder again with it is taken
         for a dead-letter cycle and dropped silently. `rt-delivery-count` counts deliveries of one
-        message, so a copy starts without it unless `updates` sets it. `rt-first-seen` records the
+        message, so a copy starts without it unless `updates` sets it; a copy is a new message, sent once,
+        so it drops `rt-resent` too. `rt-first-seen` records the
         first run.
         """
         old = self.message.header.properties.headers or {}
-        headers = {k: v for k, v in old.items() if k not in DEATH_HEADERS and k != H_DELIVERY_COUNT}
+        headers = {k: v for k, v in old.items() if k not in DEATH_HEADERS and k not in COPY_DROPS}
         headers.setdefault(H_FIRST_SEEN, format_time(time.time() - self.runtime_s))
         headers.update(updates)
         return headers

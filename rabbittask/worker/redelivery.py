@@ -65,9 +65,12 @@ class Redeliveries:
         settle: Callable[[Outcome], None],
         running_here: Callable[[], Iterable[DeliveredMessage]],
         markers: RunningMarkers | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """`clock` says what time it is (epoch seconds): `StubBroker` passes its virtual clock."""
         self.app = app
         self.markers = markers
+        self.clock = clock
         # Ids of admitted redeliveries, marked as running while they run (see running.py). Empty unless
         # redeliveries run, so that a run tests one set for truth and does nothing more.
         self.marked: set[str] = set()
@@ -84,7 +87,7 @@ class Redeliveries:
         if redelivered and self._rerun_of_own(message):
             return False
         message_id = message.header.properties.message_id or ""
-        held = admit(self.app, message, markers=self.markers)
+        held = admit(self.app, message, now=self.clock(), markers=self.markers)
         if held is not None:
             if self.markers is not None:
                 self.markers.done(message_id)

@@ -7,9 +7,13 @@ What an outcome's `Reason` asks for (its `Settlement`), in order:
 * DEAD_LETTER: a copy with the `rt-*` reason headers to the dead-letter exchange, confirmed, then ack;
 * REPUBLISH: a copy back to the task queue through the delay ladder, confirmed, then ack;
 * REQUEUE: reject with requeue (it never started: a warm shutdown hands it back);
-* FORGET: nothing (its channel closed before it started; the broker has it back already).
+* FORGET: nothing (its channel closed before it started; the broker has it back already);
+* ACK: ack unrun (a duplicate: a copy with its id and attempt ran within the task's `dedupe_s`).
 
-A copy that cannot be published is rejected without requeue, so the broker dead-letters it. When
+A copy is never given up while its fate is unknown: the publisher waits out a memory or disk alarm
+(`alarm_wait_s`, the original held unacked), a copy still unconfirmed is sent once more with the same
+id (marked `rt-resent`), and only then does the original go back to its queue to run again. So a
+task is never both run and dead-lettered, and every dead letter carries its `rt-*` reason. When
 the channel a message came on is gone, its tag means nothing on the new one: the outcome is kept
 for its redelivery (see redelivery.py, `Orphans`). Publishing goes over a second connection,
 because a memory alarm blocks a publishing connection and would stop its acks too.
@@ -31,7 +35,7 @@ from aiormq.abc import DeliveredMessage
 
 from rabbittask.amqp.connect import CONNECTION_ERRORS
 from rabbittask.errors import PublishError, PublishNotConfirmed, ResultNotSerialisable
-from rabbittask.message import H_ATTEMPT, Outgoing
+from rabbittask.message import H_ATTEMPT, Outgoing, resent
 from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.results.record import encode_failure, encode_success
 from rabbittask.retry import schedule_headers
@@ -132,6 +136,8 @@ class Settler:
             and (self.backend is None or not self._stores(outcome))
         ):
             acker.ack(delivery_tag(message))
+        elif reason is not None and reason.settlement is Settlement.ACK:
+            acker.ack(delivery_tag(message))
         else:
             self._spawn(self._publish_then_ack(acker, outcome))
             return  # in flight until the copy, reply or result is confirmed and the message acked
@@ -174,36 +180,52 @@ class Settler:
         stores = self._stores(outcome)
         try:
             if republish:  # a retry (or a re-park): the copy is confirmed before the ack
-                await self._republish(outcome)  # no reply and no stored result: the task is not finished
+                sent = await self._confirmed(outcome, self._copy(outcome), "copy")  # no reply, no stored result
             else:
+                sent = True
                 record = b""
                 if reply_to or stores:
                     outcome, record = self._record(outcome)
                 if reply_to:
                     await self._reply(outcome, record)
                 if stores and not await self._store(outcome, record):
-                    if acker.alive:
-                        acker.reject(tag, requeue=True)
-                    return
-                if not outcome.ok:
-                    await self._dead_letter(outcome)
-        except PUBLISH_ERRORS as e:
-            log.warning(
-                "task %s [%s]: could not publish its %s (%s); the broker dead-letters it instead",
-                outcome.task_name,
-                outcome.message_id,
-                "copy" if republish else "dead letter",
-                e,
-            )
+                    sent = False
+                elif not outcome.ok:
+                    sent = await self._confirmed(outcome, self._dead_letter(outcome), "dead letter")
             if acker.alive:
-                acker.reject(tag, requeue=False)
-        else:
-            if acker.alive:
-                acker.ack(tag)
+                if sent:
+                    acker.ack(tag)
+                else:  # run again rather than dead-lettered by the broker without a reason, or lost
+                    acker.reject(tag, requeue=True)
         finally:
             self.flight.done()
 
-    async def _republish(self, outcome: Outcome) -> None:
+    async def _confirmed(self, outcome: Outcome, msg: Outgoing, what: str) -> bool:
+        """Publish `msg` (a retry's copy or a dead letter) until confirmed; False if it could not be.
+
+        Never give up on a copy whose fate is unknown and let the broker dead-letter the original: the
+        copy may be enqueued and run, and the dead letter would lack its reason. The publisher waits out
+        a resource alarm (`alarm_wait_s`); a copy still not confirmed is sent once more with the same id,
+        marked `rt-resent`, and when that fails too the original goes back to its queue.
+        """
+        wait_s = self.app.settings.alarm_wait_s
+        for attempt in (1, 2):
+            try:
+                await self.publisher.publish(msg if attempt == 1 else resent(msg), alarm_wait_s=wait_s)
+                return True
+            except PUBLISH_ERRORS as e:
+                log.warning(
+                    "task %s [%s]: its %s was not confirmed (%s); %s",
+                    outcome.task_name,
+                    outcome.message_id,
+                    what,
+                    e,
+                    "re-sending it with the same id" if attempt == 1 else "the message goes back to its queue",
+                )
+        return False
+
+    def _copy(self, outcome: Outcome) -> Outgoing:
+        """The copy of a retried (or re-parked) message, back to its task queue through the delay ladder."""
         republish = outcome.republish
         assert republish is not None, f"{outcome.reason} comes with a Republish"
         props = outcome.message.header.properties
@@ -214,39 +236,36 @@ class Settler:
             log.info("task %s [%s] re-published (%s)", outcome.task_name, outcome.message_id, outcome.reason)
         delay_ms = math.ceil(republish.delay_s * 1000)
         extra = schedule_headers(delay_ms, None, time.time())  # rt-eta again if beyond one ladder pass
-        await self.publisher.publish(
-            Outgoing(
-                routing_key=source_queue(self.app, outcome.message),
-                body=outcome.message.body,
-                message_id=outcome.message_id,
-                task_name=outcome.task_name,
-                priority=props.priority,
-                headers=outcome.copy_headers({**republish.headers, **extra}),
-                reply_to=props.reply_to,
-                correlation_id=props.correlation_id,
-                content_type=props.content_type or "",
-                delay_ms=delay_ms,
-            )
+        return Outgoing(
+            routing_key=source_queue(self.app, outcome.message),
+            body=outcome.message.body,
+            message_id=outcome.message_id,
+            task_name=outcome.task_name,
+            priority=props.priority,
+            headers=outcome.copy_headers({**republish.headers, **extra}),
+            reply_to=props.reply_to,
+            correlation_id=props.correlation_id,
+            content_type=props.content_type or "",
+            delay_ms=delay_ms,
         )
 
-    async def _dead_letter(self, outcome: Outcome) -> None:
+    def _dead_letter(self, outcome: Outcome) -> Outgoing:
+        """The dead letter of a failed message: its body with the `rt-*` reason headers, to the dead-letter exchange."""
         props = outcome.message.header.properties
         queue_name = source_queue(self.app, outcome.message)
         self.successes.flush()  # the success lines before it come first
         tasklog.dead_lettered(outcome, dlq_name(queue_name))
         headers = outcome.copy_headers(outcome.failure_headers(queue_name, os.getpid()))
-        await self.publisher.publish(
-            Outgoing(
-                routing_key=queue_name,
-                body=outcome.message.body,
-                message_id=outcome.message_id,
-                task_name=outcome.task_name,
-                priority=props.priority,
-                headers=headers,
-                correlation_id=props.correlation_id,
-                content_type=props.content_type or "",
-                exchange=dlx_name(self.app.settings.exchange),
-            )
+        return Outgoing(
+            routing_key=queue_name,
+            body=outcome.message.body,
+            message_id=outcome.message_id,
+            task_name=outcome.task_name,
+            priority=props.priority,
+            headers=headers,
+            correlation_id=props.correlation_id,
+            content_type=props.content_type or "",
+            exchange=dlx_name(self.app.settings.exchange),
         )
 
     @staticmethod

@@ -38,6 +38,7 @@ def _start(ctx: TaskContext, key: str) -> None:
             "event": "start",
             "t": time.time(),
             "redelivered": ctx.redelivered,
+            "resent": ctx.resent,
             "count": ctx.delivery_count,
         }
     )
@@ -53,6 +54,14 @@ def work(ctx: TaskContext, key: str, sleep_s: float = 0.0, cpu_s: float = 0.0) -
         until = time.perf_counter() + cpu_s
         while time.perf_counter() < until:
             sum(i * i for i in range(1000))
+    _write({"key": key, "pid": os.getpid(), "event": "end", "t": time.time()})
+    return key
+
+
+@app.task(queue=f"{PREFIX}.work", name="ledger.once", bind=True, dedupe_s=60)
+def once(ctx: TaskContext, key: str) -> str:
+    """Like `work`, run at most once per id and attempt within a minute (`dedupe_s`)."""
+    _start(ctx, key)
     _write({"key": key, "pid": os.getpid(), "event": "end", "t": time.time()})
     return key
 

@@ -20,6 +20,9 @@ def ledger_app(url: str, prefix: str, **settings: Any) -> App:
     @app.task(queue=f"{prefix}.work", name="ledger.work")
     def work(key: str, sleep_s: float = 0.0, cpu_s: float = 0.0) -> str: ...
 
+    @app.task(queue=f"{prefix}.work", name="ledger.once", dedupe_s=60)
+    def once(key: str) -> str: ...
+
     @app.task(queue=f"{prefix}.work", name="ledger.crash")
     def crash(key: str) -> None: ...
 

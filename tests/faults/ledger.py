@@ -4,8 +4,9 @@ Workers append a `start` record per run (key, pid, the delivery's redelivered fl
 and an `end` record when the run gets there; `runs()` pairs them. After a scenario:
 lost = confirmed - executed must be empty; a key run more than once is a duplicate, counted, and
 explained only where the later run saw a redelivery or the publisher re-sent that key after a
-failed confirm (`resent`); an unexplained duplicate fails every scenario. Recovery time = fault end
-to the first run that started after it and finished (its ack follows at once).
+failed confirm (`resent`: a copy marked `rt-resent`, or a key the test published again); an
+unexplained duplicate fails every scenario. Recovery time = fault end to the first run that started
+after it and finished (its ack follows at once).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Run:
     delivery_count: int
     start: float
     end: float | None = None
+    resent: bool = False  # the copy a publisher sent again after its confirm never came (`rt-resent`)
 
 
 @dataclass
@@ -58,7 +60,8 @@ class Ledger:
         for r in self.records():  # a file per process, in write order: an end follows its start
             key, pid, t = str(r["key"]), int(r["pid"]), float(r["t"])  # type: ignore[call-overload, arg-type]
             if r["event"] == "start":
-                run = Run(key, pid, bool(r.get("redelivered")), int(r.get("count", 1)), t)  # type: ignore[call-overload]
+                count = int(r.get("count", 1))  # type: ignore[call-overload]
+                run = Run(key, pid, bool(r.get("redelivered")), count, t, resent=bool(r.get("resent")))
                 open_runs[key, pid] = run
                 runs.append(run)
             elif r["event"] == "end" and (run_ := open_runs.pop((key, pid), None)) is not None:
@@ -102,7 +105,7 @@ class Ledger:
             duplicates += extra
             seen = sum(run.redelivered for run in later)
             redelivered += seen
-            if key in self.resent:
+            if key in self.resent or any(run.resent for run in by_key[key]):  # re-sent by the test or the publisher
                 resent += extra - seen
             elif seen < extra:
                 unexplained.append(key)

@@ -20,6 +20,7 @@ import pytest
 from rabbittask import App
 from rabbittask.delays import delay_exchange_name
 from rabbittask.testing import RabbitNode
+from tests.amqp import depth
 from tests.apps.retries_app import make_app
 from tests.faults.ledger import report_line
 from tests.retries import APP, runs, wait_runs
@@ -35,14 +36,6 @@ ADVANCED = f"[{{rabbit, [{{dead_letter_worker_publisher_confirm_timeout, {DLX_TI
 def node() -> Iterator[RabbitNode]:
     with RabbitNode(advanced_config=ADVANCED) as node:
         yield node
-
-
-def _depth(url: str, queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        return int(connection.channel().queue_declare(queue, passive=True).method.message_count)
-    finally:
-        connection.close()
 
 
 def test_a_level_whose_next_hop_was_missing_forwards_its_messages_within_the_dead_letter_timer(
@@ -69,7 +62,7 @@ def test_a_level_whose_next_hop_was_missing_forwards_its_messages_within_the_dea
     again.close()
     back = time.monotonic()
     # Then every message reaches its queue by the next tick of the dead-letter timer, not 3 minutes later
-    wait_until(lambda: _depth(node.url, "dlx-timer.q") == 20, DLX_TIMEOUT_MS / 1000 + 10, "all 20 forwarded")
+    wait_until(lambda: depth(node.url, "dlx-timer.q") == 20, DLX_TIMEOUT_MS / 1000 + 10, "all 20 forwarded")
     held_s = time.monotonic() - back
     report_line(
         f"[ledger] ladder hop missing, then declared again: 20 of 20 forwarded {held_s:.1f} s later "

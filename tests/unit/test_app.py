@@ -164,7 +164,7 @@ def test_a_task_declared_in_a_script_is_named_after_the_script_not_main(monkeypa
     import sys
     import types
 
-    from rabbittask.app import default_task_name
+    from rabbittask.task import default_task_name
 
     # Given a module run as `python billing.py`: it is __main__ to itself, `billing` to the worker
     script = types.ModuleType("__main__")

@@ -53,11 +53,15 @@ class Publisher:
     def __init__(self, log: list[Step]) -> None:
         self.log = log
         self.fail: Exception | None = None
+        self.fails = 0  # how many publishes fail with `fail` (when set); -1: every one
         self.sent: list[Outgoing] = []
+        self.alarm_waits: list[float] = []
 
-    async def publish(self, msg: Outgoing) -> None:
+    async def publish(self, msg: Outgoing, *, alarm_wait_s: float = 0.0) -> None:
         await asyncio.sleep(0)
-        if self.fail is not None:
+        self.alarm_waits.append(alarm_wait_s)
+        if self.fail is not None and self.fails:
+            self.fails -= 1
             raise self.fail
         self.sent.append(msg)
         what = (msg.headers or {}).get("rt-reason") or json.loads(msg.body).get("status", "")
@@ -156,6 +160,7 @@ EXPECTED: dict[Reason, str] = {
     Reason.RETRY: REPUBLISHED,
     Reason.NOT_DUE: REPUBLISHED,
     Reason.REDELIVERED: REPUBLISHED,
+    Reason.DUPLICATE: "acked",
     Reason.STALE: "nothing",
     Reason.HANDED_BACK: "requeued",
 }
@@ -179,6 +184,7 @@ async def test_each_reason_settles_as_it_says(reason: Reason) -> None:
         # the copy is confirmed before the original is acked
         DEAD_LETTERED: [("publish", "rt.dlx", "q", reason.value), ("ack", 3)],
         REPUBLISHED: [("publish", "delay", "q", ""), ("ack", 3)],
+        "acked": [("ack", 3)],  # a copy of it ran: acked unrun
         "nothing": [],  # its channel closed before it started: the broker has it back
         "requeued": [("reject", 3, True)],
     }
@@ -201,10 +207,28 @@ async def test_a_dead_letter_carries_the_reason_headers_and_a_retry_copy_drops_t
 
 
 @pytest.mark.parametrize("reason", [Reason.FAILED, Reason.RETRY], ids=lambda r: r.name)
-async def test_a_copy_that_cannot_be_published_is_rejected_for_the_broker_to_dead_letter(reason: Reason) -> None:
+async def test_a_copy_not_confirmed_is_sent_again_with_the_same_id_marked_resent(reason: Reason) -> None:
+    # Given a publisher whose first publish fails (no confirm: the copy may or may not be enqueued)
     rig = Rig()
-    rig.publisher.fail = PublishError("no confirm")
-    assert await rig.settle(failed(rig.delivered(4), reason)) == [("reject", 4, False)]
+    rig.publisher.fail, rig.publisher.fails = PublishNotConfirmed("no confirm"), 1
+    # When the outcome settles
+    steps = await rig.settle(failed(rig.delivered(4), reason))
+    # Then the copy goes again, with the same id, marked re-sent, and the original is acked after it
+    assert [step[0] for step in steps] == ["publish", "ack"]
+    [copy] = rig.publisher.sent
+    assert copy.message_id == "m-4" and copy.headers is not None and copy.headers["rt-resent"] == 1
+    assert rig.publisher.alarm_waits == [rig.app.settings.alarm_wait_s] * 2  # both outlast a resource alarm
+    assert rig.flight.count == 0
+
+
+@pytest.mark.parametrize("reason", [Reason.FAILED, Reason.RETRY], ids=lambda r: r.name)
+async def test_a_copy_that_cannot_be_published_sends_the_original_back_never_to_the_dead_letters(
+    reason: Reason,
+) -> None:
+    rig = Rig()
+    rig.publisher.fail, rig.publisher.fails = PublishError("no confirm"), -1
+    # requeued: it runs again; never rejected for the broker to dead-letter without a reason (or after it ran)
+    assert await rig.settle(failed(rig.delivered(4), reason)) == [("reject", 4, True)]
     assert rig.flight.count == 0
 
 
@@ -215,7 +239,7 @@ async def test_a_reply_is_published_before_the_ack_and_a_lost_reply_does_not_sto
         ("ack", 5),
     ]
     rig.log.clear()
-    rig.publisher.fail = PublishNotConfirmed("caller gone")
+    rig.publisher.fail, rig.publisher.fails = PublishNotConfirmed("caller gone"), -1
     assert await rig.settle(Outcome(rig.delivered(6, reply_to="gone"), "t.task", value=2)) == [("ack", 6)]
 
 
