@@ -2,9 +2,12 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The demo's own virtualenv: the package without extras, so a first `make demo` installs in ~20 s.
+DEMO_VENV ?= .venv-demo
 export RABBITTASK_BROKER_URL ?= amqp://guest:guest@localhost:5672/
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: venv broker demo test test-fast faults scaling bench check format clean
+.PHONY: venv demo-venv broker demo docs docs-serve test test-fast faults scaling bench check format clean
 
 $(VENV)/.installed: pyproject.toml
 	bash scripts/bootstrap.sh $(VENV)
@@ -12,11 +15,25 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+$(DEMO_VENV)/.installed: pyproject.toml
+	bash scripts/bootstrap.sh $(DEMO_VENV) ""
+	touch $@
+
+demo-venv: $(DEMO_VENV)/.installed
+
 broker:
 	bash scripts/ensure-broker.sh
 
-demo: venv broker
-	$(PY) -m examples.demo
+demo: demo-venv broker
+	$(DEMO_VENV)/bin/python -m examples.demo
+
+# The documentation site, in site/: strict, so a broken link or reference fails the build
+# (`make test` builds it too, in tests/unit/test_docs_site.py).
+docs: venv
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
+docs-serve: venv
+	$(VENV)/bin/mkdocs serve
 
 # Test files run in PYTEST_WORKERS processes (pytest-xdist; a file's tests stay together, in order):
 # most tests wait on brokers, not on the CPU. PYTEST_WORKERS=0 runs them in this process (for -s, pdb).
@@ -44,14 +61,16 @@ scaling: venv
 bench: venv broker
 	$(PY) -m bench.run $(BENCH_ARGS)
 
+LINTED := rabbittask tests bench examples docs/hooks docs/samples
+
 check: venv
-	$(VENV)/bin/ruff check rabbittask tests bench examples docs/samples
-	$(VENV)/bin/ruff format --check rabbittask tests bench examples docs/samples
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy
 
 format: venv
-	$(VENV)/bin/ruff format rabbittask tests bench examples docs/samples
-	$(VENV)/bin/ruff check --fix rabbittask tests bench examples docs/samples
+	$(VENV)/bin/ruff format $(LINTED)
+	$(VENV)/bin/ruff check --fix $(LINTED)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(DEMO_VENV) site .pytest_cache .mypy_cache .ruff_cache *.egg-info

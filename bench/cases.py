@@ -11,7 +11,7 @@ from bench.row import Measurement, RowContext
 
 RowFn = Callable[[RowContext], Measurement]
 RT = "rabbittask"
-EVENTS_OFF = f"{RT} B1 events off"  # a reference row: its ratio is what events cost (issue 12: within 10%)
+EVENTS_OFF = f"{RT} B1 events off"  # a reference row: its ratio is what events cost (the target: within 10%)
 CHILD_RSS_TARGET_MB = 40.0
 
 

@@ -33,7 +33,9 @@ from rabbittask.errors import (
     TaskNotFound,
     TimeLimitExceeded,
     TopologyMismatch,
+    WaitInTaskRefused,
 )
+from rabbittask.logs import get_task_logger
 from rabbittask.results.backend import ResultBackend
 from rabbittask.results.record import Status
 from rabbittask.settings import Settings
@@ -52,6 +54,7 @@ __all__ = [
     "TaskHandle",
     "TaskContext",
     "Signature",
+    "get_task_logger",
     # results, and the interface of result-backend plugins
     "Status",
     "ResultBackend",
@@ -78,6 +81,7 @@ __all__ = [
     "PublishNotConfirmed",
     "BatchNotConfirmed",
     "ResultBackendError",
+    "WaitInTaskRefused",
     "TaskError",
     "__version__",
 ]

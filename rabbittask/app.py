@@ -6,11 +6,10 @@ its error lists its fields, and each field carries the description the docs can 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, Unpack, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -19,11 +18,13 @@ from rabbittask.clients import Clients
 from rabbittask.context import TaskContext
 from rabbittask.delays import check_delay_queue_name, delay_declarations
 from rabbittask.errors import ConfigError, TaskNotFound
+from rabbittask.explain import describe, unknown_names, unknown_task_hint
 from rabbittask.message import Outgoing
 from rabbittask.results.backend import ResultBackend
 from rabbittask.retry import RETRY_OPTIONS, policy_for
+from rabbittask.sending import TASK_NAME, Args, SendOptions, message_by_name
 from rabbittask.settings import QueueType, Settings
-from rabbittask.task import Signature, Task, TaskHandle
+from rabbittask.task import Signature, Task, TaskHandle, default_task_name
 from rabbittask.topology import Declaration, ExchangeDecl, Overflow, QueueSpec, declarations, events_exchange_name
 
 if TYPE_CHECKING:
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
 _APP_SETTING = "default: the app setting of the same name"
 
 
@@ -98,39 +98,17 @@ class TaskOptions(BaseModel):
         unknown = options.keys() - cls.model_fields.keys()
         if unknown:
             raise ConfigError(
-                f"task {task_name!r}: unknown option(s) for @app.task: {', '.join(sorted(unknown))}; "
+                f"task {task_name!r}: {unknown_names(unknown, cls.model_fields, 'option')} for @app.task; "
                 f"known options are {', '.join(sorted(cls.model_fields))}"
             )
         try:
             return cls(**options)
         except ValidationError as e:
-            raise ConfigError(f"task {task_name!r}: invalid option(s) for @app.task: {_describe(e)}") from None
+            raise ConfigError(f"task {task_name!r}: invalid option(s) for @app.task: {describe(e)}") from None
 
     def retry_options(self) -> dict[str, Any]:
         """The retry options that were given (the others come from the app's settings)."""
         return {name: getattr(self, name) for name in RETRY_OPTIONS & self.model_fields_set}
-
-
-def _describe(error: ValidationError) -> str:
-    """One part per option: `time_limit: Input should be a valid number (got 'x')`."""
-    by_option: dict[str, tuple[list[str], Any]] = {}
-    for err in error.errors(include_url=False):
-        why = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]  # ours: as raised
-        whys, _ = by_option.setdefault(str(err["loc"][0]), ([], err["input"]))
-        if why not in whys:
-            whys.append(why)
-    parts = []
-    for option, (whys, given) in by_option.items():
-        text = " or ".join(whys)
-        if not text.startswith(option):  # our own validators name the option already
-            text = f"{option}: {text}"
-        parts.append(f"{text} (got {given!r})")
-    return "; ".join(parts)
-
-
-def default_task_name(fn: Callable[..., Any]) -> str:
-    """`module.function` (nested functions drop the `<locals>` part)."""
-    return f"{fn.__module__}.{fn.__qualname__.replace('<locals>.', '')}"
 
 
 class App:
@@ -147,10 +125,7 @@ class App:
         """`settings` are `Settings` fields; `autoretry_for` are exceptions every task retries on."""
         if broker_url is not None:
             settings["broker_url"] = broker_url
-        try:
-            self.settings = Settings(**settings)
-        except ValueError as e:
-            raise ConfigError(f"invalid settings for app {name!r}: {e}") from None
+        self.settings = Settings.read(settings, f"app {name!r}")
         self.name = name
         self.autoretry_for = tuple(autoretry_for)
         policy_for(self.settings, self.autoretry_for, {})  # refuses a bad app-wide retry setting now
@@ -195,8 +170,11 @@ class App:
 
     def _register(self, fn: Callable[P, R], options: TaskOptions) -> Task[P, R]:
         name = options.name or default_task_name(fn)
-        if not _TASK_NAME.match(name):
-            raise ConfigError(f"task name {name!r} is not allowed: use letters, digits and _ . : - (max 200)")
+        if not TASK_NAME.match(name):
+            raise ConfigError(
+                f"task name {name!r} is not allowed: use letters, digits and _ . : - (max 200); give the task a "
+                "name=... (a lambda or a function declared in a script read from stdin has none of its own)"
+            )
         if name in self.tasks:
             raise ConfigError(f"task name {name!r} is declared twice: give one of them name=...")
         o = options
@@ -246,13 +224,11 @@ class App:
         catch_up_limit: int = 100,
         grace_s: float = 30.0,
     ) -> ScheduleEntry:
-        """Send `target` periodically: `app.schedule("nightly", report.s(day="yesterday"), cron="0 3 * * *")`.
+        """Send `target` periodically, by `rabbittask beat`: `app.schedule("n", report.s(), cron="0 3 * * *")`.
 
         `cron` (5 fields, in time zone `tz`) or `every` (a timedelta or seconds, counted from the Unix
         epoch). `expires`: a tick no worker started this long after it was sent is dropped. `catch_up`:
-        what to do with ticks missed (more than `grace_s` late) while no scheduler ran: `skip` them,
-        send the latest `once`, or send `all` (the latest `catch_up_limit`). `rabbittask beat` runs them;
-        see docs/scheduling.md.
+        ticks missed (over `grace_s` late) while no scheduler ran: `skip`, `once`, `all` (`catch_up_limit`).
         """
         from rabbittask.beat.build import build_entry  # croniter is loaded only by apps that schedule
 
@@ -285,7 +261,9 @@ class App:
         try:
             return self.tasks[name]
         except KeyError:
-            raise TaskNotFound(f"task {name!r} is not registered in app {self.name!r}") from None
+            raise TaskNotFound(
+                f"task {name!r} is not registered in app {self.name!r}{unknown_task_hint(name, self.tasks)}"
+            ) from None
 
     def declarations(self, queues: list[str] | None = None) -> list[Declaration]:
         """What the broker must have for this app (or for some of its queues)."""
@@ -314,6 +292,24 @@ class App:
         return fn
 
     # -- sending ---------------------------------------------------------------------------------
+
+    def send_task(
+        self, name: str, args: Args = (), kwargs: Mapping[str, Any] | None = None, **options: Unpack[SendOptions]
+    ) -> TaskHandle:
+        """Send a task by its name, from a producer that does not import its code; confirmed like `.delay()`.
+
+        `app.send_task("shop.tasks.send_email", args=["ada@example.com", "hi"], queue="emails")`. The
+        send options are those of `apply_async`. Without `queue`, the message goes to the app's
+        `default_queue`. A task this app declares is sent as `apply_async` sends it (arguments validated,
+        its own queue); for other names the worker checks the arguments and dead-letters a bad call.
+        """
+        return self.send(message_by_name(self, name, args, kwargs, options))
+
+    async def asend_task(
+        self, name: str, args: Args = (), kwargs: Mapping[str, Any] | None = None, **options: Unpack[SendOptions]
+    ) -> TaskHandle:
+        """Async twin of `send_task`."""
+        return await self.asend(message_by_name(self, name, args, kwargs, options))
 
     def send(self, msg: Outgoing) -> TaskHandle:
         """Publish a prepared message and wait for the confirm (or hold it in the current batch)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -58,3 +59,11 @@ class TaskContext:
     ) -> Retry:
         """The `Retry` to raise: `raise ctx.retry(countdown=30, exc=e)`; no countdown: the task's back-off."""
         return Retry(countdown, eta=eta, exc=exc, max_retries=max_retries)
+
+
+running: ContextVar[tuple[str, str] | None] = ContextVar("rabbittask_running_task", default=None)
+"""`(task name, task id)` of the task running in this context, else None.
+
+The worker sets it around each run (a thread's run, an async task's coroutine): task loggers put it in
+their records, and a blocking wait for another task's result from inside a run is refused with it.
+"""

@@ -18,12 +18,16 @@
     │       └── BatchNotConfirmed               some messages of a batch were not confirmed
     ├── NodeError (RuntimeError)             a throwaway test node (rabbittask.testing) failed
     ├── ResultBackendError                   the result backend failed or cannot be reached
+    ├── WaitInTaskRefused (RuntimeError)     a running task waits for another task (.call(), .get())
     └── TaskError                            a task failed remotely (results, RPC)
 
 A refusal is an `AccessRefused` wherever it happens. A refused login or virtual host (met by the
 connect that publishers, RPC, workers, `status` and the dashboard share) and a publisher's refused
 declare or publish are `PublishAccessRefused`, so `except PublishConnectionError` around a publish
 still catches them; a worker's refused declare or consume is an `AccessRefused` only.
+
+A remote failure of a builtin type comes back as a `TaskError` that is also an instance of that
+builtin: `except ValueError` catches a task's `ValueError` (`TaskError.remote()` makes it).
 
 Control flow, not failure: `Retry` and `Reject` are raised by a task on purpose and are not
 logged as errors.
@@ -33,8 +37,10 @@ it and clean up); `TimeLimitExceeded` names the failure of a task stopped at its
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from datetime import datetime
+from functools import lru_cache
 
 
 class RabbitTaskError(Exception):
@@ -97,6 +103,15 @@ class PublishNotConfirmed(PublishError):
     """Raised when the broker nacked, returned (unroutable) or did not confirm a message in time."""
 
 
+def not_confirmed_advice(message_id: str) -> str:
+    """What to do about a publish whose confirm never came: the task may run twice if it is sent again."""
+    return (
+        "it may or may not have been enqueued. To send it again, give it the same id "
+        f"(message_id={message_id!r}); the task may then run twice, as nothing removes the repeat, but a task "
+        "can recognise it by its id (TaskContext.id) and skip it"
+    )
+
+
 class BatchNotConfirmed(PublishError):
     """Raised when a batch ends with messages the broker did not confirm."""
 
@@ -113,8 +128,16 @@ class ResultBackendError(RabbitTaskError):
     """Raised when the result backend cannot be reached or fails a store, fetch or delete."""
 
 
+class WaitInTaskRefused(RabbitTaskError, RuntimeError):
+    """Raised when a running task waits synchronously for another task (`.call()`, `.get()`), which can deadlock."""
+
+
 class TaskError(RabbitTaskError):
     """Raised in the caller when a task failed in the worker; carries the remote type and traceback.
+
+    `TaskError.remote(type_name, ...)` is what results and replies raise: for a builtin exception type
+    (`ValueError`, `KeyError`, `TimeoutError`, ...) an instance of a subclass that also derives from
+    that builtin, so `except ValueError` works as if the task ran here.
 
     `reason` is the text of the `rt-reason` header its dead letter carries ("task raised", "max retries
     exceeded", "expired", "invalid arguments", ...).
@@ -126,6 +149,33 @@ class TaskError(RabbitTaskError):
         self.remote_message = message
         self.remote_traceback = traceback
         self.reason = reason
+
+    def __str__(self) -> str:
+        # Not the builtin's own: KeyError quotes its argument, OSError formats errno and strerror.
+        return str(self.args[0]) if self.args else ""
+
+    @classmethod
+    def remote(cls, type_name: str, message: str, traceback: str = "", reason: str = "") -> TaskError:
+        """The error of a remote failure of type `type_name`: also an instance of it if it is a builtin."""
+        return _remote_class(type_name)(type_name, message, traceback, reason)
+
+
+@lru_cache(maxsize=256)  # keyed by names that come from workers: bounded
+def _remote_class(type_name: str) -> type[TaskError]:
+    """`TaskError`, or a subclass of it and of the builtin exception `type_name` (made once per name)."""
+    builtin = getattr(builtins, type_name, None)
+    if not (isinstance(builtin, type) and issubclass(builtin, Exception)):
+        return TaskError  # a user's own exception type: its class is not importable here
+    for base in builtin.__mro__:  # UnicodeDecodeError needs 5 arguments: fall back to UnicodeError, ...
+        if base is Exception:
+            break
+        try:
+            made = type(f"TaskError[{base.__name__}]", (TaskError, base), {"__module__": __name__})
+            made("probe", "probe")  # the builtin's constructor must take one message
+        except (TypeError, ValueError):  # a layout conflict, or a constructor of other arguments
+            continue
+        return made
+    return TaskError
 
 
 class Reject(Exception):  # noqa: N818 - control flow, named for what the task asks for

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rabbittask.errors import ConfigError
+from rabbittask.explain import describe, extra_names, unknown_names
+from rabbittask.urls import check_amqp_url, host_port, mask_url
+
+__all__ = ["ENV_PREFIX", "QueueType", "Settings", "check_amqp_url", "host_port", "mask_url"]
+
 QueueType = Literal["quorum", "classic"]
+ENV_PREFIX = "RABBITTASK_"
 
 
 class Settings(BaseSettings):
     """App settings; every field can be set as `RABBITTASK_<NAME>` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="RABBITTASK_", frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
 
     broker_url: str = Field(
         "amqp://guest:guest@localhost:5672/",
@@ -77,6 +82,13 @@ class Settings(BaseSettings):
         description="How long a worker retries storing a result before it hands the message back to the queue "
         "(it never acks a task whose result is not stored).",
     )
+    allow_join_in_task: bool = Field(
+        False,
+        description="Let a running task wait for another task with a blocking `.call()` or `handle.get()`. Off, "
+        "that raises `WaitInTaskRefused`: the awaited task may need the very thread, process or prefetch slot the "
+        "waiting task holds, and the worker deadlocks until the timeout. Turn it on only where the awaited task "
+        "runs on other workers.",
+    )
 
     events: bool = Field(
         True,
@@ -110,7 +122,7 @@ class Settings(BaseSettings):
         for key, value in super().__repr_args__():
             yield key, mask_url(value) if isinstance(value, str) else value
 
-    # Security (issue 10): TLS files for amqps:// URLs, pre-applied topology, message signing.
+    # Security: TLS files for amqps:// URLs, pre-applied topology, message signing.
     tls_ca_file: str | None = Field(
         None, description="amqps: CA bundle that signs the broker's certificate (default: the system's CAs)."
     )
@@ -128,6 +140,22 @@ class Settings(BaseSettings):
     )
     signing_key_id: str | None = Field(None, description="Id of the signing key publishers sign with.")
 
+    @classmethod
+    def read(cls, values: dict[str, Any], owner: str = "rabbittask") -> Settings:
+        """Settings from `values` over `RABBITTASK_*` variables; `ConfigError` saying which one is wrong and why."""
+        try:
+            return cls(**values)
+        except ValidationError as e:
+            problems = [unknown_names(extra_names(e), cls.model_fields, "setting"), describe(e, ENV_PREFIX)]
+            raise ConfigError(f"invalid settings for {owner}: {'; '.join(p for p in problems if p)}") from None
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_urls(cls, value: str) -> str:
+        for url in value.split(","):
+            check_amqp_url(url.strip())
+        return value
+
     @model_validator(mode="after")
     def _check_signing(self) -> Settings:
         if self.signing_key_id is not None and self.signing_key_id not in self.signing_keys:
@@ -139,20 +167,3 @@ class Settings(BaseSettings):
     def broker_urls(self) -> list[str]:
         """The broker URL(s), in failover order."""
         return [u.strip() for u in self.broker_url.split(",") if u.strip()]
-
-
-_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]*:)(?P<password>[^@/]*)@", re.IGNORECASE)
-
-
-def mask_url(text: str) -> str:
-    """Return `text` with the password of every URL in it replaced by `***`."""
-    return _PASSWORD.sub(lambda m: f"{m.group('head')}***@", text)
-
-
-def host_port(url: str) -> str:
-    """Return `host:port` of an AMQP URL (of each, comma-separated, for a list), for error messages."""
-    if "," in url:
-        return ", ".join(host_port(u.strip()) for u in url.split(",") if u.strip())
-    parts = urlsplit(url)
-    default = 5671 if parts.scheme == "amqps" else 5672
-    return f"{parts.hostname or 'localhost'}:{parts.port or default}"

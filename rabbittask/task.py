@@ -3,113 +3,30 @@
 from __future__ import annotations
 
 import inspect
-import math
-import time
+import os
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack
 
 from pydantic import ValidationError
 from pydantic.experimental.arguments_schema import generate_arguments_schema
 from pydantic_core import ArgsKwargs, SchemaValidator
 
-from rabbittask import tracing
 from rabbittask.context import TaskContext
-from rabbittask.errors import ArgumentsInvalid, ConfigError, PayloadError
-from rabbittask.message import Outgoing, encode_body, new_id
-from rabbittask.results.record import PENDING, Status, decode_result, status_of
-from rabbittask.retry import RetryPolicy, due_in_ms, schedule_headers
-from rabbittask.signing import sign
+from rabbittask.errors import ArgumentsInvalid, ConfigError
+from rabbittask.handle import TaskHandle, refuse_wait_in_task
+from rabbittask.message import Outgoing, new_id
+from rabbittask.retry import RetryPolicy
+from rabbittask.sending import NO_OPTIONS, Args, SendOptions, build_message, check_call, encode_call
 
 if TYPE_CHECKING:
     from rabbittask.app import App
-    from rabbittask.results.backend import ResultBackend
 
 P = ParamSpec("P")
 R = TypeVar("R")
-Args = tuple[Any, ...] | list[Any]  # positional arguments of a task call
 
-
-class SendOptions(TypedDict, total=False):
-    """How one call is sent: the keywords of `apply_async`, `aapply_async`, `message` and `Signature.apply_async`.
-
-    `countdown` (seconds) or `eta` (a datetime; naive means local time) delay it on the broker's
-    delay ladder; `expires` (seconds from now, or a datetime) makes a worker drop it unrun, into the
-    dead-letter queue with reason "expired", once that time has passed.
-    """
-
-    queue: str | None  # another of the app's queues than the task's own
-    priority: int | None  # on a classic queue declared with max_priority
-    headers: Mapping[str, Any] | None  # added to the message's headers (e.g. a traceparent)
-    message_id: str | None  # the task id; default a new UUID (sending again with the same id is recognisable)
-    countdown: float | None
-    eta: datetime | None
-    expires: float | datetime | None
-
-
-SEND_OPTIONS = SendOptions.__optional_keys__
-_NO_OPTIONS = SendOptions()  # never changed: .delay() and .call() send with none
-
-
-@dataclass(frozen=True, slots=True)
-class TaskHandle:
-    """What `.delay()` returns: the id of the confirmed task message and where it went.
-
-    With a result backend (`result_backend=` on the app), it also reads the task's result:
-    `get()`/`aget()` wait for it, `status` says PENDING, SUCCESS or FAILURE, `forget()` deletes it.
-    """
-
-    id: str
-    task_name: str
-    queue: str
-    app: App | None = field(default=None, repr=False, compare=False)
-
-    def _backend(self) -> ResultBackend:
-        if self.app is None:
-            raise ConfigError(f"handle of task {self.task_name!r} (id {self.id}) has no app to read results from")
-        return self.app.result_backend_for(self.task_name)
-
-    def _timeout(self, timeout: float | None) -> TimeoutError:
-        within = "" if timeout is None else f" within {timeout:g} s"
-        return TimeoutError(f"no result for task {self.task_name!r} (id {self.id}){within}")
-
-    def get(self, timeout: float | None = None) -> Any:
-        """Wait for the result (at most `timeout` seconds; None: no limit) and return it.
-
-        A failed task raises `TaskError` with the remote type, message and traceback; no result in
-        time raises `TimeoutError`.
-        """
-        data = self._backend().wait(self.id, timeout)
-        if data is None:
-            raise self._timeout(timeout)
-        return decode_result(data)
-
-    async def aget(self, timeout: float | None = None) -> Any:
-        """Async twin of `get`."""
-        data = await self._backend().await_(self.id, timeout)
-        if data is None:
-            raise self._timeout(timeout)
-        return decode_result(data)
-
-    @property
-    def status(self) -> Status:
-        """PENDING (no result stored yet, or expired), SUCCESS or FAILURE."""
-        data = self._backend().fetch(self.id)
-        return PENDING if data is None else status_of(data)
-
-    async def astatus(self) -> Status:
-        """Async twin of `status`."""
-        data = await self._backend().afetch(self.id)
-        return PENDING if data is None else status_of(data)
-
-    def forget(self) -> None:
-        """Delete the stored result now, before it expires."""
-        self._backend().forget(self.id)
-
-    async def aforget(self) -> None:
-        """Async twin of `forget`."""
-        await self._backend().aforget(self.id)
+__all__ = ["Args", "SendOptions", "Signature", "Task", "TaskHandle"]  # the handle and options live next door
 
 
 def _skip_context(index: int, name: str, annotation: Any) -> Literal["skip"] | None:
@@ -136,6 +53,21 @@ def describe_validation_error(task_name: str, error: ValidationError, params: li
             else f"{field}: {err['msg']}"
         )
     return f"invalid arguments for task {task_name!r}: " + "; ".join(parts)
+
+
+def default_task_name(fn: Callable[..., Any]) -> str:
+    """`module.function` (nested functions drop the `<locals>` part).
+
+    A module run as a script (`python tasks.py`) is `__main__` to itself but `tasks` to a worker that
+    imports it: the name uses the module's own name, so sender and worker agree.
+    """
+    module = fn.__module__
+    if module == "__main__":
+        main = sys.modules["__main__"]
+        spec = getattr(main, "__spec__", None)
+        module = spec.name if spec is not None else os.path.splitext(os.path.basename(getattr(main, "__file__", "")))[0]
+        module = module if module.isidentifier() else "__main__"  # stdin, a notebook: no name a worker can import
+    return f"{module}.{fn.__qualname__.replace('<locals>.', '')}"
 
 
 class Task(Generic[P, R]):
@@ -212,60 +144,14 @@ class Task(Generic[P, R]):
         return self._message(args, kwargs, options)
 
     def _message(self, args: Args, kwargs: Mapping[str, Any] | None, options: SendOptions) -> Outgoing:
+        if type(args) is not tuple or (kwargs is not None and type(kwargs) is not dict):  # .delay(): never
+            args, kwargs = check_call(self.name, args, kwargs)
         args, kw = self.validate(args, kwargs or {})
-        body = encode_body(args, kw)
-        if len(body) > self.app.settings.max_payload_bytes:
-            raise PayloadError(
-                f"task {self.name!r}: the message body is {len(body)} bytes, above max_payload_bytes "
-                f"({self.app.settings.max_payload_bytes}); pass a reference (a URL, a key) instead of the data"
-            )
-        msg = self._with_options(body, options) if options else Outgoing(self.queue, body, new_id(), self.name)
-        if self.app.settings.signing_key_id is not None:
-            sign(self.app.settings, msg)
-        tracing.inject(msg)  # not signed: a worker forwards trace headers of the task it runs
-        return msg
-
-    def _with_options(self, body: bytes, options: SendOptions) -> Outgoing:
-        if not SEND_OPTIONS.issuperset(options):  # what Python says of an unexpected keyword, with the known ones
-            unknown = options.keys() - SEND_OPTIONS
-            raise TypeError(
-                f"task {self.name!r} got unknown send option(s) {', '.join(sorted(unknown))}; "
-                f"the send options are {', '.join(sorted(SEND_OPTIONS))}"
-            )
-        headers = options.get("headers")
-        msg = Outgoing(
-            routing_key=options.get("queue") or self.queue,
-            body=body,
-            message_id=options.get("message_id") or new_id(),
-            task_name=self.name,
-            priority=options.get("priority"),
-            headers=dict(headers) if headers else None,
-        )
-        countdown, eta, expires = options.get("countdown"), options.get("eta"), options.get("expires")
-        if countdown is not None or eta is not None or expires is not None:
-            self._schedule(msg, countdown, eta, expires)
-        return msg
-
-    def _schedule(
-        self, msg: Outgoing, countdown: float | None, eta: datetime | None, expires: float | datetime | None
-    ) -> None:
-        now = time.time()
-        delay_ms = due_in_ms(countdown, eta, now)
-        if delay_ms > 0 and msg.routing_key not in self.app.queues:
-            # Only the app's queues are bound to the ladder's due exchange; a delayed message for
-            # any other queue would wait its delay and then find no way out.
-            raise ConfigError(
-                f"task {self.name!r}: queue {msg.routing_key!r} is not one of the app's queues, so it cannot "
-                "receive delayed messages; declare a task on it or send without countdown/eta"
-            )
-        extra = schedule_headers(delay_ms, expires, now)
-        if extra:
-            msg.headers = {**(msg.headers or {}), **extra}
-        msg.delay_ms = math.ceil(delay_ms)
+        return build_message(self.app, self.name, self.queue, encode_call(self.app, self.name, args, kw), options)
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Send the task; return once the broker confirmed it."""
-        return self.app.send(self._message(args, kwargs, _NO_OPTIONS))
+        return self.app.send(self._message(args, kwargs, NO_OPTIONS))
 
     def apply_async(
         self,
@@ -279,14 +165,17 @@ class Task(Generic[P, R]):
     def call(self, *args: Any, timeout: float = 30.0, **kwargs: Any) -> R:
         """Run the task on a worker and return its result (RPC over direct reply-to).
 
-        `timeout` (seconds) bounds the wait and raises `TimeoutError`; a remote failure raises `TaskError`.
+        `timeout` (seconds) bounds the wait and raises `TimeoutError`; a remote failure raises `TaskError`
+        (also an instance of the remote builtin type). Inside a running task this blocking call is refused
+        (`WaitInTaskRefused`) unless the app allows it (`allow_join_in_task`).
         """
-        result: R = self.app.rpc_call(self._message(args, kwargs, _NO_OPTIONS), timeout)
+        refuse_wait_in_task(self.app, f"task {self.name!r} with .call()", "await task.acall(...)")
+        result: R = self.app.rpc_call(self._message(args, kwargs, NO_OPTIONS), timeout)
         return result
 
     async def acall(self, *args: Any, timeout: float = 30.0, **kwargs: Any) -> R:
         """Async twin of `call`."""
-        result: R = await self.app.arpc_call(self._message(args, kwargs, _NO_OPTIONS), timeout)
+        result: R = await self.app.arpc_call(self._message(args, kwargs, NO_OPTIONS), timeout)
         return result
 
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
@@ -300,7 +189,7 @@ class Task(Generic[P, R]):
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Async twin of `delay`."""
-        return await self.app.asend(self._message(args, kwargs, _NO_OPTIONS))
+        return await self.app.asend(self._message(args, kwargs, NO_OPTIONS))
 
     async def aapply_async(
         self,

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Create the project's virtualenv and install rabbittask with its test, bench, redis and dashboard extras.
+# Create a virtualenv and install rabbittask in it: `bootstrap.sh VENV [EXTRAS]`.
+#
+# EXTRAS defaults to what `make test` needs (test, bench, redis, dashboard, docs), with the system tools
+# of the test suite; `make demo` passes an empty EXTRAS: the package alone, no test tooling, no apt.
 # On a fresh Debian machine this installs python3-venv with apt first when it is missing.
 set -euo pipefail
 venv=${1:-.venv}
+extras=${2-test,bench,redis,dashboard,docs}
 py=${PYTHON:-python3}
 
 if ! command -v "$py" >/dev/null; then
@@ -24,8 +28,14 @@ if ! "$py" -m venv --help >/dev/null 2>&1 || ! "$py" -c 'import ensurepip' 2>/de
   fi
 fi
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+if [ -z "$extras" ]; then
+  # The package alone (the demo): no pip upgrade, no extras, no system tools; a fresh machine takes ~20 s.
+  "$venv/bin/python" -m pip install -q -e .
+  echo "virtualenv ready: $venv (rabbittask without extras)"
+  exit 0
+fi
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q -e '.[test,bench,redis,dashboard]'
+"$venv/bin/python" -m pip install -q -e ".[$extras]"
 # need_tool COMMAND PACKAGE WHY: install PACKAGE with apt-get (as root) when COMMAND is missing, else say so.
 need_tool() {
   local cmd=$1 pkg=$2 why=$3

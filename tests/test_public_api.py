@@ -21,6 +21,7 @@ EXPECTED = [
     "TaskHandle",
     "TaskContext",
     "Signature",
+    "get_task_logger",
     # results, and the interface of result-backend plugins
     "Status",
     "ResultBackend",
@@ -47,6 +48,7 @@ EXPECTED = [
     "PublishNotConfirmed",
     "BatchNotConfirmed",
     "ResultBackendError",
+    "WaitInTaskRefused",
     "TaskError",
 ]
 

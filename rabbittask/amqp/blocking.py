@@ -72,6 +72,16 @@ def _opened(settings: Settings, connection: pika.BlockingConnection) -> None:
             return
 
 
+def _innermost(e: BaseException) -> str:
+    """What went wrong under pika's wrappers: `[Errno 111] Connection refused`, not `AMQPConnectionError`."""
+    for _ in range(5):  # pika wraps the socket error: in args, or (connector errors) in `.exception`
+        inner = e.args[0] if e.args and isinstance(e.args[0], BaseException) else getattr(e, "exception", None)
+        if not isinstance(inner, BaseException):
+            break
+        e = inner
+    return str(e) or type(e).__name__
+
+
 def connect_error(settings: Settings, e: BaseException, action: str = "connect to") -> PublishConnectionError:
     """A `PublishConnectionError` that says where and why, with the password masked."""
     where = host_port(settings.broker_url)
@@ -100,7 +110,7 @@ def connect_error(settings: Settings, e: BaseException, action: str = "connect t
     else:
         urls = settings.broker_urls  # pika reports the last node's error: explain it only for one node
         tls = endpoints.explain(settings, urls[0], e) if len(urls) == 1 else None
-        why = tls or mask_url(str(e) or type(e).__name__) + " (is RabbitMQ running and reachable?)"
+        why = tls or mask_url(_innermost(e)) + " (is RabbitMQ running and reachable?)"
     return PublishConnectionError(f"cannot {action} the broker at {where}: {why}")
 
 

@@ -7,6 +7,7 @@ loads what only `topology` (yaml), `dlq` (rich), `beat` (croniter) or `dashboard
 from __future__ import annotations
 
 import importlib
+import logging
 
 import click
 
@@ -43,3 +44,5 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="rabbittask")
 def main() -> None:
     """rabbittask: RabbitMQ-first tasks. Nothing confirmed is lost."""
+    # aiormq logs each failed connect with its internals; every command says what happened in its own words.
+    logging.getLogger("aiormq").setLevel(logging.CRITICAL)

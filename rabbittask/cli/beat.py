@@ -14,8 +14,9 @@ from rabbittask.app import App
 from rabbittask.beat.entry import ScheduleEntry
 from rabbittask.beat.scheduler import Beat
 from rabbittask.cli.common import APP_OPTION, load_app
-from rabbittask.cli.worker import setup_logging
+from rabbittask.cli.worker import LOG_FORMAT_OPTION, loglevel_option
 from rabbittask.errors import RabbitTaskError, TopologyMismatch
+from rabbittask.logs import LogFormat, setup_logging
 
 EXIT_CONFIG = 78  # sysexits EX_CONFIG: a restart would fail the same way
 
@@ -38,16 +39,15 @@ EXIT_CONFIG = 78  # sysexits EX_CONFIG: a restart would fail the same way
     help="AMQP heartbeat of beat's connection: an active replica whose network silently died frees the lock "
     "after about two heartbeats.",
 )
-@click.option(
-    "--loglevel", "-l", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
-)
-def beat(app_spec: str, list_only: bool, poll_s: float, heartbeat_s: int, loglevel: str) -> None:
+@loglevel_option("Log level; at info a line for each tick sent and each takeover.")
+@LOG_FORMAT_OPTION
+def beat(app_spec: str, list_only: bool, poll_s: float, heartbeat_s: int, loglevel: str, log_format: LogFormat) -> None:
     """Send the app's periodic tasks. Run it on several hosts: one replica is active, the others take over."""
     app = load_app(app_spec)
     if list_only:
         click.echo(format_listing(app, time.time()))
         return
-    setup_logging(loglevel)
+    setup_logging(loglevel, log_format)
     try:
         scheduler = Beat(app, poll_s=poll_s, heartbeat_s=heartbeat_s)
     except RabbitTaskError as e:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -12,13 +14,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from rabbittask.cli.common import load_app
-from rabbittask.errors import RabbitTaskError
+from rabbittask.cli.common import load_app, split_queues
+from rabbittask.errors import ConfigError, RabbitTaskError
 from rabbittask.message import H_TRACEBACK
 from rabbittask.ops.dlq import DeadLetter, DeadLetterQueue
-from rabbittask.settings import Settings
+from rabbittask.settings import ENV_PREFIX, Settings
 
-QUEUE_OPTION = click.option("-Q", "--queue", required=True, help="The task queue whose <queue>.dlq to use.")
+QUEUE_OPTION = click.option(
+    "-Q",
+    "--queue",
+    "queues",
+    required=True,
+    metavar="Q1,Q2",
+    help="The task queue(s) whose <queue>.dlq to use, comma-separated (as for `rabbittask worker -Q`).",
+)
 APP_OPTION = click.option(
     "-A",
     "--app",
@@ -29,13 +38,31 @@ APP_OPTION = click.option(
 )
 
 
-def _dlq(app_spec: str | None, queue: str) -> DeadLetterQueue:
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a dlq command works: the settings, and how the exchange was chosen (said by `replay`)."""
+
+    settings: Settings
+    exchange_source: str
+
+
+def _target(app_spec: str | None) -> Target:
+    if app_spec:
+        app = load_app(app_spec)
+        return Target(app.settings, f"exchange {app.settings.exchange!r} of app {app.name!r}")
     try:
-        env_only: dict[str, Any] = {}
-        settings = load_app(app_spec).settings if app_spec else Settings(**env_only)
-    except ValueError as e:
-        raise click.ClickException(f"invalid RABBITTASK_* settings: {e}") from None
-    return DeadLetterQueue(settings, queue)
+        settings = Settings.read({}, "the dlq command (RABBITTASK_* environment variables)")
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    from_env = f"{ENV_PREFIX}EXCHANGE" in os.environ
+    return Target(settings, f"exchange {settings.exchange!r} (from {ENV_PREFIX}EXCHANGE)" if from_env else "")
+
+
+def _boxes(target: Target, queues: str) -> list[DeadLetterQueue]:
+    names = split_queues(queues)
+    if not names:
+        raise click.UsageError("-Q names no queue: give one or more task queues, e.g. -Q emails,thumbs")
+    return [DeadLetterQueue(target.settings, q) for q in names]
 
 
 def _console() -> Console:
@@ -81,15 +108,27 @@ def dlq() -> None:
 @QUEUE_OPTION
 @APP_OPTION
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="Show at most this many.")
-def ls(queue: str, app_spec: str | None, limit: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts: one object per dead letter.")
+def ls(queues: str, app_spec: str | None, limit: int, as_json: bool) -> None:
     """List dead letters: id, task, reason, attempts, age (the DLQ is left as it was)."""
-    box = _dlq(app_spec, queue)
     console = _console()
-    try:
-        with _progress(console, "reading") as progress:
-            letters, total = box.peek(limit, progress)
-    except RabbitTaskError as e:
-        raise click.ClickException(str(e)) from None
+    found: list[tuple[DeadLetterQueue, list[DeadLetter], int]] = []
+    for box in _boxes(_target(app_spec), queues):
+        try:
+            with _progress(console, f"reading {box.name}") as progress:
+                letters, total = box.peek(limit, progress)
+        except RabbitTaskError as e:
+            raise click.ClickException(str(e)) from None
+        found.append((box, letters, total))
+    if as_json:
+        rows = [_as_json(box, letter) for box, letters, _ in found for letter in letters]
+        click.echo(json.dumps(rows, indent=2, default=_json_default))
+        return
+    for box, letters, total in found:
+        _print_letters(console, box, letters, total)
+
+
+def _print_letters(console: Console, box: DeadLetterQueue, letters: list[DeadLetter], total: int) -> None:
     if not letters:
         console.print(f"{box.name} is empty")
         return
@@ -104,6 +143,22 @@ def ls(queue: str, app_spec: str | None, limit: int) -> None:
     console.print(table)
 
 
+def _as_json(box: DeadLetterQueue, letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "queue": box.queue,
+        "dlq": box.name,
+        "id": letter.id,
+        "task": letter.task,
+        "reason": letter.reason,
+        "exc_type": letter.exc_type or None,
+        "exc_message": letter.exc_message or None,
+        "attempts": letter.attempts,
+        "failed_at": letter.failed_at,
+        "age_s": letter.age_s(),
+        "worker": letter.worker or None,
+    }
+
+
 def _reason(letter: DeadLetter) -> str:
     if letter.exc_type:
         return f"{letter.reason}: {letter.exc_type}"
@@ -114,17 +169,21 @@ def _reason(letter: DeadLetter) -> str:
 @click.argument("message_id")
 @QUEUE_OPTION
 @APP_OPTION
-def show(message_id: str, queue: str, app_spec: str | None) -> None:
+def show(message_id: str, queues: str, app_spec: str | None) -> None:
     """Show one dead letter: reason, exception, traceback, headers and body."""
-    box = _dlq(app_spec, queue)
     console = _console()
-    try:
-        with _progress(console, "searching") as progress:
-            letter = box.find(message_id, progress)
-    except RabbitTaskError as e:
-        raise click.ClickException(str(e)) from None
+    boxes = _boxes(_target(app_spec), queues)
+    letter = None
+    for box in boxes:
+        try:
+            with _progress(console, f"searching {box.name}") as progress:
+                letter = box.find(message_id, progress)
+        except RabbitTaskError as e:
+            raise click.ClickException(str(e)) from None
+        if letter is not None:
+            break
     if letter is None:
-        raise click.ClickException(f"no message {message_id} in {box.name}")
+        raise click.ClickException(f"no message {message_id} in {', '.join(b.name for b in boxes)}")
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
     summary.add_column(overflow="fold")
@@ -164,32 +223,52 @@ def _json_default(value: Any) -> Any:
 @QUEUE_OPTION
 @APP_OPTION
 @click.option("--id", "ids", multiple=True, metavar="ID", help="Replay only this message (repeatable).")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Replay at most this many (from the head).")
-def replay(queue: str, app_spec: str | None, ids: tuple[str, ...], limit: int | None) -> None:
-    """Send dead letters back to their task queue with attempts reset (confirmed, then acked)."""
-    box = _dlq(app_spec, queue)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="Replay at most this many from the head of each DLQ."
+)
+def replay(queues: str, app_spec: str | None, ids: tuple[str, ...], limit: int | None) -> None:
+    """Send dead letters back to their task queue with attempts reset (confirmed, then acked).
+
+    The copies go through the app's exchange: give -A (or set RABBITTASK_EXCHANGE).
+    """
+    target = _target(app_spec)
+    if not target.exchange_source:
+        raise click.UsageError(
+            "dlq replay sends the messages back through the app's task exchange: give the app with -A "
+            "module:attribute (e.g. -A shop.tasks:app), or set RABBITTASK_EXCHANGE to its exchange"
+        )
     console = _console()
-    try:
-        with _progress(console, "replaying") as progress:
-            result = box.replay(ids, limit, progress)
-    except RabbitTaskError as e:
-        raise click.ClickException(str(e)) from None
-    console.print(f"replayed {len(result.replayed)} message(s) from {box.name} to {queue}")
-    if result.missing:
-        raise click.ClickException(f"not found in {box.name}: {', '.join(result.missing)}")
+    missing = set(ids)
+    boxes = _boxes(target, queues)
+    for box in boxes:
+        try:
+            with _progress(console, f"replaying {box.name}") as progress:
+                result = box.replay(sorted(missing) if ids else (), limit, progress)
+        except RabbitTaskError as e:
+            raise click.ClickException(str(e)) from None
+        missing -= set(result.replayed)
+        click.echo(  # not rich: a line for scripts and logs, never wrapped
+            f"replayed {len(result.replayed)} message(s) from {box.name} to {box.queue} "
+            f"through {target.exchange_source}"
+        )
+        if ids and not missing:
+            break
+    if missing:
+        raise click.ClickException(f"not found in {', '.join(b.name for b in boxes)}: {', '.join(sorted(missing))}")
 
 
 @dlq.command()
 @QUEUE_OPTION
 @APP_OPTION
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def purge(queue: str, app_spec: str | None, yes: bool) -> None:
-    """Delete every message of the dead-letter queue."""
-    box = _dlq(app_spec, queue)
+def purge(queues: str, app_spec: str | None, yes: bool) -> None:
+    """Delete every message of the dead-letter queue(s)."""
+    boxes = _boxes(_target(app_spec), queues)
     try:
         if not yes:
-            click.confirm(f"delete all {box.count()} message(s) of {box.name}?", abort=True)
-        purged = box.purge()
+            counts = ", ".join(f"{box.count()} message(s) of {box.name}" for box in boxes)
+            click.confirm(f"delete all {counts}?", abort=True)
+        for box in boxes:
+            click.echo(f"purged {box.purge()} message(s) from {box.name}")
     except RabbitTaskError as e:
         raise click.ClickException(str(e)) from None
-    _console().print(f"purged {purged} message(s) from {box.name}")

@@ -20,10 +20,15 @@ EXIT_NO_CONSUMER = 1
 @APP_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of tables.")
 @click.option(
-    "--wait", "wait_s", type=float, default=LISTEN_S, show_default=True, help="Seconds to listen for heartbeats."
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0),
+    default=LISTEN_S,
+    show_default=True,
+    help="Seconds to listen for heartbeats.",
 )
 def status(app_spec: str, as_json: bool, wait_s: float) -> None:
-    """Show live workers and queue depths; exit 1 when a queue has no consumer."""
+    """Show live workers and queue depths; exit 1 when a queue has no consumer (or does not exist)."""
     app = load_app(app_spec)
     try:
         data = asyncio.run(gather(app, wait_s))
@@ -37,8 +42,26 @@ def status(app_spec: str, as_json: bool, wait_s: float) -> None:
         click.echo(json.dumps(data, indent=2))
     else:
         _print_tables(data)
+        if idle:
+            click.echo(why_exit_1(app_spec, data["queues"]), err=True)
     if idle:
         sys.exit(EXIT_NO_CONSUMER)
+
+
+def why_exit_1(app_spec: str, queues: list[dict[str, Any]]) -> str:
+    """The reason `status` exits 1, and what to start."""
+    missing = [q["name"] for q in queues if not q["exists"]]
+    unconsumed = [q["name"] for q in queues if q["exists"] and not q["consumers"]]
+    reasons = []
+    if unconsumed:
+        reasons.append(f"no worker consumes {', '.join(unconsumed)}")
+    if missing:
+        reasons.append(
+            f"{', '.join(missing)} {'does' if len(missing) == 1 else 'do'} not exist on the broker (a worker or "
+            f"`rabbittask topology apply -A {app_spec}` declares them)"
+        )
+    idle = ",".join(unconsumed + missing)
+    return f"exit status 1: {'; '.join(reasons)}. Start a worker: rabbittask worker -A {app_spec} -Q {idle}"
 
 
 def _print_tables(data: dict[str, Any]) -> None:
@@ -65,14 +88,11 @@ def _print_tables(data: dict[str, Any]) -> None:
     for column in ("queue", "ready", "unacked", "consumers", "dlq"):
         queues.add_column(column, justify="left" if column == "queue" else "right")
     for q in data["queues"]:
+        if not q["exists"]:  # nothing to count: the same word in every column, not numbers that look real
+            queues.add_row(q["name"], *["[red]missing[/red]"] * 4)
+            continue
         consumers = str(q["consumers"]) if q["consumers"] else "[red]0[/red]"
-        queues.add_row(
-            q["name"] if q["exists"] else f"{q['name']} [red](missing)[/red]",
-            _number(q["ready"]),
-            _number(q["unacked"]),
-            consumers,
-            _number(q["dlq_ready"]),
-        )
+        queues.add_row(q["name"], _number(q["ready"]), _number(q["unacked"]), consumers, _number(q["dlq_ready"]))
     console.print(queues)
 
 

@@ -75,10 +75,14 @@ def apply(app_spec: str, dry_run: bool) -> None:
         connection = connect(app.settings, "topology apply")
         try:
             found = plan(connection, decls)
+            if found.conflicts:  # first: they decide, and the rest is a long list
+                _print_conflicts(found.conflicts, app.settings.exchange)
             _print_plan(found, dry_run or bool(found.conflicts))
             if found.conflicts:
-                _print_conflicts(found.conflicts, app.settings.exchange)
-                click.echo("nothing was changed")
+                click.echo(
+                    f"nothing was changed: {len(found.conflicts)} conflict(s), listed first above "
+                    f"({', '.join(c.obj for c in found.conflicts)})"
+                )
                 sys.exit(EXIT_DIFFERENT)
             if not dry_run:
                 apply_declarations(connection, decls)

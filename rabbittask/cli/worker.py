@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from pydantic import ValidationError
 
-from rabbittask.cli.common import APP_OPTION, load_app
+import rabbittask
+from rabbittask.cli.common import APP_OPTION, load_app, split_queues
 from rabbittask.errors import RabbitTaskError, TopologyMismatch
+from rabbittask.explain import describe as describe_error
+from rabbittask.logs import LogFormat, setup_logging
+from rabbittask.worker.banner import banner
 from rabbittask.worker.exits import EXIT_CONFIG
 from rabbittask.worker.options import WorkerOptions, describe
 from rabbittask.worker.reload import AppLoader
@@ -21,6 +26,7 @@ if TYPE_CHECKING:
     from rabbittask.app import App
 
 log = logging.getLogger("rabbittask.worker")
+FC = TypeVar("FC", bound=Callable[..., Any])
 
 
 def queues_to_consume(app: App, names: list[str]) -> list[str]:
@@ -32,31 +38,47 @@ def queues_to_consume(app: App, names: list[str]) -> list[str]:
     return names or sorted(app.queues)
 
 
-def setup_logging(level: str) -> None:
-    """Log lines with time, level, process and logger name."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if level.upper() != "DEBUG":
-        # aiormq logs every broker-initiated close with a traceback; the worker logs one line saying
-        # what happened and what it does about it.
-        logging.getLogger("aiormq").setLevel(logging.CRITICAL)
-
-
 def _options(given: dict[str, Any]) -> WorkerOptions:
     """Flags given on the command line over `RABBITTASK_WORKER_*` variables over defaults."""
     try:
         return WorkerOptions(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        raise click.UsageError(f"invalid worker options: {problems}") from None
+        prefix = "RABBITTASK_WORKER_"
+        flags = {p.name: f"{'/'.join(p.opts)} ({prefix}{str(p.name).upper()})" for p in worker.params if p.name}
+        raise click.UsageError(f"invalid worker options: {describe_error(e, prefix, flags)}") from None
+
+
+def loglevel_option(help_text: str = "Log level.") -> Callable[[FC], FC]:
+    """`--loglevel/-l`, as the worker and beat take it."""
+    return click.option(
+        "--loglevel",
+        "-l",
+        type=click.Choice(["debug", "info", "warning", "error"]),
+        default="info",
+        show_default=True,
+        help=help_text,
+    )
+
+
+LOG_FORMAT_OPTION = click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar="RABBITTASK_LOG_FORMAT",
+    help="text: lines for a person; json: one JSON object per line for log pipelines. Also RABBITTASK_LOG_FORMAT.",
+)
 
 
 @click.command()
 @APP_OPTION
-@click.option("-Q", "--queues", default="", metavar="Q1,Q2", help="Queues to consume (default: all of the app's).")
+@click.option(
+    "-Q",
+    "--queues",
+    default="",
+    metavar="Q1,Q2",
+    help="Queues to consume, comma-separated (default: all of the app's).",
+)
 @click.option("-c", "--concurrency", type=int, help=describe("concurrency") + " [default: 1]")
 @click.option("--threads", type=int, help=describe("threads") + " [default: 1]")
 @click.option("--inline-ms", type=float, metavar="MS", help=describe("inline_ms") + " [default: 1]")
@@ -74,24 +96,24 @@ def _options(given: dict[str, Any]) -> WorkerOptions:
 @click.option("--metrics-port", type=int, metavar="PORT", help=describe("metrics_port"))
 @click.option("--metrics-host", metavar="ADDRESS", help=describe("metrics_host") + " [default: 0.0.0.0]")
 @click.option("--strict-timeouts", is_flag=True, default=None, help=describe("strict_timeouts"))
-@click.option(
-    "--loglevel", "-l", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
-)
-def worker(app_spec: str, queues: str, loglevel: str, **given: Any) -> None:
+@loglevel_option("Log level; at info a line for each task (succeeded, retried, failed, dead-lettered).")
+@LOG_FORMAT_OPTION
+def worker(app_spec: str, queues: str, loglevel: str, log_format: LogFormat, **given: Any) -> None:
     """Consume task queues in forked children and run the tasks; ack each message after its task finished.
 
     Signals: TERM/INT warm shutdown (a second one: cold), QUIT cold shutdown, HUP reload the code and
     replace the children one by one.
     """
-    setup_logging(loglevel)
     options = _options(given)
     loader = AppLoader(app_spec, load_app)
     app = loader.load()
-    names = [q.strip() for q in queues.split(",") if q.strip()]
     try:
-        queues_used = queues_to_consume(app, names)  # before anything is forked
+        queues_used = queues_to_consume(app, split_queues(queues))  # before anything is forked
     except RabbitTaskError as e:
         raise click.ClickException(str(e)) from None
+    setup_logging(loglevel, log_format)  # once the command line is known to be right: its errors are not logs
+    text, fields = banner(app, queues_used, options, rabbittask.__version__)
+    log.info("%s", text, extra={"rt": fields})
     problems = consumer_timeout_problems(app, queues_used, options)
     for problem in problems:
         log.warning("%s", problem)

@@ -108,12 +108,13 @@ async def queue_row(connection: aiormq.abc.AbstractConnection, name: str, beats:
     dlq_ready, _ = await queue_depth(connection, dlq_name(name))
     readers = [b for b in beats if name in b.queues]
     alone = all(list(b.queues) == [name] for b in readers)
+    exists = ready is not None
     return {
         "name": name,
-        "exists": ready is not None,
+        "exists": exists,
         "ready": ready,
-        "unacked": sum(b.in_flight for b in readers) if alone else None,
-        "consumers": consumers or 0,
+        "unacked": sum(b.in_flight for b in readers) if alone and exists else None,
+        "consumers": consumers if exists else None,  # unknown, not 0: there is no queue to consume
         "dlq": dlq_name(name),
         "dlq_ready": dlq_ready,
     }

@@ -14,7 +14,13 @@ from pamqp.commands import Basic
 from rabbittask.amqp.connect import CONNECTION_ERRORS, access_refused, reply_text
 from rabbittask.amqp.link import Link
 from rabbittask.amqp.properties import properties
-from rabbittask.errors import PublishAccessRefused, PublishConnectionError, PublishError, PublishNotConfirmed
+from rabbittask.errors import (
+    PublishAccessRefused,
+    PublishConnectionError,
+    PublishError,
+    PublishNotConfirmed,
+    not_confirmed_advice,
+)
 from rabbittask.message import Outgoing, missing_exchange, publish_target, resent
 from rabbittask.publish.declare import declare_async
 from rabbittask.settings import Settings, host_port, mask_url
@@ -139,7 +145,7 @@ class AsyncPublisher:
         return PublishNotConfirmed(
             f"task {msg.task_name!r} (id {msg.message_id}) was not confirmed by the broker at "
             f"{host_port(self.settings.broker_url)} within {self.settings.publish_timeout_s:g} s; "
-            "it may or may not have been enqueued (re-sending with the same message id is safe)"
+            f"{not_confirmed_advice(msg.message_id)}"
         )
 
     async def close(self) -> None:

@@ -20,7 +20,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from rabbittask.amqp.blocking import ACCESS_REFUSED, NOT_FOUND, connect_error
 from rabbittask.amqp.link import BlockingLink
 from rabbittask.amqp.properties import pika_properties
-from rabbittask.errors import PublishNotConfirmed
+from rabbittask.errors import PublishNotConfirmed, not_confirmed_advice
 from rabbittask.message import Outgoing, missing_exchange, publish_target, resent
 from rabbittask.settings import Settings, host_port
 
@@ -115,7 +115,7 @@ class SyncPublisher:
             raise PublishNotConfirmed(
                 f"task {msg.task_name!r} (id {msg.message_id}) was not confirmed by the broker at "
                 f"{host_port(self.settings.broker_url)} within {self.settings.publish_timeout_s:g} s; "
-                "it may or may not have been enqueued (re-sending with the same message id is safe)"
+                f"{not_confirmed_advice(msg.message_id)}"
             ) from None
         finally:
             self._deadline = None

@@ -73,11 +73,11 @@ def status_of(data: bytes) -> Status:
 
 
 def decode_result(data: bytes) -> Any:
-    """The return value in a record, or raise the remote failure as `TaskError`."""
+    """The return value in a record, or raise the remote failure as `TaskError` (and as its builtin type)."""
     record = _load(data)
     if record["ok"]:
         return record.get("result")
-    raise TaskError(
+    raise TaskError.remote(
         str(record.get("exc_type") or "Error"),
         str(record.get("message") or ""),
         str(record.get("traceback") or ""),

@@ -160,6 +160,7 @@ class Child:
             code = await self.session.run()
         finally:
             self.lifecycle.stopped()
+            self.settler.successes.flush()  # the last turn's success lines, before the child exits
             if self._budget_watch is not None:
                 self._budget_watch.cancel()
             self.threads.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import traceback
 from collections.abc import Mapping
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aiormq.abc import DeliveredMessage
 
 from rabbittask import tracing
-from rabbittask.context import TaskContext
+from rabbittask.context import TaskContext, running
 from rabbittask.delays import delivered_queue
 from rabbittask.errors import (
     ArgumentsInvalid,
@@ -37,6 +38,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+_WORKER_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def task_traceback(exc: BaseException) -> str:
+    """The traceback from the task's own code on: the worker's frames that called it say nothing to its author."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename.startswith(_WORKER_DIR):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
 def _failure(
     message: DeliveredMessage,
     name: str,
@@ -53,7 +65,7 @@ def _failure(
         exc_type=type(exc).__name__,
         exc_message=str(exc)
         or ("the task ran past its soft_time_limit" if isinstance(exc, SoftTimeLimitExceeded) else ""),
-        traceback="".join(traceback.format_exception(exc)) if tb else "",
+        traceback=task_traceback(exc) if tb else "",
         runtime_s=runtime_s,
         republish=republish,
     )
@@ -141,7 +153,9 @@ def run_sync(app: App, message: DeliveredMessage) -> Outcome:
     task, args, kwargs = prepared
     if task.bind:
         args = (context(app, task, message), *args)
-    headers = message.header.properties.headers
+    props = message.header.properties
+    headers = props.headers
+    token = running.set((task.name, props.message_id or "?"))  # task loggers, and no blocking .call() inside
     start = time.perf_counter()
     try:
         if tracing.spans is None and not (headers and TRACEPARENT in headers):
@@ -151,6 +165,8 @@ def run_sync(app: App, message: DeliveredMessage) -> Outcome:
                 value = task.fn(*args, **kwargs)
     except Exception as e:  # noqa: BLE001 - a task's failure is data, not a crash of the worker
         return failed(message, task, e, time.perf_counter() - start)
+    finally:
+        running.reset(token)
     return Outcome(message, task.name, value=value, runtime_s=time.perf_counter() - start)
 
 
@@ -160,7 +176,9 @@ async def run_async(
     """Run an async task on the child's event loop."""
     if task.bind:
         args = (context(task.app, task, message), *args)
-    headers = message.header.properties.headers
+    props = message.header.properties
+    headers = props.headers
+    token = running.set((task.name, props.message_id or "?"))  # in this message's own asyncio task
     start = time.perf_counter()
     try:
         if tracing.spans is not None or (headers and TRACEPARENT in headers):
@@ -172,6 +190,8 @@ async def run_async(
             value = await _limited(task, task.fn(*args, **kwargs))
     except Exception as e:  # noqa: BLE001 - a task's failure is data, not a crash of the worker
         return failed(message, task, e, time.perf_counter() - start)
+    finally:
+        running.reset(token)
     return Outcome(message, task.name, value=value, runtime_s=time.perf_counter() - start)
 
 

@@ -83,6 +83,7 @@ class Session:
         self._shutdown_timeout_s = shutdown_timeout_s
         self._on_ready = on_ready
         self._on_consuming = on_consuming
+        self.consumed = False  # until the first consume: a failure before it is no connection "lost"
 
     async def run(self) -> int:
         """Run sessions until a stop; back off on connection loss, give up on configuration errors."""
@@ -115,7 +116,8 @@ class Session:
                     break
                 _explain_consumer_timeout(e)
                 log.warning(
-                    "broker connection lost (%s); reconnecting in %.1f s",
+                    "%s (%s); reconnecting in %.1f s",
+                    "broker connection lost" if self.consumed else "no connection to the broker yet",
                     mask_url(str(e) or type(e).__name__),
                     backoff_s,
                 )
@@ -149,6 +151,7 @@ class Session:
             except aiormq.exceptions.ChannelAccessRefused as e:
                 raise access_refused(self.app.settings, e, f"declare or consume {', '.join(self.queues)}") from None
             log.info("consuming from %s (prefetch %d, %d thread(s))", ", ".join(self.queues), prefetch, self._threads)
+            self.consumed = True
             if self._on_ready is not None:
                 self._on_ready()
                 self._on_ready = None

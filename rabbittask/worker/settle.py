@@ -39,7 +39,8 @@ from rabbittask.message import H_ATTEMPT, Outgoing, resent
 from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.results.record import encode_failure, encode_success
 from rabbittask.retry import schedule_headers
-from rabbittask.topology import dlx_name
+from rabbittask.topology import dlq_name, dlx_name
+from rabbittask.worker import tasklog
 from rabbittask.worker.acks import Acker, delivery_tag
 from rabbittask.worker.execute import source_queue
 from rabbittask.worker.outcome import Outcome, Reason, Settlement
@@ -101,6 +102,8 @@ class Settler:
         self.on_limit = on_limit  # a limit needs a look (before this settle's ack, which it may hold back)
         self.events = events
         self.acker: Acker | None = None  # set by the session while its channel is open
+        self.log_successes = tasklog.enabled()  # asked once: a quiet drain pays no call per success
+        self.successes = tasklog.Successes()  # with INFO on: one log record per loop turn
         self._background: set[asyncio.Task[None]] = set()
 
     def settle(self, outcome: Outcome) -> None:
@@ -112,6 +115,8 @@ class Settler:
                 self.hand_back(outcome.message)
                 return
             forget = reason.settlement is Settlement.FORGET
+        elif self.log_successes:
+            self.successes.add(outcome)
         events = self.events
         if events is not None and not forget:
             events.record(outcome)
@@ -225,15 +230,8 @@ class Settler:
         assert republish is not None, f"{outcome.reason} comes with a Republish"
         props = outcome.message.header.properties
         if outcome.reason is Reason.RETRY:
-            log.info(
-                "task %s [%s] failed (%s: %s); attempt %s in %.3f s",
-                outcome.task_name,
-                outcome.message_id,
-                outcome.exc_type,
-                outcome.exc_message,
-                republish.headers.get(H_ATTEMPT, "?"),
-                republish.delay_s,
-            )
+            self.successes.flush()  # the success lines before it come first
+            tasklog.retried(outcome, republish.headers.get(H_ATTEMPT, "?"), republish.delay_s)
         else:
             log.info("task %s [%s] re-published (%s)", outcome.task_name, outcome.message_id, outcome.reason)
         delay_ms = math.ceil(republish.delay_s * 1000)
@@ -255,14 +253,8 @@ class Settler:
         """The dead letter of a failed message: its body with the `rt-*` reason headers, to the dead-letter exchange."""
         props = outcome.message.header.properties
         queue_name = source_queue(self.app, outcome.message)
-        log.error(
-            "task %s [%s] dead-lettered: %s: %s %s",
-            outcome.task_name,
-            outcome.message_id,
-            outcome.reason,
-            outcome.exc_type,
-            outcome.exc_message,
-        )
+        self.successes.flush()  # the success lines before it come first
+        tasklog.dead_lettered(outcome, dlq_name(queue_name))
         headers = outcome.copy_headers(outcome.failure_headers(queue_name, os.getpid()))
         return Outgoing(
             routing_key=queue_name,

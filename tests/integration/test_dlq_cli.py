@@ -59,8 +59,8 @@ def queue(unique_name: str, amqp_cleanup: Any, broker_url: str) -> Iterator[str]
     yield q
 
 
-def run(broker_url: str, *args: str, input: str | None = None) -> Result:
-    env = {"RABBITTASK_BROKER_URL": broker_url, "RABBITTASK_EXCHANGE": EXCHANGE, "COLUMNS": "160"}
+def run(broker_url: str, *args: str, input: str | None = None, exchange: str | None = EXCHANGE) -> Result:
+    env = {"RABBITTASK_BROKER_URL": broker_url, "RABBITTASK_EXCHANGE": exchange, "COLUMNS": "160"}
     return CliRunner().invoke(cli, ["dlq", *args], env=env, input=input)
 
 
@@ -110,7 +110,11 @@ def test_dlq_replay_by_id_and_by_limit_sends_copies_with_attempts_reset_and_keep
     queue: str, broker_url: str
 ) -> None:
     result = run(broker_url, "replay", "-Q", queue, "--id", "m1")
-    assert result.exit_code == 0 and f"replayed 1 message(s) from {queue}.dlq to {queue}" in result.output
+    assert result.exit_code == 0, result.output
+    assert (
+        f"replayed 1 message(s) from {queue}.dlq to {queue} through exchange 'rabbittask' (from RABBITTASK_EXCHANGE)"
+        in result.output
+    )
     assert ids_in(broker_url, f"{queue}.dlq") == ["m0", "m2"]
     ((props, body),) = amqp.get_all(broker_url, queue)
     assert props.message_id == "m1" and props.type == "shop.send" and json.loads(body)["args"] == [1]
@@ -177,3 +181,58 @@ def test_a_replay_killed_midway_loses_nothing(queue: str, broker_url: str) -> No
     assert 200 <= len(replayed) < 2003, "the replay was not cut midway"
     assert set(replayed) | set(left) == {f"m{i}" for i in range(2003)}
     assert len(replayed) + len(left) - 2003 <= 1
+
+
+def test_dlq_ls_json_gives_one_object_per_dead_letter_for_scripts(queue: str, broker_url: str) -> None:
+    result = run(broker_url, "ls", "-Q", queue, "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [(r["id"], r["reason"], r["exc_type"], r["attempts"]) for r in rows] == [
+        ("m0", "max retries exceeded", "SMTPError", 4),
+        ("m1", "expired", None, 4),
+        ("m2", "broker: rejected", None, 4),
+    ]
+    assert rows[0]["queue"] == queue and rows[0]["dlq"] == f"{queue}.dlq" and rows[0]["worker"] == "host:1"
+    assert 80 < rows[0]["age_s"] < 200
+
+
+def test_dlq_commands_take_a_comma_list_of_queues_like_the_worker(
+    queue: str, broker_url: str, unique_name: str, amqp_cleanup: Any
+) -> None:
+    # Given a second task queue whose DLQ holds one dead letter
+    other = amqp_cleanup.queue(f"{unique_name}-b")
+    amqp_cleanup.queue(f"{other}.dlq")
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    channel = connection.channel()
+    channel.queue_declare(other, durable=True, arguments={"x-queue-type": "quorum"})
+    channel.queue_bind(other, EXCHANGE, other)
+    channel.queue_declare(f"{other}.dlq", durable=True, arguments={"x-queue-type": "quorum"})
+    channel.basic_publish("", f"{other}.dlq", b"{}", pika.BasicProperties(message_id="b0", type="shop.other"))
+    connection.close()
+    # Then ls, show, replay and purge work on both
+    listed = run(broker_url, "ls", "-Q", f"{queue}, {other}", "--json")
+    assert [r["id"] for r in json.loads(listed.output)] == ["m0", "m1", "m2", "b0"]
+    assert run(broker_url, "show", "b0", "-Q", f"{queue},{other}").exit_code == 0
+    replayed = run(broker_url, "replay", "-Q", f"{queue},{other}", "--id", "b0", "--id", "m2")
+    assert replayed.exit_code == 0, replayed.output
+    assert [p.message_id for p, _ in amqp.get_all(broker_url, other)] == ["b0"]
+    purged = run(broker_url, "purge", "-Q", f"{queue},{other}", "--yes")
+    assert f"purged 2 message(s) from {queue}.dlq" in purged.output
+    assert f"purged 0 message(s) from {other}.dlq" in purged.output
+
+
+def test_dlq_replay_without_the_app_or_an_exchange_says_what_to_give(queue: str, broker_url: str) -> None:
+    result = run(broker_url, "replay", "-Q", queue, exchange=None)
+    assert result.exit_code == 2
+    assert (
+        "dlq replay sends the messages back through the app's task exchange: give the app with -A "
+        "module:attribute (e.g. -A shop.tasks:app), or set RABBITTASK_EXCHANGE to its exchange"
+    ) in " ".join(result.output.split())
+    assert ids_in(broker_url, f"{queue}.dlq") == ["m0", "m1", "m2"]  # nothing was sent anywhere
+
+
+def test_dlq_with_bad_settings_in_the_environment_names_the_variable(queue: str, broker_url: str) -> None:
+    env = {"RABBITTASK_BROKER_URL": "localhost:5672"}
+    result = CliRunner().invoke(cli, ["dlq", "ls", "-Q", queue], env=env)
+    assert result.exit_code == 1
+    assert "broker_url 'localhost:5672' is not an AMQP URL: use amqp://user:password@host:5672/vhost" in result.output

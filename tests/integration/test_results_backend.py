@@ -159,3 +159,32 @@ def test_a_result_is_stored_before_its_message_is_acked(
         app.close()
         w.stop()
         amqp.delete(broker_url, queue_names(prefix))
+
+
+def test_a_handle_answers_the_questions_celery_users_ask(app: App) -> None:
+    ok = app.tasks["results.slow"].delay(0.3)
+    assert (ok.ready(), ok.successful(), ok.failed(), ok.state) == (False, False, False, "PENDING")
+    assert ok.get(timeout=10) == "late"
+    assert (ok.ready(), ok.successful(), ok.failed(), ok.state) == (True, True, False, "SUCCESS")
+    bad = app.tasks["results.boom"].delay("disk full")
+    error = bad.get(timeout=10, propagate=False)  # returned, not raised
+    assert isinstance(error, TaskError) and isinstance(error, ValueError)
+    assert str(error) == "ValueError: boom: disk full"
+    assert (bad.ready(), bad.successful(), bad.failed(), bad.state) == (True, False, True, "FAILURE")
+
+
+def test_a_producer_without_the_task_code_sends_by_name_and_reads_the_result(
+    prefix: str, broker_url: str, redis_url: str, worker: WorkerProcess
+) -> None:
+    # Given a producer app that declares no task at all (it does not import the task code)
+    producer = App("producer", broker_url=broker_url, result_backend=redis_url)
+    try:
+        # When it sends tasks by name, to their queue
+        handle = producer.send_task("results.echo", args=[{"n": 1}], queue=f"{prefix}.sync")
+        ahandle = asyncio.run(producer.asend_task("results.aecho", kwargs={"value": [2]}, queue=f"{prefix}.aio"))
+        # Then the worker runs them, and the handles read their results
+        assert handle.get(timeout=10) == {"n": 1}
+        assert ahandle.get(timeout=10) == [2]
+        assert handle.task_name == "results.echo" and handle.queue == f"{prefix}.sync"
+    finally:
+        producer.close()

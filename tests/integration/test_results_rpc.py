@@ -224,3 +224,17 @@ def test_a_call_to_a_queue_that_is_gone_fails_at_once(broker_url: str, unique_na
     finally:
         app.close()
         amqp.delete(broker_url, [queue, f"{queue}.dlq"], [f"{queue}.x", f"{queue}.x.dlx"])
+
+
+def test_a_remote_builtin_exception_is_caught_by_its_own_type(app: App) -> None:
+    with pytest.raises(ValueError) as info:  # not only `except TaskError`
+        app.tasks["results.boom"].call("bad input", timeout=10)
+    assert isinstance(info.value, TaskError) and info.value.type_name == "ValueError"
+    assert str(info.value) == "ValueError: boom: bad input"
+
+    async def main() -> None:
+        with pytest.raises(KeyError) as info:
+            await app.tasks["results.aboom"].acall("missing", timeout=10)
+        assert str(info.value) == "KeyError: 'missing'"  # the message as the worker saw it, not re-quoted
+
+    asyncio.run(main())

@@ -199,7 +199,7 @@ def test_an_expired_task_is_dead_lettered_without_running(
     ((props, _),) = peek_all(broker_url, f"{prefix}.main.dlq")
     assert props.message_id == gone.id and props.headers["rt-reason"] == "expired"
     assert [t for t, _, _ in runs(tmp_path, prefix, "record")] == ["in-time"]
-    assert f"[{gone.id}] dead-lettered: expired" in w.log()
+    assert f"[{gone.id}] dead-lettered to {prefix}.main.dlq without running (expired)" in w.log()
 
 
 def test_a_message_due_beyond_one_ladder_pass_is_parked_again_until_its_eta(

@@ -18,7 +18,7 @@ def noop() -> None: ...
 
 def test_unknown_task_options_fail_at_declaration() -> None:
     app = App("t")
-    with pytest.raises(ConfigError, match="unknown option\\(s\\) for @app.task: retries; known options are"):
+    with pytest.raises(ConfigError, match="unknown option 'retries' \\(the option is max_retries\\) for @app.task"):
 
         @app.task(queue="q", retries=3)
         def f() -> None: ...
@@ -32,10 +32,24 @@ def test_an_unknown_option_names_the_option_the_task_and_every_valid_option() ->
         def send() -> None: ...
 
     assert str(info.value) == (
-        "task 'emails.send': unknown option(s) for @app.task: retries; "
+        "task 'emails.send': unknown option 'retries' (the option is max_retries) for @app.task; "
         f"known options are {', '.join(sorted(TaskOptions.model_fields))}"
     )
     assert "emails.send" not in app.tasks
+
+
+def test_a_mistyped_option_gets_the_closest_names_and_a_celery_option_what_to_do_instead() -> None:
+    app = App("t")
+    with pytest.raises(ConfigError) as typo:
+        app.task(name="a", qeue="emails")(noop)
+    assert str(typo.value).startswith("task 'a': unknown option 'qeue' (did you mean queue?) for @app.task; known")
+    with pytest.raises(ConfigError) as celery:
+        app.task(name="b", acks_late=True, rate_limit="10/m")(noop)
+    assert str(celery.value).startswith(
+        "task 'b': unknown option 'acks_late' (rabbittask always acks after the task finished (late ack): there is "
+        "nothing to set); unknown option 'rate_limit' (rate limits are planned; until then limit concurrency with "
+        "`-c`/`--threads` or single_active_consumer=True) for @app.task; known options are"
+    )
 
 
 def test_an_option_of_the_wrong_type_names_the_option_and_the_task() -> None:
@@ -122,8 +136,9 @@ def test_settings_never_show_passwords_in_their_repr() -> None:
 
 def test_every_way_of_sending_takes_the_send_options_of_one_definition() -> None:
     app = App("t")
-    send = app.task(name="send", queue="emails")(noop)
-    for method in (send.message, send.apply_async, send.aapply_async, send.s().apply_async, send.s().aapply_async):
+    send = app.task(name="send", queue="emails", queue_type="classic", max_priority=5)(noop)
+    methods = (send.message, send.apply_async, send.aapply_async, send.s().apply_async, send.s().aapply_async)
+    for method in (*methods, app.send_task, app.asend_task):
         options = inspect.signature(method).parameters["options"]
         assert options.kind is inspect.Parameter.VAR_KEYWORD and options.annotation == "Unpack[SendOptions]"
     msg = send.message((), queue="emails", priority=3, headers={"h": 1}, message_id="m-1", expires=60)
@@ -140,6 +155,35 @@ def test_an_unknown_send_option_is_refused_naming_it_and_the_known_ones() -> Non
     with pytest.raises(TypeError) as info:
         send.apply_async((), countdwn=5)  # type: ignore[call-arg]
     assert str(info.value) == (
-        "task 'send' got unknown send option(s) countdwn; "
+        "task 'send' got unknown send option 'countdwn' (did you mean countdown?); "
         "the send options are countdown, eta, expires, headers, message_id, priority, queue"
+    )
+
+
+def test_a_task_declared_in_a_script_is_named_after_the_script_not_main(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    from rabbittask.task import default_task_name
+
+    # Given a module run as `python billing.py`: it is __main__ to itself, `billing` to the worker
+    script = types.ModuleType("__main__")
+    script.__file__ = "/srv/shop/billing.py"
+    script.__spec__ = None
+    monkeypatch.setitem(sys.modules, "__main__", script)
+
+    def charge() -> None: ...
+
+    charge.__module__, charge.__qualname__ = "__main__", "charge"
+    assert default_task_name(charge) == "billing.charge"
+
+
+def test_an_unknown_task_name_suggests_the_close_ones_and_the_likely_cause() -> None:
+    app = App("shop")
+    app.task(name="shop.tasks.send_email")(noop)
+    with pytest.raises(TaskNotFound) as info:
+        app.get_task("shop.task.send_email")
+    assert str(info.value) == (
+        "task 'shop.task.send_email' is not registered in app 'shop' (did you mean 'shop.tasks.send_email'?); "
+        "is the worker running the same code as the sender?"
     )

@@ -127,8 +127,22 @@ def test_406_values_are_decoded_with_their_type() -> None:
 
 def test_ways_out_name_the_options_to_change() -> None:
     ways = ways_out("queue 'a'", ["x-delivery-limit is 5 on the broker, the code declares 20", "type is classic ..."])
-    assert "set delivery_limit, queue_type on the tasks of queue 'a'" in ways[0]
+    assert "set delivery_limit=5, queue_type on the tasks of queue 'a' (the broker's values)" in ways[0]
     assert any("delete_queue 'a'" in w for w in ways)
+
+
+def test_ways_out_give_the_broker_value_and_send_a_dead_letter_queue_to_its_task_queue() -> None:
+    ways = ways_out("queue 'a.dlq'", ["type is classic on the broker, the code declares quorum"])
+    assert ways == [
+        "make the code match the broker: set queue_type='classic' on the tasks of queue 'a' (its dead-letter "
+        "queue has the same type)",
+        "or empty it first (`rabbittask dlq replay -Q a` or `dlq purge`), then `rabbitmqctl delete_queue 'a.dlq'` "
+        "and apply again: the next dead letter is kept in the new one",
+    ]
+    durable = ways_out("queue 'b'", ["durable is false on the broker, the code declares true"])
+    assert durable[0] == "rabbittask declares every queue durable, so the code cannot match the broker"
+    fixed = ways_out("queue 'c'", ['x-dead-letter-exchange is "other" on the broker, the code declares "ex.dlx"'])
+    assert fixed[0].startswith("rabbittask sets these arguments itself (they are not options)")
     assert any("delete_exchange 'x'" in w for w in ways_out("exchange 'x'", ["type is topic ..."]))
 
 

@@ -95,7 +95,10 @@ def test_reload_imports_the_apps_project_modules_again(tmp_path: Path, monkeypat
 def test_the_worker_command_refuses_a_bad_memory_size_before_importing_anything() -> None:
     result = CliRunner().invoke(main, ["worker", "-A", "no.such.module:app", "--max-memory-per-child", "lots"])
     assert result.exit_code == 2
-    assert "invalid worker options: max_memory_per_child_mb" in result.output and "e.g. 300MB" in result.output
+    assert (
+        "invalid worker options: --max-memory-per-child (RABBITTASK_WORKER_MAX_MEMORY_PER_CHILD_MB)" in result.output
+        and "e.g. 300MB" in result.output
+    )
 
 
 def test_the_worker_help_comes_from_the_option_descriptions() -> None:

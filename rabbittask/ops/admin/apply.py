@@ -124,6 +124,10 @@ def _probe(connection: pika.BlockingConnection, d: ExchangeDecl | QueueDecl, obj
             args[arg] = current  # take the broker's value and look for the next difference
     else:
         complete = False
+    if "x-queue-type" in differences:
+        # The real difference: a queue of another type differs in the arguments that come with the type
+        # (dead-lettering, overflow), and none of it can change in place. The rest is compared once it matches.
+        return Conflict(obj, [differences["x-queue-type"]], complete=True)
     return Conflict(obj, sorted(differences.values()), complete)
 
 

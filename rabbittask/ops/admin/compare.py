@@ -223,14 +223,55 @@ def ways_out(obj: str, differences: Sequence[str], exchange: str = "") -> list[s
             f"or recreate it: `rabbitmqctl delete_exchange {quoted}` then apply again (publishes fail until then, "
             "and its bindings go with it)",
         ]
-    match = f"set {', '.join(options)} on the tasks of {obj}" if options else "change the queue's options"
-    return [
-        f"make the code match the broker: {match} to the broker's value(s)",
-        f"or migrate: give the tasks a new queue name, apply and deploy, let workers drain {quoted}, then delete it",
+    name = quoted.strip("'")
+    task_queue = name.removesuffix(".dlq") if name.endswith(".dlq") else None
+    if task_queue is not None:  # a dead-letter queue takes its type from its task queue's
+        obj = f"queue {task_queue!r} (its dead-letter queue has the same type)"
+    values = _broker_values(differences)
+    settings = [f"{o}={values[o]}" if o in values else o for o in options]
+    match = f"set {', '.join(settings)} on the tasks of {obj}" if options else "change the queue's options"
+    unknown = "" if len(values) == len(options) else " (the broker's values)"
+    ways = [f"make the code match the broker: {match}{unknown}"]
+    if "durable" in args:
+        ways = ["rabbittask declares every queue durable, so the code cannot match the broker"]
+    elif not options:
+        ways = [
+            "rabbittask sets these arguments itself (they are not options), so the code cannot match the broker: "
+            "the queue was declared by hand or by another rabbittask version"
+        ]
+    recreate = (
         f"or recreate it in place (only once it is empty): stop producers and workers, check "
         f"`rabbitmqctl list_queues name messages`, `rabbitmqctl delete_queue {quoted}`, apply again. "
-        "A queue's type and arguments never change in place",
+        "A queue's type and arguments never change in place"
+    )
+    if task_queue is not None:
+        return [
+            *ways,
+            f"or empty it first (`rabbittask dlq replay -Q {task_queue}` or `dlq purge`), then "
+            f"`rabbitmqctl delete_queue {quoted}` and apply again: the next dead letter is kept in the new one",
+        ]
+    return [
+        *ways,
+        f"or migrate: give the tasks a new queue name, apply and deploy, let workers drain {quoted}, then delete it",
+        recreate,
     ]
+
+
+_DIFFERENCE = re.compile(r"^(?P<arg>\S+) is (?P<value>.+) on the broker, the code declares ")
+
+
+def _broker_values(differences: Sequence[str]) -> dict[str, str]:
+    """The broker's value of each option a difference line names, as Python: {"queue_type": "'classic'"}."""
+    values = {}
+    for text in differences:
+        m = _DIFFERENCE.match(text)
+        if m is None or m["value"] == "not set":
+            continue
+        option = "queue_type" if m["arg"] == "type" else ARGUMENT_OPTIONS.get(m["arg"], "")
+        if option:
+            value = m["value"].strip('"')
+            values[option] = value if value.lstrip("-").isdigit() else repr(value)
+    return values
 
 
 def _ladder_ways_out(kind: str, quoted: str, args: set[str]) -> list[str]:
