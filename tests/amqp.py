@@ -7,6 +7,8 @@ from typing import Any
 
 import pika
 
+from rabbittask.delays import delay_declarations
+from rabbittask.topology import ExchangeDecl, QueueDecl, dlx_name, events_exchange_name
 from tests.waiting import wait_until
 
 
@@ -78,3 +80,11 @@ def publish_raw(url: str, routing_key: str, body: bytes, exchange: str = "rabbit
         )
     finally:
         connection.close()
+
+
+def delete_ladder(url: str, exchange: str) -> None:
+    """Delete an app exchange's delay ladder, its exchanges, its dead-letter and events exchanges (queues first)."""
+    decls = delay_declarations(exchange, [])
+    queues = [d.name for d in decls if isinstance(d, QueueDecl)]
+    exchanges = [d.name for d in decls if isinstance(d, ExchangeDecl)] + [exchange, dlx_name(exchange)]
+    delete(url, queues, [*exchanges, events_exchange_name(exchange)])

@@ -16,10 +16,9 @@ from typing import Any
 import pytest
 
 from rabbittask import App, ArgumentsInvalid, TaskError
-from rabbittask.delays import delay_declarations
 from rabbittask.message import Outgoing, encode_body, new_id
 from rabbittask.testing import StubBroker
-from rabbittask.topology import ExchangeDecl, QueueDecl, dlq_name, dlx_name, events_exchange_name
+from rabbittask.topology import dlq_name
 from tests import amqp
 from tests.apps.kit_app import make_app
 from tests.waiting import wait_until
@@ -81,10 +80,7 @@ def on_a_real_worker(app: App, prefix: str, build: Build, url: str, expected_dea
 def exchange(broker_url: str) -> Iterator[str]:
     name = f"rt-kit-{uuid.uuid4().hex[:8]}"
     yield name
-    decls = delay_declarations(name, [])
-    queues = [d.name for d in decls if isinstance(d, QueueDecl)]
-    exchanges = [d.name for d in decls if isinstance(d, ExchangeDecl)] + [name, dlx_name(name)]
-    amqp.delete(broker_url, queues, [*exchanges, events_exchange_name(name)])
+    amqp.delete_ladder(broker_url, name)
 
 
 @pytest.fixture

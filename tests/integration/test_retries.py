@@ -19,9 +19,7 @@ from click.testing import CliRunner
 
 from rabbittask import App
 from rabbittask.cli import main as cli
-from rabbittask.delays import delay_declarations
 from rabbittask.message import format_time
-from rabbittask.topology import ExchangeDecl, QueueDecl, dlx_name, events_exchange_name
 from tests import amqp
 from tests.apps.retries_app import make_app
 from tests.retries import APP, runs, wait_runs
@@ -29,19 +27,11 @@ from tests.waiting import assert_stays, wait_until
 from tests.workers import WorkerProcess
 
 
-def delete_ladder(url: str, exchange: str) -> None:
-    """Delete an exchange's delay ladder and its exchanges (queues first)."""
-    decls = delay_declarations(exchange, [])
-    queues = [d.name for d in decls if isinstance(d, QueueDecl)]
-    exchanges = [d.name for d in decls if isinstance(d, ExchangeDecl)] + [exchange, dlx_name(exchange)]
-    amqp.delete(url, queues, [*exchanges, events_exchange_name(exchange)])  # the worker's events exchange too
-
-
 @pytest.fixture(scope="module")
 def exchange(broker_url: str) -> Iterator[str]:
     name = f"rt-retries-{uuid.uuid4().hex[:8]}"
     yield name
-    delete_ladder(broker_url, name)
+    amqp.delete_ladder(broker_url, name)
 
 
 @pytest.fixture
@@ -271,7 +261,7 @@ def test_a_classic_delay_ladder_delivers_too(prefix: str, worker_factory, broker
         assert within_policy(started - sent, 0.7)
     finally:
         app.close()
-        delete_ladder(broker_url, exchange)
+        amqp.delete_ladder(broker_url, exchange)
 
 
 def test_a_call_waits_through_the_retries_and_gets_the_final_result(
