@@ -38,7 +38,11 @@ def test_delayed_messages_survive_a_crash_and_restart_of_the_broker_and_run_when
     record = {tag: t for tag, _, t in wait_runs(tmp_path, prefix, "record", 2, timeout_s=30)}
     (classic,) = [t for _, _, t in wait_runs(tmp_path, prefix, "classic_record", 1, timeout_s=30)]
     assert record["due-while-down"] < restarted + 5
-    assert sent + 12 <= record["due-after"] <= max(sent + 12, restarted) + 1.5
-    assert sent + 12 <= classic <= max(sent + 12, restarted) + 1.5
+    # Never early. Late by what a node just back from a crash adds: its quorum ladder queues recover their
+    # timers (measured in test_delays_after_crash.py: p99 2.7 s, max 2.9 s on 2 loaded cores; a CI run saw 1.9 s
+    # here against the 1.5 s this allowed before)
+    late_s = 3.5
+    assert sent + 12 <= record["due-after"] <= max(sent + 12, restarted) + late_s
+    assert sent + 12 <= classic <= max(sent + 12, restarted) + late_s
     assert_stays(lambda: len(runs(tmp_path, prefix, "record")) == 2, 0.5, "no third run")
     assert len(runs(tmp_path, prefix, "record")) == 2
