@@ -14,6 +14,7 @@ import pytest
 
 from tests import netns
 from tests.netns import PREFIX, Host, Net, ip
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(60)]
 
@@ -80,6 +81,8 @@ def test_namespaces_of_a_killed_run_are_removed_by_the_next_one() -> None:
     stale = f"{PREFIX}-{dead.pid}-0000aa-hub"
     ip("netns", "add", stale)
     sleeper = subprocess.Popen(["ip", "netns", "exec", stale, "sleep", "60"])
+    # the sleeper must be inside the namespace before the cleanup runs (else `ip netns exec` fails, exit 255)
+    wait_until(lambda: subprocess.run(["ip", "netns", "pids", stale], capture_output=True, text=True).stdout.strip(), 5)
     with Net():
         assert stale not in namespaces()
     assert sleeper.wait(5) == -9
