@@ -40,6 +40,8 @@ from rabbittask.results.backend import ResultBackend
 from rabbittask.results.record import Status
 from rabbittask.settings import Settings
 from rabbittask.task import Signature, Task, TaskHandle
+from rabbittask.workflow.canvas import Chain, chain, chord, group
+from rabbittask.workflow.handles import WorkflowHandle
 
 try:
     __version__ = version("rabbittask")
@@ -55,6 +57,12 @@ __all__ = [
     "TaskContext",
     "Signature",
     "get_task_logger",
+    # workflows
+    "chain",
+    "group",
+    "chord",
+    "Chain",
+    "WorkflowHandle",
     # results, and the interface of result-backend plugins
     "Status",
     "ResultBackend",

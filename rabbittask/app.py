@@ -25,7 +25,16 @@ from rabbittask.retry import RETRY_OPTIONS, policy_for
 from rabbittask.sending import TASK_NAME, Args, SendOptions, message_by_name
 from rabbittask.settings import QueueType, Settings
 from rabbittask.task import Signature, Task, TaskHandle, default_task_name
-from rabbittask.topology import Declaration, ExchangeDecl, Overflow, QueueSpec, declarations, events_exchange_name
+from rabbittask.topology import (
+    Declaration,
+    ExchangeDecl,
+    Overflow,
+    QueueDecl,
+    QueueSpec,
+    declarations,
+    events_exchange_name,
+)
+from rabbittask.workflow.wire import join_queue_arguments, join_queue_name
 
 if TYPE_CHECKING:
     from rabbittask.beat.entry import CatchUp, ScheduleEntry
@@ -211,7 +220,7 @@ class App:
     def schedule(
         self,
         name: str,
-        target: Signature | Task[Any, Any],
+        target: Signature[Any] | Task[Any, Any],
         *,
         cron: str | None = None,
         every: timedelta | float | None = None,
@@ -274,6 +283,9 @@ class App:
         )
         if not queues and self.settings.events:  # workers publish task events and heartbeats there
             decls.append(ExchangeDecl(events_exchange_name(exchange), "topic"))
+        if not queues:  # chord members report there; a worker's joiner counts them (workflow/wire.py)
+            join = join_queue_name(exchange, self.settings.join_queue)
+            decls.append(QueueDecl(join, join_queue_arguments()))
         if self.schedules and not queues:
             from rabbittask.beat.state import state_declaration
 

@@ -90,6 +90,22 @@ class Settings(BaseSettings):
         "runs on other workers.",
     )
 
+    join_queue: str | None = Field(
+        None,
+        description="Queue where chord members report their outcome and a worker's joiner counts them "
+        "(quorum, single active consumer); default `<exchange>.join`.",
+    )
+    chord_joiner: bool = Field(
+        True,
+        description="Each worker child runs a chord joiner on the join queue; one at a time is active, the "
+        "next takes over when it dies. Turn off on workers that must not join chords.",
+    )
+    join_prefetch: int = Field(
+        1000,
+        ge=2,
+        description="Join records a joiner holds unacked; at this many it compacts them into one partial record "
+        "per chord, so a joiner's memory stays bounded whatever the size of a chord.",
+    )
     events: bool = Field(
         True,
         description="Workers publish task events and heartbeats, batched and best-effort, to the "

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unp
 from pydantic import ValidationError
 from pydantic.experimental.arguments_schema import generate_arguments_schema
 from pydantic_core import ArgsKwargs, SchemaValidator
+from typing_extensions import TypedDict
 
 from rabbittask.context import TaskContext
 from rabbittask.errors import ArgumentsInvalid, ConfigError
@@ -22,11 +23,20 @@ from rabbittask.sending import NO_OPTIONS, Args, SendOptions, build_message, che
 
 if TYPE_CHECKING:
     from rabbittask.app import App
+    from rabbittask.workflow.canvas import Chain
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
-__all__ = ["Args", "SendOptions", "Signature", "Task", "TaskHandle"]  # the handle and options live next door
+__all__ = [
+    "Args",
+    "SendOptions",
+    "Signature",
+    "StepOptions",
+    "Task",
+    "TaskHandle",
+]  # the handle and options live next door
 
 
 def _skip_context(index: int, name: str, annotation: Any) -> Literal["skip"] | None:
@@ -178,10 +188,37 @@ class Task(Generic[P, R]):
         result: R = await self.app.arpc_call(self._message(args, kwargs, NO_OPTIONS), timeout)
         return result
 
-    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
-        """This task with these arguments, validated now, to be sent later (e.g. by `app.schedule`)."""
-        self.message(args, kwargs)  # validates and JSON-encodes: a bad call fails here, not at send time
+    def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
+        """This task with these arguments, to be sent later: in a workflow, by `app.schedule`, or `.delay()`.
+
+        A partial call is allowed: in a chain, the previous step's result becomes the first argument.
+        What is given is checked now (types, unknown names, JSON); missing arguments are checked when sent.
+        """
+        self._check_partial(tuple(args), dict(kwargs))
         return Signature(self, tuple(args), dict(kwargs))
+
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
+        """An immutable signature: in a chain or chord it ignores the previous result; checked in full now."""
+        self.message(args, kwargs)  # validates and JSON-encodes: a bad call fails here, not at send time
+        return Signature(self, tuple(args), dict(kwargs), immutable=True)
+
+    def _check_partial(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Refuse arguments that cannot fit, allowing missing ones and a first argument still to come."""
+        try:
+            self.message(args, kwargs)
+            return
+        except ArgumentsInvalid as complete_error:
+            try:
+                self._validator.validate_python(ArgsKwargs((_PREVIOUS, *args), kwargs))
+                return
+            except ValidationError as e:
+                wrong = [
+                    err
+                    for err in e.errors(include_url=False)
+                    if err["type"] != "missing_argument" and tuple(err["loc"][:1]) != (0,)
+                ]
+                if wrong:
+                    raise complete_error from None
 
     def handle(self, task_id: str) -> TaskHandle:
         """The handle of an earlier call of this task, from its id (e.g. kept in a web session)."""
@@ -201,32 +238,70 @@ class Task(Generic[P, R]):
         return await self.app.asend(self._message(args, kwargs, options))
 
 
-@dataclass(frozen=True, slots=True)
-class Signature:
-    """A task and the arguments to call it with (`task.s(...)`), checked when it was made."""
+_PREVIOUS = object()  # stands for the previous step's result when a partial signature is checked
+STEP_OPTIONS = frozenset({"queue", "countdown", "priority", "expires"})  # what `Signature.set` takes
 
-    task: Task[Any, Any]
+
+class StepOptions(TypedDict, total=False):
+    """What `Signature.set` takes: where and when this step is sent (as `apply_async` reads them)."""
+
+    queue: str
+    countdown: float
+    priority: int
+    expires: float
+
+
+@dataclass(frozen=True, slots=True)
+class Signature(Generic[R]):
+    """A task and the arguments to call it with (`task.s(...)`), a step of a workflow (`sig | other`)."""
+
+    task: Task[Any, R]
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
+    immutable: bool = False  # `task.si(...)`: the previous step's result is not passed
+    options: dict[str, Any] = field(default_factory=dict)  # `set(...)`: queue, countdown, priority, expires
 
     def __repr__(self) -> str:
-        return f"<Signature {self.task.name} args={self.args!r} kwargs={self.kwargs!r}>"
+        mark = "si" if self.immutable else "s"
+        return f"<Signature {self.task.name}.{mark} args={self.args!r} kwargs={self.kwargs!r}>"
+
+    def set(self, **options: Unpack[StepOptions]) -> Signature[R]:
+        """This signature sent with other options: `queue=`, `countdown=` (s), `priority=`, `expires=` (s)."""
+        unknown = options.keys() - STEP_OPTIONS
+        if unknown:
+            raise TypeError(
+                f"signature of task {self.task.name!r}: {', '.join(sorted(unknown))} cannot be set; "
+                f"the options are {', '.join(sorted(STEP_OPTIONS))}"
+            )
+        merged = {**self.options, **options}
+        build_message(self.task.app, self.task.name, self.task.queue, b"", merged)  # options checked now
+        return Signature(self.task, self.args, self.kwargs, self.immutable, merged)
+
+    def __or__(self, other: Signature[T]) -> Chain[T]:
+        """`a.s() | b.s()`: a chain of the two (see `rabbittask.chain`)."""
+        from rabbittask.workflow.canvas import chain
+
+        return chain(self, other)
 
     def delay(self) -> TaskHandle:
-        """Send the task with these arguments; return once the broker confirmed it."""
-        return self.task.apply_async(self.args, self.kwargs)
+        """Send the task with these arguments (and `set` options); return once the broker confirmed it."""
+        return self.task.apply_async(self.args, self.kwargs, **self.options)
 
     async def adelay(self) -> TaskHandle:
         """Async twin of `delay`."""
-        return await self.task.aapply_async(self.args, self.kwargs)
+        return await self.task.aapply_async(self.args, self.kwargs, **self.options)
 
     def apply_async(self, **options: Unpack[SendOptions]) -> TaskHandle:
         """Send the task with these arguments and `SendOptions` (countdown, eta, expires, ...)."""
-        return self.task.apply_async(self.args, self.kwargs, **options)
+        return self.task.apply_async(self.args, self.kwargs, **{**self.options, **options})
 
     async def aapply_async(self, **options: Unpack[SendOptions]) -> TaskHandle:
         """Async twin of `apply_async`."""
-        return await self.task.aapply_async(self.args, self.kwargs, **options)
+        return await self.task.aapply_async(self.args, self.kwargs, **{**self.options, **options})
+
+    def call(self, timeout: float = 30.0) -> R:
+        """Run the task on a worker and return its result (RPC over direct reply-to)."""
+        return self.task.call(*self.args, timeout=timeout, **self.kwargs)
 
 
 AsyncFn = Callable[..., Awaitable[Any]]

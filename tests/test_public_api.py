@@ -22,6 +22,12 @@ EXPECTED = [
     "TaskContext",
     "Signature",
     "get_task_logger",
+    # workflows
+    "chain",
+    "group",
+    "chord",
+    "Chain",
+    "WorkflowHandle",
     # results, and the interface of result-backend plugins
     "Status",
     "ResultBackend",

@@ -32,6 +32,7 @@ from rabbittask.worker.dispatch import Dispatcher
 from rabbittask.worker.events import Events
 from rabbittask.worker.exits import EXIT_OK
 from rabbittask.worker.inline import InlinePolicy, InlineRunner
+from rabbittask.worker.joiner import Joiner
 from rabbittask.worker.metrics import TaskMetrics
 from rabbittask.worker.outcome import Outcome
 from rabbittask.worker.redelivery import Redeliveries
@@ -143,6 +144,8 @@ class Child:
             on_consuming=on_consuming,
         )
         self._budget_watch: asyncio.Task[None] | None = None
+        # Chords join on the broker: every child stands by on the join queue, one at a time is active.
+        self.joiner = Joiner(app, self.publisher, self.lifecycle) if app.settings.chord_joiner else None
 
     @property
     def tasks_done(self) -> int:
@@ -156,10 +159,14 @@ class Child:
         self.threads.start(self.settler.settle, self._time_limit_passed, self.policy)
         if self.events is not None:
             self.events.start()
+        joining = asyncio.ensure_future(self.joiner.run()) if self.joiner is not None else None
         try:
             code = await self.session.run()
         finally:
             self.lifecycle.stopped()
+            if joining is not None:
+                joining.cancel()  # what it holds goes back to the join queue for the next joiner
+                await asyncio.gather(joining, return_exceptions=True)
             self.settler.successes.flush()  # the last turn's success lines, before the child exits
             if self._budget_watch is not None:
                 self._budget_watch.cancel()

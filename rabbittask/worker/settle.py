@@ -43,6 +43,7 @@ from rabbittask.topology import dlq_name, dlx_name
 from rabbittask.worker import tasklog
 from rabbittask.worker.acks import Acker, delivery_tag
 from rabbittask.worker.execute import source_queue
+from rabbittask.worker.followup import Followup, is_workflow
 from rabbittask.worker.outcome import Outcome, Reason, Settlement
 
 if TYPE_CHECKING:
@@ -102,6 +103,7 @@ class Settler:
         self.on_limit = on_limit  # a limit needs a look (before this settle's ack, which it may hold back)
         self.events = events
         self.acker: Acker | None = None  # set by the session while its channel is open
+        self.followup = Followup(app)  # a workflow's next step or chord record, confirmed before the ack
         self.log_successes = tasklog.enabled()  # asked once: a quiet drain pays no call per success
         self.successes = tasklog.Successes()  # with INFO on: one log record per loop turn
         self._background: set[asyncio.Task[None]] = set()
@@ -134,6 +136,7 @@ class Settler:
             reason is None
             and not message.header.properties.reply_to
             and (self.backend is None or not self._stores(outcome))
+            and not is_workflow(message)
         ):
             acker.ack(delivery_tag(message))
         elif reason is not None and reason.settlement is Settlement.ACK:
@@ -184,14 +187,20 @@ class Settler:
             else:
                 sent = True
                 record = b""
+                plan = None
+                if is_workflow(outcome.message):  # the next step or the chord record (followup.py)
+                    outcome, plan = self.followup.plan(outcome)
                 if reply_to or stores:
                     outcome, record = self._record(outcome)
-                if reply_to:
+                if reply_to and (plan is None or not plan.continues):  # a next step answers instead
                     await self._reply(outcome, record)
                 if stores and not await self._store(outcome, record):
                     sent = False
                 elif not outcome.ok:
                     sent = await self._confirmed(outcome, self._dead_letter(outcome), "dead letter")
+                if plan is not None and sent:
+                    for msg in plan.messages:
+                        sent = sent and await self._confirmed(outcome, msg, plan.what)
             if acker.alive:
                 if sent:
                     acker.ack(tag)

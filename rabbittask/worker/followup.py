@@ -1,0 +1,104 @@
+"""A stage between outcome and settle, for workflow messages: what must be published before the ack.
+
+A message of a workflow (header `rt-workflow`) that settles for good leads to one more message:
+
+* a chain step that succeeded, with steps after it: the next step, its result first in the arguments
+  (unless the step is immutable), carrying the remaining steps, the chord marker, `reply_to` and
+  `correlation_id`; the step itself does not reply (the last one does);
+* the end of a chord member (its last step succeeded, or any step failed for good): a member record to
+  the join queue with its index and outcome.
+
+The settler publishes it confirmed **before** acking the message, so a crash in between gives a repeat
+with the same id (fixed at build time), never a lost step. A retry (through the delay ladder) and a
+replay from the dead-letter queue carry the same body, so they continue the workflow as well.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic_core import PydanticSerializationError
+
+from rabbittask.errors import PayloadError
+from rabbittask.message import Outgoing
+from rabbittask.worker.outcome import Outcome, Reason, Settlement
+from rabbittask.workflow import wire
+
+if TYPE_CHECKING:
+    from aiormq.abc import DeliveredMessage
+
+    from rabbittask.app import App
+
+log = logging.getLogger(__name__)
+
+
+def is_workflow(message: DeliveredMessage) -> bool:
+    """True for a message of a workflow (the hot path asks this of every success: one dict lookup)."""
+    headers = message.header.properties.headers
+    return bool(headers) and wire.H_WORKFLOW in headers  # type: ignore[operator]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Messages to publish, confirmed, before the ack; `continues`: a next step replies instead of this one."""
+
+    messages: list[Outgoing]
+    continues: bool
+    what: str
+
+
+class Followup:
+    """Plans the next step or the join record of a workflow message's outcome."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.join_queue = wire.join_queue_name(app.settings.exchange, app.settings.join_queue)
+
+    def plan(self, outcome: Outcome) -> tuple[Outcome, Plan | None]:
+        """The plan for `outcome` (None: nothing to send); an outcome whose result cannot travel becomes a failure."""
+        reason = outcome.reason
+        if reason is not None and reason.settlement is not Settlement.DEAD_LETTER:
+            return outcome, None  # retried, re-parked, duplicate, handed back: not settled for good
+        flow = wire.flow_of(outcome.message.body)
+        if outcome.ok and flow.chain:
+            try:
+                return outcome, Plan([self._next(outcome, flow)], True, "next step")
+            except PayloadError as e:
+                outcome = outcome._replace(reason=Reason.NOT_SERIALISABLE, exc_type="PayloadError", exc_message=str(e))
+        if flow.chord is None:
+            return outcome, None
+        try:
+            record = self._record(outcome, flow.chord)
+        except (PayloadError, PydanticSerializationError, TypeError) as e:
+            outcome = outcome._replace(reason=Reason.NOT_SERIALISABLE, exc_type="TypeError", exc_message=str(e))
+            record = self._record(outcome, flow.chord)
+        return outcome, Plan([record], False, "chord record")
+
+    def _next(self, outcome: Outcome, flow: wire.Flow) -> Outgoing:
+        props = outcome.message.header.properties
+        headers = props.headers or {}
+        spec = flow.chain[0]
+        rest = wire.Flow(flow.chain[1:], flow.chord)
+        return wire.step_message(
+            self.app,
+            spec,
+            [outcome.value],
+            rest,
+            str(headers.get(wire.H_WORKFLOW, "")),
+            reply_to=props.reply_to,
+            correlation_id=props.correlation_id,
+        )
+
+    def _record(self, outcome: Outcome, chord: dict[str, Any]) -> Outgoing:
+        index = chord.get("index")
+        record: dict[str, Any] = {"kind": "member", "chord": chord["id"], "index": index, "id": outcome.message_id}
+        if outcome.ok:
+            record.update(ok=True, result=outcome.value)
+        else:
+            reason = outcome.reason.value if outcome.reason is not None else ""
+            record.update(ok=False, reason=reason, exc_type=outcome.exc_type, message=outcome.exc_message[:1000])
+        return wire.record_message(
+            self.join_queue, record, f"{outcome.message_id}:record", self.app.settings.max_payload_bytes
+        )

@@ -1,0 +1,273 @@
+"""`chain`, `group` and `chord`: workflows built from signatures, with every id fixed when they are built.
+
+Ids derive from the workflow's id: the steps of a chain are `<id>:0`, `<id>:1`, ...; the members of a
+group or chord `<id>:0`, ...; a chord's callback `<id>:callback`, its error handler `<id>:on_error`.
+A repeat after a crash carries the same id, so it is recognisable, and `delay()` can hand out the
+handles of every step before any of them ran.
+
+    chain(fetch.s(url), parse.s(), store.s()).delay()      # or fetch.s(url) | parse.s() | store.s()
+    group(resize.s(i) for i in ids).delay()                 # one confirmed batch, streamed
+    chord((score.s(d) for d in docs), rank.s()).delay()     # rank gets the scores, in member order
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+
+from rabbittask.errors import ConfigError
+from rabbittask.message import new_id
+from rabbittask.task import Signature, TaskHandle
+from rabbittask.workflow import wire
+from rabbittask.workflow.handles import WorkflowHandle
+
+if TYPE_CHECKING:
+    from rabbittask.app import App
+
+R = TypeVar("R")
+A = TypeVar("A")
+B = TypeVar("B")
+C = TypeVar("C")
+
+
+def _signature(item: object, where: str) -> Signature[Any]:
+    if isinstance(item, Chain):
+        raise ConfigError(f"{where}: a chain inside a chain is not supported: list its steps in one chain")
+    if not isinstance(item, Signature):
+        raise ConfigError(
+            f"{where}: expected a task signature such as task.s(...), got {type(item).__name__} {item!r:.60}"
+        )
+    return item
+
+
+class Chain(Generic[R]):
+    """Steps run one after the other; each gets the previous result as its first argument (unless `.si`)."""
+
+    def __init__(self, steps: Iterable[Signature[Any]], *, workflow_id: str | None = None) -> None:
+        self.steps = [_signature(s, f"chain step {i}") for i, s in enumerate(steps)]
+        if not self.steps:
+            raise ConfigError("chain(): give at least one step, e.g. chain(fetch.s(url), parse.s())")
+        apps = {id(s.task.app) for s in self.steps}
+        if len(apps) > 1:
+            raise ConfigError("chain(): all steps must be tasks of one app")
+        self.id = workflow_id or new_id()
+
+    @property
+    def app(self) -> App:
+        return self.steps[0].task.app
+
+    def __or__(self, other: Signature[B]) -> Chain[B]:
+        return Chain([*self.steps, other])
+
+    def __repr__(self) -> str:
+        return f"<chain {' | '.join(s.task.name for s in self.steps)}>"
+
+    def ids(self, base: str | None = None) -> list[str]:
+        """The step ids: `<id>:0`, `<id>:1`, ... (or under `base`, for a chain inside a chord)."""
+        return [f"{base or self.id}:{i}" for i in range(len(self.steps))]
+
+    def first_message(self, ids: list[str], chord: dict[str, Any] | None = None, workflow_id: str | None = None) -> Any:
+        """The first step's message, carrying the others (and the chord marker) in its body."""
+        first = self.steps[0]
+        first.task.validate(first.args, first.kwargs)  # the first step has no previous result: complete now
+        rest = [wire.step(s, i) for s, i in zip(self.steps[1:], ids[1:], strict=True)]
+        spec = wire.step(first, ids[0])
+        return wire.step_message(self.app, spec, [], wire.Flow(rest, chord), workflow_id or self.id)
+
+    def handles(self, ids: list[str]) -> list[TaskHandle]:
+        return [
+            TaskHandle(i, s.task.name, s.options.get("queue") or s.task.queue, s.task.app)
+            for s, i in zip(self.steps, ids, strict=True)
+        ]
+
+    def delay(self) -> WorkflowHandle:
+        """Send the first step (the others travel in its message); return once the broker confirmed it."""
+        ids = self.ids()
+        self.app.send(self.first_message(ids))
+        steps = self.handles(ids)
+        return WorkflowHandle(self.id, steps, steps[-1])
+
+    def call(self, timeout: float = 60.0) -> R:
+        """Run the chain and return the last step's result over direct reply-to (no result backend needed).
+
+        A step that fails for good raises its `TaskError` here; `TimeoutError` after `timeout` seconds.
+        """
+        result: R = self.app.rpc_call(self.first_message(self.ids()), timeout)
+        return result
+
+
+@overload
+def chain(a: Signature[A], /) -> Chain[A]: ...
+@overload
+def chain(a: Signature[Any], b: Signature[B], /) -> Chain[B]: ...
+@overload
+def chain(a: Signature[Any], b: Signature[Any], c: Signature[C], /) -> Chain[C]: ...
+@overload
+def chain(*steps: Signature[Any]) -> Chain[Any]: ...
+
+
+def chain(*steps: Signature[Any]) -> Chain[Any]:
+    """Steps run one after the other, each with the previous result first: `chain(a.s(x), b.s(), c.s())`."""
+    return Chain(steps)
+
+
+Member = Signature[Any] | Chain[Any]
+
+
+class group:  # noqa: N801 - named like Celery's, a user writes group(...)
+    """Members run in parallel: `group(resize.s(i) for i in ids).delay()` sends them in one confirmed batch.
+
+    A generator is read as it is sent (in chunks), never held as a whole list of signatures.
+    """
+
+    def __init__(self, *members: Member | Iterable[Member], workflow_id: str | None = None) -> None:
+        if len(members) == 1 and not isinstance(members[0], Signature | Chain):
+            self._members: Iterable[Member] = members[0]
+        else:
+            self._members = members  # type: ignore[assignment]
+        self.id = workflow_id or new_id()
+        self._used = False
+
+    def __repr__(self) -> str:
+        return f"<group {self.id}>"
+
+    def _iterate(self) -> Iterator[Member]:
+        if self._used and not isinstance(self._members, list | tuple):
+            raise ConfigError(f"group {self.id}: its generator of members was used up by an earlier send")
+        self._used = True
+        for i, member in enumerate(self._members):
+            if not isinstance(member, Signature | Chain):
+                raise ConfigError(
+                    f"group {self.id}: member {i} is {type(member).__name__} {member!r:.60}, expected task.s(...)"
+                )
+            yield member
+
+    def _send_members(self, chord: str | None) -> tuple[App | None, list[TaskHandle], list[TaskHandle]]:
+        """Send every member in one batch; return the app and each member's first and last handles."""
+        app: App | None = None
+        firsts: list[TaskHandle] = []
+        lasts: list[TaskHandle] = []
+        batch: Any = None
+        try:
+            for i, member in enumerate(self._iterate()):
+                flow = member if isinstance(member, Chain) else Chain([member], workflow_id=self.id)
+                if app is None:
+                    app = flow.app
+                    batch = app.batch()
+                    batch.__enter__()
+                elif flow.app is not app:
+                    raise ConfigError(f"group {self.id}: all members must be tasks of one app")
+                ids = [f"{self.id}:{i}"] if len(flow.steps) == 1 else flow.ids(f"{self.id}:{i}")
+                marker = {"id": chord, "index": i} if chord is not None else None
+                app.send(flow.first_message(ids, marker, self.id))
+                handles = flow.handles(ids)
+                firsts.append(handles[0])
+                lasts.append(handles[-1])
+        except BaseException as e:
+            if batch is not None:
+                batch.__exit__(type(e), e, e.__traceback__)
+            raise
+        if batch is not None:
+            batch.__exit__(None, None, None)
+        return app, firsts, lasts
+
+    def delay(self) -> WorkflowHandle:
+        """Send every member in one confirmed batch; the handle's `members` are their handles."""
+        _app, _firsts, lasts = self._send_members(None)
+        return WorkflowHandle(self.id, lasts, None, members=lasts)
+
+    def call(self, timeout: float = 60.0) -> list[Any]:
+        """Run the group and return the members' results in order, over direct reply-to (joined on the broker)."""
+        results: list[Any] = _Chord(self, None).call(timeout)
+        return results
+
+
+class _Chord:
+    """The header group and what runs once every member settled for good."""
+
+    def __init__(
+        self,
+        header: group,
+        body: Member | None,
+        *,
+        on_error: Member | None = None,
+        allow_failures: bool = False,
+    ) -> None:
+        self.header = header
+        self.body = body if body is None or isinstance(body, Chain) else Chain([_signature(body, "chord body")])
+        self.on_error = (
+            on_error
+            if on_error is None or isinstance(on_error, Chain)
+            else Chain([_signature(on_error, "chord on_error")])
+        )
+        self.allow_failures = allow_failures
+        self.id = header.id
+
+    def _start(self, app: App, size: int) -> Any:
+        def steps(flow: Chain[Any] | None, name: str) -> list[dict[str, Any]] | None:
+            if flow is None:
+                return None
+            ids = [f"{self.id}:{name}", *(f"{self.id}:{name}:{i}" for i in range(1, len(flow.steps)))]
+            return [wire.step(s, i) for s, i in zip(flow.steps, ids, strict=True)]
+
+        record = {
+            "kind": "start",
+            "chord": self.id,
+            "size": size,
+            "callback": steps(self.body, "callback"),
+            "on_error": steps(self.on_error, "on_error"),
+            "allow_failures": self.allow_failures,
+        }
+        queue = wire.join_queue_name(app.settings.exchange, app.settings.join_queue)
+        return wire.record_message(queue, record, self.id, app.settings.max_payload_bytes)
+
+    def _callback_handle(self, flow: Chain[Any] | None, name: str) -> TaskHandle | None:
+        if flow is None:
+            return None
+        last = flow.steps[-1]
+        suffix = "" if len(flow.steps) == 1 else f":{len(flow.steps) - 1}"
+        return TaskHandle(f"{self.id}:{name}{suffix}", last.task.name, last.task.queue, last.task.app)
+
+    def delay(self) -> WorkflowHandle:
+        app, _firsts, lasts = self.header._send_members(self.id)
+        if app is None:
+            raise ConfigError(f"chord {self.id}: it has no members; give at least one")
+        app.send(self._start(app, len(lasts)))
+        callback = self._callback_handle(self.body, "callback")
+        return WorkflowHandle(
+            self.id, lasts, callback, members=lasts, on_error=self._callback_handle(self.on_error, "on_error")
+        )
+
+    def call(self, timeout: float = 60.0) -> Any:
+        app, _firsts, lasts = self.header._send_members(self.id)
+        if app is None:
+            raise ConfigError(f"chord {self.id}: it has no members; give at least one")
+        return app.rpc_call(self._start(app, len(lasts)), timeout)
+
+
+class chord(_Chord):  # noqa: N801 - named like Celery's
+    """`chord(header, body)`: run the header's members in parallel, then `body` with their results in order.
+
+    The join happens on the broker (no result backend): members report to the join queue, a worker's
+    joiner sends `body` once all settled. A member that failed for good (dead-lettered) makes the chord
+    fail: `on_error` runs with the failed members (id, index, reason) and `body` does not. With
+    `allow_failures=True`, `body` runs and gets a failure record in a failed member's place.
+    """
+
+    def __init__(
+        self,
+        header: group | Iterable[Member],
+        body: Member | None = None,
+        *,
+        on_error: Member | None = None,
+        allow_failures: bool = False,
+    ) -> None:
+        super().__init__(
+            header if isinstance(header, group) else group(header),
+            body,
+            on_error=on_error,
+            allow_failures=allow_failures,
+        )
+
+    def __repr__(self) -> str:
+        return f"<chord {self.id}>"
