@@ -40,8 +40,9 @@ from rabbittask.results.backend import ResultBackend
 from rabbittask.results.record import Status
 from rabbittask.settings import Settings
 from rabbittask.task import Signature, Task, TaskHandle
-from rabbittask.workflow.canvas import Chain, chain, chord, group
+from rabbittask.workflow.canvas import chain, chord, group
 from rabbittask.workflow.handles import WorkflowHandle
+from rabbittask.workflow.signature import Chain
 
 try:
     __version__ = version("rabbittask")

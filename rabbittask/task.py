@@ -6,13 +6,11 @@ import inspect
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack
 
 from pydantic import ValidationError
 from pydantic.experimental.arguments_schema import generate_arguments_schema
 from pydantic_core import ArgsKwargs, SchemaValidator
-from typing_extensions import TypedDict
 
 from rabbittask.context import TaskContext
 from rabbittask.errors import ArgumentsInvalid, ConfigError
@@ -20,14 +18,13 @@ from rabbittask.handle import TaskHandle, refuse_wait_in_task
 from rabbittask.message import Outgoing, new_id
 from rabbittask.retry import RetryPolicy
 from rabbittask.sending import NO_OPTIONS, Args, SendOptions, build_message, check_call, encode_call
+from rabbittask.workflow.signature import Signature, StepOptions
 
 if TYPE_CHECKING:
     from rabbittask.app import App
-    from rabbittask.workflow.canvas import Chain
 
 P = ParamSpec("P")
 R = TypeVar("R")
-T = TypeVar("T")
 
 __all__ = [
     "Args",
@@ -239,69 +236,6 @@ class Task(Generic[P, R]):
 
 
 _PREVIOUS = object()  # stands for the previous step's result when a partial signature is checked
-STEP_OPTIONS = frozenset({"queue", "countdown", "priority", "expires"})  # what `Signature.set` takes
-
-
-class StepOptions(TypedDict, total=False):
-    """What `Signature.set` takes: where and when this step is sent (as `apply_async` reads them)."""
-
-    queue: str
-    countdown: float
-    priority: int
-    expires: float
-
-
-@dataclass(frozen=True, slots=True)
-class Signature(Generic[R]):
-    """A task and the arguments to call it with (`task.s(...)`), a step of a workflow (`sig | other`)."""
-
-    task: Task[Any, R]
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    immutable: bool = False  # `task.si(...)`: the previous step's result is not passed
-    options: dict[str, Any] = field(default_factory=dict)  # `set(...)`: queue, countdown, priority, expires
-
-    def __repr__(self) -> str:
-        mark = "si" if self.immutable else "s"
-        return f"<Signature {self.task.name}.{mark} args={self.args!r} kwargs={self.kwargs!r}>"
-
-    def set(self, **options: Unpack[StepOptions]) -> Signature[R]:
-        """This signature sent with other options: `queue=`, `countdown=` (s), `priority=`, `expires=` (s)."""
-        unknown = options.keys() - STEP_OPTIONS
-        if unknown:
-            raise TypeError(
-                f"signature of task {self.task.name!r}: {', '.join(sorted(unknown))} cannot be set; "
-                f"the options are {', '.join(sorted(STEP_OPTIONS))}"
-            )
-        merged = {**self.options, **options}
-        build_message(self.task.app, self.task.name, self.task.queue, b"", merged)  # options checked now
-        return Signature(self.task, self.args, self.kwargs, self.immutable, merged)
-
-    def __or__(self, other: Signature[T]) -> Chain[T]:
-        """`a.s() | b.s()`: a chain of the two (see `rabbittask.chain`)."""
-        from rabbittask.workflow.canvas import chain
-
-        return chain(self, other)
-
-    def delay(self) -> TaskHandle:
-        """Send the task with these arguments (and `set` options); return once the broker confirmed it."""
-        return self.task.apply_async(self.args, self.kwargs, **self.options)
-
-    async def adelay(self) -> TaskHandle:
-        """Async twin of `delay`."""
-        return await self.task.aapply_async(self.args, self.kwargs, **self.options)
-
-    def apply_async(self, **options: Unpack[SendOptions]) -> TaskHandle:
-        """Send the task with these arguments and `SendOptions` (countdown, eta, expires, ...)."""
-        return self.task.apply_async(self.args, self.kwargs, **{**self.options, **options})
-
-    async def aapply_async(self, **options: Unpack[SendOptions]) -> TaskHandle:
-        """Async twin of `apply_async`."""
-        return await self.task.aapply_async(self.args, self.kwargs, **{**self.options, **options})
-
-    def call(self, timeout: float = 30.0) -> R:
-        """Run the task on a worker and return its result (RPC over direct reply-to)."""
-        return self.task.call(*self.args, timeout=timeout, **self.kwargs)
 
 
 AsyncFn = Callable[..., Awaitable[Any]]

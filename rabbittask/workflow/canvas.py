@@ -13,87 +13,21 @@ handles of every step before any of them ran.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from rabbittask.errors import ConfigError
 from rabbittask.message import new_id
-from rabbittask.task import Signature, TaskHandle
+from rabbittask.task import TaskHandle
 from rabbittask.workflow import wire
 from rabbittask.workflow.handles import WorkflowHandle
+from rabbittask.workflow.signature import Chain, Signature, signature_of
 
 if TYPE_CHECKING:
     from rabbittask.app import App
 
-R = TypeVar("R")
 A = TypeVar("A")
 B = TypeVar("B")
 C = TypeVar("C")
-
-
-def _signature(item: object, where: str) -> Signature[Any]:
-    if isinstance(item, Chain):
-        raise ConfigError(f"{where}: a chain inside a chain is not supported: list its steps in one chain")
-    if not isinstance(item, Signature):
-        raise ConfigError(
-            f"{where}: expected a task signature such as task.s(...), got {type(item).__name__} {item!r:.60}"
-        )
-    return item
-
-
-class Chain(Generic[R]):
-    """Steps run one after the other; each gets the previous result as its first argument (unless `.si`)."""
-
-    def __init__(self, steps: Iterable[Signature[Any]], *, workflow_id: str | None = None) -> None:
-        self.steps = [_signature(s, f"chain step {i}") for i, s in enumerate(steps)]
-        if not self.steps:
-            raise ConfigError("chain(): give at least one step, e.g. chain(fetch.s(url), parse.s())")
-        apps = {id(s.task.app) for s in self.steps}
-        if len(apps) > 1:
-            raise ConfigError("chain(): all steps must be tasks of one app")
-        self.id = workflow_id or new_id()
-
-    @property
-    def app(self) -> App:
-        return self.steps[0].task.app
-
-    def __or__(self, other: Signature[B]) -> Chain[B]:
-        return Chain([*self.steps, other])
-
-    def __repr__(self) -> str:
-        return f"<chain {' | '.join(s.task.name for s in self.steps)}>"
-
-    def ids(self, base: str | None = None) -> list[str]:
-        """The step ids: `<id>:0`, `<id>:1`, ... (or under `base`, for a chain inside a chord)."""
-        return [f"{base or self.id}:{i}" for i in range(len(self.steps))]
-
-    def first_message(self, ids: list[str], chord: dict[str, Any] | None = None, workflow_id: str | None = None) -> Any:
-        """The first step's message, carrying the others (and the chord marker) in its body."""
-        first = self.steps[0]
-        first.task.validate(first.args, first.kwargs)  # the first step has no previous result: complete now
-        rest = [wire.step(s, i) for s, i in zip(self.steps[1:], ids[1:], strict=True)]
-        spec = wire.step(first, ids[0])
-        return wire.step_message(self.app, spec, [], wire.Flow(rest, chord), workflow_id or self.id)
-
-    def handles(self, ids: list[str]) -> list[TaskHandle]:
-        return [
-            TaskHandle(i, s.task.name, s.options.get("queue") or s.task.queue, s.task.app)
-            for s, i in zip(self.steps, ids, strict=True)
-        ]
-
-    def delay(self) -> WorkflowHandle:
-        """Send the first step (the others travel in its message); return once the broker confirmed it."""
-        ids = self.ids()
-        self.app.send(self.first_message(ids))
-        steps = self.handles(ids)
-        return WorkflowHandle(self.id, steps, steps[-1])
-
-    def call(self, timeout: float = 60.0) -> R:
-        """Run the chain and return the last step's result over direct reply-to (no result backend needed).
-
-        A step that fails for good raises its `TaskError` here; `TimeoutError` after `timeout` seconds.
-        """
-        result: R = self.app.rpc_call(self.first_message(self.ids()), timeout)
-        return result
 
 
 @overload
@@ -194,11 +128,11 @@ class _Chord:
         allow_failures: bool = False,
     ) -> None:
         self.header = header
-        self.body = body if body is None or isinstance(body, Chain) else Chain([_signature(body, "chord body")])
+        self.body = body if body is None or isinstance(body, Chain) else Chain([signature_of(body, "chord body")])
         self.on_error = (
             on_error
             if on_error is None or isinstance(on_error, Chain)
-            else Chain([_signature(on_error, "chord on_error")])
+            else Chain([signature_of(on_error, "chord on_error")])
         )
         self.allow_failures = allow_failures
         self.id = header.id

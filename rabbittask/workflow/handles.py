@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rabbittask.task import TaskHandle
+from rabbittask.handle import TaskHandle
 
 
 @dataclass(frozen=True, slots=True)
