@@ -50,9 +50,9 @@ test-fast: venv broker
 	RABBITTASK_TEST_BROKER_URL=$${RABBITTASK_TEST_BROKER_URL:-$$RABBITTASK_BROKER_URL} \
 		$(PY) -m pytest $(XDIST) -m "not faults" $(PYTEST_ARGS)
 
-# Only the fault scenarios (they start their own throwaway broker nodes).
+# Only the fault scenarios (they start their own throwaway broker nodes); chords at their full 5,000 members.
 faults: venv
-	$(PY) -m pytest $(XDIST) -m faults $(PYTEST_ARGS)
+	RT_CHORD_FAULT_MEMBERS=$${RT_CHORD_FAULT_MEMBERS:-5000} $(PY) -m pytest $(XDIST) -m faults $(PYTEST_ARGS)
 
 # Drain rate on a 3-node cluster with workers on 1, 2 and 3 hosts (network namespaces; root).
 scaling: venv

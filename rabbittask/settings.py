@@ -100,6 +100,12 @@ class Settings(BaseSettings):
         description="Each worker child runs a chord joiner on the join queue; one at a time is active, the "
         "next takes over when it dies. Turn off on workers that must not join chords.",
     )
+    chord_callback_dedupe_s: float = Field(
+        3600.0,
+        gt=0,
+        description="A chord's callback is claimed on the broker before it runs, for this many seconds: a copy a "
+        "joiner sent again after a crash is acked unrun.",
+    )
     join_prefetch: int = Field(
         1000,
         ge=2,

@@ -113,12 +113,8 @@ class Child:
             on_limit=self._on_limit,
             events=self.events,
         )
-        # Tasks with `dedupe_s` claim each message before it runs; without any, the stage is skipped.
-        self.dedupe = (
-            Dedupe(app, self.publisher, self.settler.settle)
-            if any(t.dedupe_s for t in app.tasks.values() if t.queue in self.queues)
-            else None
-        )
+        # Tasks with `dedupe_s` and chord callbacks claim each message before it runs (a sync look first).
+        self.dedupe = Dedupe(app, self.publisher, self.settler.settle)
         self.policy = InlinePolicy(inline_max_s) if threads == 1 and inline_max_s > 0 else None
         self.inline: InlineRunner | None = None
         if self.policy is not None:
@@ -196,7 +192,7 @@ class Child:
             self.retire(f"--max-tasks-per-child {self.max_tasks} reached")
         if not self.redeliveries.admit(message):
             return  # settled unrun, or waits for a run of it here
-        if self.dedupe is not None and not await self.dedupe.admit(message):
+        if self.dedupe.window(message) is not None and not await self.dedupe.admit(message):
             return  # a copy of it ran: acked unrun
         running = self.dispatcher.route(message)  # a sync task is queued for a thread, or run and settled inline
         if running is not None:  # an async task, or an inline one waiting for its turn

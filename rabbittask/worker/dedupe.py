@@ -11,7 +11,9 @@ queue per (id, attempt), `<exchange>.dedupe.<id>.<attempt>`, with `x-max-length=
 `x-overflow=reject-publish`. The first claim's marker is confirmed; a later one is nacked, because the
 queue is full. `x-expires` deletes the queue once it was left unused for `dedupe_s`. That is two round
 trips per message of such a task (declare, confirmed publish) on the worker's publishing connection;
-tasks without `dedupe_s` pay nothing.
+tasks without `dedupe_s` pay nothing. A chord's callback (header `rt-chord-callback`) is claimed the
+same way, for `chord_callback_dedupe_s`: a joiner killed between publishing it and acking the records
+publishes it again, with the same id, and only one copy runs.
 
 A redelivery (its worker died, or its channel closed) is the same message, not a copy: it is not
 claimed again, so a run that was cut off runs again. A claim that cannot be made (broker trouble)
@@ -34,6 +36,7 @@ from rabbittask.errors import PublishError
 from rabbittask.message import H_RESENT, attempt_of
 from rabbittask.topology import Arguments
 from rabbittask.worker.outcome import Outcome, Reason
+from rabbittask.workflow.wire import H_CHORD_CALLBACK
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -58,15 +61,24 @@ class Dedupe:
 
     def __init__(self, app: App, publisher: AsyncPublisher, settle: Callable[[Outcome], None]) -> None:
         self.windows = {task.name: task.dedupe_s for task in app.tasks.values() if task.dedupe_s}
+        self.callback_window_s = app.settings.chord_callback_dedupe_s
         self.exchange = app.settings.exchange
         self.timeout_s = app.settings.publish_timeout_s
         self._publisher = publisher
         self._settle = settle
 
+    def window(self, message: DeliveredMessage) -> float | None:
+        """The dedupe window of `message`: its task's `dedupe_s`, or a chord callback's; None: not claimed."""
+        props = message.header.properties
+        window_s = self.windows.get(props.message_type or "")
+        if window_s is None and props.headers and H_CHORD_CALLBACK in props.headers:
+            return self.callback_window_s  # a joiner that died before its acks sends the callback again
+        return window_s
+
     async def admit(self, message: DeliveredMessage) -> bool:
         """False if `message` is a duplicate (then it is settled); True if it may run."""
         props = message.header.properties
-        window_s = self.windows.get(props.message_type or "")
+        window_s = self.window(message)
         if window_s is None or getattr(message.delivery, "redelivered", False):
             return True
         headers = props.headers or {}

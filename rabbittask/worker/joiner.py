@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 import aiormq
@@ -91,6 +92,7 @@ class Joiner:
             await channel.basic_consume(self.queue, deliver)
             acker = Acker(channel, self.prefetch)
             state = JoinState()  # what the held records say; a new session starts from their redelivery
+            active = False
             while self.lifecycle.running:
                 if channel.is_closed:
                     raise ConnectionLost("the joiner's channel closed")
@@ -98,6 +100,9 @@ class Joiner:
                     message = await asyncio.wait_for(inbox.get(), POLL_S)
                 except TimeoutError:
                     continue
+                if not active:  # the broker made this joiner the single active consumer
+                    active = True
+                    log.info("chord joiner active on %s (pid %d)", self.queue, os.getpid())
                 acker.delivered(delivery_tag(message))
                 await self._handle(message, state, acker)
             await acker.drain()

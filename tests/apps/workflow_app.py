@@ -57,8 +57,10 @@ def make_app(prefix: str, broker_url: str | None = None, **settings: Any) -> App
         _ledger({"event": "member", "i": i, "t": time.time()})
 
     @app.task(queue=q, name="wf.sleepy")
-    def sleepy(i: int, sleep_s: float) -> int:
+    def sleepy(i: int, sleep_s: float, ledger: bool = False) -> int:
         time.sleep(sleep_s)
+        if ledger:
+            _ledger({"event": "member", "i": i, "t": time.time()})
         return i
 
     @app.task(queue=q, name="wf.reject")
