@@ -60,6 +60,7 @@ scaling: venv
 
 bench: venv broker
 	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.chord $(CHORD_ARGS)
 
 LINTED := rabbittask tests bench examples docs/hooks docs/samples
 

@@ -52,6 +52,11 @@ def make_app(prefix: str, broker_url: str | None = None, **settings: Any) -> App
     def label(value: Any, prefix: str) -> str:
         return f"{prefix}:{value}"
 
+    _callbacks(app, q)
+    return app
+
+
+def _callbacks(app: App, q: str) -> None:
     @app.task(queue=q, name="wf.noop")
     def noop(i: int) -> None:
         _ledger({"event": "member", "i": i, "t": time.time()})
@@ -82,8 +87,6 @@ def make_app(prefix: str, broker_url: str | None = None, **settings: Any) -> App
     def alert(ctx: TaskContext, failures: list[dict[str, Any]], tag: str = "") -> int:
         _ledger({"event": "on_error", "id": ctx.id, "tag": tag, "failures": failures})
         return len(failures)
-
-    return app
 
 
 app = make_app(os.environ.get("RT_TEST_PREFIX", "workflows"))
