@@ -92,17 +92,23 @@ def judge(ledger_dir: Path, tag: str, chord_id: str, scenario: str, started: flo
 
 
 def test_kill_9_of_the_joiner_and_of_members_children_calls_back_once_with_every_result(
-    chord_app: App, rabbit_node: RabbitNode, prefix: str, ledger_dir: Path, worker_factory: Any
+    worker_fault_node: RabbitNode, prefix: str, ledger_dir: Path, worker_factory: Any
 ) -> None:
-    # Given a chord on 2 workers of 2 children each (every child stands by as a joiner)
+    # Given a chord on 2 workers of 2 children each (every child stands by as a joiner); the broker is not
+    # faulted here, so the session's shared node serves (its own join queue, named by the test)
     env = chord_env(prefix, ledger_dir)
+    url = worker_fault_node.url
     workers: list[WorkerProcess] = [
-        worker_factory(APP, "-c", "2", "--prefetch", "50", env=env, broker_url=rabbit_node.url) for _ in range(2)
+        worker_factory(APP, "-c", "2", "--prefetch", "50", env=env, broker_url=url) for _ in range(2)
     ]
     for w in workers:
         w.wait_for_log("consuming from", count=2)
     started = time.time()
-    chord_id = start_chord(chord_app, "kill")
+    app = make_app(prefix, url, heartbeat_s=2, publish_timeout_s=3)
+    try:
+        chord_id = start_chord(app, "kill")
+    finally:
+        app.close()
 
     # When the active joiner is killed with SIGKILL once a quarter of the members ran
     def active_joiner() -> int | None:

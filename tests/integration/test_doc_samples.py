@@ -25,7 +25,7 @@ from tests.workers import ROOT, WorkerProcess
 SAMPLES = ROOT / "docs" / "samples"
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 # Sample queues, deleted after the module when the samples could not have a virtual host of their own.
-QUEUES = ["mail", "images", "payments", "billing", "orders", "default"]
+QUEUES = ["mail", "images", "payments", "billing", "orders", "default", "pages"]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def samples_env(broker_url: str, redis_url: str) -> Iterator[dict[str, str]]:
         try:
             yield env
         finally:
-            amqp.delete(broker_url, [q + s for q in QUEUES for s in ("", ".dlq")])
+            amqp.delete(broker_url, [*(q + s for q in QUEUES for s in ("", ".dlq")), f"{name}.join"])
 
 
 def run_sample(env: dict[str, str], *args: str, timeout_s: float = 60) -> str:
@@ -66,7 +66,7 @@ def workers(
     """One worker per sample app, as the samples' comments say to start them."""
     started: dict[str, WorkerProcess] = {}
     try:
-        for spec in ("shop.tasks:app", "retries:app", "task_logging:app", "waiting:app"):
+        for spec in ("shop.tasks:app", "retries:app", "task_logging:app", "waiting:app", "workflows:app"):
             log = tmp_path_factory.mktemp("samples") / f"{spec.split(':')[0]}.log"
             started[spec] = WorkerProcess(["-A", spec], samples_env, log)
         for w in started.values():
@@ -122,6 +122,19 @@ def test_waiting_inside_a_task_is_refused_and_the_ways_instead_work(
 ) -> None:
     out = run_sample(samples_env, "waiting.py").splitlines()
     assert out == ["order 1 placed", "invoice for order 2", "WaitInTaskRefused"]
+
+
+def test_workflows_chain_group_and_chord(samples_env: dict[str, str], workers: dict[str, WorkerProcess]) -> None:
+    out = run_sample(samples_env, "workflows.py").splitlines()
+    assert out == [
+        "stored 22 in sizes",
+        "stored 0 in fixed",
+        "2",
+        "[1, 2, 3]",
+        "[3, 2, 1]",
+        "ChordFailed",
+        "task raised",
+    ]
 
 
 def test_raw_pika_producers_follow_the_protocol_page(
