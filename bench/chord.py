@@ -7,8 +7,9 @@ Per rep, two rows on fresh queues, each drained by `rabbittask worker -c 1 --pre
 * B1: N pre-queued no-op tasks (the drain rate of the main table's B1 row, measured again here);
 * chord: `chord((noop.s(i) for i in range(N)), joined.s()).delay()`, pre-queued the same way. Members/s
   is N / (first member start .. last member completion), from the same per-process counters as B1.
-  Join latency is the callback's start minus the last member's completion: the member's record to
-  the join queue, the joiner's count (with its compactions), the callback's publish and delivery.
+  Join latency is the callback's start minus the last member's completion (its task body's end): the
+  member's report to the join queue and its confirm (the settle), the joiner's count (with its
+  compactions), the callback's publish and delivery.
 
 Writes `bench/results/chord.md` and `chord.json`; figures are for reading beside B1, not asserted.
 """
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         f"| B1: drain of pre-queued no-op tasks | {med(b1):,.0f} msg/s | {', '.join(f'{v:,.0f}' for v in b1)} |",
         f"| chord members (no-op), drained | {med(members):,.0f} members/s "
         f"({med(members) / med(b1):.2f}x B1) | {', '.join(f'{v:,.0f}' for v in members)} |",
-        f"| join latency: last member settled -> callback started | {med(latency):,.0f} ms | "
+        f"| join latency: last member finished -> callback started | {med(latency):,.0f} ms | "
         f"{', '.join(f'{v:,.0f}' for v in latency)} |",
     ]
     print("\n".join(lines))

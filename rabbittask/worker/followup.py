@@ -5,8 +5,8 @@ A message of a workflow (header `rt-workflow`) that settles for good leads to on
 * a chain step that succeeded, with steps after it: the next step, its result first in the arguments
   (unless the step is immutable), carrying the remaining steps, the chord marker, `reply_to` and
   `correlation_id`; the step itself does not reply (the last one does);
-* the end of a chord member (its last step succeeded, or any step failed for good): a member record to
-  the join queue with its index and outcome.
+* the end of a chord member (its last step succeeded, or any step failed for good): a report to the
+  join queue with its index and outcome (reports.py coalesces those of a burst into one record).
 
 The settler publishes it confirmed **before** acking the message, so a crash in between gives a repeat
 with the same id (fixed at build time), never a lost step. A retry (through the delay ladder) and a
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from aiormq.abc import DeliveredMessage
 
     from rabbittask.app import App
+    from rabbittask.worker.reports import Reports
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +43,23 @@ def is_workflow(message: DeliveredMessage) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Messages to publish, confirmed, before the ack; `continues`: a next step replies instead of this one."""
+    """What to publish, confirmed, before the ack: messages, or a chord report `(chord id, entry)`.
+
+    `continues`: a next step replies instead of this one.
+    """
 
     messages: list[Outgoing]
     continues: bool
     what: str
+    report: tuple[str, bytes] | None = None
 
 
 class Followup:
     """Plans the next step or the join record of a workflow message's outcome."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, reports: Reports) -> None:
         self.app = app
-        self.join_queue = wire.join_queue_name(app.settings.exchange, app.settings.join_queue)
+        self.reports = reports
 
     def plan(self, outcome: Outcome) -> tuple[Outcome, Plan | None]:
         """The plan for `outcome` (None: nothing to send); an outcome whose result cannot travel becomes a failure."""
@@ -70,11 +75,11 @@ class Followup:
         if flow.chord is None:
             return outcome, None
         try:
-            record = self._record(outcome, flow.chord)
+            entry = self._entry(outcome, flow.chord)
         except (PayloadError, PydanticSerializationError, TypeError) as e:
             outcome = outcome._replace(reason=Reason.NOT_SERIALISABLE, exc_type="TypeError", exc_message=str(e))
-            record = self._record(outcome, flow.chord)
-        return outcome, Plan([record], False, "chord record")
+            entry = self._entry(outcome, flow.chord)
+        return outcome, Plan([], False, "chord report", (str(flow.chord["id"]), entry))
 
     def _next(self, outcome: Outcome, flow: wire.Flow) -> Outgoing:
         props = outcome.message.header.properties
@@ -91,14 +96,16 @@ class Followup:
             correlation_id=props.correlation_id,
         )
 
-    def _record(self, outcome: Outcome, chord: dict[str, Any]) -> Outgoing:
-        index = chord.get("index")
-        record: dict[str, Any] = {"kind": "member", "chord": chord["id"], "index": index, "id": outcome.message_id}
+    def _entry(self, outcome: Outcome, chord: dict[str, Any]) -> bytes:
+        """The member's report, encoded: its result, or why it failed for good."""
+        index = int(chord.get("index", -1))
+        member: dict[str, Any] = {"id": outcome.message_id}
         if outcome.ok:
-            record.update(ok=True, result=outcome.value)
+            member.update(ok=True, result=outcome.value)
         else:
             reason = outcome.reason.value if outcome.reason is not None else ""
-            record.update(ok=False, reason=reason, exc_type=outcome.exc_type, message=outcome.exc_message[:1000])
-        return wire.record_message(
-            self.join_queue, record, f"{outcome.message_id}:record", self.app.settings.max_payload_bytes
-        )
+            member.update(ok=False, reason=reason, exc_type=outcome.exc_type, message=outcome.exc_message[:1000])
+        entry = self.reports.entry(index, member)
+        if len(entry) > self.app.settings.max_payload_bytes:
+            raise PayloadError(f"its result is {len(entry)} bytes, above max_payload_bytes")
+        return entry

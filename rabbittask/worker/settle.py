@@ -45,6 +45,8 @@ from rabbittask.worker.acks import Acker, delivery_tag
 from rabbittask.worker.execute import source_queue
 from rabbittask.worker.followup import Followup, is_workflow
 from rabbittask.worker.outcome import Outcome, Reason, Settlement
+from rabbittask.worker.reports import Reports
+from rabbittask.workflow.wire import join_queue_name
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -103,7 +105,9 @@ class Settler:
         self.on_limit = on_limit  # a limit needs a look (before this settle's ack, which it may hold back)
         self.events = events
         self.acker: Acker | None = None  # set by the session while its channel is open
-        self.followup = Followup(app)  # a workflow's next step or chord record, confirmed before the ack
+        join_queue = join_queue_name(app.settings.exchange, app.settings.join_queue)
+        self.reports = Reports(join_queue, app.settings.max_payload_bytes, self._confirmed_record)
+        self.followup = Followup(app, self.reports)  # a workflow's next step or chord report, before the ack
         self.log_successes = tasklog.enabled()  # asked once: a quiet drain pays no call per success
         self.successes = tasklog.Successes()  # with INFO on: one log record per loop turn
         self._background: set[asyncio.Task[None]] = set()
@@ -201,6 +205,8 @@ class Settler:
                 if plan is not None and sent:
                     for msg in plan.messages:
                         sent = sent and await self._confirmed(outcome, msg, plan.what)
+                    if plan.report is not None and sent:
+                        sent = await self.reports.report(*plan.report)
             if acker.alive:
                 if sent:
                     acker.ack(tag)
@@ -231,6 +237,17 @@ class Settler:
                     e,
                     "re-sending it with the same id" if attempt == 1 else "the message goes back to its queue",
                 )
+        return False
+
+    async def _confirmed_record(self, msg: Outgoing) -> bool:
+        """Publish chord members' reports until confirmed (as `_confirmed`); False: the members run again."""
+        wait_s = self.app.settings.alarm_wait_s
+        for attempt in (1, 2):
+            try:
+                await self.publisher.publish(msg if attempt == 1 else resent(msg), alarm_wait_s=wait_s)
+                return True
+            except PUBLISH_ERRORS as e:
+                log.warning("chord reports %s were not confirmed (%s)", msg.message_id, e)
         return False
 
     def _copy(self, outcome: Outcome) -> Outgoing:

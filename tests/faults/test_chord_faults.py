@@ -19,6 +19,7 @@ import pytest
 
 from rabbittask import App, chord
 from rabbittask.testing import RabbitNode
+from tests import amqp
 from tests.apps.workflow_app import make_app, read_ledger
 from tests.faults.ledger import report_line
 from tests.waiting import assert_stays, wait_until
@@ -125,8 +126,15 @@ def test_kill_9_of_the_joiner_and_of_members_children_calls_back_once_with_every
     others = [pid for w in workers for pid in w.children() if pid != joiner]
     os.kill(others[0], signal.SIGKILL)
     # Then another joiner takes over and the callback runs once with all results
-    judge(ledger_dir, "kill", chord_id, "chord: kill -9 of the joiner and of a member child, 2 workers x 2", started)
-    assert sum(len(ACTIVE.findall(w.log())) for w in workers) >= 2  # a second joiner took over
+    try:
+        judge(
+            ledger_dir, "kill", chord_id, "chord: kill -9 of the joiner and of a member child, 2 workers x 2", started
+        )
+        assert sum(len(ACTIVE.findall(w.log())) for w in workers) >= 2  # a second joiner took over
+    finally:
+        for w in workers:
+            w.stop()
+        amqp.delete(url, [f"{prefix}.wf", f"{prefix}.wf.dlq", f"{prefix}.join"])  # the shared node as it was
 
 
 def test_a_broker_restart_mid_chord_calls_back_once_with_every_result(
