@@ -94,6 +94,13 @@ def _print_tables(data: dict[str, Any]) -> None:
         consumers = str(q["consumers"]) if q["consumers"] else "[red]0[/red]"
         queues.add_row(q["name"], _number(q["ready"]), _number(q["unacked"]), consumers, _number(q["dlq_ready"]))
     console.print(queues)
+    if data.get("workflows"):
+        chords = Table(title="Running chords")
+        for column in ("chord", "members done", "total"):
+            chords.add_column(column, justify="left" if column == "chord" else "right")
+        for c in data["workflows"]:
+            chords.add_row(c["id"], str(c["done"]), str(c["total"]))
+        console.print(chords)
 
 
 def _number(value: int | None) -> str:

@@ -42,6 +42,8 @@ class Heartbeat(BaseModel):
     reconnects: int = 0
     in_flight: int = 0  # messages taken and not yet settled
     consuming: bool = False
+    # Chords the child's active joiner counts: [chord id, members reported, members in all] (at most 50).
+    chords: tuple[tuple[str, int, int], ...] = ()
 
     @model_validator(mode="before")
     @classmethod

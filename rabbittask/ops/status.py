@@ -4,7 +4,8 @@
 auto-deleted queue for a few seconds (children send a heartbeat every `events_heartbeat_s`), then
 passively declares each of the app's queues and its dead-letter queue. AMQP reports ready messages
 and consumers; unacked counts come from the heartbeats' in-flight numbers where a queue's workers
-consume it alone (the broker reports them only through its management API).
+consume it alone (the broker reports them only through its management API). Running chords (members
+reported of all) come from the heartbeats of the children whose joiner is active.
 """
 
 from __future__ import annotations
@@ -35,7 +36,17 @@ async def gather(app: App, listen_s: float = LISTEN_S) -> dict[str, Any]:
         mine = beats_of(beats.values(), app.queues)
         workers = workers_of(mine)
         queues = [await queue_row(connection, q, mine) for q in sorted(app.queues)]
-    return {"workers": workers, "queues": queues}
+    return {"workers": workers, "queues": queues, "workflows": workflows_of(mine)}
+
+
+def workflows_of(beats: Iterable[Heartbeat]) -> list[dict[str, Any]]:
+    """Chords being joined now, from the active joiners' heartbeats: members reported of all."""
+    chords: dict[str, tuple[int, int]] = {}
+    for beat in beats:
+        for chord_id, done, total in beat.chords:
+            known = chords.get(chord_id, (0, 0))
+            chords[chord_id] = (max(known[0], done), max(known[1], total))
+    return [{"id": i, "done": d, "total": t} for i, (d, t) in sorted(chords.items(), key=lambda kv: -kv[1][0])]
 
 
 async def _listen(

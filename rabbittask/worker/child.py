@@ -260,4 +260,5 @@ class Child:
             "in_flight": self.flight.count,
             "consuming": acker is not None and acker.alive and self.lifecycle.running,
             "reconnects": self.session.reconnects,
+            "chords": self.joiner.running() if self.joiner is not None else [],
         }

@@ -60,6 +60,7 @@ class Joiner:
         self.queue = wire.join_queue_name(app.settings.exchange, app.settings.join_queue)
         self.prefetch = app.settings.join_prefetch
         self.completed = 0  # chords this joiner completed (for logs and tests)
+        self.progress: dict[str, tuple[int, int]] = {}  # chord id -> (members reported, size): for heartbeats
 
     async def run(self) -> None:
         """Join until the child stops; reconnect with back-off when the broker goes away."""
@@ -92,6 +93,7 @@ class Joiner:
             await channel.basic_consume(self.queue, deliver)
             acker = Acker(channel, self.prefetch)
             state = JoinState()  # what the held records say; a new session starts from their redelivery
+            self.progress.clear()
             active = False
             while self.lifecycle.running:
                 if channel.is_closed:
@@ -131,12 +133,21 @@ class Joiner:
             )
             acker.ack(tag)
             return
+        if chord.start is not None:  # the most reported so far (a compaction forgets, the partial returns)
+            known = self.progress.get(chord.id, (0, 0))[0]
+            self.progress[chord.id] = (max(known, len(chord.members)), int(chord.start.get("size", 0)))
         if chord.complete:
             await self._finish(chord)
+            self.progress.pop(chord.id, None)
             for held in state.forget(chord, done=True):
                 acker.ack(held)
         elif state.held >= self.prefetch:
             await self._compact(state, acker)
+
+    def running(self, limit: int = 50) -> list[tuple[str, int, int]]:
+        """Chords being joined: (id, members reported, members in all), the most complete first."""
+        rows = sorted(self.progress.items(), key=lambda kv: -kv[1][0])[:limit]
+        return [(chord_id, done, total) for chord_id, (done, total) in rows]
 
     async def _finish(self, chord: Chord) -> None:
         """Publish what a complete chord leads to, confirmed, then its `done` record."""

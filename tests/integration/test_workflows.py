@@ -3,6 +3,7 @@ the join on the broker, the failure policy, and the ids fixed at build time."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from rabbittask import App, ArgumentsInvalid, ConfigError, TaskError, chain, chord, group
+from rabbittask.ops.status import gather
 from tests import amqp
 from tests.apps.workflow_app import make_app, read_ledger
 from tests.redis_server import RedisServer, redis_server_fixture, redis_url_fixture  # noqa: F401 - fixtures
@@ -197,3 +199,17 @@ def test_a_chord_whose_results_are_too_large_fails_with_a_clear_reason(app: App,
     (run,) = wait_until(lambda: ledger_events(ledger, "on_error", "big"), 30, "on_error ran")
     assert run["failures"][0]["reason"] == "results too large"
     assert not ledger_events(ledger, "callback", "big")
+
+
+def test_status_shows_a_running_chord_with_members_done_of_total(app: App, ledger: Path) -> None:
+    sleepy, collect = t(app, "sleepy"), t(app, "collect")
+    c = chord([sleepy.s(i, 0.4) for i in range(40)], collect.s(tag="status"))
+    c.delay()
+
+    def running() -> dict[str, Any] | None:
+        data = asyncio.run(gather(app, 2.5))
+        return next((w for w in data["workflows"] if w["id"] == c.id), None)
+
+    row = wait_until(running, 30, "the chord in `rabbittask status`")
+    assert row["total"] == 40 and 0 < row["done"] <= 40
+    wait_until(lambda: ledger_events(ledger, "callback", "status"), 60, "the chord's callback")

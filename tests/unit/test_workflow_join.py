@@ -133,3 +133,15 @@ def test_groups_and_chords_refuse_what_is_not_a_signature(app: App) -> None:
         chord([app.tasks["u.add"].s(1, 2)], "nope")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="a chain inside a chain"):
         chain(app.tasks["u.add"].s(1, 2), chain(app.tasks["u.add"].s(1)))  # type: ignore[call-overload]
+
+
+def test_status_merges_the_chords_of_all_heartbeats() -> None:
+    from rabbittask.ops.heartbeat import Heartbeat
+    from rabbittask.ops.status import workflows_of
+
+    beats = [
+        Heartbeat(host="h", pid=1, chords=(("c1", 10, 100), ("c2", 3, 3))),
+        Heartbeat(host="h", pid=2, chords=(("c1", 40, 100),)),  # a newer joiner took over
+    ]
+    assert workflows_of(beats) == [{"id": "c1", "done": 40, "total": 100}, {"id": "c2", "done": 3, "total": 3}]
+    assert Heartbeat.decode(beats[0].encode()).chords == (("c1", 10, 100), ("c2", 3, 3))
