@@ -13,6 +13,7 @@ handles of every step before any of them ran.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import AsyncExitStack, ExitStack
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from rabbittask.errors import ConfigError
@@ -76,38 +77,55 @@ class group:  # noqa: N801 - named like Celery's, a user writes group(...)
                 )
             yield member
 
-    def _send_members(self, chord: str | None) -> tuple[App | None, list[TaskHandle], list[TaskHandle]]:
-        """Send every member in one batch; return the app and each member's first and last handles."""
+    def _send_members(self, chord: str | None) -> tuple[App | None, list[TaskHandle]]:
+        """Send every member in one batch (opened with the first member's app); return the app and their handles."""
         app: App | None = None
-        firsts: list[TaskHandle] = []
         lasts: list[TaskHandle] = []
-        batch: Any = None
-        try:
+        with ExitStack() as batch:
             for i, member in enumerate(self._iterate()):
                 flow = member if isinstance(member, Chain) else Chain([member], workflow_id=self.id)
                 if app is None:
                     app = flow.app
-                    batch = app.batch()
-                    batch.__enter__()
+                    batch.enter_context(app.batch())
                 elif flow.app is not app:
                     raise ConfigError(f"group {self.id}: all members must be tasks of one app")
                 ids = [f"{self.id}:{i}"] if len(flow.steps) == 1 else flow.ids(f"{self.id}:{i}")
                 marker = {"id": chord, "index": i} if chord is not None else None
                 app.send(flow.first_message(ids, marker, self.id))
-                handles = flow.handles(ids)
-                firsts.append(handles[0])
-                lasts.append(handles[-1])
-        except BaseException as e:
-            if batch is not None:
-                batch.__exit__(type(e), e, e.__traceback__)
-            raise
-        if batch is not None:
-            batch.__exit__(None, None, None)
-        return app, firsts, lasts
+                lasts.append(flow.handles(ids)[-1])
+        return app, lasts
+
+    async def _asend_members(self, chord: str | None) -> tuple[App | None, list[TaskHandle]]:
+        """Async twin of `_send_members`."""
+        app: App | None = None
+        lasts: list[TaskHandle] = []
+        async with AsyncExitStack() as batch:
+            for i, member in enumerate(self._iterate()):
+                flow = member if isinstance(member, Chain) else Chain([member], workflow_id=self.id)
+                if app is None:
+                    app = flow.app
+                    await batch.enter_async_context(app.abatch())
+                elif flow.app is not app:
+                    raise ConfigError(f"group {self.id}: all members must be tasks of one app")
+                ids = [f"{self.id}:{i}"] if len(flow.steps) == 1 else flow.ids(f"{self.id}:{i}")
+                marker = {"id": chord, "index": i} if chord is not None else None
+                await app.asend(flow.first_message(ids, marker, self.id))
+                lasts.append(flow.handles(ids)[-1])
+        return app, lasts
+
+    async def adelay(self) -> WorkflowHandle:
+        """Async twin of `delay`."""
+        _app, lasts = await self._asend_members(None)
+        return WorkflowHandle(self.id, lasts, None, members=lasts)
+
+    async def acall(self, timeout: float = 60.0) -> list[Any]:
+        """Async twin of `call`."""
+        results: list[Any] = await _Chord(self, None).acall(timeout)
+        return results
 
     def delay(self) -> WorkflowHandle:
         """Send every member in one confirmed batch; the handle's `members` are their handles."""
-        _app, _firsts, lasts = self._send_members(None)
+        _app, lasts = self._send_members(None)
         return WorkflowHandle(self.id, lasts, None, members=lasts)
 
     def call(self, timeout: float = 60.0) -> list[Any]:
@@ -163,7 +181,8 @@ class _Chord:
         return TaskHandle(f"{self.id}:{name}{suffix}", last.task.name, last.task.queue, last.task.app)
 
     def delay(self) -> WorkflowHandle:
-        app, _firsts, lasts = self.header._send_members(self.id)
+        """Send the members in one confirmed batch, then the start record; the handle knows every id."""
+        app, lasts = self.header._send_members(self.id)
         if app is None:
             raise ConfigError(f"chord {self.id}: it has no members; give at least one")
         app.send(self._start(app, len(lasts)))
@@ -173,10 +192,28 @@ class _Chord:
         )
 
     def call(self, timeout: float = 60.0) -> Any:
-        app, _firsts, lasts = self.header._send_members(self.id)
+        """Run the chord and return the callback's result over direct reply-to; a failed chord raises."""
+        app, lasts = self.header._send_members(self.id)
         if app is None:
             raise ConfigError(f"chord {self.id}: it has no members; give at least one")
         return app.rpc_call(self._start(app, len(lasts)), timeout)
+
+    async def adelay(self) -> WorkflowHandle:
+        """Async twin of `delay`."""
+        app, lasts = await self.header._asend_members(self.id)
+        if app is None:
+            raise ConfigError(f"chord {self.id}: it has no members; give at least one")
+        await app.asend(self._start(app, len(lasts)))
+        callback = self._callback_handle(self.body, "callback")
+        on_error = self._callback_handle(self.on_error, "on_error")
+        return WorkflowHandle(self.id, lasts, callback, members=lasts, on_error=on_error)
+
+    async def acall(self, timeout: float = 60.0) -> Any:
+        """Async twin of `call`."""
+        app, lasts = await self.header._asend_members(self.id)
+        if app is None:
+            raise ConfigError(f"chord {self.id}: it has no members; give at least one")
+        return await app.arpc_call(self._start(app, len(lasts)), timeout)
 
 
 class chord(_Chord):  # noqa: N801 - named like Celery's

@@ -16,7 +16,7 @@ from typing_extensions import TypedDict
 
 from rabbittask.errors import ConfigError
 from rabbittask.handle import TaskHandle
-from rabbittask.message import new_id
+from rabbittask.message import Outgoing, new_id
 from rabbittask.sending import SendOptions, build_message
 from rabbittask.workflow import wire
 from rabbittask.workflow.handles import WorkflowHandle
@@ -68,9 +68,9 @@ class Signature(Generic[R]):
         build_message(self.task.app, self.task.name, self.task.queue, b"", checked)  # options checked now
         return Signature(self.task, self.args, self.kwargs, self.immutable, merged)
 
-    def __or__(self, other: Signature[T]) -> Chain[T]:
-        """`a.s() | b.s()`: a chain of the two (see `rabbittask.chain`)."""
-        return Chain([self, other])
+    def __or__(self, other: Signature[T] | Chain[T]) -> Chain[T]:
+        """`a.s() | b.s()`: a chain of the two (see `rabbittask.chain`); a chain on the right is flattened."""
+        return Chain([self, *(other.steps if isinstance(other, Chain) else [other])])
 
     def delay(self) -> TaskHandle:
         """Send the task with these arguments (and `set` options); return once the broker confirmed it."""
@@ -119,8 +119,9 @@ class Chain(Generic[R]):
     def app(self) -> App:
         return self.steps[0].task.app
 
-    def __or__(self, other: Signature[B]) -> Chain[B]:
-        return Chain([*self.steps, other])
+    def __or__(self, other: Signature[B] | Chain[B]) -> Chain[B]:
+        """`chain | b.s()`: one more step (a chain on the right is flattened)."""
+        return Chain([*self.steps, *(other.steps if isinstance(other, Chain) else [other])])
 
     def __repr__(self) -> str:
         return f"<chain {' | '.join(s.task.name for s in self.steps)}>"
@@ -129,7 +130,9 @@ class Chain(Generic[R]):
         """The step ids: `<id>:0`, `<id>:1`, ... (or under `base`, for a chain inside a chord)."""
         return [f"{base or self.id}:{i}" for i in range(len(self.steps))]
 
-    def first_message(self, ids: list[str], chord: dict[str, Any] | None = None, workflow_id: str | None = None) -> Any:
+    def first_message(
+        self, ids: list[str], chord: dict[str, Any] | None = None, workflow_id: str | None = None
+    ) -> Outgoing:
         """The first step's message, carrying the others (and the chord marker) in its body."""
         first = self.steps[0]
         first.task.validate(first.args, first.kwargs)  # the first step has no previous result: complete now
@@ -149,6 +152,18 @@ class Chain(Generic[R]):
         self.app.send(self.first_message(ids))
         steps = self.handles(ids)
         return WorkflowHandle(self.id, steps, steps[-1])
+
+    async def adelay(self) -> WorkflowHandle:
+        """Async twin of `delay`."""
+        ids = self.ids()
+        await self.app.asend(self.first_message(ids))
+        steps = self.handles(ids)
+        return WorkflowHandle(self.id, steps, steps[-1])
+
+    async def acall(self, timeout: float = 60.0) -> R:
+        """Async twin of `call`."""
+        result: R = await self.app.arpc_call(self.first_message(self.ids()), timeout)
+        return result
 
     def call(self, timeout: float = 60.0) -> R:
         """Run the chain and return the last step's result over direct reply-to (no result backend needed).

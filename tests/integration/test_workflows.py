@@ -213,3 +213,13 @@ def test_status_shows_a_running_chord_with_members_done_of_total(app: App, ledge
     row = wait_until(running, 30, "the chord in `rabbittask status`")
     assert row["total"] == 40 and 0 < row["done"] <= 40
     wait_until(lambda: ledger_events(ledger, "callback", "status"), 60, "the chord's callback")
+
+
+async def test_the_async_twins_run_chains_groups_and_chords(app: App) -> None:
+    add, double, collect = t(app, "add"), t(app, "double"), t(app, "collect")
+    assert await (add.s(1, 2) | double.s()).acall(timeout=60) == 6
+    assert await group(double.s(i) for i in range(5)).acall(timeout=60) == [0, 2, 4, 6, 8]
+    assert await chord([add.s(i, i) for i in range(3)], collect.s(tag="async")).acall(timeout=60) == 3
+    handle = await chain(add.s(2, 2), double.s()).adelay()
+    assert await handle.aget(timeout=60) == 8
+    await app.aclose()

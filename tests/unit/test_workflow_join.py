@@ -145,3 +145,10 @@ def test_status_merges_the_chords_of_all_heartbeats() -> None:
     ]
     assert workflows_of(beats) == [{"id": "c1", "done": 40, "total": 100}, {"id": "c2", "done": 3, "total": 3}]
     assert Heartbeat.decode(beats[0].encode()).chords == (("c1", 10, 100), ("c2", 3, 3))
+
+
+def test_the_pipe_flattens_chains_on_either_side(app: App) -> None:
+    add = app.tasks["u.add"]
+    wf = add.s(1, 2) | (add.s(3) | add.s(4))
+    assert [s.args for s in wf.steps] == [(1, 2), (3,), (4,)]
+    assert [s.args for s in (wf | (add.s(5) | add.s(6))).steps] == [(1, 2), (3,), (4,), (5,), (6,)]
