@@ -72,6 +72,14 @@ def _callbacks(app: App, q: str) -> None:
     def reject(i: int) -> int:
         raise Reject(f"member {i} refuses")
 
+    @app.task(queue=q, name="wf.fails_once")
+    def fails_once(x: int) -> int:
+        marker = os.path.join(os.environ.get("RT_TEST_LEDGER", "/tmp"), f"fails-once-{x}")
+        if not os.path.exists(marker):
+            open(marker, "w").close()  # noqa: SIM115 - a marker file, closed at once
+            raise Reject(f"{x} fails on its first run")
+        return x + 1000
+
     @app.task(queue=q, name="wf.flaky", bind=True, max_retries=3, retry_backoff=False, retry_delay=0.2)
     def flaky(ctx: TaskContext, x: int) -> int:
         if ctx.attempt == 1:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from rabbittask import App, ArgumentsInvalid, ConfigError, TaskError, chain, chord, group
+from rabbittask.ops.dlq import DeadLetterQueue
 from rabbittask.ops.status import gather
 from tests import amqp
 from tests.apps.workflow_app import make_app, read_ledger
@@ -91,6 +92,16 @@ def test_an_immutable_step_ignores_the_previous_result_and_set_applies_options(a
 def test_a_step_retried_through_the_delay_ladder_still_continues_the_chain(app: App) -> None:
     flaky, double = t(app, "flaky"), t(app, "double")
     assert chain(flaky.s(1), double.s()).call(timeout=60) == 202
+
+
+def test_a_step_replayed_from_the_dead_letter_queue_continues_the_chain(app: App, prefix: str) -> None:
+    fails_once, double = t(app, "fails_once"), t(app, "double")
+    key = uuid.uuid4().int % 1_000_000
+    handle = chain(fails_once.s(key), double.s()).delay()
+    dlq = DeadLetterQueue(app.settings, f"{prefix}.wf")
+    first = handle.steps[0].id
+    wait_until(lambda: dlq.replay(ids=[first]).replayed, 30, "the first step in the dead-letter queue, replayed")
+    assert handle.get(timeout=60) == 2 * (key + 1000)
 
 
 def test_a_failed_step_stops_the_chain_and_call_raises_its_error(app: App) -> None:
