@@ -24,8 +24,8 @@ import aiormq
 import aiormq.abc
 from pydantic_core import from_json
 
-from rabbittask.amqp.connect import CONNECTION_ERRORS, connect
-from rabbittask.errors import ConnectionLost, PayloadError, PublishError, PublishNotConfirmed
+from rabbittask.amqp.connect import connect
+from rabbittask.errors import ConnectionLost, PayloadError, PublishNotConfirmed
 from rabbittask.message import Outgoing
 from rabbittask.results.record import encode_failure, encode_success
 from rabbittask.settings import mask_url
@@ -40,12 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RECONNECT_ERRORS: tuple[type[BaseException], ...] = (
-    *CONNECTION_ERRORS,
-    ConnectionLost,
-    PublishError,
-    aiormq.exceptions.AMQPError,
-)
 BACKOFF_MAX_S = 30.0
 POLL_S = 1.0  # how often an idle joiner looks at its channel and the lifecycle
 
@@ -69,7 +63,7 @@ class Joiner:
             try:
                 await self._session()
                 backoff_s = 0.5
-            except RECONNECT_ERRORS as e:
+            except Exception as e:  # noqa: BLE001 - broker trouble, a refused declare: never the child's end
                 if not self.lifecycle.running:
                     return
                 log.warning("chord joiner: %s; reconnecting in %.1f s", mask_url(str(e) or type(e).__name__), backoff_s)
@@ -83,7 +77,10 @@ class Joiner:
         connection = await connect(self.app.settings, "joiner")
         try:
             channel = await connection.channel(publisher_confirms=False)
-            await channel.queue_declare(self.queue, durable=True, arguments=wire.join_queue_arguments())
+            if self.app.settings.declare_topology:
+                await channel.queue_declare(self.queue, durable=True, arguments=wire.join_queue_arguments())
+            else:  # applied by an admin (`rabbittask topology apply`): the worker needs no configure permission
+                await channel.queue_declare(self.queue, passive=True)
             await channel.basic_qos(prefetch_count=self.prefetch)
             inbox: asyncio.Queue[aiormq.abc.DeliveredMessage] = asyncio.Queue()
 
