@@ -24,7 +24,7 @@ from rabbittask.dashboard.history import History
 from rabbittask.delays import DELAY_LEVELS, delay_level_name
 from rabbittask.errors import RabbitTaskError
 from rabbittask.ops.heartbeat import ROUTING_KEYS, Heartbeat
-from rabbittask.ops.status import beats_of, queue_depth, queue_row, workers_of
+from rabbittask.ops.status import beats_of, queue_depth, queue_row, workers_of, workflows_of
 from rabbittask.settings import mask_url
 from rabbittask.topology import events_exchange_name
 
@@ -100,6 +100,10 @@ class Monitor:
     def workers(self) -> list[dict[str, Any]]:
         """Live workers of this app (children's heartbeats summed per supervisor)."""
         return workers_of(self._mine())
+
+    def workflows(self) -> list[dict[str, Any]]:
+        """Chords being joined now (members reported of all), from the active joiners' heartbeats."""
+        return workflows_of(self._mine())
 
     def _mine(self) -> list[Heartbeat]:
         return beats_of(self.history.live_beats(), self.app.queues)

@@ -1,7 +1,7 @@
 """The dashboard's Starlette app: one page, the JSON it polls, and the dead-letter actions.
 
     GET  /                          the page (its script polls /api/state every 2 s)
-    GET  /api/state                 workers, queues, delayed, task rates, recent failures
+    GET  /api/state                 workers, queues, running chords, delayed, task rates, recent failures
     GET  /api/dlq/{queue}           the head of `<queue>.dlq` (?limit=, 50 by default), left in place
     POST /api/dlq/{queue}/replay    {"ids": [...]} or {"all": true}: back to the task queue, attempts reset
     POST /api/dlq/{queue}/purge     {"confirm": "<queue>.dlq"}: delete every message of the DLQ
@@ -96,6 +96,7 @@ class _Views:
                 "now": time.time(),
                 "events_error": self.monitor.error,
                 "workers": self.monitor.workers(),
+                "workflows": self.monitor.workflows(),
                 "queues": queues,
                 "delayed": delayed,
                 "rates": history.rates(),

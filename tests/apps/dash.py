@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from rabbittask import App
@@ -15,7 +16,7 @@ def flag_path(prefix: str) -> Path:
 
 def make_app(prefix: str, broker_url: str | None = None) -> App:
     """Build the app; the test process, the worker and the dashboard subprocesses build the same one."""
-    app = App("dashboard-tests", broker_url=broker_url)
+    app = App("dashboard-tests", broker_url=broker_url, join_queue=f"{prefix}.join")
 
     @app.task(queue=f"{prefix}.orders", name="dash.charge")
     def charge(order: int) -> str:
@@ -26,6 +27,15 @@ def make_app(prefix: str, broker_url: str | None = None) -> App:
     @app.task(queue=f"{prefix}.orders", name="dash.ship")
     def ship(order: int) -> int:
         return order
+
+    @app.task(queue=f"{prefix}.orders", name="dash.pack")
+    def pack(order: int, sleep_s: float = 0.0) -> int:
+        time.sleep(sleep_s)
+        return order
+
+    @app.task(queue=f"{prefix}.orders", name="dash.invoice")
+    def invoice(orders: list[int]) -> int:
+        return len(orders)
 
     return app
 

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,7 @@ class DashboardProcess:
 def prefix(unique_name: str, amqp_cleanup: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     amqp_cleanup.queue(f"{unique_name}.orders")
     amqp_cleanup.queue(f"{unique_name}.orders.dlq")
+    amqp_cleanup.queue(f"{unique_name}.join")
     monkeypatch.setenv("RT_TEST_LEDGER", str(tmp_path))  # where flag_path() looks, as in the worker
     return unique_name
 
@@ -252,6 +254,43 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_dashboard_shows_a_running_chord_with_members_done_of_total(
+    app: App, prefix: str, worker_factory: WorkerFactory, dashboard: DashboardProcess, playwright: Any, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    from rabbittask import chord
+
+    worker_factory(APP, "--threads", "2", prefix=prefix).wait_for_log("consuming from")
+    browser = playwright.chromium.launch_persistent_context(
+        str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+    )
+    try:
+        page = browser.new_page()
+        page.goto(dashboard.url)
+        expect(page.locator("#chords-section")).to_be_hidden()  # no chord yet: no panel
+        # When a chord of 30 slow members runs
+        pack, invoice = app.tasks["dash.pack"], app.tasks["dash.invoice"]
+        c = chord([pack.s(i, 0.4) for i in range(30)], invoice.s())
+
+        def send() -> None:  # in a thread: Playwright's sync API runs an event loop in this one
+            try:
+                c.delay()
+            finally:
+                app.close()  # the sending thread's connection
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        sender.join()
+        # Then the page shows it, with its size, while its members settle; and it goes once the callback ran
+        row = page.locator(f'#chords tr[data-chord="{c.id}"]')
+        expect(row.locator("td").nth(2)).to_have_text("30", timeout=WAIT_MS)
+        expect(page.locator("#chords-section")).to_be_visible()
+        expect(row).to_have_count(0, timeout=WAIT_MS)
+    finally:
+        browser.close()
 
 
 def test_dashboard_says_when_the_broker_is_unreachable(broker_url: str) -> None:

@@ -85,6 +85,12 @@ function renderQueues(queues, delayed) {
   document.getElementById("delayed").textContent = num(delayed);
 }
 
+function renderChords(chords) {
+  fill(document.querySelector("#chords tbody"), chords.map((c) => el("tr", { "data-chord": c.id },
+    el("td", {}, c.id), el("td", { class: "n" }, c.done), el("td", { class: "n" }, c.total))));
+  document.getElementById("chords-section").hidden = chords.length === 0;
+}
+
 function renderChart(rates) {
   const order = ["received", "started", "succeeded", "retried", "failed"];  // later ones are drawn on top
   const rank = (s) => (order.includes(s) ? order.indexOf(s) : order.length);
@@ -141,6 +147,7 @@ async function refresh() {
     const state = await api("/api/state");
     renderWorkers(state.workers);
     renderQueues(state.queues, state.delayed);
+    renderChords(state.workflows || []);
     renderChart(state.rates);
     renderTotals(state.totals);
     renderFailures(state.failures);
