@@ -100,6 +100,12 @@ class Settings(BaseSettings):
         description="Each worker child runs a chord joiner on the join queue; one at a time is active, the "
         "next takes over when it dies. Turn off on workers that must not join chords.",
     )
+    join_hold_s: float = Field(
+        600.0,
+        gt=0,
+        description="Longest a joiner holds a chord's records unacked before it compacts them into a partial "
+        "record; keep it well below the broker's consumer_timeout (30 min by default).",
+    )
     chord_callback_dedupe_s: float = Field(
         3600.0,
         gt=0,

@@ -10,7 +10,8 @@ rebuilds the state from them: nothing is lost, and a repeated callback carries t
 that runs it claims the id first, so it runs once).
 
 Memory is bounded: at `join_prefetch` records held, the joiner publishes one partial record per chord
-(confirmed) and acks the records it replaces.
+(confirmed) and acks the records it replaces; it does the same with a chord whose records it held for
+`join_hold_s`, so a slow chord never reaches the broker's `consumer_timeout`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 import aiormq
@@ -92,18 +94,23 @@ class Joiner:
             state = JoinState()  # what the held records say; a new session starts from their redelivery
             self.progress.clear()
             active = False
+            last_check = time.monotonic()
             while self.lifecycle.running:
                 if channel.is_closed:
                     raise ConnectionLost("the joiner's channel closed")
                 try:
                     message = await asyncio.wait_for(inbox.get(), POLL_S)
                 except TimeoutError:
+                    await self._release_old(state, acker)
                     continue
                 if not active:  # the broker made this joiner the single active consumer
                     active = True
                     log.info("chord joiner active on %s (pid %d)", self.queue, os.getpid())
                 acker.delivered(delivery_tag(message))
                 await self._handle(message, state, acker)
+                if time.monotonic() - last_check > POLL_S:
+                    last_check = time.monotonic()
+                    await self._release_old(state, acker)
             await acker.drain()
         finally:
             if not connection.is_closed:
@@ -200,10 +207,23 @@ class Joiner:
         msg.headers = {**(msg.headers or {}), wire.H_CHORD_CALLBACK: chord.id}
         return msg
 
-    async def _compact(self, state: JoinState, acker: Acker) -> None:
+    async def _release_old(self, state: JoinState, acker: Acker) -> None:
+        """Compact chords whose records were held `join_hold_s`: the broker's `consumer_timeout` (30 min by
+        default) closes a channel that holds a message unacked too long, so a slow chord must let go."""
+        old = state.held_since(time.monotonic() - self.app.settings.join_hold_s)
+        if old:
+            log.info(
+                "chord joiner: %d chord(s) held records for %g s; compacting them",
+                len(old),
+                self.app.settings.join_hold_s,
+            )
+            await self._compact(state, acker, old)
+
+    async def _compact(self, state: JoinState, acker: Acker, chords: list[Chord] | None = None) -> None:
         """Replace the held records by one partial per chord (confirmed), ack them, forget those chords."""
-        chords = state.to_compact()
-        log.info("chord joiner: compacting %d held record(s) of %d chord(s)", state.held, len(chords))
+        if chords is None:
+            chords = state.to_compact()
+            log.info("chord joiner: compacting %d held record(s) of %d chord(s)", state.held, len(chords))
         for chord in chords:
             await self._publish(wire.record_message(self.queue, chord.partial(), f"{chord.id}:partial"))
             for held in state.forget(chord):

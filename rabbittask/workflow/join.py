@@ -8,6 +8,7 @@ partial comes back, so a joiner that dies leaves everything it knew in the queue
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ class Chord:
     start: dict[str, Any] | None = None
     members: dict[int, dict[str, Any]] = field(default_factory=dict)
     tags: list[int] = field(default_factory=list)  # delivery tags of the records held for it
+    since: float = field(default_factory=time.monotonic)  # when the oldest held record came
 
     @property
     def complete(self) -> bool:
@@ -110,6 +112,10 @@ class JoinState:
             while len(self.done) > DONE_REMEMBERED:
                 self.done.popitem(last=False)
         return chord.tags
+
+    def held_since(self, before: float) -> list[Chord]:
+        """The chords holding records that came before `before` (monotonic seconds)."""
+        return [c for c in self.chords.values() if c.tags and c.since < before]
 
     def to_compact(self) -> list[Chord]:
         """The chords whose held records are worth replacing by one partial (those holding more than one)."""

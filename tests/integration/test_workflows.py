@@ -41,7 +41,12 @@ def worker(
 ) -> Iterator[WorkerProcess]:
     """One worker (one child, 4 threads) for the module, storing results in Redis."""
     log = tmp_path_factory.mktemp("wf-worker") / "worker.log"
-    env = {"RT_TEST_PREFIX": prefix, "RT_TEST_LEDGER": str(ledger), "RABBITTASK_RESULT_BACKEND": redis_url}
+    env = {
+        "RT_TEST_PREFIX": prefix,
+        "RT_TEST_LEDGER": str(ledger),
+        "RABBITTASK_RESULT_BACKEND": redis_url,
+        "RABBITTASK_JOIN_HOLD_S": "2",  # a chord running longer lets go of its records (and gets them back)
+    }
     w = WorkerProcess(["-A", APP, "--threads", "4", "--prefetch", "200"], worker_env(broker_url, env), log)
     try:
         w.wait_for_log("consuming from")
@@ -212,7 +217,7 @@ def test_a_chord_whose_results_are_too_large_fails_with_a_clear_reason(app: App,
     assert not ledger_events(ledger, "callback", "big")
 
 
-def test_status_shows_a_running_chord_with_members_done_of_total(app: App, ledger: Path) -> None:
+def test_status_shows_a_running_chord_with_members_done_of_total(app: App, ledger: Path, worker: WorkerProcess) -> None:
     sleepy, collect = t(app, "sleepy"), t(app, "collect")
     c = chord([sleepy.s(i, 0.4) for i in range(40)], collect.s(tag="status"))
     c.delay()
@@ -223,7 +228,10 @@ def test_status_shows_a_running_chord_with_members_done_of_total(app: App, ledge
 
     row = wait_until(running, 30, "the chord in `rabbittask status`")
     assert row["total"] == 40 and 0 < row["done"] <= 40
-    wait_until(lambda: ledger_events(ledger, "callback", "status"), 60, "the chord's callback")
+    (run,) = wait_until(lambda: ledger_events(ledger, "callback", "status"), 60, "the chord's callback")
+    # The chord ran longer than join_hold_s (2 s here): the joiner let go of its records on the way
+    assert "held records for 2 s; compacting them" in worker.log()
+    assert run["results"] == list(range(40))
 
 
 async def test_the_async_twins_run_chains_groups_and_chords(app: App) -> None:

@@ -77,6 +77,16 @@ def test_compaction_picks_chords_holding_more_than_one_record() -> None:
     assert [c.id for c in state.to_compact()] == ["a"]
 
 
+def test_chords_held_too_long_are_found_by_the_time_of_their_oldest_record() -> None:
+    state = JoinState()
+    state.add(member(0, chord_id="old"), 1)
+    state.chords["old"].since -= 700
+    state.add(member(0, chord_id="new"), 2)
+    import time
+
+    assert [c.id for c in state.held_since(time.monotonic() - 600)] == ["old"]
+
+
 def test_the_start_keeps_the_callers_reply_address() -> None:
     state = JoinState()
     chord_ = state.add(start(), 1, reply_to="amq.rabbitmq.reply-to.abc")
