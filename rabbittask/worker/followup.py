@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_core import PydanticSerializationError
 
-from rabbittask.errors import PayloadError
+from rabbittask.errors import PayloadError, RabbitTaskError
 from rabbittask.message import Outgoing
 from rabbittask.worker.outcome import Outcome, Reason, Settlement
 from rabbittask.workflow import wire
@@ -72,6 +72,9 @@ class Followup:
                 return outcome, Plan([self._next(outcome, flow)], True, "next step")
             except PayloadError as e:
                 outcome = outcome._replace(reason=Reason.NOT_SERIALISABLE, exc_type="PayloadError", exc_message=str(e))
+            except RabbitTaskError as e:  # an option this worker's app cannot honour: dead-lettered, saying so
+                message = f"the next step could not be sent: {e}"
+                outcome = outcome._replace(reason=Reason.FAILED, exc_type=type(e).__name__, exc_message=message)
         if flow.chord is None:
             return outcome, None
         try:

@@ -27,7 +27,7 @@ import aiormq.abc
 from pydantic_core import from_json
 
 from rabbittask.amqp.connect import connect
-from rabbittask.errors import ConnectionLost, PayloadError, PublishNotConfirmed
+from rabbittask.errors import ConnectionLost, PayloadError, PublishNotConfirmed, RabbitTaskError
 from rabbittask.message import Outgoing
 from rabbittask.results.record import encode_failure, encode_success
 from rabbittask.settings import mask_url
@@ -178,6 +178,8 @@ class Joiner:
                 return []
             except PayloadError as e:
                 failures = [wire.failure_entry(chord.id, -1, "results too large", "PayloadError", str(e))]
+            except RabbitTaskError as e:  # e.g. a callback option this worker's app cannot honour
+                failures = [wire.failure_entry(chord.id, -1, "callback not sent", type(e).__name__, str(e))]
         log.warning(
             "chord %s failed: %d member(s) failed for good (first: %s); %s",
             chord.id,
@@ -188,7 +190,10 @@ class Joiner:
         out: list[Outgoing] = []
         on_error = start.get("on_error")
         if on_error:
-            out.append(self._step(chord, on_error, failures, None, None))
+            try:
+                out.append(self._step(chord, on_error, failures, None, None))
+            except RabbitTaskError as e:  # never a poison record: the chord ends, said in the log (and the reply)
+                log.error("chord %s: its on_error could not be sent: %s", chord.id, e)
         if reply_to:
             text = f"chord {chord.id}: {len(failures)} member(s) failed for good: " + "; ".join(
                 f"{f['id']} ({f['reason']}: {f['exc_type']} {f['message']})".strip() for f in failures[:5]

@@ -72,6 +72,10 @@ def _callbacks(app: App, q: str) -> None:
     def reject(i: int) -> int:
         raise Reject(f"member {i} refuses")
 
+    @app.task(queue=q, name="wf.big")
+    def big(n: int) -> str:
+        return "x" * n
+
     @app.task(queue=q, name="wf.fails_once")
     def fails_once(x: int) -> int:
         marker = os.path.join(os.environ.get("RT_TEST_LEDGER", "/tmp"), f"fails-once-{x}")

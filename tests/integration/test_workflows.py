@@ -115,6 +115,13 @@ def test_a_failed_step_stops_the_chain_and_call_raises_its_error(app: App) -> No
         chain(reject.s(7), double.s()).call(timeout=60)
 
 
+def test_a_result_too_large_for_the_next_step_dead_letters_the_step_saying_why(app: App) -> None:
+    big, label = t(app, "big"), t(app, "label")
+    with pytest.raises(TaskError, match="above max_payload_bytes") as raised:
+        chain(big.s(9 * 1024 * 1024), label.s("p")).call(timeout=60)
+    assert raised.value.reason == "result not JSON-serialisable" and raised.value.type_name == "PayloadError"
+
+
 def test_bad_workflows_are_refused_before_anything_is_sent(app: App) -> None:
     add, double = t(app, "add"), t(app, "double")
     with pytest.raises(ArgumentsInvalid, match="wf.add"):
