@@ -141,7 +141,8 @@ class App:
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.queues: dict[str, QueueSpec] = {}
         self.schedules: dict[str, ScheduleEntry] = {}
-        self.clients = Clients(self.settings, self.declarations)
+        # The chord join queue is declared by workers and by a producer's first chord (workflow/canvas.py).
+        self.clients = Clients(self.settings, lambda: self.declarations(join=False))
         self.worker_process_init: list[Callable[[], None]] = []
         if self.settings.otel:
             tracing.enable()
@@ -274,8 +275,8 @@ class App:
                 f"task {name!r} is not registered in app {self.name!r}{unknown_task_hint(name, self.tasks)}"
             ) from None
 
-    def declarations(self, queues: list[str] | None = None) -> list[Declaration]:
-        """What the broker must have for this app (or for some of its queues)."""
+    def declarations(self, queues: list[str] | None = None, *, join: bool = True) -> list[Declaration]:
+        """What the broker must have for this app (or for some of its queues); `join`: with the chord join queue."""
         specs = [self.queues[q] for q in queues] if queues else list(self.queues.values())
         exchange = self.settings.exchange
         decls = declarations(exchange, specs) + delay_declarations(
@@ -283,9 +284,8 @@ class App:
         )
         if not queues and self.settings.events:  # workers publish task events and heartbeats there
             decls.append(ExchangeDecl(events_exchange_name(exchange), "topic"))
-        if not queues:  # chord members report there; a worker's joiner counts them (workflow/wire.py)
-            join = join_queue_name(exchange, self.settings.join_queue)
-            decls.append(QueueDecl(join, join_queue_arguments()))
+        if not queues and join:  # chord members report there; a worker's joiner counts them (workflow/wire.py)
+            decls.append(QueueDecl(join_queue_name(exchange, self.settings.join_queue), join_queue_arguments()))
         if self.schedules and not queues:
             from rabbittask.beat.state import state_declaration
 

@@ -83,8 +83,9 @@ def publish_raw(url: str, routing_key: str, body: bytes, exchange: str = "rabbit
 
 
 def delete_ladder(url: str, exchange: str) -> None:
-    """Delete an app exchange's delay ladder, its exchanges, its dead-letter and events exchanges (queues first)."""
+    """Delete an app exchange's delay ladder, its chord join queue, its exchanges, its dead-letter and events
+    exchanges (queues first)."""
     decls = delay_declarations(exchange, [])
-    queues = [d.name for d in decls if isinstance(d, QueueDecl)]
+    queues = [d.name for d in decls if isinstance(d, QueueDecl)] + [f"{exchange}.join"]
     exchanges = [d.name for d in decls if isinstance(d, ExchangeDecl)] + [exchange, dlx_name(exchange)]
     delete(url, queues, [*exchanges, events_exchange_name(exchange)])

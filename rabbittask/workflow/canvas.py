@@ -12,10 +12,13 @@ handles of every step before any of them ran.
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import AsyncExitStack, ExitStack
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from rabbittask.amqp import blocking
 from rabbittask.errors import ConfigError
 from rabbittask.message import new_id
 from rabbittask.task import TaskHandle
@@ -47,6 +50,27 @@ def chain(*steps: Signature[Any]) -> Chain[Any]:
 
 
 Member = Signature[Any] | Chain[Any]
+
+
+_JOIN_DECLARED: set[tuple[int, int]] = set()  # (app, pid) that declared the join queue
+
+
+def declare_join_queue(app: App) -> None:
+    """Declare the join queue once per app and process, before a chord's members go out.
+
+    Workers' joiners declare it too; a producer does it before its first chord, so that members never
+    report to a queue that does not exist yet. With `declare_topology=False` it is the admin's job.
+    """
+    key = (id(app), os.getpid())
+    if key in _JOIN_DECLARED or not app.settings.declare_topology or app.clients.local is not None:
+        return
+    connection = blocking.connect(app.settings, "declare", "declare the chord join queue on")
+    try:
+        queue = wire.join_queue_name(app.settings.exchange, app.settings.join_queue)
+        connection.channel().queue_declare(queue, durable=True, arguments=wire.join_queue_arguments())
+    finally:
+        blocking.close_quietly(connection)
+    _JOIN_DECLARED.add(key)
 
 
 class group:  # noqa: N801 - named like Celery's, a user writes group(...)
@@ -86,6 +110,8 @@ class group:  # noqa: N801 - named like Celery's, a user writes group(...)
                 flow = member if isinstance(member, Chain) else Chain([member], workflow_id=self.id)
                 if app is None:
                     app = flow.app
+                    if chord is not None:
+                        declare_join_queue(app)
                     batch.enter_context(app.batch())
                 elif flow.app is not app:
                     raise ConfigError(f"group {self.id}: all members must be tasks of one app")
@@ -104,6 +130,8 @@ class group:  # noqa: N801 - named like Celery's, a user writes group(...)
                 flow = member if isinstance(member, Chain) else Chain([member], workflow_id=self.id)
                 if app is None:
                     app = flow.app
+                    if chord is not None:
+                        await asyncio.to_thread(declare_join_queue, app)
                     await batch.enter_async_context(app.abatch())
                 elif flow.app is not app:
                     raise ConfigError(f"group {self.id}: all members must be tasks of one app")
