@@ -5,6 +5,7 @@ A message walks through them in order (`_on_message`):
     session (session.py)        delivered on the current channel; counted in flight
     redelivery (redelivery.py)  expired, not due, delivered too often, or a run this child already has?
     dispatch (dispatch.py)      async task: run on the loop; sync task: inline (inline.py) or a thread (threads.py)
+    (retry in place)            a `partition_by` task's retry waits here and runs again (inplace.py)
     outcome (outcome.py)        what happened, and the `Reason` if it did not simply succeed
     settle (settle.py)          ack, reply / store then ack, republish or dead-letter then ack, hand back
 
@@ -32,6 +33,7 @@ from rabbittask.worker.dispatch import Dispatcher
 from rabbittask.worker.events import Events
 from rabbittask.worker.exits import EXIT_OK
 from rabbittask.worker.inline import InlinePolicy, InlineRunner
+from rabbittask.worker.inplace import InPlaceRetries
 from rabbittask.worker.metrics import TaskMetrics
 from rabbittask.worker.outcome import Outcome
 from rabbittask.worker.redelivery import Redeliveries
@@ -71,6 +73,7 @@ class Child:
         metrics: bool = False,
         inline_max_s: float = INLINE_MAX_S,
         running_markers: RunningMarkers | None = None,
+        partition_slot: tuple[int, int] = (0, 1),
     ) -> None:
         self.app = app
         self.queues = list(queues) or sorted(app.queues)
@@ -127,6 +130,8 @@ class Child:
         self.dispatcher = Dispatcher(
             app, self.threads, self.redeliveries, self.settler.settle, inline=self.inline, started_log=started_log
         )
+        if any(t.retries_in_place for t in app.tasks.values() if t.queue in self.queues):
+            self.settler.in_place = InPlaceRetries(app, self.settler, self.lifecycle, self.dispatcher.route)
         self.session = Session(
             app,
             self.queues,
@@ -141,6 +146,7 @@ class Child:
             shutdown_timeout_s=shutdown_timeout_s,
             on_ready=on_ready,
             on_consuming=on_consuming,
+            partition_slot=partition_slot,
         )
         self._budget_watch: asyncio.Task[None] | None = None
 

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from rabbittask.app import App
     from rabbittask.results.backend import ResultBackend
     from rabbittask.worker.events import Events
+    from rabbittask.worker.inplace import InPlaceRetries
     from rabbittask.worker.redelivery import Redeliveries
     from rabbittask.worker.retirement import Lifecycle, Retirement
 
@@ -102,6 +103,7 @@ class Settler:
         self.on_limit = on_limit  # a limit needs a look (before this settle's ack, which it may hold back)
         self.events = events
         self.acker: Acker | None = None  # set by the session while its channel is open
+        self.in_place: InPlaceRetries | None = None  # set by the child when a task it runs retries in place
         self.log_successes = tasklog.enabled()  # asked once: a quiet drain pays no call per success
         self.successes = tasklog.Successes()  # with INFO on: one log record per loop turn
         self._background: set[asyncio.Task[None]] = set()
@@ -125,6 +127,8 @@ class Settler:
         message = outcome.message
         if self.redeliveries.marked:
             self.redeliveries.settled(message)
+        if reason is Reason.RETRY and self.in_place is not None and self.in_place.take(outcome):
+            return  # still held: it runs again here after its back-off (inplace.py)
         acker = self.acker
         if forget:
             pass
