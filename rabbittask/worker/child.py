@@ -185,6 +185,8 @@ class Child:
         if acker is None:
             return  # not acked: the broker requeues it when the channel closes
         acker.delivered(delivery_tag(message))
+        if acker.urgent_consumers and getattr(message.delivery, "consumer_tag", None) in acker.urgent_consumers:
+            acker.urgent(delivery_tag(message))  # a partition: its next message waits for this ack
         self.flight.add()
         if self.lifecycle.handing_back.is_set():  # came before the cancel-ok: hand it back at once
             self.settler.hand_back(message)

@@ -149,16 +149,17 @@ class Session:
                 else:  # pre-applied by an admin: the worker needs no configure permission
                     await check_queues(channel, [*plain, *partitioned])
                 prefetch = self._retirement.prefetch(self.prefetch)  # capped by a max-tasks budget
-                self._settler.acker = Acker(channel, prefetch)
+                acker = self._settler.acker = Acker(channel, prefetch)
                 tags: list[str] = []
-                # basic.qos without global sets the prefetch of the consumers started after it on the channel.
+                if plain:
+                    await channel.basic_qos(prefetch_count=prefetch)  # per consumer, never global
+                    tags += [await self._subscribe(channel, q) for q in plain]
                 home, standby = home_partitions(partitioned, self.partition_slot)
-                for queues, limit in ((plain, prefetch), (home, PARTITION_PREFETCH)):
-                    if queues:
-                        await channel.basic_qos(prefetch_count=limit)  # per consumer, never global
-                    for q in queues:
-                        ok = await channel.basic_consume(q, self._on_message)
-                        tags.append(ok.consumer_tag or "")
+                if partitioned:
+                    # basic.qos without global sets the prefetch of the consumers started after it on the channel.
+                    await channel.basic_qos(prefetch_count=PARTITION_PREFETCH)
+                    acker.urgent_consumers.update([await self._subscribe(channel, q) for q in home])
+                    tags += acker.urgent_consumers
             except aiormq.exceptions.ChannelAccessRefused as e:
                 raise access_refused(self.app.settings, e, f"declare or consume {', '.join(self.queues)}") from None
             log.info(
@@ -190,6 +191,11 @@ class Session:
             if not connection.is_closed:
                 await connection.close()
 
+    async def _subscribe(self, channel: aiormq.abc.AbstractChannel, queue: str) -> str:
+        """Consume `queue` with the prefetch set last on `channel`; the consumer tag."""
+        ok = await channel.basic_consume(queue, self._on_message)
+        return ok.consumer_tag or ""
+
     async def _stand_by(self, channel: aiormq.abc.AbstractChannel, queues: list[str], tags: list[str]) -> None:
         """After `STANDBY_DELAY_S`, consume the partitions of the other children as their single-active standby.
 
@@ -204,8 +210,10 @@ class Session:
             for q in queues:
                 if not self._lifecycle.running or channel.is_closed:
                     return
-                ok = await channel.basic_consume(q, self._on_message)
-                tags.append(ok.consumer_tag or "")
+                tag = await self._subscribe(channel, q)
+                tags.append(tag)
+                if self._settler.acker is not None:
+                    self._settler.acker.urgent_consumers.add(tag)
         except RECONNECT_ERRORS as e:  # the session ends and reconnects anyway
             log.debug("standby consumers not started: %s", e)
 
