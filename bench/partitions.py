@@ -4,9 +4,9 @@
 
 Throughput: `n` no-op tasks over `keys` keys are queued, then one worker with `children` children
 drains them from a plain queue, and from an ordered queue of 8 partitions (`partition_by`); the rate is
-taken from the first message consumed to the last. Fairness: with a worker of `children` children
-running tasks of `BENCH_WORK_S` (1 ms), tenant A queues `backlog` tasks and then tenant B one; B's wait
-is from its confirmed send to its start, on a plain queue and on a fair one (`fair_by`, 16 partitions).
+taken from the first message consumed to the last. Fairness: tenant A queues `backlog` tasks of
+1 ms and then tenant B one, then a worker of `children` children starts; B's wait is from the worker's
+first message to the start of B's task, on a plain queue and on a fair one (`fair_by`, 16 partitions).
 Writes bench/results/partitions-<time>.md as well as printing it.
 """
 
@@ -81,7 +81,7 @@ def throughput(env: dict[str, str], app: object, kind: str, n: int, keys: int, c
 
 
 def tenant_wait(env: dict[str, str], kind: str, backlog: int, children: int, tmp: Path) -> tuple[float, int]:
-    """B's wait in seconds, and how many of A's tasks were still queued when B's started."""
+    """B's wait in seconds from the worker's first message, and how many of A's tasks were still queued then."""
     from bench import partition_app as pa
 
     task = {"plain": pa.plain, "fair": pa.fair}[kind]
@@ -92,14 +92,14 @@ def tenant_wait(env: dict[str, str], kind: str, backlog: int, children: int, tmp
     channel = connection.channel()
     probe = own_partition(channel, task, queues, f"probe-{kind}")
     try:
+        with pa.app.batch():
+            for seq in range(backlog):
+                task.delay("tenant-a", seq)
+        task.delay(probe, 0)
         with worker(env, task.queue, children, tmp / f"fair-{kind}.log") as proc:
-            wait_log(tmp / f"fair-{kind}.log", "consuming from", children)
-            time.sleep(2)  # the standby subscriptions
-            with pa.app.batch():
-                for seq in range(backlog):
-                    task.delay("tenant-a", seq)
-            sent = time.time()
-            task.delay(probe, 0)
+            while depth(channel, queues) > backlog:  # until the worker takes its first message
+                time.sleep(0.002)
+            started = time.time()
             while not list(marks.glob(f"{probe}.*")):
                 if proc.poll() is not None:
                     raise RuntimeError((tmp / f"fair-{kind}.log").read_text()[-2000:])
@@ -110,7 +110,7 @@ def tenant_wait(env: dict[str, str], kind: str, backlog: int, children: int, tmp
                 time.sleep(0.2)
     finally:
         connection.close()
-    return ran - sent, left
+    return ran - started, left
 
 
 def own_partition(
@@ -166,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             print(lines[-1], flush=True)
         lines += [
             "",
-            f"Fairness: tenant A queues {args.backlog} tasks of {args.work_ms:g} ms, then tenant B one; "
-            f"one worker `-c {args.children}`.",
+            f"Fairness: tenant A queues {args.backlog} tasks of {args.work_ms:g} ms, then tenant B one; then "
+            f"one worker `-c {args.children}` starts. B's wait: from the worker's first message to B's start.",
             "",
             "| queue | B's wait | A's tasks still queued when B's started |",
             "|---|---|---|",

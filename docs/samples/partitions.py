@@ -27,6 +27,14 @@ def build_statement(tenant_id: str, month: str) -> str:
 
 # --8<-- [end:fair]
 
+# --8<-- [start:skip]
+@app.task(queue="profiles", partition_by="customer_id", partitions=4, partition_retry="skip")
+def refresh_profile(customer_id: int) -> None:
+    """A retry goes behind the later refreshes of its customer instead of holding up its partition."""
+
+
+# --8<-- [end:skip]
+
 # --8<-- [start:run]
 if __name__ == "__main__":
     handles = {account: [post_entry.delay(account, seq, 100) for seq in range(5)] for account in (1, 2, 3)}

@@ -26,7 +26,8 @@ SAMPLES = ROOT / "docs" / "samples"
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 # Sample queues, deleted after the module when the samples could not have a virtual host of their own.
 QUEUES = ["mail", "images", "payments", "billing", "orders", "default"]
-QUEUES += [f"ledger.p{i}" for i in range(8)] + [f"statements.p{i}" for i in range(16)] + ["ledger", "statements"]
+QUEUES += [f"ledger.p{i}" for i in range(8)] + [f"statements.p{i}" for i in range(16)]
+QUEUES += [f"profiles.p{i}" for i in range(4)] + ["ledger", "statements", "profiles"]
 
 
 @pytest.fixture(scope="module")

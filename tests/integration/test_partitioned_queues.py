@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pika
 import pytest
 
 from rabbittask import App
@@ -17,6 +19,7 @@ from rabbittask.partitions import partition_exchange_name, partition_queue_name
 from tests import amqp
 from tests.ordering import done, order_violations, records, repeats
 from tests.waiting import wait_until
+from tests.workers import ROOT
 
 APP = "tests.apps.ordered_app:app"
 QUEUES = {"orders": 8, "skipping": 2, "reports": 4}
@@ -202,3 +205,101 @@ def test_without_the_consistent_hash_plugin_publisher_and_worker_say_how_to_enab
     w = worker_factory(APP, "-c", "1", prefix=prefix, broker_url=node.url)
     assert w.proc.wait(60) == 78
     assert PLUGIN_HINT in w.log()
+
+
+def ordered_app_with(partitions: int, monkeypatch: pytest.MonkeyPatch) -> App:
+    """The test app as a new deploy with `partitions` partitions on its ordered queue would build it."""
+    monkeypatch.setenv("RT_PARTITIONS", str(partitions))
+    sys.modules.pop("tests.apps.ordered_app", None)
+    from tests.apps.ordered_app import app
+
+    return app
+
+
+def queue_exists(url: str, name: str) -> bool:
+    with amqp.connect(url) as connection:
+        try:
+            connection.channel().queue_declare(name, passive=True)
+        except pika.exceptions.ChannelClosedByBroker:
+            return False
+        return True
+
+
+def shrink_cli(app: App) -> subprocess.CompletedProcess[str]:
+    """`rabbittask topology shrink -A tests.apps.ordered_app:app`, as an operator runs it."""
+    env = {**os.environ, "RT_PARTITIONS": str(app.queues[app.tasks["ordered.apply"].queue].partitions)}
+    cmd = [sys.executable, "-m", "rabbittask", "topology", "shrink", "-A", APP]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+def test_repartitioning_by_the_documented_procedure_loses_nothing_and_keeps_order(
+    prefix: str, ledger: Path, broker_url: str, worker_factory: Any, monkeypatch: pytest.MonkeyPatch, amqp_cleanup: Any
+) -> None:
+    monkeypatch.setenv("RT_TEST_PREFIX", prefix)
+    monkeypatch.setenv("RABBITTASK_BROKER_URL", broker_url)
+    queue = f"{prefix}.orders"
+    for i in range(8, 12):
+        amqp_cleanup.queue(partition_queue_name(queue, i))
+    keys = [f"r{i}" for i in range(12)]
+    # Given 8 partitions holding 10 tasks of each of 12 keys
+    v1 = ordered_app_with(8, monkeypatch)
+    with v1.batch():
+        for seq in range(10):
+            for key in keys:
+                v1.tasks["ordered.apply"].delay(key, seq)
+    v1.close()
+    # When growing to 12 partitions while they are still queued (the online way: nothing is lost)
+    v2 = ordered_app_with(12, monkeypatch)
+    w = worker_factory(APP, "-c", "2", prefix=prefix, env={"RT_PARTITIONS": "12"})
+    w.wait_ready(children=2)
+    with v2.batch():
+        for seq in range(10, 20):
+            for key in keys:
+                v2.tasks["ordered.apply"].delay(key, seq)
+    wait_until(lambda: done(ledger, dict.fromkeys(keys, 20)), 60, "every task of both deploys ran")
+    v2.close()
+    assert len({(r["key"], r["seq"]) for r in records(ledger)}) == 240
+    # And shrinking back to 8 with `rabbittask topology shrink`
+    extra = [partition_queue_name(queue, i) for i in range(8, 12)]
+    v3 = ordered_app_with(8, monkeypatch)
+    # While a worker of the 12-partition deploy runs, shrinking is refused, changing nothing
+    refused = shrink_cli(v3)
+    assert refused.returncode == 2 and "is still consumed" in refused.stderr and "stop them" in refused.stderr
+    w.stop()
+    # The extra partitions hold tasks sent before the change: the shrink moves them into the current 8
+    stray = v2.tasks["ordered.apply"].message(("stray", 0))
+    with amqp.connect(broker_url) as connection:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for name in extra:
+            channel.basic_publish(
+                "",
+                name,
+                stray.body,
+                pika.BasicProperties(
+                    type=stray.task_name, message_id=name, content_type="application/json", headers=stray.headers
+                ),
+            )
+    done_shrink = shrink_cli(v3)
+    assert done_shrink.returncode == 0, done_shrink.stderr
+    assert "4 partition(s) retired" in done_shrink.stdout
+    assert all(f"{name}: moved 1 message(s)" in done_shrink.stdout for name in extra), done_shrink.stdout
+    assert [queue_exists(broker_url, name) for name in extra] == [False] * 4
+    worker_factory(APP, "-c", "2", prefix=prefix, env={"RT_PARTITIONS": "8"}).wait_ready(children=2)
+    with v3.batch():
+        for seq in range(20, 30):
+            for key in keys:
+                v3.tasks["ordered.apply"].delay(key, seq)
+    v3.close()
+    # Then every task of the three deploys ran; each deploy's tasks ran in order (a key that moved when
+    # growing may have run its new tasks beside its old ones: the documented caveat), and after the
+    # drain-first shrink every key's tasks ran after all its earlier ones
+    wait_until(lambda: done(ledger, dict.fromkeys(keys, 30)), 60, "every task of the third deploy ran")
+    wait_until(lambda: len([r for r in records(ledger) if r["key"] == "stray"]) == 4, 30, "the 4 moved tasks ran")
+    runs = [r for r in records(ledger) if r["key"] != "stray"]
+    assert len({(r["key"], r["seq"]) for r in runs}) == 360
+    for first in (0, 10, 20):
+        deploy = [{**r, "seq": r["seq"] - first} for r in runs if first <= r["seq"] < first + 10]
+        assert order_violations(deploy) == []
+    last_before = max(r["t"] for r in runs if r["seq"] < 20)
+    assert all(r["t"] > last_before for r in runs if r["seq"] >= 20)
