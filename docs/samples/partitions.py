@@ -27,6 +27,7 @@ def build_statement(tenant_id: str, month: str) -> str:
 
 # --8<-- [end:fair]
 
+
 # --8<-- [start:skip]
 @app.task(queue="profiles", partition_by="customer_id", partitions=4, partition_retry="skip")
 def refresh_profile(customer_id: int) -> None:
