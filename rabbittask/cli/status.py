@@ -94,6 +94,15 @@ def _print_tables(data: dict[str, Any]) -> None:
         consumers = str(q["consumers"]) if q["consumers"] else "[red]0[/red]"
         queues.add_row(q["name"], _number(q["ready"]), _number(q["unacked"]), consumers, _number(q["dlq_ready"]))
     console.print(queues)
+    partitioned = [p for q in data["queues"] for p in q.get("partitions", ())]
+    if partitioned:
+        table = Table(title="Partitions (partition_by / fair_by)")
+        for column in ("partition", "ready", "consumers", "active on"):
+            table.add_column(column, justify="right" if column in ("ready", "consumers") else "left")
+        for p in partitioned:
+            # A single-active-consumer partition is shown active on the child that took a message from it.
+            table.add_row(p["name"], _number(p["ready"]), _number(p["consumers"]), p["active"] or "-")
+        console.print(table)
 
 
 def _number(value: int | None) -> str:

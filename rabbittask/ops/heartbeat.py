@@ -42,6 +42,7 @@ class Heartbeat(BaseModel):
     reconnects: int = 0
     in_flight: int = 0  # messages taken and not yet settled
     consuming: bool = False
+    active_partitions: tuple[str, ...] = ()  # partition queues it is the single active consumer of (as it knows)
 
     @model_validator(mode="before")
     @classmethod

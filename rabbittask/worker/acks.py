@@ -41,8 +41,11 @@ class Acker:
         self._soon = False  # a flush is due in the next loop pass
         self._timer: asyncio.TimerHandle | None = None  # a flush is due in DELAY_S
         self._held = False
-        # Consumers whose next message comes only after this ack (prefetch 1: partitions): never delayed.
-        self.urgent_consumers: set[str] = set()
+        # Consumers whose next message comes only after this ack (prefetch 1: partitions): never delayed;
+        # consumer tag -> partition queue. `active` holds the partitions a message came from on this channel:
+        # with single-active-consumer only the active consumer gets any, and stays so while the channel lives.
+        self.urgent_consumers: dict[str, str] = {}
+        self.active: set[str] = set()
         self._urgent: set[int] = set()
         self._sends: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()

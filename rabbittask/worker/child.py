@@ -185,8 +185,11 @@ class Child:
         if acker is None:
             return  # not acked: the broker requeues it when the channel closes
         acker.delivered(delivery_tag(message))
-        if acker.urgent_consumers and getattr(message.delivery, "consumer_tag", None) in acker.urgent_consumers:
-            acker.urgent(delivery_tag(message))  # a partition: its next message waits for this ack
+        if acker.urgent_consumers:
+            partition = acker.urgent_consumers.get(getattr(message.delivery, "consumer_tag", None) or "")
+            if partition is not None:  # its next message waits for this ack; this child is its active consumer
+                acker.urgent(delivery_tag(message))
+                acker.active.add(partition)
         self.flight.add()
         if self.lifecycle.handing_back.is_set():  # came before the cancel-ok: hand it back at once
             self.settler.hand_back(message)
@@ -265,4 +268,5 @@ class Child:
             "in_flight": self.flight.count,
             "consuming": acker is not None and acker.alive and self.lifecycle.running,
             "reconnects": self.session.reconnects,
+            "active_partitions": sorted(acker.active) if acker is not None else [],
         }

@@ -158,7 +158,8 @@ class Session:
                 if partitioned:
                     # basic.qos without global sets the prefetch of the consumers started after it on the channel.
                     await channel.basic_qos(prefetch_count=PARTITION_PREFETCH)
-                    acker.urgent_consumers.update([await self._subscribe(channel, q) for q in home])
+                    for q in home:
+                        acker.urgent_consumers[await self._subscribe(channel, q)] = q
                     tags += acker.urgent_consumers
             except aiormq.exceptions.ChannelAccessRefused as e:
                 raise access_refused(self.app.settings, e, f"declare or consume {', '.join(self.queues)}") from None
@@ -213,7 +214,7 @@ class Session:
                 tag = await self._subscribe(channel, q)
                 tags.append(tag)
                 if self._settler.acker is not None:
-                    self._settler.acker.urgent_consumers.add(tag)
+                    self._settler.acker.urgent_consumers[tag] = q
         except RECONNECT_ERRORS as e:  # the session ends and reconnects anyway
             log.debug("standby consumers not started: %s", e)
 

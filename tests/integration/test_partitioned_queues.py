@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -303,3 +304,34 @@ def test_repartitioning_by_the_documented_procedure_loses_nothing_and_keeps_orde
         assert order_violations(deploy) == []
     last_before = max(r["t"] for r in runs if r["seq"] < 20)
     assert all(r["t"] > last_before for r in runs if r["seq"] >= 20)
+
+
+def test_status_shows_each_partition_and_the_child_active_on_it(
+    app: App, prefix: str, ledger: Path, worker_factory: Any
+) -> None:
+    # Given a worker of two children that ran tasks of 20 keys (so most partitions delivered to their active child)
+    w = worker_factory(APP, "-c", "2", "-Q", f"{prefix}.orders", prefix=prefix)
+    w.wait_ready(children=2)
+    children = w.wait_for_children(2)
+    keys = [f"s{i}" for i in range(20)]
+    with app.batch():
+        for key in keys:
+            app.tasks["ordered.apply"].delay(key, 0)
+    wait_until(lambda: done(ledger, dict.fromkeys(keys, 1)), 30, "the 20 tasks ran")
+    env = {**os.environ, "RT_TEST_PREFIX": prefix}
+    cmd = [sys.executable, "-m", "rabbittask", "status", "--json", "-A", APP]
+
+    # When `status --json` runs (until it hears heartbeats sent after the runs)
+    def partitions() -> list[dict[str, Any]] | None:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+        [orders] = [q for q in json.loads(out.stdout)["queues"] if q["name"] == f"{prefix}.orders"]
+        rows: list[dict[str, Any]] = orders["partitions"]
+        return rows if sum(1 for r in rows if r["active"]) >= 4 else None
+
+    rows = wait_until(partitions, 30, "status names the active child of partitions", interval_s=0.5)
+    # Then each partition is listed with its consumers (as the broker counts them) and,
+    # where it delivered, the child active on it; the partitions are spread over both children
+    assert [r["name"] for r in rows] == [partition_queue_name(f"{prefix}.orders", i) for i in range(8)]
+    assert all(r["ready"] == 0 and r["consumers"] >= 1 for r in rows), rows
+    active = {int(r["active"].rsplit(":", 1)[1]) for r in rows if r["active"]}
+    assert active <= set(children) and len(active) == 2
