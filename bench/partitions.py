@@ -22,10 +22,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pika
 
 from bench.config import broker_url
+from rabbittask.task import Task
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
@@ -114,8 +116,8 @@ def tenant_wait(env: dict[str, str], kind: str, backlog: int, children: int, tmp
 
 
 def own_partition(
-    channel: pika.adapters.blocking_connection.BlockingChannel, task, queues: list[str], name: str
-) -> str:  # type: ignore[no-untyped-def]
+    channel: pika.adapters.blocking_connection.BlockingChannel, task: Task[Any, Any], queues: list[str], name: str
+) -> str:
     """A tenant name for B that does not hash to A's partition (two given tenants share one 1 time in 16)."""
     if len(queues) == 1:
         return name
