@@ -116,3 +116,29 @@ def test_each_child_takes_every_nth_partition_first_and_the_rest_as_standby() ->
     assert home_partitions(queues, (1, 2))[0] == queues[1::2]
     assert home_partitions(queues, (0, 1)) == (queues, [])
     assert home_partitions(queues[:2], (3, 4)) == ([], queues[:2])  # more children than partitions: standby only
+
+
+def test_the_stub_broker_routes_one_key_to_one_partition_and_runs_them_in_order() -> None:
+    from rabbittask.testing import StubBroker
+
+    app = App("stub-partitions")
+    ran: list[tuple[str, int]] = []
+
+    @app.task(queue="orders", name="apply", partition_by="key", partitions=4)
+    def apply(key: str, seq: int) -> None:
+        ran.append((key, seq))
+
+    stub = StubBroker(app)
+    with stub:
+        for seq in range(5):
+            for key in ("a", "b", "c"):
+                apply.delay(key, seq)
+        # Each key's five tasks wait in one partition; the queue's name shows them all
+        assert len(stub.queue("orders")) == 15
+        by_partition = [{m.args[0] for m in stub.queue(f"orders.p{i}")} for i in range(4)]
+        assert sorted(k for keys in by_partition for k in keys) == ["a", "b", "c"]
+        stub.run_until_idle()
+    assert len(ran) == 15
+    assert all([s for k, s in ran if k == key] == list(range(5)) for key in "abc")
+    with app.eager():
+        assert apply.delay("a", 9).get() is None
