@@ -142,3 +142,20 @@ def test_the_stub_broker_routes_one_key_to_one_partition_and_runs_them_in_order(
     assert all([s for k, s in ran if k == key] == list(range(5)) for key in "abc")
     with app.eager():
         assert apply.delay("a", 9).get() is None
+
+
+def test_an_in_place_retry_wait_beyond_the_consumer_timeout_is_reported_at_start_up() -> None:
+    from rabbittask.worker.options import WorkerOptions
+    from rabbittask.worker.timeouts import consumer_timeout_problems
+
+    app = orders_app(partition_by="customer_id", partitions=2, retry_backoff_max=3600.0)
+    (problem,) = consumer_timeout_problems(app, ["orders"], WorkerOptions())
+    assert "task 'apply': its retries wait in place (partition_by) up to 3600 s" in problem
+    assert "lower retry_backoff_max, use partition_retry='skip'" in problem
+    # The default back-off cap (600 s) fits in the default consumer_timeout (1800 s), and "skip" never waits
+    assert (
+        consumer_timeout_problems(orders_app(partition_by="customer_id", partitions=2), ["orders"], WorkerOptions())
+        == []
+    )
+    skip = orders_app(partition_by="customer_id", partitions=2, retry_backoff_max=3600.0, partition_retry="skip")
+    assert consumer_timeout_problems(skip, ["orders"], WorkerOptions()) == []
