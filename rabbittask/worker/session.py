@@ -163,13 +163,10 @@ class Session:
                     tags += acker.urgent_consumers
             except aiormq.exceptions.ChannelAccessRefused as e:
                 raise access_refused(self.app.settings, e, f"declare or consume {', '.join(self.queues)}") from None
-            log.info(
-                "consuming from %s (prefetch %d, %d thread(s))%s",
-                ", ".join(plain) or "no plain queue",
-                prefetch,
-                self._threads,
-                f"; {len(partitioned)} partition queue(s) one message at a time" if partitioned else "",
-            )
+            shown = plain + [
+                f"{s.name} ({s.partitions} partitions, 1 message each at a time)" for s in specs if s.partitions
+            ]
+            log.info("consuming from %s (prefetch %d, %d thread(s))", ", ".join(shown), prefetch, self._threads)
             self.consumed = True
             if self._on_ready is not None:
                 self._on_ready()
