@@ -4,6 +4,7 @@ The ledger (tests/ordering.py) records every run with its key and sequence numbe
 drain, the child that ran the latest task (so the active consumer of at least one partition) is killed
 with SIGKILL, twice. The broker returns what it held to the head of its partition and hands the
 partition to a standby: a task may run again, but no key's tasks ever run out of order, and none is lost.
+Also here, as it starts a node of its own: a broker without the consistent-hash plugin.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from rabbittask import App
+from rabbittask.errors import TopologyMismatch
 from rabbittask.testing import RabbitNode
 from tests.ordering import done, order_violations, records, repeats
 from tests.waiting import wait_until
@@ -81,3 +84,26 @@ def test_kill_9_of_active_partition_consumers_never_runs_a_key_out_of_order(
     assert all(r["redelivered"] for r in again), again
     assert len({(r["key"], r["seq"]) for r in runs}) == TASKS
     print(f"\n{len(runs)} runs of {TASKS} tasks, {len(again)} repeated after the kills of {killed}")
+
+
+PLUGIN_HINT = "rabbitmq-plugins enable rabbitmq_consistent_hash_exchange"
+
+
+def test_without_the_consistent_hash_plugin_publisher_and_worker_say_how_to_enable_it(
+    unique_name: str, rabbit_node_factory: Any, worker_factory: Any
+) -> None:
+    # Given a broker without the consistent-hash exchange plugin
+    node = rabbit_node_factory(default_plugins=False)
+    app = App("no-plugin", broker_url=node.url)
+
+    @app.task(queue=f"{unique_name}.orders", partition_by="key", partitions=2)
+    def apply(key: str) -> None: ...
+
+    # When a producer declares the topology, it is told what to run
+    with pytest.raises(TopologyMismatch, match=PLUGIN_HINT.replace(" ", r"\s")):
+        app.declare()
+    app.close()
+    # And a worker stops at start-up (exit 78, no restart loop) saying the same
+    w = worker_factory(APP, "-c", "1", prefix=unique_name, broker_url=node.url)
+    assert w.proc.wait(60) == 78
+    assert PLUGIN_HINT in w.log()

@@ -15,7 +15,6 @@ import pika
 import pytest
 
 from rabbittask import App
-from rabbittask.errors import TopologyMismatch
 from rabbittask.partitions import partition_exchange_name, partition_queue_name
 from tests import amqp
 from tests.ordering import done, order_violations, records, repeats
@@ -183,29 +182,6 @@ def test_a_tenant_backlog_does_not_hold_up_another_tenant_on_a_fair_queue(
     before = records(ledger, "report")
     ran_before = [r for r in before[: [r["key"] for r in before].index(other)] if r["key"] == "A"]
     assert len(ran_before) < 30, f"{len(ran_before)} of A's reports ran before {other}'s"
-
-
-PLUGIN_HINT = "rabbitmq-plugins enable rabbitmq_consistent_hash_exchange"
-
-
-def test_without_the_consistent_hash_plugin_publisher_and_worker_say_how_to_enable_it(
-    prefix: str, rabbit_node_factory: Any, worker_factory: Any
-) -> None:
-    # Given a broker without the consistent-hash exchange plugin
-    node = rabbit_node_factory(default_plugins=False)
-    app = App("no-plugin", broker_url=node.url)
-
-    @app.task(queue=f"{prefix}.orders", partition_by="key", partitions=2)
-    def apply(key: str) -> None: ...
-
-    # When a producer declares the topology, it is told what to run
-    with pytest.raises(TopologyMismatch, match=PLUGIN_HINT.replace(" ", r"\s")):
-        app.declare()
-    app.close()
-    # And a worker stops at start-up (exit 78, no restart loop) saying the same
-    w = worker_factory(APP, "-c", "1", prefix=prefix, broker_url=node.url)
-    assert w.proc.wait(60) == 78
-    assert PLUGIN_HINT in w.log()
 
 
 def ordered_app_with(partitions: int, monkeypatch: pytest.MonkeyPatch) -> App:
