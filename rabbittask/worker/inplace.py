@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiormq.abc import DeliveredMessage
 
+from rabbittask.message import H_ATTEMPT
 from rabbittask.worker import tasklog
 from rabbittask.worker.outcome import Outcome
 
@@ -59,7 +60,7 @@ class InPlaceRetries:
         if task is None or not task.retries_in_place or republish is None:
             return False
         self._settler.successes.flush()  # the success lines before it come first
-        tasklog.retried(outcome, republish.headers.get("rt-attempt", "?"), republish.delay_s)
+        tasklog.retried(outcome, republish.headers.get(H_ATTEMPT, "?"), republish.delay_s)
         waiter = asyncio.ensure_future(self._wait_then_run(outcome, republish.delay_s, republish.headers))
         self._waiting.add(waiter)
         waiter.add_done_callback(self._waiting.discard)
