@@ -7,7 +7,7 @@ DEMO_VENV ?= .venv-demo
 export RABBITTASK_BROKER_URL ?= amqp://guest:guest@localhost:5672/
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: venv demo-venv broker demo docs docs-serve test test-fast faults scaling bench check format clean
+.PHONY: venv demo-venv broker demo docs docs-serve test test-fast faults scaling bench bench-partitions check format clean
 
 $(VENV)/.installed: pyproject.toml
 	bash scripts/bootstrap.sh $(VENV)
@@ -61,6 +61,11 @@ scaling: venv
 bench: venv broker
 	$(PY) -m bench.run $(BENCH_ARGS)
 	$(PY) -m bench.chord $(CHORD_ARGS)
+	$(PY) -m bench.partitions $(BENCH_PARTITIONS_ARGS)
+
+# Partitioned queues alone: ordered vs plain throughput, a tenant's wait behind another's backlog (~2 min).
+bench-partitions: venv broker
+	$(PY) -m bench.partitions $(BENCH_PARTITIONS_ARGS)
 
 LINTED := rabbittask tests bench examples docs/hooks docs/samples
 

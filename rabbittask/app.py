@@ -20,6 +20,7 @@ from rabbittask.delays import check_delay_queue_name, delay_declarations
 from rabbittask.errors import ConfigError, TaskNotFound
 from rabbittask.explain import describe, unknown_names, unknown_task_hint
 from rabbittask.message import Outgoing
+from rabbittask.partitions import partition_declarations, task_key_reader
 from rabbittask.results.backend import ResultBackend
 from rabbittask.retry import RETRY_OPTIONS, policy_for
 from rabbittask.sending import TASK_NAME, Args, SendOptions, message_by_name
@@ -89,6 +90,12 @@ class TaskOptions(BaseModel):
     retry_delay: float = Field(1.0, description=f"Wait before each retry without back-off, seconds; {_APP_SETTING}.")
     autoretry_for: tuple[type[BaseException], ...] = Field(
         (), description="Exceptions that retry the task without `raise Retry` (added to the app's)."
+    )
+    partition_by: str | None = Field(None, description="Argument whose tasks run one at a time, in publish order.")
+    fair_by: str | None = Field(None, description="Argument (a tenant) whose backlog must not hold up the others.")
+    partitions: int | None = Field(None, description="Partition queues of a `partition_by` or `fair_by` queue.")
+    partition_retry: Literal["wait", "skip"] = Field(
+        "wait", description="`partition_by` retries: wait in place, holding up the key (`wait`), or go behind (`skip`)."
     )
 
     @field_validator("autoretry_for", mode="before")
@@ -195,15 +202,17 @@ class App:
             max_priority=o.max_priority,
             max_length=o.max_length,
             overflow=o.overflow,
-            single_active_consumer=o.single_active_consumer,
+            single_active_consumer=o.single_active_consumer or o.partition_by is not None,
             message_ttl_ms=o.message_ttl_ms,
+            partitions=o.partitions or 0,
         )
         queue_options = (o.queue_type, o.max_priority, o.delivery_limit, o.max_length, o.overflow, o.message_ttl_ms)
         known = self.queues.get(spec.name)
+        key = task_key_reader(fn, name, o.partition_by, o.fair_by, spec, known, o.single_active_consumer, o.bind)
         if (
             known is not None
             and known != spec
-            and (o.single_active_consumer or any(v is not None for v in queue_options))
+            and (o.single_active_consumer or spec.partitions or any(v is not None for v in queue_options))
         ):
             raise ConfigError(
                 f"queue {spec.name!r} is declared with different options by two tasks: {known} and {spec}"
@@ -214,6 +223,7 @@ class App:
         task: Task[P, R] = Task(self, fn, name, spec.name, retry=retry, bind=o.bind)
         task.ignore_result = o.ignore_result
         task.dedupe_s = o.dedupe_s
+        task.partition_key, task.retries_in_place = key, o.partition_by is not None and o.partition_retry == "wait"
         task.set_time_limits(o.time_limit, o.soft_time_limit)
         self.tasks[name] = task
         return task
@@ -280,8 +290,9 @@ class App:
         specs = [self.queues[q] for q in queues] if queues else list(self.queues.values())
         exchange = self.settings.exchange
         decls = declarations(exchange, specs) + delay_declarations(
-            exchange, [s.name for s in specs], self.settings.delay_queue_type
+            exchange, [s.name for s in specs if not s.partitions], self.settings.delay_queue_type
         )
+        decls += partition_declarations(exchange, [s for s in specs if s.partitions])
         if not queues and self.settings.events:  # workers publish task events and heartbeats there
             decls.append(ExchangeDecl(events_exchange_name(exchange), "topic"))
         if not queues and join:  # chord members report there; a worker's joiner counts them (workflow/wire.py)

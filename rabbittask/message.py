@@ -38,6 +38,8 @@ H_EXPIRES = "rt-expires"
 H_ETA = "rt-eta"
 H_DELIVERY_COUNT = "rt-delivery-count"
 H_SIGNATURE = "rt-signature"  # signing.py
+# The key of a task on a partitioned queue; the consistent-hash exchange hashes it (partitions.py).
+H_PARTITION_KEY = "rt-partition-key"
 # Set on a copy a publisher sent again because the first one's confirm never came (its connection
 # closed, or no confirm in time): the first may have been enqueued too. The value counts the re-sends.
 H_RESENT = "rt-resent"

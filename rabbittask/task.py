@@ -15,13 +15,14 @@ from pydantic_core import ArgsKwargs, SchemaValidator
 from rabbittask.context import TaskContext
 from rabbittask.errors import ArgumentsInvalid, ConfigError
 from rabbittask.handle import TaskHandle, refuse_wait_in_task
-from rabbittask.message import Outgoing, new_id
+from rabbittask.message import H_PARTITION_KEY, Outgoing, new_id
 from rabbittask.retry import RetryPolicy
 from rabbittask.sending import NO_OPTIONS, Args, SendOptions, build_message, check_call, encode_call
 from rabbittask.workflow.signature import Signature, StepOptions
 
 if TYPE_CHECKING:
     from rabbittask.app import App
+    from rabbittask.partitions import KeyReader
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -103,6 +104,9 @@ class Task(Generic[P, R]):
         self.retry_policy = retry or RetryPolicy()
         self.ignore_result = False  # set by @app.task(ignore_result=True): no result is stored
         self.dedupe_s: float | None = None  # set by @app.task(dedupe_s=...): see worker/dedupe.py
+        # Set by @app.task(partition_by=... or fair_by=...): reads the `rt-partition-key` of a call (partitions.py).
+        self.partition_key: KeyReader | None = None
+        self.retries_in_place = False  # partition_by with partition_retry="wait": see worker/inplace.py
         self.bind = bind
         self._validator = _validator(fn, name, bind)
         self._params = list(inspect.signature(fn).parameters)[1 if bind else 0 :]
@@ -154,6 +158,9 @@ class Task(Generic[P, R]):
         if type(args) is not tuple or (kwargs is not None and type(kwargs) is not dict):  # .delay(): never
             args, kwargs = check_call(self.name, args, kwargs)
         args, kw = self.validate(args, kwargs or {})
+        if self.partition_key is not None:  # the consistent-hash exchange routes on this header
+            headers = {**(options.get("headers") or {}), H_PARTITION_KEY: self.partition_key(args, kw)}
+            options = {**options, "headers": headers}
         return build_message(self.app, self.name, self.queue, encode_call(self.app, self.name, args, kw), options)
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:

@@ -46,6 +46,7 @@ class QueueSpec:
     overflow: Overflow | None = None
     single_active_consumer: bool = False
     message_ttl_ms: int | None = None
+    partitions: int = 0  # > 0: that many partition queues behind a consistent-hash exchange (partitions.py)
 
     def __post_init__(self) -> None:
         if not self.name or self.name.startswith("amq.") or len(self.name) > 200:
@@ -180,9 +181,9 @@ def dlq_arguments(spec: QueueSpec) -> Arguments:
 
 
 def declarations(exchange: str, queues: Iterable[QueueSpec]) -> list[Declaration]:
-    """Everything to declare for `queues`, in an order the broker accepts."""
+    """Everything to declare for `queues`, in an order the broker accepts (partitioned ones: partitions.py)."""
     decls: list[Declaration] = [ExchangeDecl(exchange), ExchangeDecl(dlx_name(exchange))]
-    for spec in sorted(queues, key=lambda q: q.name):
+    for spec in sorted((q for q in queues if not q.partitions), key=lambda q: q.name):
         decls += [
             QueueDecl(spec.name, queue_arguments(spec, exchange)),
             BindingDecl(spec.name, exchange, spec.name),

@@ -65,7 +65,33 @@ answers() {
     [[ "$reply" == 01 || "$reply" == 41 ]]
 }
 
+# Partitioned queues (partition_by / fair_by) need the consistent-hash exchange: it ships with
+# RabbitMQ but is off by default. Enabling it on a local node is idempotent and needs no restart;
+# where that cannot be done here, say what to run (the worker names it too when it is missing).
+plugins="rabbitmq_consistent_hash_exchange"
+is_local() {
+    case "$host" in
+        localhost | 127.* | ::1 | 0.0.0.0 | "$(hostname)" | "$(hostname -f 2>/dev/null || hostname)") return 0 ;;
+        *) return 1 ;;
+    esac
+}
+enable_plugins() {
+    local out
+    if ! is_local || ! command -v rabbitmq-plugins >/dev/null 2>&1; then
+        return 0 # a remote or containerised broker: its owner enables plugins
+    fi
+    if [[ -n "$dry_run" ]]; then
+        say "would run: rabbitmq-plugins enable $plugins"
+        return 0
+    fi
+    if ! out=$(timeout 60 rabbitmq-plugins enable "$plugins" 2>&1); then
+        say "could not enable $plugins here (${out##*$'\n'}); partitioned queues need it:"
+        say "  sudo rabbitmq-plugins enable $plugins"
+    fi
+}
+
 if answers; then
+    enable_plugins
     exit 0
 fi
 say "nothing answers at $shown"
@@ -122,6 +148,7 @@ if ! command -v rabbitmq-server >/dev/null 2>&1 && [[ ! -x /usr/sbin/rabbitmq-se
     # The package may have started the service itself.
     if [[ -z "$dry_run" ]] && answers; then
         say "rabbitmq-server installed and answering at $shown"
+        enable_plugins
         exit 0
     fi
 fi
@@ -157,3 +184,4 @@ until answers; do
     sleep 0.5
 done
 say "rabbitmq-server answers at $shown (after $((SECONDS - deadline + wait_s))s)"
+enable_plugins

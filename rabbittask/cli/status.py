@@ -101,6 +101,15 @@ def _print_tables(data: dict[str, Any]) -> None:
         for c in data["workflows"]:
             chords.add_row(c["id"], str(c["done"]), str(c["total"]))
         console.print(chords)
+    partitioned = [p for q in data["queues"] for p in q.get("partitions", ())]
+    if partitioned:
+        table = Table(title="Partitions (partition_by / fair_by)")
+        for column in ("partition", "ready", "consumers", "active on"):
+            table.add_column(column, justify="right" if column in ("ready", "consumers") else "left")
+        for p in partitioned:
+            # A single-active-consumer partition is shown active on the child that took a message from it.
+            table.add_row(p["name"], _number(p["ready"]), _number(p["consumers"]), p["active"] or "-")
+        console.print(table)
 
 
 def _number(value: int | None) -> str:

@@ -1,4 +1,4 @@
-"""`rabbittask topology`: export the app's broker topology, compare it with a broker, apply it.
+"""`rabbittask topology`: export the app's broker topology, compare it with a broker, apply it, shrink partitions.
 
 Exit codes of `diff` and `apply`: 0 same / applied, 1 differs / conflicts (nothing changed),
 2 the comparison could not be made (broker or management API unreachable, login refused).
@@ -10,6 +10,7 @@ import sys
 from typing import NoReturn
 
 import click
+import pika.exceptions
 
 from rabbittask.amqp.blocking import close_quietly, connect
 from rabbittask.amqp.connect import vhost as vhost_of_url  # `vhost` is a command option here
@@ -21,6 +22,7 @@ from rabbittask.ops.admin.apply import apply as apply_declarations
 from rabbittask.ops.admin.compare import compare, describe, ways_out
 from rabbittask.ops.admin.formats import FORMATS, Format, render
 from rabbittask.ops.admin.live import Management, read_passive
+from rabbittask.ops.shrink import shrink as shrink_partitions
 from rabbittask.settings import host_port, mask_url
 
 EXIT_DIFFERENT = 1
@@ -158,3 +160,32 @@ def diff(app_spec: str, management_url: str | None, vhost: str | None, ignore_ex
         click.echo(f"{len(differences)} difference(s)")
         sys.exit(EXIT_DIFFERENT)
     click.echo("no differences")
+
+
+@topology.command()
+@APP_OPTION
+@click.option("--dry-run", is_flag=True, help="Only list the partitions that would go, and their messages.")
+def shrink(app_spec: str, dry_run: bool) -> None:
+    """After lowering a queue's `partitions`: move the messages of the partitions it no longer has into
+    the current ones (each confirmed before its ack), then delete those partitions.
+
+    Stop the workers of the old deploy first (a partition that is still consumed is refused). Exit status:
+    0 done (or nothing to do), 2 error.
+    """
+    app = load_app(app_spec)
+    try:
+        connection = connect(app.settings, "topology shrink")
+        try:
+            retired = shrink_partitions(connection, app, dry_run=dry_run)
+        finally:
+            close_quietly(connection)
+    except (RabbitTaskError, pika.exceptions.AMQPError) as e:
+        _fail(mask_url(str(e)))
+    for r in retired:
+        done = (
+            "would move {} message(s) to the current partitions and delete it"
+            if dry_run
+            else ("moved {} message(s) to the current partitions, deleted it")
+        )
+        click.echo(f"  - {r.queue}: {done.format(r.messages)}")
+    click.echo(f"{len(retired)} partition(s) {'to retire' if dry_run else 'retired'}" if retired else "nothing to do")

@@ -118,7 +118,10 @@ class Monitor:
                 return [], None
             beats = self._mine()
             try:
-                rows = [await queue_row(connection, q, beats) for q in sorted(self.app.queues)]
+                rows = [
+                    await queue_row(connection, q, beats, self.app.queues[q].partitions)
+                    for q in sorted(self.app.queues)
+                ]
                 delayed = await self._delayed(connection)
             except (aiormq.exceptions.AMQPError, ConnectionError) as e:
                 log.debug("queue depths not read: %s", e)

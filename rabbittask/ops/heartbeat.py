@@ -44,6 +44,7 @@ class Heartbeat(BaseModel):
     consuming: bool = False
     # Chords the child's active joiner counts: [chord id, members reported, members in all] (at most 50).
     chords: tuple[tuple[str, int, int], ...] = ()
+    active_partitions: tuple[str, ...] = ()  # partition queues it is the single active consumer of (as it knows)
 
     @model_validator(mode="before")
     @classmethod

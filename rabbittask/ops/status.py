@@ -20,6 +20,7 @@ from aiormq.abc import DeliveredMessage
 
 from rabbittask.amqp.link import Link
 from rabbittask.ops.heartbeat import OFFLINE, ROUTING_KEYS, Heartbeat
+from rabbittask.partitions import partition_queue_name
 from rabbittask.topology import dlq_name, events_exchange_name
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ async def gather(app: App, listen_s: float = LISTEN_S) -> dict[str, Any]:
         beats = await _listen(connection, events_exchange_name(settings.exchange), listen_s, settings.declare_topology)
         mine = beats_of(beats.values(), app.queues)
         workers = workers_of(mine)
-        queues = [await queue_row(connection, q, mine) for q in sorted(app.queues)]
+        queues = [await queue_row(connection, q, mine, app.queues[q].partitions) for q in sorted(app.queues)]
     return {"workers": workers, "queues": queues, "workflows": workflows_of(mine)}
 
 
@@ -113,9 +114,21 @@ def workers_of(beats: Sequence[Heartbeat]) -> list[dict[str, Any]]:
     return workers
 
 
-async def queue_row(connection: aiormq.abc.AbstractConnection, name: str, beats: Sequence[Heartbeat]) -> dict[str, Any]:
-    """Depth, consumers and DLQ depth of task queue `name`; unacked from the heartbeats `beats`, where it can tell."""
-    ready, consumers = await queue_depth(connection, name)
+async def queue_row(
+    connection: aiormq.abc.AbstractConnection, name: str, beats: Sequence[Heartbeat], partitions: int = 0
+) -> dict[str, Any]:
+    """Depth, consumers and DLQ depth of task queue `name`; unacked from the heartbeats `beats`, where it can tell.
+
+    A partitioned queue (`partitions` > 0) adds a row per partition, with the worker child active on it as
+    its heartbeats say; its ready count is their sum, its consumers the fewest any partition has.
+    """
+    if partitions:
+        rows = [await partition_row(connection, partition_queue_name(name, i), beats) for i in range(partitions)]
+        missing = any(r["ready"] is None for r in rows)
+        ready = None if missing else sum(r["ready"] for r in rows)
+        consumers = None if missing else min(r["consumers"] for r in rows)
+    else:
+        ready, consumers = await queue_depth(connection, name)
     dlq_ready, _ = await queue_depth(connection, dlq_name(name))
     readers = [b for b in beats if name in b.queues]
     alone = all(list(b.queues) == [name] for b in readers)
@@ -128,7 +141,17 @@ async def queue_row(connection: aiormq.abc.AbstractConnection, name: str, beats:
         "consumers": consumers if exists else None,  # unknown, not 0: there is no queue to consume
         "dlq": dlq_name(name),
         "dlq_ready": dlq_ready,
+        **({"partitions": rows} if partitions else {}),
     }
+
+
+async def partition_row(
+    connection: aiormq.abc.AbstractConnection, name: str, beats: Sequence[Heartbeat]
+) -> dict[str, Any]:
+    """Depth and consumers of one partition queue, and `host:pid` of the child whose heartbeat says it is active."""
+    ready, consumers = await queue_depth(connection, name)
+    active = next((f"{b.host}:{b.pid}" for b in beats if name in b.active_partitions), None)
+    return {"name": name, "ready": ready, "consumers": consumers, "active": active}
 
 
 async def queue_depth(connection: aiormq.abc.AbstractConnection, queue: str) -> tuple[int | None, int | None]:

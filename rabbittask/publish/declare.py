@@ -10,6 +10,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from rabbittask.errors import TopologyMismatch
+from rabbittask.partitions import plugin_missing
 from rabbittask.topology import (
     BindingDecl,
     Declaration,
@@ -42,6 +43,8 @@ def declare_sync(channel: BlockingChannel, decls: Sequence[Declaration]) -> None
             if e.reply_code == PRECONDITION_FAILED:
                 raise TopologyMismatch(explain_precondition(e.reply_text, _wanted(d))) from None
             raise
+        except pika.exceptions.ConnectionClosedByBroker as e:  # an unknown exchange type closes the connection
+            raise plugin_missing(e.reply_text) or e from None
 
 
 async def declare_async(channel: aiormq.abc.AbstractChannel, decls: Sequence[Declaration]) -> None:
@@ -58,3 +61,5 @@ async def declare_async(channel: aiormq.abc.AbstractChannel, decls: Sequence[Dec
                 await channel.exchange_bind(d.destination, d.source, routing_key=d.routing_key)
         except aiormq.exceptions.ChannelPreconditionFailed as e:
             raise TopologyMismatch(explain_precondition(str(e.args[0] if e.args else e), _wanted(d))) from None
+        except aiormq.exceptions.ConnectionCommandInvalid as e:  # an unknown exchange type closes the connection
+            raise plugin_missing(str(e.args[0] if e.args else e)) or e from None

@@ -58,6 +58,10 @@ class TlsFiles:
     key_file: str
 
 
+# Enabled on every throwaway node, as `make test` enables them on the broker it sets up.
+DEFAULT_PLUGINS = ("rabbitmq_consistent_hash_exchange",)
+
+
 class RabbitNode:
     """A private RabbitMQ node on free loopback ports, for tests that stop, kill or restart a broker.
 
@@ -65,7 +69,8 @@ class RabbitNode:
     ``extra_config`` lines are appended to its rabbitmq.conf (e.g. ``"consumer_timeout = 5000"``);
     ``advanced_config`` is the text of its advanced.config, for settings rabbitmq.conf cannot carry (e.g.
     ``"[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 5000}]}]."``);
-    ``plugins`` are enabled at boot, each listener of theirs on a port of its own.
+    ``plugins`` are enabled at boot, each listener of theirs on a port of its own, besides
+    ``DEFAULT_PLUGINS`` (what partitioned queues need) unless ``default_plugins`` is False.
     Nodes that share a ``cookie`` can be clustered with ``ctl("join_cluster", other.nodename)``.
 
     ``netns`` runs the node (and its CLI commands) in that Linux network namespace, listening on
@@ -83,13 +88,14 @@ class RabbitNode:
         tls: TlsFiles | None = None,
         netns: str = "",
         host: str = "127.0.0.1",
+        default_plugins: bool = True,
     ) -> None:
         self.tls = tls
         self.netns = netns
         self.host = host
         self.extra_config = tuple(extra_config)
         self.advanced_config = advanced_config
-        self.plugins = tuple(plugins)
+        self.plugins = tuple(dict.fromkeys([*(DEFAULT_PLUGINS if default_plugins else ()), *plugins]))
         self.cookie = cookie or secrets.token_hex(16)
         self.amqp_port = free_port()
         self.dist_port = free_port()

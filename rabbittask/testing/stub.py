@@ -37,6 +37,7 @@ from rabbittask.amqp.properties import properties
 from rabbittask.delays import DELAY_BASE_MS, DELAY_LEVELS, delay_names, delay_ttl_ms, delivered_queue
 from rabbittask.errors import PublishNotConfirmed
 from rabbittask.message import X_DELIVERY_COUNT, Outgoing, missing_exchange, publish_target
+from rabbittask.partitions import partition_queues
 from rabbittask.results.record import decode_result
 from rabbittask.results.rpc import REPLY_TO, reply_timeout
 from rabbittask.testing.memory import MemoryBackend
@@ -235,7 +236,9 @@ class StubBroker:
         with self._lock:
             self._declare_new_queues()
         stages = Stages(self)
-        consumed = list(queues) if queues is not None else sorted(self.app.queues)
+        names = list(queues) if queues is not None else sorted(self.app.queues)
+        specs = self.app.queues
+        consumed = [p for q in names for p in (partition_queues(specs[q]) if q in specs else [q])]
         deadline = None if within_s is None else self.now() + within_s
         ran = 0
         while done is None or not done():
@@ -327,6 +330,9 @@ class StubBroker:
         """The messages ready in queue `name`, in order (a task queue, a DLQ, any queue of the app)."""
         with self._lock:
             self.vhost.expire(self.now())
+            spec = self.app.queues.get(name)
+            if spec is not None and spec.partitions:  # all its partitions' messages, partition by partition
+                return [m for q in partition_queues(spec) for m in self.vhost.queues[q].messages]
             queue = self.vhost.queues.get(name)
             if queue is None:
                 raise KeyError(f"queue {name!r} is not declared by app {self.app.name!r}: {sorted(self.app.queues)}")

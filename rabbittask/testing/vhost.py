@@ -23,14 +23,16 @@ from __future__ import annotations
 import copy
 import datetime
 import functools
+import zlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pamqp.commands import Basic
 
 from rabbittask.message import H_EXC_MESSAGE, H_EXC_TYPE, H_REASON, Body, attempt_of, decode_body
+from rabbittask.partitions import HASH_EXCHANGE_TYPE
 from rabbittask.results.rpc import REPLY_TO
 from rabbittask.topology import BindingDecl, Declaration, ExchangeDecl, QueueDecl
 
@@ -143,6 +145,7 @@ class VirtualHost:
 
     def __init__(self, declarations: Iterable[Declaration]) -> None:
         self.exchanges: dict[str, str] = {}  # name -> type
+        self.hash_headers: dict[str, str] = {}  # consistent-hash exchange -> the header it hashes
         self.bindings: dict[str, list[Binding]] = {}  # source exchange -> bindings
         self.queues: dict[str, Queue] = {}
         self.replies: dict[str, bytes] = {}  # direct reply-to bodies, by correlation id
@@ -154,6 +157,8 @@ class VirtualHost:
         """Apply one declaration (as idempotently as the broker; a queue declared again is in use again)."""
         if isinstance(decl, ExchangeDecl):
             self.exchanges.setdefault(decl.name, decl.type)
+            if decl.type == HASH_EXCHANGE_TYPE:
+                self.hash_headers[decl.name] = str(decl.arguments.get("hash-header", ""))
         elif isinstance(decl, QueueDecl):
             self.queues.setdefault(decl.name, Queue(decl.name, dict(decl.arguments))).declared_at = now
         else:
@@ -178,7 +183,7 @@ class VirtualHost:
             return "routed"
         if exchange and exchange not in self.exchanges:
             return "no exchange"  # the broker closes the channel (404)
-        queues = self.route(exchange, routing_key)
+        queues = self.route(exchange, routing_key, props.headers)
         if not queues:
             return "unroutable" if mandatory else "routed"
         outcome: Routed = "routed"
@@ -188,8 +193,11 @@ class VirtualHost:
                 outcome = "nacked"
         return outcome
 
-    def route(self, exchange: str, routing_key: str) -> list[Queue]:
-        """The queues a message published to `exchange` with `routing_key` reaches (each once)."""
+    def route(self, exchange: str, routing_key: str, headers: Mapping[str, Any] | None = None) -> list[Queue]:
+        """The queues a message published to `exchange` with `routing_key` reaches (each once).
+
+        A consistent-hash exchange sends it to one of its bindings, chosen by the hashed header (the
+        same key always to the same queue; which one is the stub's own choice, not RabbitMQ's)."""
         if exchange == "":
             queue = self.queues.get(routing_key)
             return [queue] if queue is not None else []
@@ -202,7 +210,11 @@ class VirtualHost:
                 continue
             seen.add(source)
             kind = self.exchanges.get(source, "direct")
-            for b in self.bindings.get(source, ()):
+            bindings = self.bindings.get(source, [])
+            if kind == HASH_EXCHANGE_TYPE and bindings:
+                key = str((headers or {}).get(self.hash_headers.get(source, ""), ""))
+                bindings = [bindings[zlib.crc32(key.encode()) % len(bindings)]]
+            for b in bindings:
                 if not _matches(kind, b.routing_key, routing_key):
                     continue
                 if b.to_exchange:
@@ -340,7 +352,7 @@ def _timestamp(epoch_s: float) -> datetime.datetime:
 
 
 def _matches(kind: str, pattern: str, routing_key: str) -> bool:
-    if kind == "fanout":
+    if kind in ("fanout", HASH_EXCHANGE_TYPE):  # a hash exchange's binding key is a weight, chosen in `route`
         return True
     if kind == "topic":
         return _topic(tuple(pattern.split(".")), tuple(routing_key.split(".")))

@@ -41,6 +41,12 @@ class Acker:
         self._soon = False  # a flush is due in the next loop pass
         self._timer: asyncio.TimerHandle | None = None  # a flush is due in DELAY_S
         self._held = False
+        # Consumers whose next message comes only after this ack (prefetch 1: partitions): never delayed;
+        # consumer tag -> partition queue. `active` holds the partitions a message came from on this channel:
+        # with single-active-consumer only the active consumer gets any, and stays so while the channel lives.
+        self.urgent_consumers: dict[str, str] = {}
+        self.active: set[str] = set()
+        self._urgent: set[int] = set()
         self._sends: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
 
@@ -53,11 +59,16 @@ class Acker:
         """Record a delivery (in tag order)."""
         self._order.append(tag)
 
+    def urgent(self, tag: int) -> None:
+        """Ack `tag` in the next loop pass, not after `DELAY_S`: its consumer waits for it (prefetch 1)."""
+        self._urgent.add(tag)
+
     def ack(self, tag: int) -> None:
         """Ack `tag` soon, together with the other tags finished by then."""
         done = self._done
         done.add(tag)
-        if len(done) >= self._batch:
+        if len(done) >= self._batch or (self._urgent and tag in self._urgent):
+            self._urgent.discard(tag)
             if not self._soon:
                 self._soon = True
                 self._loop.call_soon(self._flush)

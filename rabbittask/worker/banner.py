@@ -26,7 +26,10 @@ def queue_text(spec: QueueSpec) -> str:
         parts.append(f"priorities 0..{spec.max_priority}")
     if spec.max_length is not None:
         parts.append(f"max length {spec.max_length}" + (f" ({spec.overflow})" if spec.overflow else ""))
-    if spec.single_active_consumer:
+    if spec.partitions:  # partitions.py: <queue>.p0 ... behind a consistent-hash exchange
+        kind = "ordered by key" if spec.single_active_consumer else "fair"
+        parts.append(f"{spec.partitions} partitions {spec.name}.p0..p{spec.partitions - 1} ({kind})")
+    elif spec.single_active_consumer:
         parts.append("single active consumer")
     if spec.message_ttl_ms is not None:
         parts.append(f"messages expire after {spec.message_ttl_ms / 1000:g} s")

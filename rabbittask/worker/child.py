@@ -5,6 +5,7 @@ A message walks through them in order (`_on_message`):
     session (session.py)        delivered on the current channel; counted in flight
     redelivery (redelivery.py)  expired, not due, delivered too often, or a run this child already has?
     dispatch (dispatch.py)      async task: run on the loop; sync task: inline (inline.py) or a thread (threads.py)
+    (retry in place)            a `partition_by` task's retry waits here and runs again (inplace.py)
     outcome (outcome.py)        what happened, and the `Reason` if it did not simply succeed
     settle (settle.py)          ack, reply / store then ack, republish or dead-letter then ack, hand back
 
@@ -33,6 +34,7 @@ from rabbittask.worker.events import Events
 from rabbittask.worker.exits import EXIT_OK
 from rabbittask.worker.inline import InlinePolicy, InlineRunner
 from rabbittask.worker.joiner import Joiner
+from rabbittask.worker.inplace import InPlaceRetries
 from rabbittask.worker.metrics import TaskMetrics
 from rabbittask.worker.outcome import Outcome
 from rabbittask.worker.redelivery import Redeliveries
@@ -72,6 +74,7 @@ class Child:
         metrics: bool = False,
         inline_max_s: float = INLINE_MAX_S,
         running_markers: RunningMarkers | None = None,
+        partition_slot: tuple[int, int] = (0, 1),
     ) -> None:
         self.app = app
         self.queues = list(queues) or sorted(app.queues)
@@ -124,6 +127,8 @@ class Child:
         self.dispatcher = Dispatcher(
             app, self.threads, self.redeliveries, self.settler.settle, inline=self.inline, started_log=started_log
         )
+        if any(t.retries_in_place for t in app.tasks.values() if t.queue in self.queues):
+            self.settler.in_place = InPlaceRetries(app, self.settler, self.lifecycle, self.dispatcher.route)
         self.session = Session(
             app,
             self.queues,
@@ -138,6 +143,7 @@ class Child:
             shutdown_timeout_s=shutdown_timeout_s,
             on_ready=on_ready,
             on_consuming=on_consuming,
+            partition_slot=partition_slot,
         )
         self._budget_watch: asyncio.Task[None] | None = None
         # Chords join on the broker: every child stands by on the join queue, one at a time is active.
@@ -182,6 +188,11 @@ class Child:
         if acker is None:
             return  # not acked: the broker requeues it when the channel closes
         acker.delivered(delivery_tag(message))
+        if acker.urgent_consumers:
+            partition = acker.urgent_consumers.get(getattr(message.delivery, "consumer_tag", None) or "")
+            if partition is not None:  # its next message waits for this ack; this child is its active consumer
+                acker.urgent(delivery_tag(message))
+                acker.active.add(partition)
         self.flight.add()
         if self.lifecycle.handing_back.is_set():  # came before the cancel-ok: hand it back at once
             self.settler.hand_back(message)
@@ -261,4 +272,5 @@ class Child:
             "consuming": acker is not None and acker.alive and self.lifecycle.running,
             "reconnects": self.session.reconnects,
             "chords": self.joiner.running() if self.joiner is not None else [],
+            "active_partitions": sorted(acker.active) if acker is not None else [],
         }

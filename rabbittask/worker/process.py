@@ -130,6 +130,7 @@ def _serve(spec: ChildSpec) -> int:
         on_consuming=(lambda up: _notify(spec.pipe, CONSUMING if up else LOST)) if options.metrics_port else None,
         metrics=options.metrics_port is not None,
         running_markers=RunningMarkers(spec.running_dir) if spec.running_dir else None,
+        partition_slot=(spec.number - 1, options.concurrency),  # its home partitions (partitions.py)
     )
     child.stop_signals = (signal.SIGTERM,)
     setproctitle(title(f"child {spec.number}", child.queues, "tasks=0"))

@@ -25,6 +25,7 @@ from aiormq.abc import DeliveredMessage
 
 from rabbittask.amqp.connect import CONNECTION_ERRORS, access_refused, connect
 from rabbittask.errors import AccessRefused, ConnectionLost, PublishError, TopologyMismatch
+from rabbittask.partitions import PARTITION_PREFETCH, home_partitions, partition_queues
 from rabbittask.publish.declare import declare_async
 from rabbittask.settings import mask_url
 from rabbittask.worker.acks import Acker
@@ -47,6 +48,7 @@ RECONNECT_ERRORS: tuple[type[BaseException], ...] = (
 ACCESS_ATTEMPTS = 3  # connections tried before a refused login or permission ends the worker
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
+STANDBY_DELAY_S = 1.0  # before a child subscribes to the partitions of the others (see `_stand_by`)
 
 
 class Session:
@@ -68,8 +70,10 @@ class Session:
         shutdown_timeout_s: float,
         on_ready: Callable[[], None] | None = None,
         on_consuming: Callable[[bool], None] | None = None,
+        partition_slot: tuple[int, int] = (0, 1),
     ) -> None:
         self.app = app
+        self.partition_slot = partition_slot  # (this child's index, children of the worker): its home partitions
         self.queues = queues
         self.prefetch = prefetch
         self.reconnects = 0
@@ -134,32 +138,46 @@ class Session:
 
     async def _consume(self) -> None:
         connection = await connect(self.app.settings, f"worker q={','.join(self.queues)}")
+        specs = [self.app.queues[q] for q in self.queues]
+        plain = [s.name for s in specs if not s.partitions]
+        partitioned = [name for s in specs if s.partitions for name in partition_queues(s)]
         try:
             channel = await connection.channel(publisher_confirms=False)
             try:
                 if self.app.settings.declare_topology:
                     await declare_async(channel, self.app.declarations(self.queues))
                 else:  # pre-applied by an admin: the worker needs no configure permission
-                    await check_queues(channel, self.queues)
+                    await check_queues(channel, [*plain, *partitioned])
                 prefetch = self._retirement.prefetch(self.prefetch)  # capped by a max-tasks budget
-                await channel.basic_qos(prefetch_count=prefetch)  # per consumer, never global
-                self._settler.acker = Acker(channel, prefetch)
+                acker = self._settler.acker = Acker(channel, prefetch)
                 tags: list[str] = []
-                for q in self.queues:
-                    ok = await channel.basic_consume(q, self._on_message)
-                    tags.append(ok.consumer_tag or "")
+                if plain:
+                    await channel.basic_qos(prefetch_count=prefetch)  # per consumer, never global
+                    tags += [await self._subscribe(channel, q) for q in plain]
+                home, standby = home_partitions(partitioned, self.partition_slot)
+                if partitioned:
+                    # basic.qos without global sets the prefetch of the consumers started after it on the channel.
+                    await channel.basic_qos(prefetch_count=PARTITION_PREFETCH)
+                    for q in home:
+                        acker.urgent_consumers[await self._subscribe(channel, q)] = q
+                    tags += acker.urgent_consumers
             except aiormq.exceptions.ChannelAccessRefused as e:
                 raise access_refused(self.app.settings, e, f"declare or consume {', '.join(self.queues)}") from None
-            log.info("consuming from %s (prefetch %d, %d thread(s))", ", ".join(self.queues), prefetch, self._threads)
+            shown = plain + [
+                f"{s.name} ({s.partitions} partitions, 1 message each at a time)" for s in specs if s.partitions
+            ]
+            log.info("consuming from %s (prefetch %d, %d thread(s))", ", ".join(shown), prefetch, self._threads)
             self.consumed = True
             if self._on_ready is not None:
                 self._on_ready()
                 self._on_ready = None
             if self._on_consuming is not None:
                 self._on_consuming(True)
+            later = asyncio.ensure_future(self._stand_by(channel, standby, tags))
             stop = asyncio.ensure_future(self._lifecycle.stopping.wait())
             await asyncio.wait([stop, channel.closing], return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
+            later.cancel()
             if not self._lifecycle.running and not channel.is_closed:
                 await self._drain(channel, tags)
             elif channel.is_closed or channel.closing.done():
@@ -170,6 +188,32 @@ class Session:
                 self._on_consuming(False)
             if not connection.is_closed:
                 await connection.close()
+
+    async def _subscribe(self, channel: aiormq.abc.AbstractChannel, queue: str) -> str:
+        """Consume `queue` with the prefetch set last on `channel`; the consumer tag."""
+        ok = await channel.basic_consume(queue, self._on_message)
+        return ok.consumer_tag or ""
+
+    async def _stand_by(self, channel: aiormq.abc.AbstractChannel, queues: list[str], tags: list[str]) -> None:
+        """After `STANDBY_DELAY_S`, consume the partitions of the other children as their single-active standby.
+
+        A consumer that subscribes first is the active one: the children of a worker each take their home
+        partitions at once and the others a moment later, so the partitions are spread over the children
+        and every child can take over any partition whose active consumer died.
+        """
+        if not queues:
+            return
+        await asyncio.sleep(STANDBY_DELAY_S)
+        try:
+            for q in queues:
+                if not self._lifecycle.running or channel.is_closed:
+                    return
+                tag = await self._subscribe(channel, q)
+                tags.append(tag)
+                if self._settler.acker is not None:
+                    self._settler.acker.urgent_consumers[tag] = q
+        except RECONNECT_ERRORS as e:  # the session ends and reconnects anyway
+            log.debug("standby consumers not started: %s", e)
 
     async def _drain(self, channel: aiormq.abc.AbstractChannel, consumer_tags: list[str]) -> None:
         for tag in consumer_tags:

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from rabbittask.app import App
     from rabbittask.results.backend import ResultBackend
     from rabbittask.worker.events import Events
+    from rabbittask.worker.inplace import InPlaceRetries
     from rabbittask.worker.redelivery import Redeliveries
     from rabbittask.worker.retirement import Lifecycle, Retirement
 
@@ -108,6 +109,7 @@ class Settler:
         join_queue = join_queue_name(app.settings.exchange, app.settings.join_queue)
         self.reports = Reports(join_queue, app.settings.max_payload_bytes, self._confirmed_record)
         self.followup = Followup(app, self.reports)  # a workflow's next step or chord report, before the ack
+        self.in_place: InPlaceRetries | None = None  # set by the child when a task it runs retries in place
         self.log_successes = tasklog.enabled()  # asked once: a quiet drain pays no call per success
         self.successes = tasklog.Successes()  # with INFO on: one log record per loop turn
         self._background: set[asyncio.Task[None]] = set()
@@ -131,6 +133,8 @@ class Settler:
         message = outcome.message
         if self.redeliveries.marked:
             self.redeliveries.settled(message)
+        if reason is Reason.RETRY and self.in_place is not None and self.in_place.take(outcome):
+            return  # still held: it runs again here after its back-off (inplace.py)
         acker = self.acker
         if forget:
             pass

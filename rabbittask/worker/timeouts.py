@@ -6,7 +6,8 @@ run longer is cut off by the broker, and redelivered, before its own limit can f
 node configuration (`rabbitmq.conf`, or `advanced.config`) that no AMQP client can read, so the
 worker takes it as `--consumer-timeout` (default: RabbitMQ's 1800 s) and checks every task with a
 time limit against it. The clock starts at delivery, not when the task starts: a sync task can
-wait behind `prefetch / threads` others in its child first, and that wait is counted too.
+wait behind `prefetch / threads` others in its child first, and that wait is counted too. A retry
+of a `partition_by` task waits in the worker with its message unacked, so its back-off counts as well.
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ def consumer_timeout_problems(app: App, queues: Sequence[str], options: WorkerOp
     )
     problems = []
     for task in sorted(app.tasks.values(), key=lambda t: t.name):
+        policy = task.retry_policy
+        wait_s = policy.retry_delay if policy.retry_backoff is False else policy.retry_backoff_max
+        if task.queue in queues and task.retries_in_place and wait_s + (task.time_limit or 0) >= timeout_s:
+            # A partition_by retry waits in the worker, its message unacked (inplace.py): that wait counts too.
+            problems.append(
+                f"task {task.name!r}: its retries wait in place (partition_by) up to {wait_s:g} s with the message "
+                f"unacked, not shorter than the broker's consumer_timeout ({timeout_s:g} s) with its run: lower "
+                f"retry_backoff_max, use partition_retry='skip', or {fix_broker}."
+            )
         limit_s = task.time_limit or task.soft_time_limit
         if task.queue not in queues or limit_s is None:
             continue

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pika
 import pytest
 
 from rabbittask import App
@@ -346,3 +347,50 @@ def test_dashboard_refuses_a_short_token_and_says_when_the_extra_is_missing(brok
     assert missing.returncode == 1
     assert "the dashboard needs the 'dashboard' extra" in missing.stderr
     assert "pip install 'rabbittask[dashboard]'" in missing.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_dashboard_lists_the_partitions_of_a_partitioned_queue_and_where_each_is_active(
+    prefix: str, broker_url: str, worker_factory: WorkerFactory, playwright: Any, tmp_path: Path, amqp_cleanup: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    for name, partitions in (("orders", 8), ("skipping", 2), ("reports", 4)):  # the test app's queues
+        for i in range(partitions):
+            amqp_cleanup.queue(f"{prefix}.{name}.p{i}")
+        amqp_cleanup.queue(f"{prefix}.{name}.dlq")
+        amqp_cleanup.exchange(f"rabbittask.{prefix}.{name}.hash")
+
+    ordered_app = "tests.apps.ordered_app:app"
+    queue = f"{prefix}.orders"
+    env = worker_env(broker_url, {"RT_TEST_PREFIX": prefix, "RT_TEST_LEDGER": str(tmp_path)})
+    board = DashboardProcess(["-A", ordered_app, "--port", "0", "--token", TOKEN], env, tmp_path / "dashboard.log")
+    worker = worker_factory(ordered_app, "-c", "2", "-Q", queue, prefix=prefix)
+    worker.wait_ready(children=2)
+    connection = amqp.connect(broker_url)
+    channel = connection.channel()
+    for key in range(20):  # tasks of 20 keys through the task exchange: most partitions deliver one
+        body = b'{"v": 1, "args": ["k%d", 0], "kwargs": {}}' % key
+        props = {
+            "type": "ordered.apply",
+            "content_type": "application/json",
+            "headers": {"rt-partition-key": f"k{key}"},
+        }
+        channel.basic_publish("rabbittask", queue, body, pika.BasicProperties(**props))
+    connection.close()
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    try:
+        page = browser.new_page()
+        page.goto(board.url)
+        expect(page.locator(f'#queues tr[data-queue="{queue}"]')).to_be_visible(timeout=WAIT_MS)
+        rows = page.locator(f'#queues tr.partition[data-partition^="{queue}.p"]')
+        expect(rows).to_have_count(8, timeout=WAIT_MS)  # (the app's other partitioned queues have rows too)
+        expect(page.locator(f'#queues tr[data-partition="{queue}.p0"]')).to_contain_text(f"{queue}.p0")
+        children = worker.wait_for_children(2)
+        expect(rows.filter(has_text="active on").first).to_be_visible(timeout=WAIT_MS)
+        active = rows.filter(has_text="active on").first.inner_text()
+        assert any(f":{pid}" in active for pid in children), active
+    finally:
+        browser.close()
+        assert board.stop() == 0, board.log_path.read_text()

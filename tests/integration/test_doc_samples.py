@@ -26,6 +26,8 @@ SAMPLES = ROOT / "docs" / "samples"
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 # Sample queues, deleted after the module when the samples could not have a virtual host of their own.
 QUEUES = ["mail", "images", "payments", "billing", "orders", "default", "pages"]
+QUEUES += [f"ledger.p{i}" for i in range(8)] + [f"statements.p{i}" for i in range(16)]
+QUEUES += [f"profiles.p{i}" for i in range(4)] + ["ledger", "statements", "profiles"]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,7 @@ def workers(
     """One worker per sample app, as the samples' comments say to start them."""
     started: dict[str, WorkerProcess] = {}
     try:
-        for spec in ("shop.tasks:app", "retries:app", "task_logging:app", "waiting:app", "workflows:app"):
+        for spec in ("shop.tasks:app", "retries:app", "task_logging:app", "waiting:app", "workflows:app", "partitions:app"):
             log = tmp_path_factory.mktemp("samples") / f"{spec.split(':')[0]}.log"
             started[spec] = WorkerProcess(["-A", spec], samples_env, log)
         for w in started.values():
@@ -100,6 +102,11 @@ def test_results_from_a_backend(samples_env: dict[str, str], workers: dict[str, 
     out = run_sample(samples_env, "results_backend.py").splitlines()
     assert out[0] in ("PENDING", "SUCCESS")
     assert out[1:] == ["sent 'hello' to ada@example.com", "True True False", "sent 'hello' to ada@example.com"]
+
+
+def test_partitioned_tasks_run_in_order(samples_env: dict[str, str], workers: dict[str, WorkerProcess]) -> None:
+    out = run_sample(samples_env, "partitions.py").splitlines()
+    assert out == [f"account {a}: 5 entries ran in order" for a in (1, 2, 3)] + ["acme: statement for 2026-11"]
 
 
 def test_retries_and_dead_letters(samples_env: dict[str, str], workers: dict[str, WorkerProcess]) -> None:

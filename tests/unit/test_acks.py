@@ -62,3 +62,20 @@ async def test_nothing_is_acked_once_the_channel_closed() -> None:
     acker.ack(1)
     await settle(acker)
     assert channel.frames == [] and not acker.alive
+
+
+async def test_an_urgent_ack_goes_out_in_the_next_loop_pass_not_after_the_delay() -> None:
+    # Given a wide window (an ack would wait DELAY_S for company) and a partition's delivery marked urgent
+    channel = FakeChannel()
+    acker = Acker(channel, prefetch=64)  # type: ignore[arg-type]
+    acker.delivered(1)
+    acker.delivered(2)
+    acker.urgent(2)
+    acker.ack(1)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert channel.frames == []  # an ordinary ack waits for company
+    acker.ack(2)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert channel.frames == [("ack", 2, True)]  # the urgent one takes the finished prefix with it at once

@@ -76,12 +76,13 @@ function renderWorkers(workers) {
 }
 
 function renderQueues(queues, delayed) {
-  fill(document.querySelector("#queues tbody"), queues.map((q) => el("tr", { "data-queue": q.name },
+  fill(document.querySelector("#queues tbody"), queues.flatMap((q) => [el("tr", { "data-queue": q.name },
     el("td", {}, q.name, q.exists ? "" : el("span", { class: "bad" }, " (missing)")),
     el("td", { class: "n" }, num(q.ready)), el("td", { class: "n" }, num(q.unacked)),
     el("td", { class: q.consumers ? "n" : "n bad" }, q.consumers),
     el("td", { class: q.dlq_ready ? "n bad dlq-depth" : "n dlq-depth" }, num(q.dlq_ready)),
-    el("td", {}, el("button", { type: "button", class: "browse", onclick: () => openDlq(q.name) }, "browse")))));
+    el("td", {}, el("button", { type: "button", class: "browse", onclick: () => openDlq(q.name) }, "browse"))),
+    ...(q.partitions || []).map(renderPartition)]));
   document.getElementById("delayed").textContent = num(delayed);
 }
 
@@ -89,6 +90,14 @@ function renderChords(chords) {
   fill(document.querySelector("#chords tbody"), chords.map((c) => el("tr", { "data-chord": c.id },
     el("td", {}, c.id), el("td", { class: "n" }, c.done), el("td", { class: "n" }, c.total))));
   document.getElementById("chords-section").hidden = chords.length === 0;
+}
+
+// A partition of a partition_by / fair_by queue, under its queue: depth, consumers, the child active on it.
+function renderPartition(p) {
+  return el("tr", { class: "partition", "data-partition": p.name },
+    el("td", {}, "\u21b3 " + p.name), el("td", { class: "n" }, num(p.ready)), el("td", {}, ""),
+    el("td", { class: p.consumers ? "n" : "n bad" }, num(p.consumers)),
+    el("td", { colspan: "2", class: "muted" }, p.active ? `active on ${p.active}` : ""));
 }
 
 function renderChart(rates) {
