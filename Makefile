@@ -69,10 +69,13 @@ bench: venv broker
 
 LINTED := rabbittask tests bench examples docs/hooks docs/samples
 
+# tests/typing holds user code with the mistakes a type checker must catch: mypy and pyright both check it.
 check: venv
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict tests/typing
+	$(VENV)/bin/pyright
 
 format: venv
 	$(VENV)/bin/ruff format $(LINTED)

@@ -211,7 +211,7 @@ class App:
     def schedule(
         self,
         name: str,
-        target: Signature | Task[Any, Any],
+        target: Signature[Any] | Task[Any, Any],
         *,
         cron: str | None = None,
         every: timedelta | float | None = None,
@@ -295,7 +295,7 @@ class App:
 
     def send_task(
         self, name: str, args: Args = (), kwargs: Mapping[str, Any] | None = None, **options: Unpack[SendOptions]
-    ) -> TaskHandle:
+    ) -> TaskHandle[Any]:
         """Send a task by its name, from a producer that does not import its code; confirmed like `.delay()`.
 
         `app.send_task("shop.tasks.send_email", args=["ada@example.com", "hi"], queue="emails")`. The
@@ -307,11 +307,11 @@ class App:
 
     async def asend_task(
         self, name: str, args: Args = (), kwargs: Mapping[str, Any] | None = None, **options: Unpack[SendOptions]
-    ) -> TaskHandle:
+    ) -> TaskHandle[Any]:
         """Async twin of `send_task`."""
         return await self.asend(message_by_name(self, name, args, kwargs, options))
 
-    def send(self, msg: Outgoing) -> TaskHandle:
+    def send(self, msg: Outgoing) -> TaskHandle[Any]:
         """Publish a prepared message and wait for the confirm (or hold it in the current batch)."""
         if tracing.spans is not None:
             with tracing.publishing(msg, self.settings.exchange):
@@ -320,7 +320,7 @@ class App:
             self.clients.send(msg)
         return TaskHandle(msg.message_id, msg.task_name, msg.routing_key, self)
 
-    async def asend(self, msg: Outgoing) -> TaskHandle:
+    async def asend(self, msg: Outgoing) -> TaskHandle[Any]:
         """Async twin of `send`: inside `abatch()` the confirm is awaited at the end of the batch."""
         if tracing.spans is not None:
             with tracing.publishing(msg, self.settings.exchange):

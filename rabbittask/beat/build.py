@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 def build_entry(
     app: App,
     name: str,
-    target: Signature | Task[Any, Any],
+    target: Signature[Any] | Task[Any, Any],
     *,
     cron: str | None = None,
     every: timedelta | float | None = None,
