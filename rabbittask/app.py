@@ -114,6 +114,8 @@ class TaskOptions(BaseModel):
 class App:
     """A rabbittask application: tasks, the queues they map to, and how to reach the broker."""
 
+    task_class: type[Task[Any, Any]] = Task  # what @app.task makes (`DjangoApp`: a subclass)
+
     def __init__(
         self,
         name: str,
@@ -201,7 +203,7 @@ class App:
         check_delay_queue_name(spec.name)
         retry = policy_for(self.settings, self.autoretry_for, o.retry_options())
         self.queues.setdefault(spec.name, spec)
-        task: Task[P, R] = Task(self, fn, name, spec.name, retry=retry, bind=o.bind)
+        task: Task[P, R] = self.task_class(self, fn, name, spec.name, retry=retry, bind=o.bind)
         task.ignore_result = o.ignore_result
         task.dedupe_s = o.dedupe_s
         task.set_time_limits(o.time_limit, o.soft_time_limit)

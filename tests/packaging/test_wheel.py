@@ -83,6 +83,7 @@ def test_the_wheel_holds_the_package_its_types_and_the_dashboard_files_and_nothi
 ) -> None:
     names = zipfile.ZipFile(dist[0]).namelist()
     assert "rabbittask/__init__.py" in names and "rabbittask/py.typed" in names
+    assert "rabbittask/contrib/django.py" in names
     assert "rabbittask/dashboard/page.html" in names
     assert all(f"rabbittask/dashboard/static/{name}" in names for name in STATIC)
     assert [n for n in names if n.startswith(("tests/", "examples/", "docs/", "bench/"))] == []
