@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, Unpack, overload
 
 import django
+from django import conf  # conf.settings is read when used: a lazy object that raises until Django is set up
 from django.apps import apps
-from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, transaction
 
@@ -113,7 +113,7 @@ def setup_django() -> None:
     if apps.ready or apps.loading:
         return
     try:
-        django_settings.INSTALLED_APPS  # noqa: B018 - reading one setting loads the settings module
+        conf.settings.INSTALLED_APPS  # noqa: B018 - reading one setting loads the settings module
     except ImproperlyConfigured:
         raise ConfigError(
             "DjangoApp: Django's settings are not configured: set DJANGO_SETTINGS_MODULE (e.g. "
@@ -131,7 +131,7 @@ def setup_django() -> None:
 def rabbittask_settings() -> dict[str, Any]:
     """The `RABBITTASK_*` Django settings as `App` keywords; `ConfigError` for a name that is no setting."""
     values = {}
-    for key in dir(django_settings):
+    for key in dir(conf.settings):
         if not key.startswith(PREFIX):
             continue
         field = key.removeprefix(PREFIX).lower()
@@ -143,5 +143,5 @@ def rabbittask_settings() -> dict[str, Any]:
                 f"Django setting {key} is not a rabbittask setting{hint}; the settings are listed on the "
                 "Settings page of the documentation, each as RABBITTASK_<NAME>"
             )
-        values[field] = getattr(django_settings, key)
+        values[field] = getattr(conf.settings, key)
     return values
