@@ -112,6 +112,7 @@ def test_the_sdist_builds_the_same_package_without_caches(dist: tuple[Path, Path
         names = sdist.getnames()
     root = f"rabbittask-{VERSION}"
     assert f"{root}/rabbittask/py.typed" in names and f"{root}/LICENSE" in names
+    assert f"{root}/CHANGELOG.md" in names and not [n for n in names if n.startswith(f"{root}/tests")]
     assert [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "/.venv" in n] == []
 
 
