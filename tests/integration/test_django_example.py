@@ -7,7 +7,6 @@ committed by then) and marks it processed. When the view's transaction rolls bac
 
 from __future__ import annotations
 
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,17 +17,12 @@ import httpx
 import pytest
 
 from rabbittask.testing.workers import WorkerProcess, worker_env
+from tests.servers import free_port
 from tests.vhosts import own_vhost
 from tests.waiting import assert_stays, wait_until
 from tests.workers import ROOT
 
 PROJECT = ROOT / "examples" / "django"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

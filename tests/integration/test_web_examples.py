@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from rabbittask.testing.workers import WorkerProcess, worker_env
-from tests.integration.test_django_example import free_port
+from tests.servers import free_port
 from tests.vhosts import own_vhost
 from tests.waiting import wait_until
 from tests.workers import ROOT
