@@ -1,5 +1,6 @@
 """examples/django as a person runs it: `manage.py migrate`, `runserver`, and `rabbittask worker -A
-proj.rabbittask:app` with DJANGO_SETTINGS_MODULE, on a SQLite file both processes write.
+proj.rabbittask:app` with DJANGO_SETTINGS_MODULE, on a real database both processes use: a SQLite
+file, and a PostgreSQL database of its own on 127.0.0.1:5432 (skipped, saying so, where none answers).
 
 A view writes a note and sends `process_note` with `delay_on_commit`; the worker reads the row (it is
 committed by then) and marks it processed. When the view's transaction rolls back, no task is sent.
@@ -10,8 +11,10 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,12 +28,34 @@ from tests.workers import ROOT
 PROJECT = ROOT / "examples" / "django"
 
 
+PG = "host=127.0.0.1 port=5432 user=postgres connect_timeout=5"
+
+
 @pytest.fixture
-def django_env(broker_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """The project's environment: its settings, a fresh SQLite file, a vhost of its own (fixed queue names)."""
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The example's database settings (environment variables): a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield {"NOTES_DB": str(tmp_path / "notes.sqlite3")}
+        return
+    psycopg = pytest.importorskip("psycopg")
+    name = f"rt_notes_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(f"{PG} dbname=postgres", autocommit=True) as admin:
+            admin.execute(f"CREATE DATABASE {name}")
+    except psycopg.OperationalError as e:
+        pytest.skip(f"no PostgreSQL answers on 127.0.0.1:5432 as user postgres: {e}")
+    try:
+        yield {"NOTES_PG": name}
+    finally:
+        with psycopg.connect(f"{PG} dbname=postgres", autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def django_env(broker_url: str, database: dict[str, str]) -> Iterator[dict[str, str]]:
+    """The project's environment: its settings, its database, a vhost of its own (fixed queue names)."""
     with own_vhost(broker_url, "rt-django") as url:
-        env = worker_env(url or broker_url, {"DJANGO_SETTINGS_MODULE": "proj.settings"}, path=[ROOT])
-        env["NOTES_DB"] = str(tmp_path / "notes.sqlite3")
+        env = worker_env(url or broker_url, {"DJANGO_SETTINGS_MODULE": "proj.settings", **database}, path=[ROOT])
         env["PYTHONPATH"] = f"{PROJECT}:{env['PYTHONPATH']}"
         migrated = subprocess.run(
             [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=PROJECT, env=env, capture_output=True, text=True
@@ -72,13 +97,24 @@ def worker(django_env: dict[str, str], tmp_path: Path) -> Iterator[WorkerProcess
         w.stop()
 
 
-def note_row(env: dict[str, str], note_id: int) -> tuple[str, int | None] | None:
+def query(env: dict[str, str], sql: str, *params: Any) -> Any:
+    """One row of `sql` (placeholders `%s`) on the example's database."""
+    if "NOTES_PG" in env:
+        import psycopg
+
+        with psycopg.connect(f"{PG} dbname={env['NOTES_PG']}") as pg:
+            return pg.execute(sql, params).fetchone()
     with sqlite3.connect(env["NOTES_DB"], timeout=20) as db:
-        row = db.execute("SELECT status, words FROM notes_note WHERE id = ?", (note_id,)).fetchone()
+        return db.execute(sql.replace("%s", "?"), params).fetchone()
+
+
+def note_row(env: dict[str, str], note_id: int) -> tuple[str, int | None] | None:
+    row = query(env, "SELECT status, words FROM notes_note WHERE id = %s", note_id)
     return None if row is None else (row[0], row[1])
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"], indirect=True)
 def test_a_note_written_in_a_view_is_processed_by_the_worker_and_a_rolled_back_one_sends_nothing(
     django_env: dict[str, str], site: str, worker: WorkerProcess
 ) -> None:
@@ -96,8 +132,7 @@ def test_a_note_written_in_a_view_is_processed_by_the_worker_and_a_rolled_back_o
     refused = httpx.post(f"{site}/notes/?fail=1", json={"text": "never written"}, timeout=30)
     assert refused.status_code == 409 and refused.json()["rolled_back"] is True
     # Then there is no row and the task is never sent
-    with sqlite3.connect(django_env["NOTES_DB"]) as db:
-        assert db.execute("SELECT count(*) FROM notes_note").fetchone() == (1,)
+    assert query(django_env, "SELECT count(*) FROM notes_note") == (1,)
     assert_stays(lambda: refused.json()["task_id"] not in worker.log(), 3, "no task for the rolled-back note")
     assert worker.log().count("succeeded in") == 1 and "failed" not in worker.log()
 
