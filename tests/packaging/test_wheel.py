@@ -8,12 +8,14 @@ install offline. Commands run from an empty directory with no path to this repos
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import tomllib
 import venv
 import zipfile
@@ -41,12 +43,15 @@ def clean_env(**extra: str) -> dict[str, str]:
 def dist(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     """(wheel, sdist, build output): built once per session, without build isolation (offline)."""
     out = tmp_path_factory.mktemp("dist")
-    built = subprocess.run(
-        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    # One build at a time in this tree (another pytest process, `make dist`): they share build/ and egg-info.
+    with open(Path(tempfile.gettempdir()) / "rabbittask-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = subprocess.run(
+            [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)],
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
     assert built.returncode == 0, built.stdout + built.stderr
     (wheel,) = out.glob("rabbittask-*.whl")
     (sdist,) = out.glob("rabbittask-*.tar.gz")
