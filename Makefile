@@ -7,7 +7,7 @@ DEMO_VENV ?= .venv-demo
 export RABBITTASK_BROKER_URL ?= amqp://guest:guest@localhost:5672/
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: venv demo-venv broker demo docs docs-serve test test-fast faults scaling bench bench-partitions check format clean
+.PHONY: venv demo-venv broker demo dist docs docs-serve test test-fast faults scaling bench bench-partitions check format clean
 
 $(VENV)/.installed: pyproject.toml
 	bash scripts/bootstrap.sh $(VENV)
@@ -26,6 +26,12 @@ broker:
 
 demo: demo-venv broker
 	$(DEMO_VENV)/bin/python -m examples.demo
+
+# The wheel and the sdist, in dist/ (`make test` builds them too and installs the wheel in a clean
+# virtualenv: tests/packaging/test_wheel.py).
+dist: venv
+	rm -rf dist
+	$(PY) -m build --outdir dist .
 
 # The documentation site, in site/: strict, so a broken link or reference fails the build
 # (`make test` builds it too, in tests/unit/test_docs_site.py).
@@ -69,14 +75,17 @@ bench-partitions: venv broker
 
 LINTED := rabbittask tests bench examples docs/hooks docs/samples
 
+# tests/typing holds user code with the mistakes a type checker must catch: mypy and pyright both check it.
 check: venv
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict tests/typing
+	$(VENV)/bin/pyright
 
 format: venv
 	$(VENV)/bin/ruff format $(LINTED)
 	$(VENV)/bin/ruff check --fix $(LINTED)
 
 clean:
-	rm -rf $(VENV) $(DEMO_VENV) site .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(DEMO_VENV) site dist build .pytest_cache .mypy_cache .ruff_cache *.egg-info

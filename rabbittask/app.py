@@ -130,6 +130,8 @@ class TaskOptions(BaseModel):
 class App:
     """A rabbittask application: tasks, the queues they map to, and how to reach the broker."""
 
+    task_class: type[Task[Any, Any]] = Task  # what @app.task makes (`DjangoApp`: a subclass)
+
     def __init__(
         self,
         name: str,
@@ -220,7 +222,7 @@ class App:
         check_delay_queue_name(spec.name)
         retry = policy_for(self.settings, self.autoretry_for, o.retry_options())
         self.queues.setdefault(spec.name, spec)
-        task: Task[P, R] = Task(self, fn, name, spec.name, retry=retry, bind=o.bind)
+        task: Task[P, R] = self.task_class(self, fn, name, spec.name, retry=retry, bind=o.bind)
         task.ignore_result = o.ignore_result
         task.dedupe_s = o.dedupe_s
         task.partition_key, task.retries_in_place = key, o.partition_by is not None and o.partition_retry == "wait"
@@ -318,7 +320,7 @@ class App:
 
     def send_task(
         self, name: str, args: Args = (), kwargs: Mapping[str, Any] | None = None, **options: Unpack[SendOptions]
-    ) -> TaskHandle:
+    ) -> TaskHandle[Any]:
         """Send a task by its name, from a producer that does not import its code; confirmed like `.delay()`.
 
         `app.send_task("shop.tasks.send_email", args=["ada@example.com", "hi"], queue="emails")`. The
@@ -330,11 +332,11 @@ class App:
 
     async def asend_task(
         self, name: str, args: Args = (), kwargs: Mapping[str, Any] | None = None, **options: Unpack[SendOptions]
-    ) -> TaskHandle:
+    ) -> TaskHandle[Any]:
         """Async twin of `send_task`."""
         return await self.asend(message_by_name(self, name, args, kwargs, options))
 
-    def send(self, msg: Outgoing) -> TaskHandle:
+    def send(self, msg: Outgoing) -> TaskHandle[Any]:
         """Publish a prepared message and wait for the confirm (or hold it in the current batch)."""
         if tracing.spans is not None:
             with tracing.publishing(msg, self.settings.exchange):
@@ -343,7 +345,7 @@ class App:
             self.clients.send(msg)
         return TaskHandle(msg.message_id, msg.task_name, msg.routing_key, self)
 
-    async def asend(self, msg: Outgoing) -> TaskHandle:
+    async def asend(self, msg: Outgoing) -> TaskHandle[Any]:
         """Async twin of `send`: inside `abatch()` the confirm is awaited at the end of the batch."""
         if tracing.spans is not None:
             with tracing.publishing(msg, self.settings.exchange):

@@ -1,7 +1,7 @@
 """The broker clients of an app: made on first use, one per thread, event loop or process as each needs.
 
 * a `SyncPublisher` per thread (pika is not thread-safe) and per process (a forked child never
-  reuses its parent's socket);
+  reuses its parent's socket), closed when its thread ends;
 * an `AsyncPublisher` and an `AsyncRpc` per event loop, closed when the loop shuts down;
 * one `SyncRpc` per process, shared by every thread (see results/sync_rpc.py);
 * the result backend, loaded from `result_backend`'s URL on first use;
@@ -71,6 +71,16 @@ class LocalBroker(Protocol):
         ...
 
 
+class _ThreadEnd:
+    """Held only by a thread's locals: collected when the thread ends, which closes its publisher."""
+
+
+def _close_quietly(publisher: SyncPublisher) -> None:
+    if publisher.pid == os.getpid():
+        with contextlib.suppress(Exception):  # at thread end there is no one to tell
+            publisher.close()
+
+
 class Clients:
     """The publishers, RPC clients and result backend of one app (see the module docstring)."""
 
@@ -100,6 +110,10 @@ class Clients:
         if publisher is None or publisher.pid != os.getpid():
             publisher = SyncPublisher(self.settings, self._declare_once)
             self._local.publisher = publisher
+            # A thread's locals are dropped when it ends: the connection is closed then, not left to the
+            # broker's heartbeat (a threaded web server may start a thread per request).
+            self._local.closer = _ThreadEnd()
+            weakref.finalize(self._local.closer, _close_quietly, publisher).atexit = False  # exit: as before
         return publisher
 
     def _declare_once(self, channel: BlockingChannel) -> None:

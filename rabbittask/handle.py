@@ -7,7 +7,7 @@ awaited task may need the thread, process or prefetch slot the waiting one holds
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from rabbittask.context import running
 from rabbittask.errors import ConfigError, TaskError, WaitInTaskRefused
@@ -17,10 +17,15 @@ if TYPE_CHECKING:
     from rabbittask.app import App
     from rabbittask.results.backend import ResultBackend
 
+R = TypeVar("R", covariant=True)  # what the task returns (for an `async def` task, what it awaits to)
+
 
 @dataclass(frozen=True, slots=True)
-class TaskHandle:
+class TaskHandle(Generic[R]):
     """What `.delay()` returns: the id of the confirmed task message and where it went.
+
+    `TaskHandle[R]` carries the task's return type, so a type checker knows what `get()` returns
+    (for an `async def` task, what its coroutine returns).
 
     With a result backend (`result_backend=` on the app), it also reads the task's result:
     `get()`/`aget()` wait for it; `state` (or `status`) says PENDING, SUCCESS or FAILURE, and
@@ -41,6 +46,11 @@ class TaskHandle:
         within = "" if timeout is None else f" within {timeout:g} s"
         return TimeoutError(f"no result for task {self.task_name!r} (id {self.id}){within}")
 
+    @overload
+    def get(self, timeout: float | None = None, *, propagate: Literal[True] = True) -> R: ...
+    @overload
+    def get(self, timeout: float | None = None, *, propagate: bool) -> R | TaskError: ...
+
     def get(self, timeout: float | None = None, *, propagate: bool = True) -> Any:
         """Wait for the result (at most `timeout` seconds; None: no limit) and return it.
 
@@ -57,6 +67,11 @@ class TaskHandle:
         if data is None:
             raise self._timeout(timeout)
         return _result(data, propagate)
+
+    @overload
+    async def aget(self, timeout: float | None = None, *, propagate: Literal[True] = True) -> R: ...
+    @overload
+    async def aget(self, timeout: float | None = None, *, propagate: bool) -> R | TaskError: ...
 
     async def aget(self, timeout: float | None = None, *, propagate: bool = True) -> Any:
         """Async twin of `get`."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, Unpack, overload
 
 from pydantic import ValidationError
 from pydantic.experimental.arguments_schema import generate_arguments_schema
@@ -25,7 +25,10 @@ if TYPE_CHECKING:
     from rabbittask.partitions import KeyReader
 
 P = ParamSpec("P")
-R = TypeVar("R")
+R = TypeVar("R", covariant=True)  # what the function returns: for an `async def` task, a coroutine
+T = TypeVar("T")
+Co = Coroutine[Any, Any, T]  # an `async def` task's R: its handle, signature and call carry the awaited T
+DEFAULT_CALL_TIMEOUT_S = 30.0
 
 __all__ = [
     "Args",
@@ -79,7 +82,12 @@ def default_task_name(fn: Callable[..., Any]) -> str:
 
 
 class Task(Generic[P, R]):
-    """A task declared with `@app.task`; calling it runs the function here, `.delay()` sends it."""
+    """A task declared with `@app.task`; calling it runs the function here, `.delay()` sends it.
+
+    `Task[P, R]` keeps the function's parameters `P` and return type `R`, so a type checker checks
+    the arguments of `.delay()`, `.adelay()`, `.s()` and `.call()`, and knows what `.call()`,
+    `.acall()` and the handle's `.get()` return (for an `async def` task, what it awaits to).
+    """
 
     time_limit: float | None = None
     """Hard limit in seconds: the task is stopped and its message dead-lettered with reason "time limit"."""
@@ -163,36 +171,79 @@ class Task(Generic[P, R]):
             options = {**options, "headers": headers}
         return build_message(self.app, self.name, self.queue, encode_call(self.app, self.name, args, kw), options)
 
-    def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
+    # Each method that returns a handle or a signature has two overloads: for an `async def` task
+    # (R is a coroutine) it carries what the coroutine returns, for a plain function R itself.
+    @overload
+    def delay(self: Task[P, Co[T]], *args: P.args, **kwargs: P.kwargs) -> TaskHandle[T]: ...
+    @overload
+    def delay(self: Task[P, T], *args: P.args, **kwargs: P.kwargs) -> TaskHandle[T]: ...
+
+    def delay(self, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
         """Send the task; return once the broker confirmed it."""
         return self.app.send(self._message(args, kwargs, NO_OPTIONS))
+
+    @overload
+    def apply_async(
+        self: Task[..., Co[T]], args: Args = (), kwargs: Mapping[str, Any] | None = None, **o: Unpack[SendOptions]
+    ) -> TaskHandle[T]: ...
+    @overload
+    def apply_async(
+        self: Task[..., T], args: Args = (), kwargs: Mapping[str, Any] | None = None, **o: Unpack[SendOptions]
+    ) -> TaskHandle[T]: ...
 
     def apply_async(
         self,
         args: Args = (),
         kwargs: Mapping[str, Any] | None = None,
         **options: Unpack[SendOptions],
-    ) -> TaskHandle:
+    ) -> TaskHandle[Any]:
         """Send the task with `SendOptions` (countdown, eta, expires, ...); return once the broker confirmed it."""
         return self.app.send(self._message(args, kwargs, options))
 
-    def call(self, *args: Any, timeout: float = 30.0, **kwargs: Any) -> R:
+    # `timeout=` cannot sit between `*args: P.args` and `**kwargs: P.kwargs` (PEP 612): a call without it
+    # is checked against the task's parameters; one with it checks only the return type.
+    @overload
+    def call(self: Task[P, Co[T]], *args: P.args, **kwargs: P.kwargs) -> T: ...
+    @overload
+    def call(self: Task[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
+    @overload
+    def call(self: Task[..., Co[T]], *args: Any, timeout: float, **kwargs: Any) -> T: ...
+    @overload
+    def call(self: Task[..., T], *args: Any, timeout: float, **kwargs: Any) -> T: ...
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
         """Run the task on a worker and return its result (RPC over direct reply-to).
 
-        `timeout` (seconds) bounds the wait and raises `TimeoutError`; a remote failure raises `TaskError`
-        (also an instance of the remote builtin type). Inside a running task this blocking call is refused
-        (`WaitInTaskRefused`) unless the app allows it (`allow_join_in_task`).
+        `timeout=` (seconds, default 30) bounds the wait and raises `TimeoutError`; a remote failure raises
+        `TaskError` (also an instance of the remote builtin type). Inside a running task this blocking call
+        is refused (`WaitInTaskRefused`) unless the app allows it (`allow_join_in_task`).
         """
+        timeout = kwargs.pop("timeout", DEFAULT_CALL_TIMEOUT_S)
         refuse_wait_in_task(self.app, f"task {self.name!r} with .call()", "await task.acall(...)")
-        result: R = self.app.rpc_call(self._message(args, kwargs, NO_OPTIONS), timeout)
-        return result
+        return self.app.rpc_call(self._message(args, kwargs, NO_OPTIONS), timeout)
 
-    async def acall(self, *args: Any, timeout: float = 30.0, **kwargs: Any) -> R:
+    @overload
+    async def acall(self: Task[P, Co[T]], *args: P.args, **kwargs: P.kwargs) -> T: ...
+    @overload
+    async def acall(self: Task[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
+    @overload
+    async def acall(self: Task[..., Co[T]], *args: Any, timeout: float, **kwargs: Any) -> T: ...
+    @overload
+    async def acall(self: Task[..., T], *args: Any, timeout: float, **kwargs: Any) -> T: ...
+
+    async def acall(self, *args: Any, **kwargs: Any) -> Any:
         """Async twin of `call`."""
-        result: R = await self.app.arpc_call(self._message(args, kwargs, NO_OPTIONS), timeout)
-        return result
+        timeout = kwargs.pop("timeout", DEFAULT_CALL_TIMEOUT_S)
+        return await self.app.arpc_call(self._message(args, kwargs, NO_OPTIONS), timeout)
 
-    def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
+    # `.s()` is partial (a chain passes the previous result first), so only its return type is typed;
+    # `.si()` takes the whole call and is checked against the task's parameters.
+    @overload
+    def s(self: Task[..., Co[T]], *args: Any, **kwargs: Any) -> Signature[T]: ...
+    @overload
+    def s(self: Task[..., T], *args: Any, **kwargs: Any) -> Signature[T]: ...
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature[Any]:
         """This task with these arguments, to be sent later: in a workflow, by `app.schedule`, or `.delay()`.
 
         A partial call is allowed: in a chain, the previous step's result becomes the first argument.
@@ -201,7 +252,12 @@ class Task(Generic[P, R]):
         self._check_partial(tuple(args), dict(kwargs))
         return Signature(self, tuple(args), dict(kwargs))
 
-    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
+    @overload
+    def si(self: Task[P, Co[T]], *args: P.args, **kwargs: P.kwargs) -> Signature[T]: ...
+    @overload
+    def si(self: Task[P, T], *args: P.args, **kwargs: P.kwargs) -> Signature[T]: ...
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature[Any]:
         """An immutable signature: in a chain or chord it ignores the previous result; checked in full now."""
         self.message(args, kwargs)  # validates and JSON-encodes: a bad call fails here, not at send time
         return Signature(self, tuple(args), dict(kwargs), immutable=True)
@@ -224,20 +280,39 @@ class Task(Generic[P, R]):
                 if wrong:
                     raise complete_error from None
 
-    def handle(self, task_id: str) -> TaskHandle:
+    @overload
+    def handle(self: Task[..., Co[T]], task_id: str) -> TaskHandle[T]: ...
+    @overload
+    def handle(self: Task[..., T], task_id: str) -> TaskHandle[T]: ...
+
+    def handle(self, task_id: str) -> TaskHandle[Any]:
         """The handle of an earlier call of this task, from its id (e.g. kept in a web session)."""
         return TaskHandle(task_id, self.name, self.queue, self.app)
 
-    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
+    @overload
+    async def adelay(self: Task[P, Co[T]], *args: P.args, **kwargs: P.kwargs) -> TaskHandle[T]: ...
+    @overload
+    async def adelay(self: Task[P, T], *args: P.args, **kwargs: P.kwargs) -> TaskHandle[T]: ...
+
+    async def adelay(self, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
         """Async twin of `delay`."""
         return await self.app.asend(self._message(args, kwargs, NO_OPTIONS))
+
+    @overload
+    async def aapply_async(
+        self: Task[..., Co[T]], args: Args = (), kwargs: Mapping[str, Any] | None = None, **o: Unpack[SendOptions]
+    ) -> TaskHandle[T]: ...
+    @overload
+    async def aapply_async(
+        self: Task[..., T], args: Args = (), kwargs: Mapping[str, Any] | None = None, **o: Unpack[SendOptions]
+    ) -> TaskHandle[T]: ...
 
     async def aapply_async(
         self,
         args: Args = (),
         kwargs: Mapping[str, Any] | None = None,
         **options: Unpack[SendOptions],
-    ) -> TaskHandle:
+    ) -> TaskHandle[Any]:
         """Async twin of `apply_async`."""
         return await self.app.asend(self._message(args, kwargs, options))
 

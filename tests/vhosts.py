@@ -26,6 +26,9 @@ def own_vhost(broker_url: str, prefix: str) -> Iterator[str | None]:
     if parts.hostname not in ("localhost", "127.0.0.1") or shutil.which("rabbitmqctl") is None:
         yield None
         return
+    if (parts.port or 5672) != 5672:  # a throwaway node: rabbitmqctl would reach the default node, not it
+        yield None
+        return
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     try:
         _rabbitmqctl("add_vhost", name)

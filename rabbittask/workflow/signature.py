@@ -72,19 +72,19 @@ class Signature(Generic[R]):
         """`a.s() | b.s()`: a chain of the two (see `rabbittask.chain`); a chain on the right is flattened."""
         return Chain([self, *(other.steps if isinstance(other, Chain) else [other])])
 
-    def delay(self) -> TaskHandle:
+    def delay(self) -> TaskHandle[R]:
         """Send the task with these arguments (and `set` options); return once the broker confirmed it."""
         return self.task.apply_async(self.args, self.kwargs, **self.options)
 
-    async def adelay(self) -> TaskHandle:
+    async def adelay(self) -> TaskHandle[R]:
         """Async twin of `delay`."""
         return await self.task.aapply_async(self.args, self.kwargs, **self.options)
 
-    def apply_async(self, **options: Unpack[SendOptions]) -> TaskHandle:
+    def apply_async(self, **options: Unpack[SendOptions]) -> TaskHandle[R]:
         """Send the task with these arguments and `SendOptions` (countdown, eta, expires, ...)."""
         return self.task.apply_async(self.args, self.kwargs, **{**self.options, **options})
 
-    async def aapply_async(self, **options: Unpack[SendOptions]) -> TaskHandle:
+    async def aapply_async(self, **options: Unpack[SendOptions]) -> TaskHandle[R]:
         """Async twin of `apply_async`."""
         return await self.task.aapply_async(self.args, self.kwargs, **{**self.options, **options})
 

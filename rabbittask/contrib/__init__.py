@@ -1,0 +1,1 @@
+"""Integrations with web frameworks: `rabbittask.contrib.django` (imported only by projects that use it)."""
