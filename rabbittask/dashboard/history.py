@@ -1,10 +1,12 @@
-"""What the dashboard heard since it started: live workers, task counts per minute, recent failures.
+"""What the dashboard heard: live workers, task counts per minute, recent failures.
 
-Kept in memory only, so the dashboard needs no storage: per-minute counts of the last hour in a
-ring, the last `FAILURES` dead-lettered tasks, and the latest heartbeat of each worker child. Apps that
-share an exchange share its events: only events of `tasks` (the app's task names) count. A child is
-live while its heartbeats keep coming (within `LIVE_BEATS` intervals) and until it says it goes
-offline. Events are counted when they arrive, by the dashboard's clock.
+Per-minute counts of the last hour, the last `FAILURES` dead-lettered tasks, and the latest
+heartbeat of each worker child, in memory. With the history stream (history.py of the package
+`rabbittask.history`) the dashboard reads the past from the broker at start, so `started_at` is
+the time of the oldest event read, and task events count at their time (`now` passed by the
+reader); live events count when they arrive. Apps that share an exchange share its events: only
+events of `tasks` (the app's task names) count. A child is live while its heartbeats keep coming
+(within `LIVE_BEATS` intervals) and until it says it goes offline.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class History:
     def __init__(self, tasks: Collection[str] | None = None, now: float | None = None) -> None:
         self.tasks = frozenset(tasks) if tasks is not None else None
         self.started_at = time.time() if now is None else now
-        self.minutes: deque[tuple[int, Counter[str]]] = deque()
+        self.minutes: dict[int, Counter[str]] = {}  # minute (epoch // 60) -> counts, the last MINUTES kept
         self.totals: Counter[str] = Counter()
         self.failures: deque[dict[str, Any]] = deque(maxlen=FAILURES)
         self.beats: dict[BeatKey, tuple[float, Heartbeat]] = {}
@@ -40,6 +42,7 @@ class History:
         """Take one message of the events exchange (`task.<state>.<task>` or `worker.*`)."""
         now = time.time() if now is None else now
         if routing_key.startswith("task."):
+            self.started_at = min(self.started_at, now)  # history read from the stream reaches back
             self._tasks(body, now)
             return
         if routing_key not in (HEARTBEAT, OFFLINE):
@@ -73,15 +76,21 @@ class History:
                 if entry["state"] == FAILED:
                     self.failures[i] = entry  # the one with the traceback
                 return
+        if len(self.failures) == FAILURES and entry["ts"] < self.failures[-1]["ts"]:
+            return  # older than every one listed (history read out of order)
         self.failures.appendleft(entry)
 
     def _minute(self, now: float) -> Counter[str]:
         minute = int(now // 60)
-        if not self.minutes or self.minutes[-1][0] != minute:
-            self.minutes.append((minute, Counter()))
-        while self.minutes and self.minutes[0][0] <= minute - MINUTES:
-            self.minutes.popleft()
-        return self.minutes[-1][1]
+        counts = self.minutes.get(minute)
+        if counts is None:
+            counts = self.minutes[minute] = Counter()
+            newest = max(self.minutes)
+            for old in [m for m in self.minutes if m <= newest - MINUTES]:
+                del self.minutes[old]
+            if minute <= newest - MINUTES:
+                return Counter()  # older than the plot: counted in the totals only
+        return counts
 
     def live_beats(self, now: float | None = None) -> list[Heartbeat]:
         """The latest heartbeat of every child still live."""
@@ -96,8 +105,8 @@ class History:
         now = time.time() if now is None else now
         last = int(now // 60)
         first = max(last - MINUTES + 1, int(self.started_at // 60))
-        by_minute = dict(self.minutes)
-        states = sorted({s for _, c in self.minutes for s in c} | {"succeeded", "failed"})
+        by_minute = self.minutes
+        states = sorted({s for c in self.minutes.values() for s in c} | {"succeeded", "failed"})
         span = range(first, last + 1)
         return {
             "minutes": [m * 60 for m in span],

@@ -95,6 +95,7 @@ class _Views:
                 "started_at": history.started_at,
                 "now": time.time(),
                 "events_error": self.monitor.error,
+                "history_error": self.monitor.history_error,
                 "workers": self.monitor.workers(),
                 "queues": queues,
                 "delayed": delayed,

@@ -32,6 +32,7 @@ import aiormq.abc
 from aiormq.abc import DeliveredMessage
 from pydantic_core import to_json
 
+from rabbittask.history import stream as history
 from rabbittask.ops.heartbeat import HEARTBEAT, OFFLINE, Heartbeat
 from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.settings import Settings
@@ -149,6 +150,7 @@ class Events:
         self._sending: asyncio.Task[None] | None = None
         self._broken_until = 0.0
         self._runner: asyncio.Task[None] | None = None
+        self._history_declared = False
 
     def record(self, outcome: Outcome) -> None:
         """The per-task cost: an append (and, every `BATCH` tasks, a flush)."""
@@ -281,5 +283,10 @@ class Events:
         channel = await self._publisher.side_channel()
         if self.settings.declare_topology:
             await channel.exchange_declare(self.exchange, exchange_type="topic", durable=True)
+        if self.settings.history and not self._history_declared:
+            self._history_declared = True  # once per child: a refusal is logged once, events go on without it
+            problem = await history.declare(self._publisher.side_channel, self.settings)
+            if problem is not None:
+                log.warning("task history is not kept: %s", problem)
         self._channel = channel
         return channel
