@@ -43,6 +43,7 @@ def setup(ctx: RowContext) -> BenchApp:
         if hasattr(decl, "name"):
             (ctx.delete_exchanges if is_exchange else ctx.delete_queues).append(decl.name)
     ctx.delete_exchanges.append(f"{ctx.queue}.x.events")  # declared by the worker when it sends events
+    ctx.delete_queues.append(f"{ctx.queue}.x.history")  # the history stream, declared by the worker too
     bench.app.declare()
     return bench
 
@@ -54,10 +55,11 @@ def worker(ctx: RowContext, concurrency: int) -> list[str]:
     return [*base, *args]
 
 
-def worker_env(ctx: RowContext, events: bool = True) -> dict[str, str]:
+def worker_env(ctx: RowContext, events: bool = True, history: bool = True) -> dict[str, str]:
     env = {"BENCH_QUEUE": ctx.queue, "BENCH_QUEUE_TYPE": ctx.queue_type, "BENCH_EXCHANGE": f"{ctx.queue}.x"}
     if not events:
         env["RABBITTASK_EVENTS"] = "false"
+    env["RABBITTASK_HISTORY"] = "true" if history else "false"
     return env
 
 
@@ -94,8 +96,9 @@ def a2_batch(ctx: RowContext) -> Measurement:
         bench.app.close()
 
 
-def drain_with(concurrency: int, events: bool = True) -> Callable[[RowContext], Measurement]:
-    """The drain row; `events=False` runs the worker with `RABBITTASK_EVENTS=false` (what events cost)."""
+def drain_with(concurrency: int, events: bool = True, history: bool = True) -> Callable[[RowContext], Measurement]:
+    """The drain row; `events=False` runs the worker with `RABBITTASK_EVENTS=false` (what events cost),
+    `history=False` with `RABBITTASK_HISTORY=false` (what keeping them in the history stream costs)."""
 
     def row(ctx: RowContext) -> Measurement:
         bench = setup(ctx)
@@ -108,11 +111,11 @@ def drain_with(concurrency: int, events: bool = True) -> Callable[[RowContext], 
         finally:
             watcher.close()
             bench.app.close()
-        procs = [spawn(worker(ctx, concurrency), ctx.workdir, "worker", worker_env(ctx, events))]
+        procs = [spawn(worker(ctx, concurrency), ctx.workdir, "worker", worker_env(ctx, events, history))]
         result = drain.measure(ctx.url, ctx.queue, ctx.n, ctx.workdir, procs, barrier=False)
         return Measurement(result.rate, memory=result.memory, leftover=result.leftover)
 
-    off = ", events off" if not events else ""
+    off = ", events off" if not events else ", history off" if not history else ""
     row.__doc__ = f"`rabbittask worker -c {concurrency} --prefetch 1000{off}` drains pre-queued no-op tasks"
     return row
 

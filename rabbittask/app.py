@@ -64,6 +64,9 @@ class TaskOptions(BaseModel):
         description="Run a message at most once per id and attempt within this many seconds, across workers: "
         "a copy a publisher re-sent (or one published twice with the same id) is acked unrun.",
     )
+    mask_args: tuple[str, ...] = Field(
+        (), description="Arguments (by parameter name) the task history shows as '***' (passwords, tokens)."
+    )
     bind: bool = Field(False, description="Pass a `TaskContext` (id, attempt, headers, `.retry()`) as first argument.")
     time_limit: float | None = Field(
         None, description="Hard limit in seconds: the run is stopped and the message dead-lettered."
@@ -204,6 +207,7 @@ class App:
         task: Task[P, R] = Task(self, fn, name, spec.name, retry=retry, bind=o.bind)
         task.ignore_result = o.ignore_result
         task.dedupe_s = o.dedupe_s
+        task.mask_args = frozenset(o.mask_args)
         task.set_time_limits(o.time_limit, o.soft_time_limit)
         self.tasks[name] = task
         return task

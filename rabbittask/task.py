@@ -16,6 +16,7 @@ from pydantic_core import ArgsKwargs, SchemaValidator
 from rabbittask.context import TaskContext
 from rabbittask.errors import ArgumentsInvalid, ConfigError
 from rabbittask.handle import TaskHandle, refuse_wait_in_task
+from rabbittask.history.argsrepr import H_ARGSREPR, args_repr
 from rabbittask.message import Outgoing, new_id
 from rabbittask.retry import RetryPolicy
 from rabbittask.sending import NO_OPTIONS, Args, SendOptions, build_message, check_call, encode_call
@@ -96,6 +97,7 @@ class Task(Generic[P, R]):
         self.retry_policy = retry or RetryPolicy()
         self.ignore_result = False  # set by @app.task(ignore_result=True): no result is stored
         self.dedupe_s: float | None = None  # set by @app.task(dedupe_s=...): see worker/dedupe.py
+        self.mask_args: frozenset[str] = frozenset()  # set by @app.task(mask_args=...): hidden in the history
         self.bind = bind
         self._validator = _validator(fn, name, bind)
         self._params = list(inspect.signature(fn).parameters)[1 if bind else 0 :]
@@ -147,7 +149,10 @@ class Task(Generic[P, R]):
         if type(args) is not tuple or (kwargs is not None and type(kwargs) is not dict):  # .delay(): never
             args, kwargs = check_call(self.name, args, kwargs)
         args, kw = self.validate(args, kwargs or {})
-        return build_message(self.app, self.name, self.queue, encode_call(self.app, self.name, args, kw), options)
+        msg = build_message(self.app, self.name, self.queue, encode_call(self.app, self.name, args, kw), options)
+        if self.app.settings.history:  # what the history shows and searches; masked here, before it leaves
+            msg.headers = {**(msg.headers or {}), H_ARGSREPR: args_repr(args, kw, self._params, self.mask_args)}
+        return msg
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Send the task; return once the broker confirmed it."""

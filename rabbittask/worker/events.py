@@ -33,6 +33,7 @@ from aiormq.abc import DeliveredMessage
 from pydantic_core import to_json
 
 from rabbittask.history import stream as history
+from rabbittask.history.argsrepr import H_ARGSREPR
 from rabbittask.ops.heartbeat import HEARTBEAT, OFFLINE, Heartbeat
 from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.settings import Settings
@@ -51,7 +52,7 @@ RETRY_CHANNEL_S = 5.0  # after a failed send, how long events are dropped before
 SEND_TIMEOUT_S = 2.0
 PROPERTIES = aiormq.spec.Basic.Properties(content_type="application/json", delivery_mode=1)
 EVENT_TRACEBACK_CHARS = 2000  # the end of a failed task's traceback: where it raised
-Succeeded = tuple[str, str, float]  # (message id, task name, runtime_s) of a task that succeeded
+Succeeded = tuple[str, str, float, str | None]  # (message id, task name, runtime_s, argsrepr) of a task that succeeded
 MessageLog = deque[tuple[DeliveredMessage, float]]  # (message, time.time()) of received or started tasks
 
 
@@ -68,7 +69,9 @@ def state_of(outcome: Outcome) -> str | None:
 
 def task_events(outcomes: Sequence[Outcome]) -> dict[str, list[dict[str, Any]]]:
     """Events of `outcomes` grouped by routing key."""
-    groups = succeeded_events([(o.message_id, o.task_name, o.runtime_s) for o in outcomes if o.reason is None])
+    groups = succeeded_events(
+        [(o.message_id, o.task_name, o.runtime_s, argsrepr_of(o.message)) for o in outcomes if o.reason is None]
+    )
     for o in outcomes:
         if o.reason is None:
             continue
@@ -78,6 +81,9 @@ def task_events(outcomes: Sequence[Outcome]) -> dict[str, list[dict[str, Any]]]:
         event: dict[str, Any] = {"id": o.message_id, "task": o.task_name, "state": state, "runtime_s": o.runtime_s}
         event["reason"], event["exc_type"] = o.reason.value, o.exc_type
         event["exc_message"] = o.exc_message[:MESSAGE_CHARS]
+        args = argsrepr_of(o.message)
+        if args is not None:
+            event["args"] = args
         if state == "failed":
             event["traceback"] = o.traceback[-EVENT_TRACEBACK_CHARS:]
         elif state == "retried" and o.republish is not None:
@@ -96,12 +102,22 @@ def succeeded_events(succeeded: Sequence[Succeeded]) -> dict[str, list[dict[str,
     """Events of succeeded tasks, recorded as (message id, task name, runtime), grouped by routing key."""
     groups: dict[str, list[dict[str, Any]]] = {}
     by_task: dict[str, list[dict[str, Any]]] = {}
-    for message_id, name, runtime_s in succeeded:
+    for message_id, name, runtime_s, args in succeeded:
         events = by_task.get(name)
         if events is None:
             events = by_task[name] = groups.setdefault(f"task.succeeded.{name}", [])
-        events.append({"id": message_id, "task": name, "state": "succeeded", "runtime_s": runtime_s})
+        event = {"id": message_id, "task": name, "state": "succeeded", "runtime_s": runtime_s}
+        if args is not None:
+            event["args"] = args
+        events.append(event)
     return groups
+
+
+def argsrepr_of(message: DeliveredMessage) -> str | None:
+    """The arguments as the producer wrote them for the history (`rt-argsrepr`), if it did."""
+    headers = message.header.properties.headers
+    value = headers.get(H_ARGSREPR) if headers else None
+    return value if isinstance(value, str) else None
 
 
 def started_events(state: str, log: MessageLog) -> dict[str, list[dict[str, Any]]]:
@@ -112,6 +128,9 @@ def started_events(state: str, log: MessageLog) -> dict[str, list[dict[str, Any]
         props = message.header.properties
         name = props.message_type or ""
         event = {"id": props.message_id or "?", "task": name, "state": state, "ts": ts}
+        args = argsrepr_of(message)
+        if args is not None:
+            event["args"] = args
         groups.setdefault(f"task.{state}.{name}", []).append(event)
     return groups
 
@@ -156,7 +175,15 @@ class Events:
         """The per-task cost: an append (and, every `BATCH` tasks, a flush)."""
         if outcome.reason is None:
             buffer: list[Any] = self.succeeded
-            buffer.append((outcome.message.header.properties.message_id or "?", outcome.task_name, outcome.runtime_s))
+            message = outcome.message
+            buffer.append(
+                (
+                    message.header.properties.message_id or "?",
+                    outcome.task_name,
+                    outcome.runtime_s,
+                    argsrepr_of(message),
+                )
+            )
         else:
             buffer = self.buffer
             buffer.append(outcome)
@@ -285,7 +312,10 @@ class Events:
             await channel.exchange_declare(self.exchange, exchange_type="topic", durable=True)
         if self.settings.history and not self._history_declared:
             self._history_declared = True  # once per child: a refusal is logged once, events go on without it
-            problem = await history.declare(self._publisher.side_channel, self.settings)
+            try:
+                problem = await history.declare(self._publisher.side_channel, self.settings)
+            except Exception as e:  # noqa: BLE001 - the events go on without the history
+                problem = f"declaring the history stream failed ({type(e).__name__}: {e})"
             if problem is not None:
                 log.warning("task history is not kept: %s", problem)
         self._channel = channel
