@@ -16,6 +16,8 @@ from collections import Counter, deque
 from collections.abc import Collection
 from typing import Any
 
+from rabbittask.dashboard.tasks import TaskIndex
+from rabbittask.history.query import flatten
 from rabbittask.ops.heartbeat import HEARTBEAT, OFFLINE, Heartbeat
 
 MINUTES = 60
@@ -37,6 +39,7 @@ class History:
         self.totals: Counter[str] = Counter()
         self.failures: deque[dict[str, Any]] = deque(maxlen=FAILURES)
         self.beats: dict[BeatKey, tuple[float, Heartbeat]] = {}
+        self.index = TaskIndex()
 
     def feed(self, routing_key: str, body: dict[str, Any], now: float | None = None) -> None:
         """Take one message of the events exchange (`task.<state>.<task>` or `worker.*`)."""
@@ -61,14 +64,15 @@ class History:
         if not isinstance(events, list):
             return
         counts = self._minute(now)
-        for event in events:
-            if not isinstance(event, dict) or (self.tasks is not None and event.get("task") not in self.tasks):
+        for event in flatten({**body, "ts": now}):
+            if self.tasks is not None and event.get("task") not in self.tasks:
                 continue
+            self.index.add(event)
             state = str(event.get("state", "?"))
             counts[state] += 1
             self.totals[state] += 1
             if state in (FAILED, DEAD_LETTERED):
-                self._failure({**event, "ts": now, "host": body.get("host"), "pid": body.get("pid")})
+                self._failure(event)
 
     def _failure(self, entry: dict[str, Any]) -> None:
         for i, seen in enumerate(self.failures):

@@ -2,6 +2,8 @@
 
     GET  /                          the page (its script polls /api/state every 2 s)
     GET  /api/state                 workers, queues, delayed, task rates, recent failures
+    GET  /api/tasks                 search: ?id= &task= &state= &worker= &args= &since= &until= &limit=
+    GET  /api/task/{id}             one task's whole life (its events)
     GET  /api/dlq/{queue}           the head of `<queue>.dlq` (?limit=, 50 by default), left in place
     POST /api/dlq/{queue}/replay    {"ids": [...]} or {"all": true}: back to the task queue, attempts reset
     POST /api/dlq/{queue}/purge     {"confirm": "<queue>.dlq"}: delete every message of the DLQ
@@ -16,7 +18,7 @@ import contextlib
 import html
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,8 +32,11 @@ from starlette.staticfiles import StaticFiles
 
 from rabbittask.dashboard.auth import Sessions, TokenAuth
 from rabbittask.dashboard.monitor import Monitor
+from rabbittask.dashboard.tasks import SEARCH_LIMIT
 from rabbittask.errors import RabbitTaskError
+from rabbittask.history.query import Query, parse_time
 from rabbittask.ops.dlq import DeadLetter, DeadLetterQueue
+from rabbittask.topology import history_stream_name
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -41,6 +46,7 @@ PAGE = (Path(__file__).parent / "page.html").read_text()
 DLQ_LIMIT = 50
 DLQ_MAX_LIMIT = 500
 BODY_CHARS = 2000
+SEARCH_MAX_LIMIT = 1000
 
 
 def create_app(app: App, token: str, monitor: Monitor | None = None) -> Starlette:
@@ -50,6 +56,8 @@ def create_app(app: App, token: str, monitor: Monitor | None = None) -> Starlett
         routes=[
             Route("/", views.page),
             Route("/api/state", views.state),
+            Route("/api/tasks", views.tasks),
+            Route("/api/task/{task_id}", views.task),
             Route("/api/dlq/{queue}", views.dlq_list),
             Route("/api/dlq/{queue}/replay", views.dlq_replay, methods=["POST"]),
             Route("/api/dlq/{queue}/purge", views.dlq_purge, methods=["POST"]),
@@ -80,8 +88,14 @@ class _Views:
 
     async def page(self, request: Request) -> Response:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.monitor.history.started_at))
+        kept = (
+            f"History comes from the broker's {history_stream_name(self.app.settings.exchange)} stream "
+            f"(kept {self.app.settings.history_max_age_s / 3600:g} h): it survives a restart of this dashboard."
+            if self.app.settings.history
+            else f"History starts when this dashboard started ({started}) and is kept in its memory only."
+        )
         text = PAGE
-        for key, value in {"app": self.app.name, "csrf": request.state.csrf or "", "started": started}.items():
+        for key, value in {"app": self.app.name, "csrf": request.state.csrf or "", "history": kept}.items():
             text = text.replace("{{" + key + "}}", html.escape(value))
         return HTMLResponse(text, headers={"Cache-Control": "no-store"})
 
@@ -104,6 +118,26 @@ class _Views:
                 "failures": list(history.failures),
             }
         )
+
+    async def tasks(self, request: Request) -> Response:
+        params = request.query_params
+        try:
+            query = query_of(params, time.time())
+            limit = min(SEARCH_MAX_LIMIT, max(1, int(params.get("limit", SEARCH_LIMIT))))
+        except ValueError as e:
+            raise _Refused(400, str(e)) from None
+        index = self.monitor.history.index
+        started = time.perf_counter()
+        found, matched = index.search(query, limit)
+        took_ms = round((time.perf_counter() - started) * 1000, 1)
+        return JSONResponse({"tasks": found, "matched": matched, "indexed": len(index.records), "took_ms": took_ms})
+
+    async def task(self, request: Request) -> Response:
+        task_id = request.path_params["task_id"]
+        record = self.monitor.history.index.get(task_id)
+        if record is None:
+            raise _Refused(404, f"no task {task_id!r} in the history this dashboard holds")
+        return JSONResponse(record)
 
     def _dead_letters(self, request: Request) -> DeadLetterQueue:
         queue = request.path_params["queue"]
@@ -139,6 +173,23 @@ class _Views:
             raise _Refused(400, f"purging deletes every message of {box.name}: confirm with {confirm}")
         purged = await run_in_threadpool(box.purge)
         return JSONResponse({"purged": purged})
+
+
+def query_of(params: Mapping[str, str], now: float) -> Query:
+    """The search a request asks for; `ValueError` saying which parameter is wrong and how."""
+    values = {
+        k: (params.get(k) or "").strip() or None for k in ("id", "task", "state", "worker", "args", "since", "until")
+    }
+    since, until = values["since"], values["until"]
+    return Query(
+        task_id=values["id"],
+        task=values["task"],
+        state=values["state"],
+        worker=values["worker"],
+        args=values["args"],
+        since=parse_time(since, now) if since else None,
+        until=parse_time(until, now) if until else None,
+    )
 
 
 async def _refused(request: Request, exc: Exception) -> Response:

@@ -15,8 +15,8 @@ def make_app(prefix: str, broker_url: str | None = None) -> App:
     def work(n: int, note: str = "") -> int:
         return n
 
-    @app.task(queue=f"{prefix}.jobs", name="hist.fail")
-    def fail(n: int) -> None:
+    @app.task(queue=f"{prefix}.jobs", name="hist.fail", mask_args=("secret",))
+    def fail(n: int, secret: str = "") -> None:
         raise ValueError(f"bad input {n}")
 
     return app

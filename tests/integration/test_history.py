@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,11 +44,24 @@ def start_dashboard(broker_url: str, prefix: str, log_path: Path) -> DashboardPr
     return DashboardProcess(["-A", APP, "--port", "0", "--token", TOKEN], env, log_path)
 
 
+def get(dashboard: DashboardProcess, path: str, status: int = 200) -> dict[str, Any]:
+    request = urllib.request.Request(f"{dashboard.base}{path}", headers={"Authorization": f"Bearer {TOKEN}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            code, body = response.status, json.load(response)
+    except urllib.error.HTTPError as e:
+        code, body = e.code, json.load(e)
+    assert code == status, body
+    assert isinstance(body, dict)
+    return body
+
+
 def state(dashboard: DashboardProcess) -> dict[str, Any]:
-    request = urllib.request.Request(f"{dashboard.base}/api/state", headers={"Authorization": f"Bearer {TOKEN}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        body: dict[str, Any] = json.load(response)
-        return body
+    return get(dashboard, "/api/state")
+
+
+def worker_host() -> str:
+    return socket.gethostname()
 
 
 def events_cli(broker_url: str, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -67,14 +82,13 @@ def test_a_restarted_dashboard_shows_the_history_and_charts_from_before_the_rest
         # Given a run the dashboard watches: five tasks succeed, two fail
         for n in range(5):
             work.delay(n)  # type: ignore[attr-defined]
-        failed = {fail.delay(n).id for n in (1, 2)}  # type: ignore[attr-defined]
+        failed = {fail.delay(n, secret="hunter2").id for n in (1, 2)}  # type: ignore[attr-defined]
         expected = {"succeeded": 5, "failed": 2, "dead-lettered": 2}
         wait_until(lambda: state(first)["totals"] == expected, 30, lambda: str(state(first)))
     finally:
         assert first.stop() == 0, first.log_path.read_text()
     # When the run goes on while the dashboard is down, and it starts again
-    for n in range(5, 8):
-        work.delay(n)  # type: ignore[attr-defined]
+    late = [work.delay(n, note=f"order-{n}").id for n in range(5, 8)]  # type: ignore[attr-defined]
     second = start_dashboard(broker_url, prefix, tmp_path / "second.log")
     try:
         # Then it shows everything: the tasks from before its restart, in the totals, the plot and the failures
@@ -85,6 +99,19 @@ def test_a_restarted_dashboard_shows_the_history_and_charts_from_before_the_rest
         assert {f["id"] for f in seen["failures"]} == failed
         assert seen["started_at"] < seen["now"] - 0.5  # the history reaches back before this dashboard started
         assert seen["history_error"] is None
+        # And a task is found by a piece of its arguments, with its life on its page
+        found = get(second, "/api/tasks?args=order-6")
+        assert [t["id"] for t in found["tasks"]] == [late[1]] and found["indexed"] == 10
+        life = get(second, f"/api/task/{late[1]}")
+        assert (life["task"], life["state"], life["args"]) == ("hist.work", "succeeded", "(6, note='order-6')")
+        assert [e["state"] for e in life["events"]] == ["succeeded"] and life["worker"].startswith(worker_host())
+        # Masked arguments never reach the history: the failures show stars, and the secret finds nothing
+        failures = get(second, "/api/tasks?state=failed&task=hist.fail&since=1h")
+        assert {t["id"] for t in failures["tasks"]} == failed
+        assert {t["args"] for t in failures["tasks"]} == {"(1, secret='***')", "(2, secret='***')"}
+        assert get(second, "/api/tasks?args=hunter2")["matched"] == 0
+        assert "no task 'nope' in the history" in get(second, "/api/task/nope", status=404)["error"]
+        assert "is not a time" in get(second, "/api/tasks?since=soon", status=400)["error"]
     finally:
         assert second.stop() == 0, second.log_path.read_text()
 

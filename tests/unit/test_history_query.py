@@ -13,7 +13,9 @@ NOW = 1_800_000_000.0
 
 
 def test_masked_arguments_show_stars_by_parameter_name_positional_or_keyword() -> None:
-    text = args_repr(("ann@example.com", "hunter2"), {"token": "abc", "n": 3}, ["to", "password"], {"password", "token"})
+    text = args_repr(
+        ("ann@example.com", "hunter2"), {"token": "abc", "n": 3}, ["to", "password"], {"password", "token"}
+    )
     assert text == "('ann@example.com', '***', token='***', n=3)"
     assert "hunter2" not in text and "abc" not in text
 

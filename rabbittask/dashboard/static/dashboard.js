@@ -209,6 +209,55 @@ async function purge() {
   await refresh();
 }
 
+function when(ts) {
+  return ts ? new Date(ts * 1000).toLocaleString() : "?";
+}
+
+async function search(event) {
+  if (event) event.preventDefault();
+  const params = new URLSearchParams();
+  for (const [key, value] of new FormData(document.getElementById("search"))) if (value.trim()) params.set(key, value.trim());
+  let data;
+  try {
+    data = await api(`/api/tasks?${params}`);
+  } catch (e) {
+    notice(`search refused: ${e.message}`, true);
+    return;
+  }
+  const shown = data.tasks.length < data.matched ? `, newest ${data.tasks.length} shown` : "";
+  document.getElementById("search-summary").textContent =
+    `${data.matched} task(s) of ${data.indexed} in the history${shown} (${data.took_ms} ms)`;
+  document.getElementById("task-results").hidden = data.tasks.length === 0;
+  fill(document.querySelector("#task-results tbody"), data.tasks.map((t) => el("tr", { "data-id": t.id },
+    el("td", {}, when(t.last_ts)), el("td", {}, t.task),
+    el("td", {}, el("a", { href: "#", class: "task-link", onclick: (e) => { e.preventDefault(); openTask(t.id); } }, t.id)),
+    el("td", { class: t.state === "failed" || t.state === "dead-lettered" ? "bad" : "" }, t.state),
+    el("td", {}, el("code", {}, t.args ?? "")), el("td", {}, t.worker ?? ""),
+    el("td", { class: "n" }, t.runtime_s === null ? "-" : `${t.runtime_s.toFixed(3)} s`))));
+}
+
+async function openTask(id) {
+  let t;
+  try {
+    t = await api(`/api/task/${encodeURIComponent(id)}`);
+  } catch (e) {
+    notice(`cannot show task ${id}: ${e.message}`, true);
+    return;
+  }
+  document.getElementById("task-life").hidden = false;
+  document.getElementById("task-title").textContent = `${t.task} ${t.id}`;
+  const runtime = t.runtime_s === null ? "" : `, ran ${t.runtime_s.toFixed(3)} s`;
+  document.getElementById("task-summary").textContent =
+    `${t.state}${runtime} on ${t.worker ?? "?"}; arguments ${t.args ?? "(not recorded)"}`;
+  fill(document.getElementById("task-events"), t.events.map((e) => el("li", { "data-state": e.state },
+    el("span", { class: "muted" }, when(e.ts)), " ", el("strong", {}, e.state),
+    e.worker ? ` on ${e.worker}` : "", e.runtime_s !== undefined ? ` after ${e.runtime_s.toFixed(3)} s` : "",
+    e.retry_in_s !== undefined ? `, retry in ${e.retry_in_s} s` : "",
+    e.reason ? ` · ${e.reason}` : "", e.exc_type ? `: ${e.exc_type}: ${e.exc_message ?? ""}` : "",
+    e.traceback ? traceback(`task:${t.id}:${e.ts}`, e.traceback) : "")));
+}
+
+document.getElementById("search").addEventListener("submit", search);
 document.getElementById("dlq-refresh").addEventListener("click", loadDlq);
 document.getElementById("dlq-replay-all").addEventListener("click", () => replay(null));
 document.getElementById("dlq-purge").addEventListener("click", async () => {
