@@ -17,6 +17,7 @@ from collections.abc import Collection
 from typing import Any
 
 from rabbittask.dashboard.tasks import TaskIndex
+from rabbittask.dashboard.taskstats import TaskStats
 from rabbittask.history.query import flatten
 from rabbittask.ops.heartbeat import HEARTBEAT, OFFLINE, Heartbeat
 
@@ -40,6 +41,7 @@ class History:
         self.failures: deque[dict[str, Any]] = deque(maxlen=FAILURES)
         self.beats: dict[BeatKey, tuple[float, Heartbeat]] = {}
         self.index = TaskIndex()
+        self.stats = TaskStats()
 
     def feed(self, routing_key: str, body: dict[str, Any], now: float | None = None) -> None:
         """Take one message of the events exchange (`task.<state>.<task>` or `worker.*`)."""
@@ -64,12 +66,15 @@ class History:
         if not isinstance(events, list):
             return
         counts = self._minute(now)
+        minute = int(now // 60) if counts is not None else None
         for event in flatten({**body, "ts": now}):
             if self.tasks is not None and event.get("task") not in self.tasks:
                 continue
             self.index.add(event)
+            self.stats.add(event, minute)
             state = str(event.get("state", "?"))
-            counts[state] += 1
+            if counts is not None:
+                counts[state] += 1
             self.totals[state] += 1
             if state in (FAILED, DEAD_LETTERED):
                 self._failure(event)
@@ -84,7 +89,8 @@ class History:
             return  # older than every one listed (history read out of order)
         self.failures.appendleft(entry)
 
-    def _minute(self, now: float) -> Counter[str]:
+    def _minute(self, now: float) -> Counter[str] | None:
+        """The counts of the minute of `now`; None when it is older than the plot shows."""
         minute = int(now // 60)
         counts = self.minutes.get(minute)
         if counts is None:
@@ -92,8 +98,9 @@ class History:
             newest = max(self.minutes)
             for old in [m for m in self.minutes if m <= newest - MINUTES]:
                 del self.minutes[old]
-            if minute <= newest - MINUTES:
-                return Counter()  # older than the plot: counted in the totals only
+            self.stats.prune(newest - MINUTES + 1)
+            if minute <= newest - MINUTES:  # already pruned just above
+                return None  # older than the plot: counted in the totals and the table only
         return counts
 
     def live_beats(self, now: float | None = None) -> list[Heartbeat]:
@@ -104,14 +111,17 @@ class History:
                 del self.beats[key]
         return [beat for _, beat in self.beats.values()]
 
-    def rates(self, now: float | None = None) -> dict[str, Any]:
-        """Counts per minute for the last hour: `minutes` (epoch seconds) and one list per state."""
+    def minutes_shown(self, now: float | None = None) -> list[int]:
+        """The minutes (epoch // 60) the plot shows: the last hour, from the oldest event read."""
         now = time.time() if now is None else now
         last = int(now // 60)
-        first = max(last - MINUTES + 1, int(self.started_at // 60))
+        return list(range(max(last - MINUTES + 1, int(self.started_at // 60)), last + 1))
+
+    def rates(self, now: float | None = None) -> dict[str, Any]:
+        """Counts per minute for the last hour: `minutes` (epoch seconds) and one list per state."""
+        span = self.minutes_shown(now)
         by_minute = self.minutes
         states = sorted({s for c in self.minutes.values() for s in c} | {"succeeded", "failed"})
-        span = range(first, last + 1)
         return {
             "minutes": [m * 60 for m in span],
             "series": {s: [by_minute.get(m, Counter())[s] for m in span] for s in states},

@@ -4,6 +4,7 @@
     GET  /api/state                 workers, queues, delayed, task rates, recent failures
     GET  /api/tasks                 search: ?id= &task= &state= &worker= &args= &since= &until= &limit=
     GET  /api/task/{id}             one task's whole life (its events)
+    GET  /api/stats/{task}          a task's runtime p50/p95/p99 and runs per minute, for its chart
     GET  /api/dlq/{queue}           the head of `<queue>.dlq` (?limit=, 50 by default), left in place
     POST /api/dlq/{queue}/replay    {"ids": [...]} or {"all": true}: back to the task queue, attempts reset
     POST /api/dlq/{queue}/purge     {"confirm": "<queue>.dlq"}: delete every message of the DLQ
@@ -58,6 +59,7 @@ def create_app(app: App, token: str, monitor: Monitor | None = None) -> Starlett
             Route("/api/state", views.state),
             Route("/api/tasks", views.tasks),
             Route("/api/task/{task_id}", views.task),
+            Route("/api/stats/{task}", views.task_stats),
             Route("/api/dlq/{queue}", views.dlq_list),
             Route("/api/dlq/{queue}/replay", views.dlq_replay, methods=["POST"]),
             Route("/api/dlq/{queue}/purge", views.dlq_purge, methods=["POST"]),
@@ -116,6 +118,7 @@ class _Views:
                 "rates": history.rates(),
                 "totals": dict(history.totals),
                 "failures": list(history.failures),
+                "task_stats": history.stats.table(),
             }
         )
 
@@ -138,6 +141,14 @@ class _Views:
         if record is None:
             raise _Refused(404, f"no task {task_id!r} in the history this dashboard holds")
         return JSONResponse(record)
+
+    async def task_stats(self, request: Request) -> Response:
+        task = request.path_params["task"]
+        if task not in self.app.tasks:
+            raise _Refused(404, f"{task!r} is not a task of app {self.app.name!r}")
+        history = self.monitor.history
+        minutes = history.minutes_shown()
+        return JSONResponse({"task": task, "minutes": [m * 60 for m in minutes], **history.stats.series(task, minutes)})
 
     def _dead_letters(self, request: Request) -> DeadLetterQueue:
         queue = request.path_params["queue"]

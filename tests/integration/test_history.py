@@ -99,6 +99,12 @@ def test_a_restarted_dashboard_shows_the_history_and_charts_from_before_the_rest
         assert {f["id"] for f in seen["failures"]} == failed
         assert seen["started_at"] < seen["now"] - 0.5  # the history reaches back before this dashboard started
         assert seen["history_error"] is None
+        # And the per-task table and runtime chart cover the runs from before the restart
+        stats = {row["task"]: row for row in seen["task_stats"]}
+        assert (stats["hist.work"]["count"], stats["hist.work"]["failure_rate"]) == (8, 0.0)
+        assert (stats["hist.fail"]["failed"], stats["hist.fail"]["failure_rate"]) == (2, 1.0)
+        assert stats["hist.work"]["p50_s"] is not None and stats["hist.work"]["p99_s"] >= stats["hist.work"]["p50_s"]
+        assert sum(get(second, "/api/stats/hist.work")["runs"]) == 8
         # And a task is found by a piece of its arguments, with its life on its page
         found = get(second, "/api/tasks?args=order-6")
         assert [t["id"] for t in found["tasks"]] == [late[1]] and found["indexed"] == 10

@@ -11,6 +11,8 @@ let chartSpan = [0, 3600];
 let dlqQueue = null;
 let dlqTotal = 0;
 let dlqName = "";
+let runtimeTask = null;
+let runtimeChart = null;
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -144,6 +146,8 @@ async function refresh() {
     renderChart(state.rates);
     renderTotals(state.totals);
     renderFailures(state.failures);
+    renderTaskStats(state.task_stats);
+    if (runtimeTask !== null) await loadRuntimes(runtimeTask);
     const pill = document.getElementById("connection");
     pill.textContent = state.events_error ? `events: ${state.events_error}` : "live";
     pill.className = state.events_error ? "pill bad" : "pill ok";
@@ -207,6 +211,49 @@ async function purge() {
   }
   await loadDlq();
   await refresh();
+}
+
+function secs(value) {
+  if (value === null || value === undefined) return "-";
+  return value < 1 ? `${(value * 1000).toFixed(1)} ms` : `${value.toFixed(2)} s`;
+}
+
+function renderTaskStats(rows) {
+  fill(document.querySelector("#task-stats tbody"), rows.map((r) => el("tr", { "data-task": r.task },
+    el("td", {}, r.task), el("td", { class: "n" }, r.count), el("td", { class: "n" }, r.succeeded),
+    el("td", { class: r.failed ? "n bad" : "n" }, r.failed),
+    el("td", { class: "n" }, r.failure_rate === null ? "-" : `${(r.failure_rate * 100).toFixed(1)}%`),
+    el("td", { class: "n" }, r.retried), el("td", { class: "n" }, secs(r.p50_s)),
+    el("td", { class: "n" }, secs(r.p95_s)), el("td", { class: "n" }, secs(r.p99_s)),
+    el("td", {}, el("button", { type: "button", class: "runtimes", onclick: () => loadRuntimes(r.task) }, "chart")))));
+}
+
+async function loadRuntimes(task) {
+  let data;
+  try {
+    data = await api(`/api/stats/${encodeURIComponent(task)}`);
+  } catch (e) {
+    notice(`cannot chart ${task}: ${e.message}`, true);
+    return;
+  }
+  const title = document.getElementById("runtime-title");
+  title.hidden = false;
+  title.textContent = `${task}: runtime per minute (seconds)`;
+  const box = document.getElementById("runtime-chart");
+  const series = ["p50_s", "p95_s", "p99_s"];
+  const rows = [data.minutes, ...series.map((k) => data[k])];
+  if (runtimeChart === null || runtimeTask !== task) {
+    if (runtimeChart !== null) runtimeChart.destroy();
+    runtimeChart = new uPlot({
+      width: Math.max(320, box.clientWidth), height: 200,
+      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(0.001, max || 0)] } },
+      series: [{}, ...series.map((k, i) => ({ label: k.replace("_s", ""), stroke: ["#1565c0", "#ef6c00", "#c62828"][i], width: 1.5, spanGaps: false }))],
+      axes: [{}, { label: "seconds" }],
+    }, rows, box);
+  } else {
+    runtimeChart.setData(rows);
+  }
+  runtimeTask = task;
 }
 
 function when(ts) {
