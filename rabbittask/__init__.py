@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from rabbittask.app import App
 from rabbittask.context import TaskContext
+from rabbittask.progress import Progress
 from rabbittask.errors import (
     AccessRefused,
     ArgumentsInvalid,
@@ -53,6 +54,7 @@ __all__ = [
     "Task",
     "TaskHandle",
     "TaskContext",
+    "Progress",
     "Signature",
     "get_task_logger",
     # results, and the interface of result-backend plugins

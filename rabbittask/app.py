@@ -29,6 +29,7 @@ from rabbittask.topology import Declaration, ExchangeDecl, Overflow, QueueSpec, 
 
 if TYPE_CHECKING:
     from rabbittask.beat.entry import CatchUp, ScheduleEntry
+    from rabbittask.results.rpc import OnProgress
     from rabbittask.testing.eager import Eager
 
 P = ParamSpec("P")
@@ -333,15 +334,15 @@ class App:
             await self.clients.asend(msg)
         return TaskHandle(msg.message_id, msg.task_name, msg.routing_key, self)
 
-    def rpc_call(self, msg: Outgoing, timeout_s: float) -> Any:
+    def rpc_call(self, msg: Outgoing, timeout_s: float, on_progress: OnProgress | None = None) -> Any:
         """Publish a request over direct reply-to and wait for the task's return value (any thread)."""
         with tracing.publishing(msg, self.settings.exchange):
-            return self.clients.call(msg, timeout_s)
+            return self.clients.call(msg, timeout_s, on_progress)
 
-    async def arpc_call(self, msg: Outgoing, timeout_s: float) -> Any:
+    async def arpc_call(self, msg: Outgoing, timeout_s: float, on_progress: OnProgress | None = None) -> Any:
         """Async twin of `rpc_call`: the calls of one event loop share a connection and reply consumer."""
         with tracing.publishing(msg, self.settings.exchange):
-            return await self.clients.acall(msg, timeout_s)
+            return await self.clients.acall(msg, timeout_s, on_progress)
 
     def eager(self) -> Eager:
         """For tests: `with app.eager() as eager:` runs each task this app sends at once, in this process,

@@ -34,7 +34,7 @@ from rabbittask.publish.batch import SyncBatch
 from rabbittask.publish.declare import declare_sync
 from rabbittask.publish.sync import SyncPublisher
 from rabbittask.results.backend import ResultBackend, load_backend
-from rabbittask.results.rpc import AsyncRpc
+from rabbittask.results.rpc import AsyncRpc, OnProgress
 from rabbittask.results.sync_rpc import SyncRpc
 from rabbittask.settings import Settings
 from rabbittask.topology import Declaration
@@ -216,17 +216,17 @@ class Clients:
 
     # -- RPC and results -------------------------------------------------------------------------
 
-    def call(self, msg: Outgoing, timeout_s: float) -> Any:
+    def call(self, msg: Outgoing, timeout_s: float, on_progress: OnProgress | None = None) -> Any:
         """Send a request over direct reply-to and return the task's result (see `SyncRpc`)."""
         if self.local is not None:
-            return self.local.call(msg, timeout_s)
-        return self.rpc().call(msg, timeout_s)
+            return self.local.call(msg, timeout_s)  # eager and stub runs: reports stay in the process
+        return self.rpc().call(msg, timeout_s, on_progress)
 
-    async def acall(self, msg: Outgoing, timeout_s: float) -> Any:
+    async def acall(self, msg: Outgoing, timeout_s: float, on_progress: OnProgress | None = None) -> Any:
         """Async twin of `call` (see `AsyncRpc`)."""
         if self.local is not None:
             return await self.local.acall(msg, timeout_s)
-        return await self.arpc().call(msg, timeout_s)
+        return await self.arpc().call(msg, timeout_s, on_progress)
 
     def rpc(self) -> SyncRpc:
         """The process's sync RPC client, shared by every thread."""

@@ -23,6 +23,7 @@ from rabbittask.sending import NO_OPTIONS, Args, SendOptions, build_message, che
 
 if TYPE_CHECKING:
     from rabbittask.app import App
+    from rabbittask.results.rpc import OnProgress
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -167,20 +168,22 @@ class Task(Generic[P, R]):
         """Send the task with `SendOptions` (countdown, eta, expires, ...); return once the broker confirmed it."""
         return self.app.send(self._message(args, kwargs, options))
 
-    def call(self, *args: Any, timeout: float = 30.0, **kwargs: Any) -> R:
+    def call(self, *args: Any, timeout: float = 30.0, on_progress: OnProgress | None = None, **kwargs: Any) -> R:
         """Run the task on a worker and return its result (RPC over direct reply-to).
 
         `timeout` (seconds) bounds the wait and raises `TimeoutError`; a remote failure raises `TaskError`
         (also an instance of the remote builtin type). Inside a running task this blocking call is refused
-        (`WaitInTaskRefused`) unless the app allows it (`allow_join_in_task`).
+        (`WaitInTaskRefused`) unless the app allows it (`allow_join_in_task`). `on_progress` is called, in
+        this thread, with each `Progress` the task reports (`ctx.progress()`, at most one a second) while
+        the call waits.
         """
         refuse_wait_in_task(self.app, f"task {self.name!r} with .call()", "await task.acall(...)")
-        result: R = self.app.rpc_call(self._message(args, kwargs, NO_OPTIONS), timeout)
+        result: R = self.app.rpc_call(self._message(args, kwargs, NO_OPTIONS), timeout, on_progress)
         return result
 
-    async def acall(self, *args: Any, timeout: float = 30.0, **kwargs: Any) -> R:
+    async def acall(self, *args: Any, timeout: float = 30.0, on_progress: OnProgress | None = None, **kwargs: Any) -> R:
         """Async twin of `call`."""
-        result: R = await self.app.arpc_call(self._message(args, kwargs, NO_OPTIONS), timeout)
+        result: R = await self.app.arpc_call(self._message(args, kwargs, NO_OPTIONS), timeout, on_progress)
         return result
 
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:

@@ -20,6 +20,7 @@ EXPECTED = [
     "Task",
     "TaskHandle",
     "TaskContext",
+    "Progress",
     "Signature",
     "get_task_logger",
     # results, and the interface of result-backend plugins

@@ -27,6 +27,8 @@ LIVE_BEATS = 3.0  # a child missing this many heartbeat intervals is taken for g
 FAILED = "failed"  # the task ran and raised; it is dead-lettered
 DEAD_LETTERED = "dead-lettered"  # in the DLQ: a failed task, or one that never ran (bad message, expired...)
 
+PROGRESS = "progress"  # ctx.progress() of a running task
+
 BeatKey = tuple[str, int]
 
 
@@ -71,8 +73,10 @@ class History:
             if self.tasks is not None and event.get("task") not in self.tasks:
                 continue
             self.index.add(event)
-            self.stats.add(event, minute)
             state = str(event.get("state", "?"))
+            if state == PROGRESS:
+                continue  # on the task's record only: a report is no outcome
+            self.stats.add(event, minute)
             if counts is not None:
                 counts[state] += 1
             self.totals[state] += 1

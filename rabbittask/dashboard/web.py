@@ -119,6 +119,7 @@ class _Views:
                 "totals": dict(history.totals),
                 "failures": list(history.failures),
                 "task_stats": history.stats.table(),
+                "in_progress": history.index.in_progress(),
             }
         )
 

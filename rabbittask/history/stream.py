@@ -69,10 +69,13 @@ def event_time(body: dict[str, Any]) -> float | None:
     return float(ts) if isinstance(ts, int | float) else None
 
 
-def read(settings: Settings, offset: Offset, idle_s: float = 1.0, follow: bool = False) -> Iterator[dict[str, Any]]:
+def read(
+    settings: Settings, offset: Offset, idle_s: float = 1.0, follow: bool = False, routing_prefix: str = ""
+) -> Iterator[dict[str, Any]]:
     """Event messages of the history stream from `offset`, as `{"routing_key", "offset", **body}`.
 
-    Stops when nothing new came for `idle_s` (the end of what is kept), or never with `follow`.
+    Only those whose routing key starts with `routing_prefix` are decoded. Stops when nothing new
+    came for `idle_s` (the end of what is kept), or never with `follow`.
     """
     name = history_stream_name(settings.exchange)
     connection = connect(settings, "history", "read the history stream of")
@@ -98,6 +101,8 @@ def read(settings: Settings, offset: Offset, idle_s: float = 1.0, follow: bool =
             if unacked >= ACK_EVERY:
                 channel.basic_ack(method.delivery_tag, multiple=True)
                 unacked = 0
+            if not method.routing_key.startswith(routing_prefix):
+                continue
             try:
                 decoded = json.loads(body)
             except ValueError:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiormq.abc import DeliveredMessage
 
+from rabbittask import progress
 from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.worker.acks import delivery_tag
 from rabbittask.worker.dedupe import Dedupe
@@ -156,6 +157,7 @@ class Child:
         self.threads.start(self.settler.settle, self._time_limit_passed, self.policy)
         if self.events is not None:
             self.events.start()
+        progress.set_sink(self.events.progress if self.events is not None else progress.drop)
         try:
             code = await self.session.run()
         finally:

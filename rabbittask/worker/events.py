@@ -35,6 +35,8 @@ from pydantic_core import to_json
 from rabbittask.history import stream as history
 from rabbittask.history.argsrepr import H_ARGSREPR
 from rabbittask.ops.heartbeat import HEARTBEAT, OFFLINE, Heartbeat
+from rabbittask.progress import H_PROGRESS, Reply
+from rabbittask.progress import reply_body as progress_reply_body
 from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.settings import Settings
 from rabbittask.topology import events_exchange_name
@@ -158,6 +160,7 @@ class Events:
         self.done = self.failed = self.retried = self.dead_lettered = self.duplicates = self.dropped = 0
         self.received: MessageLog | None = deque(maxlen=MAX_PENDING) if publish and settings.events_received else None
         self.started: MessageLog | None = deque(maxlen=MAX_PENDING) if publish and settings.events_started else None
+        self.progressed: deque[tuple[dict[str, Any], Reply | None]] = deque(maxlen=MAX_PENDING)  # ctx.progress()
         self._publisher = publisher
         self._publish = publish
         self._metrics = metrics
@@ -189,6 +192,10 @@ class Events:
             buffer.append(outcome)
         if len(buffer) >= BATCH:
             self.flush()
+
+    def progress(self, update: dict[str, Any], reply: Reply | None) -> None:
+        """A task's `ctx.progress()` (from any thread): sent at the next flush, the latest of each task only."""
+        self.progressed.append((update, reply))
 
     def start(self) -> None:
         """Flush once a second and send a heartbeat every `events_heartbeat_s`, until `close()`."""
@@ -243,7 +250,14 @@ class Events:
         Meanwhile events are kept, up to `MAX_PENDING`, and a heartbeat is skipped.
         """
         buffer, succeeded = self.buffer, self.succeeded
-        if not buffer and not succeeded and not heartbeat and not self.received and not self.started:
+        if (
+            not buffer
+            and not succeeded
+            and not heartbeat
+            and not self.received
+            and not self.started
+            and not self.progressed
+        ):
             return
         if (self._sending is not None and not self._sending.done()) or time.monotonic() < self._broken_until:
             for pending in (buffer, succeeded):
@@ -266,11 +280,12 @@ class Events:
         for key, events in settled.items():
             groups.setdefault(key, []).extend(events)
         self._count(settled)
+        replies = self._progress(groups)
         now = time.time()
         messages = [(key, {**self._identity, "ts": now, "events": events}) for key, events in groups.items()]
         if heartbeat:
             messages.append((HEARTBEAT, self.heartbeat()))
-        self._sending = asyncio.ensure_future(self._send(messages))
+        self._sending = asyncio.ensure_future(self._send(messages, replies))
 
     def _count(self, settled: dict[str, list[dict[str, Any]]]) -> None:
         for events in settled.values():
@@ -285,11 +300,32 @@ class Events:
                 elif state == "duplicate":
                     self.duplicates += 1
 
-    async def _send(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
+    def _progress(self, groups: dict[str, list[dict[str, Any]]]) -> list[tuple[Reply, bytes]]:
+        """The latest progress of each task since the last flush, into `groups`; and the replies to callers."""
+        latest: dict[str, tuple[dict[str, Any], Reply | None]] = {}
+        for _ in range(len(self.progressed)):  # task threads may append meanwhile: take what was there
+            update, reply = self.progressed.popleft()
+            latest[update["id"]] = (update, reply)
+        replies = []
+        for update, reply in latest.values():
+            if self._publish:
+                groups.setdefault(f"task.progress.{update['task']}", []).append(update)
+            if reply is not None:
+                replies.append((reply, progress_reply_body(update)))
+        return replies
+
+    async def _send(
+        self, messages: list[tuple[str, dict[str, Any]]], replies: Sequence[tuple[Reply, bytes]] = ()
+    ) -> None:
         try:
             channel = self._channel
             if channel is None or channel.is_closed:
                 channel = await asyncio.wait_for(self._open(), SEND_TIMEOUT_S)
+            for (reply_to, correlation_id), reply in replies:  # to `.call(on_progress=...)` callers: first, they wait
+                properties = aiormq.spec.Basic.Properties(
+                    content_type="application/json", correlation_id=correlation_id, headers={H_PROGRESS: 1}
+                )
+                await channel.basic_publish(reply, exchange="", routing_key=reply_to, properties=properties)
             for routing_key, body in messages:
                 await channel.basic_publish(
                     to_json(body),

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
-from rabbittask import App
+from rabbittask import App, TaskContext
 
 
 def make_app(prefix: str, broker_url: str | None = None) -> App:
@@ -19,7 +21,28 @@ def make_app(prefix: str, broker_url: str | None = None) -> App:
     def fail(n: int, secret: str = "") -> None:
         raise ValueError(f"bad input {n}")
 
+    @app.task(queue=f"{prefix}.jobs", name="hist.steps", bind=True)
+    def steps(ctx: TaskContext, n: int, pause_s: float = 0.4) -> int:
+        for i in range(n):
+            time.sleep(pause_s)
+            ctx.progress(i + 1, n, f"step {i + 1}")
+        return n
+
+    @app.task(queue=f"{prefix}.jobs", name="hist.long", bind=True)
+    def long(ctx: TaskContext, total: int = 10) -> str:
+        ctx.progress(3, total, "resizing images")
+        deadline = time.monotonic() + 60
+        while not gate_path(prefix).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ctx.progress(total, total, "done")
+        return "finished"
+
     return app
 
 
 app = make_app(os.environ.get("RT_TEST_PREFIX", "hist"))
+
+
+def gate_path(prefix: str) -> Path:
+    """`hist.long` waits at step 3 until this file exists (at most 60 s)."""
+    return Path(os.environ.get("RT_TEST_LEDGER", "/tmp/rt-ledger")) / f"{prefix}.go-on"

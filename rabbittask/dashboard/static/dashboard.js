@@ -147,6 +147,7 @@ async function refresh() {
     renderTotals(state.totals);
     renderFailures(state.failures);
     renderTaskStats(state.task_stats);
+    renderProgress(state.in_progress);
     if (runtimeTask !== null) await loadRuntimes(runtimeTask);
     const pill = document.getElementById("connection");
     pill.textContent = state.events_error ? `events: ${state.events_error}` : "live";
@@ -218,6 +219,21 @@ function secs(value) {
   return value < 1 ? `${(value * 1000).toFixed(1)} ms` : `${value.toFixed(2)} s`;
 }
 
+function progressCell(p) {
+  if (!p) return "";
+  const bar = el("progress", { max: String(p.total), value: String(p.done) });
+  return el("span", { class: "progress" }, bar, ` ${p.done}/${p.total} (${Math.round((100 * p.done) / p.total)}%)`);
+}
+
+function renderProgress(rows) {
+  fill(document.querySelector("#in-progress tbody"), rows.map((t) => el("tr", { "data-id": t.id },
+    el("td", {}, t.task),
+    el("td", {}, el("a", { href: "#", class: "task-link", onclick: (e) => { e.preventDefault(); openTask(t.id); } }, t.id)),
+    el("td", {}, progressCell(t.progress)), el("td", {}, t.progress.note || ""), el("td", {}, t.worker ?? ""),
+    el("td", { class: "muted" }, when(t.progress.ts)))));
+  document.getElementById("no-progress").hidden = rows.length > 0;
+}
+
 function renderTaskStats(rows) {
   fill(document.querySelector("#task-stats tbody"), rows.map((r) => el("tr", { "data-task": r.task },
     el("td", {}, r.task), el("td", { class: "n" }, r.count), el("td", { class: "n" }, r.succeeded),
@@ -278,7 +294,7 @@ async function search(event) {
   fill(document.querySelector("#task-results tbody"), data.tasks.map((t) => el("tr", { "data-id": t.id },
     el("td", {}, when(t.last_ts)), el("td", {}, t.task),
     el("td", {}, el("a", { href: "#", class: "task-link", onclick: (e) => { e.preventDefault(); openTask(t.id); } }, t.id)),
-    el("td", { class: t.state === "failed" || t.state === "dead-lettered" ? "bad" : "" }, t.state),
+    el("td", { class: t.state === "failed" || t.state === "dead-lettered" ? "bad" : "" }, t.state, " ", progressCell(t.progress)),
     el("td", {}, el("code", {}, t.args ?? "")), el("td", {}, t.worker ?? ""),
     el("td", { class: "n" }, t.runtime_s === null ? "-" : `${t.runtime_s.toFixed(3)} s`))));
 }
@@ -294,8 +310,9 @@ async function openTask(id) {
   document.getElementById("task-life").hidden = false;
   document.getElementById("task-title").textContent = `${t.task} ${t.id}`;
   const runtime = t.runtime_s === null ? "" : `, ran ${t.runtime_s.toFixed(3)} s`;
+  const done = t.progress ? `; progress ${t.progress.done}/${t.progress.total} ${t.progress.note || ""}` : "";
   document.getElementById("task-summary").textContent =
-    `${t.state}${runtime} on ${t.worker ?? "?"}; arguments ${t.args ?? "(not recorded)"}`;
+    `${t.state}${runtime} on ${t.worker ?? "?"}; arguments ${t.args ?? "(not recorded)"}${done}`;
   fill(document.getElementById("task-events"), t.events.map((e) => el("li", { "data-state": e.state },
     el("span", { class: "muted" }, when(e.ts)), " ", el("strong", {}, e.state),
     e.worker ? ` on ${e.worker}` : "", e.runtime_s !== undefined ? ` after ${e.runtime_s.toFixed(3)} s` : "",
