@@ -10,7 +10,6 @@ from importlib.metadata import PackageNotFoundError, version
 
 from rabbittask.app import App
 from rabbittask.context import TaskContext
-from rabbittask.progress import Progress
 from rabbittask.errors import (
     AccessRefused,
     ArgumentsInvalid,
@@ -37,6 +36,7 @@ from rabbittask.errors import (
     WaitInTaskRefused,
 )
 from rabbittask.logs import get_task_logger
+from rabbittask.progress import Progress
 from rabbittask.results.backend import ResultBackend
 from rabbittask.results.record import Status
 from rabbittask.settings import Settings
