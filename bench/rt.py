@@ -20,6 +20,7 @@ from bench.row import Measurement, RowContext, percentile
 
 if TYPE_CHECKING:
     from bench.tasks import BenchApp
+    from rabbittask import App
 
 WARMUP_CALLS = 20
 
@@ -33,7 +34,7 @@ def available() -> str | None:
     return None
 
 
-def setup(ctx: RowContext) -> BenchApp:
+def setup(ctx: RowContext, history: bool = False) -> BenchApp:
     """Build the row's app on a namespaced exchange, note what it declares for deletion, declare it."""
     from bench.tasks import build
 
@@ -45,7 +46,26 @@ def setup(ctx: RowContext) -> BenchApp:
     ctx.delete_exchanges.append(f"{ctx.queue}.x.events")  # declared by the worker when it sends events
     ctx.delete_queues.append(f"{ctx.queue}.x.history")  # the history stream, declared by the worker too
     bench.app.declare()
+    if history:  # bound to the events exchange: only where the worker keeps history
+        declare_history(bench.app)
     return bench
+
+
+def declare_history(app: App) -> None:
+    """Create the history stream before the drain, as it exists on a broker that ran workers before.
+
+    Creating a stream takes the broker a moment (its coordinator, a Ra log shared with quorum
+    queues): a worker does it once at start, and it is no part of what history costs per task.
+    """
+    from rabbittask.amqp.link import Link
+    from rabbittask.history import stream
+
+    async def declare() -> None:
+        async with Link(app.settings, "bench history") as connection:
+            problem = await stream.declare(connection.channel, app.settings)
+            assert problem is None, problem
+
+    asyncio.run(declare())
 
 
 def worker(ctx: RowContext, concurrency: int) -> list[str]:
@@ -101,7 +121,7 @@ def drain_with(concurrency: int, events: bool = True, history: bool = True) -> C
     `history=False` with `RABBITTASK_HISTORY=false` (what keeping them in the history stream costs)."""
 
     def row(ctx: RowContext) -> Measurement:
-        bench = setup(ctx)
+        bench = setup(ctx, history=events and history)
         watcher = ReadyWatcher(ctx.url, ctx.queue)
         try:
             with bench.app.batch():

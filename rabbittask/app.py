@@ -68,6 +68,12 @@ class TaskOptions(BaseModel):
     mask_args: tuple[str, ...] = Field(
         (), description="Arguments (by parameter name) the task history shows as '***' (passwords, tokens)."
     )
+    unique_for: float | None = Field(
+        None, gt=0, description="Send once per key (task and arguments) in this many seconds: see unique tasks."
+    )
+    unique_key: Callable[..., str] | None = Field(
+        None, description="With `unique_for`: the key of a call, from its arguments (default: all of them)."
+    )
     bind: bool = Field(False, description="Pass a `TaskContext` (id, attempt, headers, `.retry()`) as first argument.")
     time_limit: float | None = Field(
         None, description="Hard limit in seconds: the run is stopped and the message dead-lettered."
@@ -209,6 +215,7 @@ class App:
         task.ignore_result = o.ignore_result
         task.dedupe_s = o.dedupe_s
         task.mask_args = frozenset(o.mask_args)
+        task.unique_for, task.unique_key = o.unique_for, o.unique_key
         task.set_time_limits(o.time_limit, o.soft_time_limit)
         self.tasks[name] = task
         return task

@@ -38,6 +38,7 @@ from rabbittask.results.rpc import AsyncRpc, OnProgress
 from rabbittask.results.sync_rpc import SyncRpc
 from rabbittask.settings import Settings
 from rabbittask.topology import Declaration
+from rabbittask.unique import Claims
 
 _LAZY_INIT = threading.Lock()  # builds the shared RPC client and the backend once, whichever thread asks first
 
@@ -89,6 +90,7 @@ class Clients:
             weakref.WeakKeyDictionary()
         )
         self._rpc: SyncRpc | None = None
+        self._claims: Claims | None = None
         self._backend: ResultBackend | None = None
         self.local: LocalBroker | None = None
 
@@ -269,6 +271,16 @@ class Clients:
             self._rpc.close()  # shared by all threads: a later call reopens it
         if self._backend is not None:
             self._backend.close()
+        if self._claims is not None:
+            self._claims.close()
+
+    def unique_claims(self) -> Claims:
+        """The markers of unique tasks (`unique_for`, see unique.py), made on first use."""
+        claims = self._claims
+        if claims is None:
+            with _LAZY_INIT:
+                claims = self._claims = self._claims or Claims(self.settings)
+        return claims
 
     async def aclose(self) -> None:
         """Close this event loop's publisher, RPC and result-backend connections."""

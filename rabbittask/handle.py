@@ -37,6 +37,8 @@ class TaskHandle:
     task_name: str
     queue: str
     app: App | None = field(default=None, repr=False, compare=False)
+    duplicate: bool = False
+    """True when the task was not sent: a task with `unique_for` was sent with the same key within its window."""
 
     def _backend(self) -> ResultBackend:
         if self.app is None:

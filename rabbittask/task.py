@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import sys
@@ -20,6 +21,7 @@ from rabbittask.history.argsrepr import H_ARGSREPR, args_repr
 from rabbittask.message import Outgoing, new_id
 from rabbittask.retry import RetryPolicy
 from rabbittask.sending import NO_OPTIONS, Args, SendOptions, build_message, check_call, encode_call
+from rabbittask.unique import UniqueKey, key_of
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -98,6 +100,8 @@ class Task(Generic[P, R]):
         self.retry_policy = retry or RetryPolicy()
         self.ignore_result = False  # set by @app.task(ignore_result=True): no result is stored
         self.dedupe_s: float | None = None  # set by @app.task(dedupe_s=...): see worker/dedupe.py
+        self.unique_for: float | None = None  # set by @app.task(unique_for=...): see unique.py
+        self.unique_key: UniqueKey | None = None
         self.mask_args: frozenset[str] = frozenset()  # set by @app.task(mask_args=...): hidden in the history
         self.bind = bind
         self._validator = _validator(fn, name, bind)
@@ -157,7 +161,10 @@ class Task(Generic[P, R]):
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Send the task; return once the broker confirmed it."""
-        return self.app.send(self._message(args, kwargs, NO_OPTIONS))
+        msg = self._message(args, kwargs, NO_OPTIONS)
+        if self.unique_for is not None and not self._claim(args, kwargs):
+            return self._duplicate(msg)
+        return self.app.send(msg)
 
     def apply_async(
         self,
@@ -166,7 +173,21 @@ class Task(Generic[P, R]):
         **options: Unpack[SendOptions],
     ) -> TaskHandle:
         """Send the task with `SendOptions` (countdown, eta, expires, ...); return once the broker confirmed it."""
-        return self.app.send(self._message(args, kwargs, options))
+        msg = self._message(args, kwargs, options)
+        if self.unique_for is not None and not self._claim(args, kwargs or {}):
+            return self._duplicate(msg)
+        return self.app.send(msg)
+
+    def _claim(self, args: Args, kwargs: Mapping[str, Any]) -> bool:
+        """Whether this call holds its unique key (send it), or another holds it within the window."""
+        assert self.unique_for is not None
+        if self.app.clients.local is not None:
+            return True  # eager and stub runs: nothing to share a key with
+        key = key_of(self.name, args, kwargs, self.unique_key)
+        return self.app.clients.unique_claims().claim(self.name, key, self.unique_for)
+
+    def _duplicate(self, msg: Outgoing) -> TaskHandle:
+        return TaskHandle(msg.message_id, self.name, self.queue, self.app, duplicate=True)
 
     def call(self, *args: Any, timeout: float = 30.0, on_progress: OnProgress | None = None, **kwargs: Any) -> R:
         """Run the task on a worker and return its result (RPC over direct reply-to).
@@ -197,7 +218,10 @@ class Task(Generic[P, R]):
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Async twin of `delay`."""
-        return await self.app.asend(self._message(args, kwargs, NO_OPTIONS))
+        msg = self._message(args, kwargs, NO_OPTIONS)
+        if self.unique_for is not None and not await asyncio.to_thread(self._claim, args, kwargs):
+            return self._duplicate(msg)
+        return await self.app.asend(msg)
 
     async def aapply_async(
         self,
@@ -206,7 +230,10 @@ class Task(Generic[P, R]):
         **options: Unpack[SendOptions],
     ) -> TaskHandle:
         """Async twin of `apply_async`."""
-        return await self.app.asend(self._message(args, kwargs, options))
+        msg = self._message(args, kwargs, options)
+        if self.unique_for is not None and not await asyncio.to_thread(self._claim, args, kwargs or {}):
+            return self._duplicate(msg)
+        return await self.app.asend(msg)
 
 
 @dataclass(frozen=True, slots=True)

@@ -198,7 +198,13 @@ class Events:
         self.progressed.append((update, reply))
 
     def start(self) -> None:
-        """Flush once a second and send a heartbeat every `events_heartbeat_s`, until `close()`."""
+        """Flush once a second and send a heartbeat every `events_heartbeat_s`, until `close()`.
+
+        The events channel is opened (and the history stream declared) now, not at the first flush:
+        creating a stream takes the broker a moment, better spent before the first task than during it.
+        """
+        if self._publish:
+            self._sending = asyncio.ensure_future(self._send([]))
         self._runner = asyncio.ensure_future(self._run())
 
     async def close(self) -> None:

@@ -37,6 +37,14 @@ def make_app(prefix: str, broker_url: str | None = None) -> App:
         ctx.progress(total, total, "done")
         return "finished"
 
+    @app.task(queue=f"{prefix}.jobs", name="hist.once", unique_for=30)
+    def once(key: str) -> None:
+        with (Path(os.environ.get("RT_TEST_LEDGER", "/tmp/rt-ledger")) / f"{prefix}.once").open("a") as ledger:
+            ledger.write(f"{key}\n")
+
+    @app.task(queue=f"{prefix}.jobs", name="hist.report", unique_for=1.5, unique_key=lambda user, **_: user)
+    def report(user: str, day: str = "") -> None: ...
+
     return app
 
 

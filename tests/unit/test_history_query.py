@@ -81,3 +81,32 @@ def test_the_history_stream_keeps_events_by_age_and_size() -> None:
         "x-max-length-bytes": 1_000_000_000,
         "x-stream-max-segment-size-bytes": 100_000_000,
     }
+
+
+def test_a_unique_key_is_the_task_arguments_or_what_unique_key_returns() -> None:
+    from rabbittask.errors import ConfigError
+    from rabbittask.unique import key_of, unique_arguments, unique_queue_name
+
+    assert key_of("t", (1,), {"a": "x"}) == key_of("t", [1], {"a": "x"}) != key_of("t", (2,), {"a": "x"})
+    assert key_of("t", ("ann",), {"day": "mon"}, lambda user, **_: user) == "ann"
+    name = unique_queue_name("shop", "shop.report", "ann")
+    assert name.startswith("shop.unique.shop.report.") and len(name) < 255
+    assert unique_arguments(60) == {
+        "x-queue-type": "classic",
+        "x-max-length": 1,
+        "x-overflow": "reject-publish",
+        "x-message-ttl": 60_000,
+        "x-expires": 120_000,
+    }
+    with pytest.raises(ConfigError, match="task 't': unique_key must return a str, it returned int"):
+        key_of("t", (1,), {}, lambda n: n)
+
+
+def test_unique_for_must_be_a_positive_number_of_seconds() -> None:
+    from rabbittask.errors import ConfigError
+
+    app = App("shop")
+    with pytest.raises(ConfigError, match=r"task 'shop.x': invalid option\(s\) for @app.task: unique_for"):
+
+        @app.task(name="shop.x", unique_for=0)
+        def x() -> None: ...
