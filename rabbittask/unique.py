@@ -51,7 +51,10 @@ def key_of(task_name: str, args: Sequence[Any], kwargs: Mapping[str, Any], uniqu
     """The key of a call: `unique_key(*args, **kwargs)`, or its arguments as JSON."""
     if unique_key is None:
         return encode_body(tuple(args), dict(kwargs)).decode()
-    key = unique_key(*args, **kwargs)
+    try:
+        key = unique_key(*args, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"task {task_name!r}: unique_key does not take the call's arguments ({e})") from None
     if not isinstance(key, str):
         raise ConfigError(f"task {task_name!r}: unique_key must return a str, it returned {type(key).__name__}")
     return key

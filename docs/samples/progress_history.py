@@ -16,6 +16,16 @@ def sign_up(email: str, password: str, card_number: str) -> None: ...
 # --8<-- [end:mask]
 
 
+# --8<-- [start:unique]
+@app.task(queue="accounts", unique_for=60, unique_key=lambda user_id, since="": str(user_id))
+def send_digest(user_id: int, since: str = "") -> None: ...
+
+
+# send_digest.delay(7).duplicate          -> False: sent
+# send_digest.delay(7, "mon").duplicate   -> True within the minute: not sent
+# --8<-- [end:unique]
+
+
 # --8<-- [start:progress]
 @app.task(queue="albums", bind=True)
 def resize_all(ctx: TaskContext, album_id: int) -> int:
@@ -31,6 +41,8 @@ def resize_all(ctx: TaskContext, album_id: int) -> int:
 
 if __name__ == "__main__":
     print(sign_up.message(("ann@example.com", "hunter2", "4111 1111 1111 1111")).headers)
+    first, second = send_digest.delay(7), send_digest.delay(7, "mon")
+    print(f"duplicates: {first.duplicate} {second.duplicate}")
 
     # --8<-- [start:call]
     def show(p: Progress) -> None:

@@ -142,8 +142,9 @@ def test_progress_reaches_the_caller_and_masked_arguments_stay_out_of_the_histor
 ) -> None:
     lines = run_sample(samples_env, "progress_history.py").splitlines()
     assert lines[0] == "{'rt-argsrepr': \"('ann@example.com', '***', '***')\"}"
-    assert lines[-1] == "resized 5" and len(lines) >= 3  # at least one report heard before the result
-    assert all(re.fullmatch(r"[1-5]/5 resized photo-7-[1-5]\.jpg", line) for line in lines[1:-1]), lines
+    assert lines[1] == "duplicates: False True"
+    assert lines[-1] == "resized 5" and len(lines) >= 4  # at least one report heard before the result
+    assert all(re.fullmatch(r"[1-5]/5 resized photo-7-[1-5]\.jpg", line) for line in lines[2:-1]), lines
 
 
 def test_samples_that_need_no_worker(samples_env: dict[str, str]) -> None:

@@ -100,6 +100,8 @@ def test_a_unique_key_is_the_task_arguments_or_what_unique_key_returns() -> None
     }
     with pytest.raises(ConfigError, match="task 't': unique_key must return a str, it returned int"):
         key_of("t", (1,), {}, lambda n: n)
+    with pytest.raises(ConfigError, match="task 't': unique_key does not take the call's arguments"):
+        key_of("t", (1, 2), {}, lambda n: str(n))
 
 
 def test_unique_for_must_be_a_positive_number_of_seconds() -> None:
