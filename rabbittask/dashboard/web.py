@@ -6,7 +6,7 @@
     GET  /api/task/{id}             one task's whole life (its events)
     GET  /api/stats/{task}          a task's runtime p50/p95/p99 and runs per minute, for its chart
     GET  /api/dlq/{queue}           the head of `<queue>.dlq` (?limit=, 50 by default), left in place
-    POST /api/dlq/{queue}/replay    {"ids": [...]} or {"all": true}: back to the task queue, attempts reset
+    POST /api/dlq/{queue}/replay    {"ids": [...]}, {"all": true} or {"filter": {"task", "exc_type", "reason"}}
     POST /api/dlq/{queue}/purge     {"confirm": "<queue>.dlq"}: delete every message of the DLQ
 
 DLQ commands are `rabbittask.ops.dlq.DeadLetterQueue` (blocking pika), run in a worker thread.
@@ -171,6 +171,15 @@ class _Views:
     async def dlq_replay(self, request: Request) -> Response:
         box = self._dead_letters(request)
         body = await _json(request)
+        if "filter" in body:  # bulk: every dead letter that matches, e.g. the ValueErrors of one task
+            wanted = letter_filter(body["filter"])
+            letters, _ = await run_in_threadpool(box.peek, None)
+            chosen = [x.id for x in letters if all(str(getattr(x, k)) == v for k, v in wanted.items())]
+            result = await run_in_threadpool(box.replay, chosen) if chosen else None
+            replayed = result.replayed if result else []
+            return JSONResponse(
+                {"matched": len(chosen), "replayed": replayed, "missing": result.missing if result else []}
+            )
         ids = body.get("ids") or []
         valid = isinstance(ids, list) and all(isinstance(i, str) for i in ids)
         if not valid or (not ids and body.get("all") is not True):
@@ -202,6 +211,19 @@ def query_of(params: Mapping[str, str], now: float) -> Query:
         since=parse_time(since, now) if since else None,
         until=parse_time(until, now) if until else None,
     )
+
+
+FILTER_FIELDS = ("task", "exc_type", "reason")
+
+
+def letter_filter(value: Any) -> dict[str, str]:
+    """A bulk replay's filter: `{"task": ..., "exc_type": ..., "reason": ...}`, at least one, exact matches."""
+    if not isinstance(value, dict) or not value or not all(isinstance(v, str) and v for v in value.values()):
+        raise _Refused(400, f"filter must name at least one of {', '.join(FILTER_FIELDS)} with a text value")
+    unknown = set(value) - set(FILTER_FIELDS)
+    if unknown:
+        raise _Refused(400, f"unknown filter field(s) {', '.join(sorted(unknown))}: use {', '.join(FILTER_FIELDS)}")
+    return value
 
 
 async def _refused(request: Request, exc: Exception) -> Response:

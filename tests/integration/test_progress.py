@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from rabbittask import App, Progress
+from tests import amqp
 from tests.apps.hist import gate_path, make_app
 from tests.integration.test_dashboard import CHROMIUM_ARGS, WAIT_MS, DashboardProcess
 from tests.integration.test_history import APP, TOKEN, start_dashboard
@@ -119,6 +120,23 @@ def test_the_progress_of_a_long_task_shows_in_the_dashboard_and_its_handle(
         expect(page.locator("#task-summary")).to_contain_text("succeeded", timeout=WAIT_MS)
         expect(page.locator("#task-summary")).to_contain_text("progress 10/10 done")
         assert wait_until(lambda: (p := handle.progress()) and p.done == 10 and p, 15).note == "done"
+
+        # DLQ bulk action: replay every ValueError of hist.fail, behind the CSRF check
+        for n in (1, 2):
+            app.tasks["hist.fail"].delay(n)  # type: ignore[attr-defined]
+        dlq = f"{prefix}.jobs.dlq"
+        wait_until(lambda: amqp.depth(broker_url, dlq) == 2, 20)
+        replay = f"{dashboard.base}/api/dlq/{prefix}.jobs/replay"
+        csrf = page.locator('meta[name="csrf-token"]').get_attribute("content")
+        headers = {"X-CSRF-Token": csrf or ""}
+        assert page.request.post(replay, data={"filter": {"task": "hist.fail"}}).status == 403  # no CSRF token
+        none = page.request.post(replay, data={"filter": {"exc_type": "KeyError"}}, headers=headers).json()
+        assert none == {"matched": 0, "replayed": [], "missing": []}
+        bad = page.request.post(replay, data={"filter": {"color": "red"}}, headers=headers)
+        assert bad.status == 400 and "unknown filter field(s) color: use task, exc_type, reason" in bad.json()["error"]
+        wanted = {"task": "hist.fail", "exc_type": "ValueError"}
+        done = page.request.post(replay, data={"filter": wanted}, headers=headers).json()
+        assert done["matched"] == 2 and len(done["replayed"]) == 2  # (they fail again: hist.fail always does)
     finally:
         browser.close()
         assert dashboard.stop() == 0, dashboard.log_path.read_text()

@@ -322,6 +322,23 @@ async function openTask(id) {
 }
 
 document.getElementById("search").addEventListener("submit", search);
+async function replayMatching() {
+  const filter = {};
+  const task = document.getElementById("dlq-filter-task").value.trim();
+  const exc = document.getElementById("dlq-filter-exc").value.trim();
+  if (task) filter.task = task;
+  if (exc) filter.exc_type = exc;
+  try {
+    const result = await api(`/api/dlq/${encodeURIComponent(dlqQueue)}/replay`, { filter });
+    notice(`replayed ${result.replayed.length} of ${result.matched} matching message(s) to ${dlqQueue}`, false);
+  } catch (e) {
+    notice(`replay refused: ${e.message}`, true);
+  }
+  await loadDlq();
+  await refresh();
+}
+
+document.getElementById("dlq-replay-matching").addEventListener("click", replayMatching);
 document.getElementById("dlq-refresh").addEventListener("click", loadDlq);
 document.getElementById("dlq-replay-all").addEventListener("click", () => replay(null));
 document.getElementById("dlq-purge").addEventListener("click", async () => {
