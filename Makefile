@@ -7,7 +7,7 @@ DEMO_VENV ?= .venv-demo
 export RABBITTASK_BROKER_URL ?= amqp://guest:guest@localhost:5672/
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: venv demo-venv broker demo dist docs docs-serve test test-fast faults scaling bench bench-partitions check format clean
+.PHONY: venv demo-venv broker demo dist docs docs-serve test test-fast faults scaling bench bench-partitions bench-history check format clean
 
 $(VENV)/.installed: pyproject.toml
 	bash scripts/bootstrap.sh $(VENV)
@@ -72,6 +72,10 @@ bench: venv broker
 # Partitioned queues alone: ordered vs plain throughput, a tenant's wait behind another's backlog (~2 min).
 bench-partitions: venv broker
 	$(PY) -m bench.partitions $(BENCH_PARTITIONS_ARGS)
+
+# A dashboard search by a piece of the arguments over 100,000 task events (in-process, no broker).
+bench-history: venv
+	$(PY) -m bench.history_search
 
 LINTED := rabbittask tests bench examples docs/hooks docs/samples
 

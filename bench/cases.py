@@ -12,6 +12,7 @@ from bench.row import Measurement, RowContext
 RowFn = Callable[[RowContext], Measurement]
 RT = "rabbittask"
 EVENTS_OFF = f"{RT} B1 events off"  # a reference row: its ratio is what events cost (the target: within 10%)
+HISTORY_OFF = f"{RT} B1 history off"  # the reference of row H: what the history stream costs (within 5%)
 CHILD_RSS_TARGET_MB = 40.0
 
 
@@ -68,6 +69,14 @@ CASES = [
             (EVENTS_OFF, rt.drain_with(1, events=False)),
         ),
         1.0,
+    ),
+    Case(
+        "H",
+        "drain with history on ÷ off, -c 1 (B1 with the history stream)",
+        lambda c: c.batch,
+        rt.drain_with(1),
+        ((HISTORY_OFF, rt.drain_with(1, history=False)),),
+        0.95,
     ),
     Case(
         "B2",

@@ -20,6 +20,7 @@ from bench.row import Measurement, RowContext, percentile
 
 if TYPE_CHECKING:
     from bench.tasks import BenchApp
+    from rabbittask import App
 
 WARMUP_CALLS = 20
 
@@ -33,7 +34,7 @@ def available() -> str | None:
     return None
 
 
-def setup(ctx: RowContext) -> BenchApp:
+def setup(ctx: RowContext, history: bool = False) -> BenchApp:
     """Build the row's app on a namespaced exchange, note what it declares for deletion, declare it."""
     from bench.tasks import build
 
@@ -43,8 +44,28 @@ def setup(ctx: RowContext) -> BenchApp:
         if hasattr(decl, "name"):
             (ctx.delete_exchanges if is_exchange else ctx.delete_queues).append(decl.name)
     ctx.delete_exchanges.append(f"{ctx.queue}.x.events")  # declared by the worker when it sends events
+    ctx.delete_queues.append(f"{ctx.queue}.x.history")  # the history stream, declared by the worker too
     bench.app.declare()
+    if history:  # bound to the events exchange: only where the worker keeps history
+        declare_history(bench.app)
     return bench
+
+
+def declare_history(app: App) -> None:
+    """Create the history stream before the drain, as it exists on a broker that ran workers before.
+
+    Creating a stream takes the broker a moment (its coordinator, a Ra log shared with quorum
+    queues): a worker does it once at start, and it is no part of what history costs per task.
+    """
+    from rabbittask.amqp.link import Link
+    from rabbittask.history import stream
+
+    async def declare() -> None:
+        async with Link(app.settings, "bench history") as connection:
+            problem = await stream.declare(connection.channel, app.settings)
+            assert problem is None, problem
+
+    asyncio.run(declare())
 
 
 def worker(ctx: RowContext, concurrency: int) -> list[str]:
@@ -54,10 +75,11 @@ def worker(ctx: RowContext, concurrency: int) -> list[str]:
     return [*base, *args]
 
 
-def worker_env(ctx: RowContext, events: bool = True) -> dict[str, str]:
+def worker_env(ctx: RowContext, events: bool = True, history: bool = True) -> dict[str, str]:
     env = {"BENCH_QUEUE": ctx.queue, "BENCH_QUEUE_TYPE": ctx.queue_type, "BENCH_EXCHANGE": f"{ctx.queue}.x"}
     if not events:
         env["RABBITTASK_EVENTS"] = "false"
+    env["RABBITTASK_HISTORY"] = "true" if history else "false"
     return env
 
 
@@ -94,11 +116,12 @@ def a2_batch(ctx: RowContext) -> Measurement:
         bench.app.close()
 
 
-def drain_with(concurrency: int, events: bool = True) -> Callable[[RowContext], Measurement]:
-    """The drain row; `events=False` runs the worker with `RABBITTASK_EVENTS=false` (what events cost)."""
+def drain_with(concurrency: int, events: bool = True, history: bool = True) -> Callable[[RowContext], Measurement]:
+    """The drain row; `events=False` runs the worker with `RABBITTASK_EVENTS=false` (what events cost),
+    `history=False` with `RABBITTASK_HISTORY=false` (what keeping them in the history stream costs)."""
 
     def row(ctx: RowContext) -> Measurement:
-        bench = setup(ctx)
+        bench = setup(ctx, history=events and history)
         watcher = ReadyWatcher(ctx.url, ctx.queue)
         try:
             with bench.app.batch():
@@ -108,11 +131,11 @@ def drain_with(concurrency: int, events: bool = True) -> Callable[[RowContext], 
         finally:
             watcher.close()
             bench.app.close()
-        procs = [spawn(worker(ctx, concurrency), ctx.workdir, "worker", worker_env(ctx, events))]
+        procs = [spawn(worker(ctx, concurrency), ctx.workdir, "worker", worker_env(ctx, events, history))]
         result = drain.measure(ctx.url, ctx.queue, ctx.n, ctx.workdir, procs, barrier=False)
         return Measurement(result.rate, memory=result.memory, leftover=result.leftover)
 
-    off = ", events off" if not events else ""
+    off = ", events off" if not events else ", history off" if not history else ""
     row.__doc__ = f"`rabbittask worker -c {concurrency} --prefetch 1000{off}` drains pre-queued no-op tasks"
     return row
 

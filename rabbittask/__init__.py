@@ -36,6 +36,7 @@ from rabbittask.errors import (
     WaitInTaskRefused,
 )
 from rabbittask.logs import get_task_logger
+from rabbittask.progress import Progress
 from rabbittask.results.backend import ResultBackend
 from rabbittask.results.record import Status
 from rabbittask.settings import Settings
@@ -56,6 +57,7 @@ __all__ = [
     "Task",
     "TaskHandle",
     "TaskContext",
+    "Progress",
     "Signature",
     "get_task_logger",
     # workflows

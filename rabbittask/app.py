@@ -39,6 +39,7 @@ from rabbittask.workflow.wire import join_queue_arguments, join_queue_name
 
 if TYPE_CHECKING:
     from rabbittask.beat.entry import CatchUp, ScheduleEntry
+    from rabbittask.results.rpc import OnProgress
     from rabbittask.testing.eager import Eager
 
 P = ParamSpec("P")
@@ -73,6 +74,15 @@ class TaskOptions(BaseModel):
         gt=0,
         description="Run a message at most once per id and attempt within this many seconds, across workers: "
         "a copy a publisher re-sent (or one published twice with the same id) is acked unrun.",
+    )
+    mask_args: tuple[str, ...] = Field(
+        (), description="Arguments (by parameter name) the task history shows as '***' (passwords, tokens)."
+    )
+    unique_for: float | None = Field(
+        None, gt=0, description="Send once per key (task and arguments) in this many seconds: see unique tasks."
+    )
+    unique_key: Callable[..., str] | None = Field(
+        None, description="With `unique_for`: the key of a call, from its arguments (default: all of them)."
     )
     bind: bool = Field(False, description="Pass a `TaskContext` (id, attempt, headers, `.retry()`) as first argument.")
     time_limit: float | None = Field(
@@ -226,6 +236,8 @@ class App:
         task.ignore_result = o.ignore_result
         task.dedupe_s = o.dedupe_s
         task.partition_key, task.retries_in_place = key, o.partition_by is not None and o.partition_retry == "wait"
+        task.mask_args = frozenset(o.mask_args)
+        task.unique_for, task.unique_key = o.unique_for, o.unique_key
         task.set_time_limits(o.time_limit, o.soft_time_limit)
         self.tasks[name] = task
         return task
@@ -354,15 +366,15 @@ class App:
             await self.clients.asend(msg)
         return TaskHandle(msg.message_id, msg.task_name, msg.routing_key, self)
 
-    def rpc_call(self, msg: Outgoing, timeout_s: float) -> Any:
+    def rpc_call(self, msg: Outgoing, timeout_s: float, on_progress: OnProgress | None = None) -> Any:
         """Publish a request over direct reply-to and wait for the task's return value (any thread)."""
         with tracing.publishing(msg, self.settings.exchange):
-            return self.clients.call(msg, timeout_s)
+            return self.clients.call(msg, timeout_s, on_progress)
 
-    async def arpc_call(self, msg: Outgoing, timeout_s: float) -> Any:
+    async def arpc_call(self, msg: Outgoing, timeout_s: float, on_progress: OnProgress | None = None) -> Any:
         """Async twin of `rpc_call`: the calls of one event loop share a connection and reply consumer."""
         with tracing.publishing(msg, self.settings.exchange):
-            return await self.clients.acall(msg, timeout_s)
+            return await self.clients.acall(msg, timeout_s, on_progress)
 
     def eager(self) -> Eager:
         """For tests: `with app.eager() as eager:` runs each task this app sends at once, in this process,

@@ -34,10 +34,11 @@ from rabbittask.publish.batch import SyncBatch
 from rabbittask.publish.declare import declare_sync
 from rabbittask.publish.sync import SyncPublisher
 from rabbittask.results.backend import ResultBackend, load_backend
-from rabbittask.results.rpc import AsyncRpc
+from rabbittask.results.rpc import AsyncRpc, OnProgress
 from rabbittask.results.sync_rpc import SyncRpc
 from rabbittask.settings import Settings
 from rabbittask.topology import Declaration
+from rabbittask.unique import Claims
 
 _LAZY_INIT = threading.Lock()  # builds the shared RPC client and the backend once, whichever thread asks first
 
@@ -99,6 +100,7 @@ class Clients:
             weakref.WeakKeyDictionary()
         )
         self._rpc: SyncRpc | None = None
+        self._claims: Claims | None = None
         self._backend: ResultBackend | None = None
         self.local: LocalBroker | None = None
 
@@ -230,17 +232,17 @@ class Clients:
 
     # -- RPC and results -------------------------------------------------------------------------
 
-    def call(self, msg: Outgoing, timeout_s: float) -> Any:
+    def call(self, msg: Outgoing, timeout_s: float, on_progress: OnProgress | None = None) -> Any:
         """Send a request over direct reply-to and return the task's result (see `SyncRpc`)."""
         if self.local is not None:
-            return self.local.call(msg, timeout_s)
-        return self.rpc().call(msg, timeout_s)
+            return self.local.call(msg, timeout_s)  # eager and stub runs: reports stay in the process
+        return self.rpc().call(msg, timeout_s, on_progress)
 
-    async def acall(self, msg: Outgoing, timeout_s: float) -> Any:
+    async def acall(self, msg: Outgoing, timeout_s: float, on_progress: OnProgress | None = None) -> Any:
         """Async twin of `call` (see `AsyncRpc`)."""
         if self.local is not None:
             return await self.local.acall(msg, timeout_s)
-        return await self.arpc().call(msg, timeout_s)
+        return await self.arpc().call(msg, timeout_s, on_progress)
 
     def rpc(self) -> SyncRpc:
         """The process's sync RPC client, shared by every thread."""
@@ -283,6 +285,16 @@ class Clients:
             self._rpc.close()  # shared by all threads: a later call reopens it
         if self._backend is not None:
             self._backend.close()
+        if self._claims is not None:
+            self._claims.close()
+
+    def unique_claims(self) -> Claims:
+        """The markers of unique tasks (`unique_for`, see unique.py), made on first use."""
+        claims = self._claims
+        if claims is None:
+            with _LAZY_INIT:
+                claims = self._claims = self._claims or Claims(self.settings)
+        return claims
 
     async def aclose(self) -> None:
         """Close this event loop's publisher, RPC and result-backend connections."""

@@ -43,11 +43,23 @@ class TaskContext:
     """Which delivery of this message this is, 1 the first; redeliveries after a retry start again at 1.
     Quorum queues count (`x-delivery-count`); on classic queues it is the worker's `rt-delivery-count`,
     and 2 for a redelivery the worker has not counted (a queue without a `delivery_limit`), a lower bound."""
+    reply: tuple[str, str] | None = field(default=None, repr=False, compare=False)
+    """Where a `.call(on_progress=...)` caller waits for progress (reply-to, correlation id)."""
 
     @property
     def retries(self) -> int:
         """Retries before this run (`attempt - 1`)."""
         return self.attempt - 1
+
+    def progress(self, done: int, total: int, note: str = "") -> None:
+        """Report how far the task is: `done` of `total`, with a short `note` (cut at 200 characters).
+
+        Cheap: at most one report per task a second leaves the worker, as an event (the dashboard,
+        `handle.progress()`) and, for a `.call(on_progress=fn)` caller, to its callback.
+        """
+        from rabbittask import progress
+
+        progress.report(self.id, self.task_name, done, total, note, self.reply)
 
     def retry(
         self,

@@ -6,6 +6,8 @@ awaited task may need the thread, process or prefetch slot the waiting one holds
 
 from __future__ import annotations
 
+import datetime
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
@@ -15,9 +17,13 @@ from rabbittask.results.record import FAILURE, PENDING, SUCCESS, Status, decode_
 
 if TYPE_CHECKING:
     from rabbittask.app import App
+    from rabbittask.progress import Progress
     from rabbittask.results.backend import ResultBackend
 
 R = TypeVar("R", covariant=True)  # what the task returns (for an `async def` task, what it awaits to)
+
+
+PROGRESS_IDLE_S = 0.3  # the end of the stream: nothing new came for this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +42,8 @@ class TaskHandle(Generic[R]):
     task_name: str
     queue: str
     app: App | None = field(default=None, repr=False, compare=False)
+    duplicate: bool = False
+    """True when the task was not sent: a task with `unique_for` was sent with the same key within its window."""
 
     def _backend(self) -> ResultBackend:
         if self.app is None:
@@ -115,6 +123,30 @@ class TaskHandle(Generic[R]):
     async def aforget(self) -> None:
         """Async twin of `forget`."""
         await self._backend().aforget(self.id)
+
+    def progress(self, within_s: float = 3600.0) -> Progress | None:
+        """The task's latest `ctx.progress()` report, or None if it made none in the last `within_s` seconds.
+
+        Read from the app's history stream (`history` on, the default): a read of what the stream
+        holds for that time, which takes at least a third of a second. A task run eagerly in this
+        process answers from memory.
+        """
+        from rabbittask import progress
+
+        here = progress.local(self.id)
+        if here is not None:
+            return here
+        if self.app is None:
+            raise ConfigError(f"handle of task {self.task_name!r} (id {self.id}) has no app to read progress from")
+        from rabbittask.history.stream import read
+
+        since = datetime.datetime.fromtimestamp(time.time() - within_s, datetime.UTC)
+        latest: dict[str, Any] | None = None
+        for message in read(self.app.settings, since, idle_s=PROGRESS_IDLE_S, routing_prefix="task.progress."):
+            for event in message.get("events", ()):
+                if isinstance(event, dict) and event.get("id") == self.id:
+                    latest = event
+        return progress.Progress.of(latest) if latest is not None else None
 
 
 def _result(data: bytes, propagate: bool) -> Any:

@@ -134,6 +134,19 @@ class Settings(BaseSettings):
         description="Also send a `started` event when a worker child starts handling a message (one more append "
         "per task, like Celery's task-started; off by default to keep events cheap).",
     )
+    history: bool = Field(
+        True,
+        description="Keep task events on the broker in the `<exchange>.history` stream (bound to the events "
+        "exchange), so the dashboard and `rabbittask events` read the past after a restart.",
+    )
+    history_max_age_s: int = Field(
+        86_400, gt=0, description="How long the history stream keeps events, in seconds (24 h by default)."
+    )
+    history_max_bytes: int = Field(
+        1_000_000_000,
+        ge=10_000_000,
+        description="Most bytes the history stream keeps on disk (1 GB by default); the oldest events go first.",
+    )
     eager: bool = Field(
         False,
         description="Run every task the app sends at once, in the sending process, through the worker's own code "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import sys
@@ -15,14 +16,17 @@ from pydantic_core import ArgsKwargs, SchemaValidator
 from rabbittask.context import TaskContext
 from rabbittask.errors import ArgumentsInvalid, ConfigError
 from rabbittask.handle import TaskHandle, refuse_wait_in_task
+from rabbittask.history.argsrepr import H_ARGSREPR, args_repr
 from rabbittask.message import H_PARTITION_KEY, Outgoing, new_id
 from rabbittask.retry import RetryPolicy
 from rabbittask.sending import NO_OPTIONS, Args, SendOptions, build_message, check_call, encode_call
+from rabbittask.unique import UniqueKey, key_of
 from rabbittask.workflow.signature import Signature, StepOptions
 
 if TYPE_CHECKING:
     from rabbittask.app import App
     from rabbittask.partitions import KeyReader
+    from rabbittask.results.rpc import OnProgress
 
 P = ParamSpec("P")
 R = TypeVar("R", covariant=True)  # what the function returns: for an `async def` task, a coroutine
@@ -115,6 +119,9 @@ class Task(Generic[P, R]):
         # Set by @app.task(partition_by=... or fair_by=...): reads the `rt-partition-key` of a call (partitions.py).
         self.partition_key: KeyReader | None = None
         self.retries_in_place = False  # partition_by with partition_retry="wait": see worker/inplace.py
+        self.unique_for: float | None = None  # set by @app.task(unique_for=...): see unique.py
+        self.unique_key: UniqueKey | None = None
+        self.mask_args: frozenset[str] = frozenset()  # set by @app.task(mask_args=...): hidden in the history
         self.bind = bind
         self._validator = _validator(fn, name, bind)
         self._params = list(inspect.signature(fn).parameters)[1 if bind else 0 :]
@@ -169,7 +176,10 @@ class Task(Generic[P, R]):
         if self.partition_key is not None:  # the consistent-hash exchange routes on this header
             headers = {**(options.get("headers") or {}), H_PARTITION_KEY: self.partition_key(args, kw)}
             options = {**options, "headers": headers}
-        return build_message(self.app, self.name, self.queue, encode_call(self.app, self.name, args, kw), options)
+        msg = build_message(self.app, self.name, self.queue, encode_call(self.app, self.name, args, kw), options)
+        if self.app.settings.history:  # what the history shows and searches; masked here, before it leaves
+            msg.headers = {**(msg.headers or {}), H_ARGSREPR: args_repr(args, kw, self._params, self.mask_args)}
+        return msg
 
     # Each method that returns a handle or a signature has two overloads: for an `async def` task
     # (R is a coroutine) it carries what the coroutine returns, for a plain function R itself.
@@ -180,7 +190,10 @@ class Task(Generic[P, R]):
 
     def delay(self, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
         """Send the task; return once the broker confirmed it."""
-        return self.app.send(self._message(args, kwargs, NO_OPTIONS))
+        msg = self._message(args, kwargs, NO_OPTIONS)
+        if self.unique_for is not None and not self._claim(args, kwargs):
+            return self._duplicate(msg)
+        return self.app.send(msg)
 
     @overload
     def apply_async(
@@ -198,43 +211,69 @@ class Task(Generic[P, R]):
         **options: Unpack[SendOptions],
     ) -> TaskHandle[Any]:
         """Send the task with `SendOptions` (countdown, eta, expires, ...); return once the broker confirmed it."""
-        return self.app.send(self._message(args, kwargs, options))
+        msg = self._message(args, kwargs, options)
+        if self.unique_for is not None and not self._claim(args, kwargs or {}):
+            return self._duplicate(msg)
+        return self.app.send(msg)
 
-    # `timeout=` cannot sit between `*args: P.args` and `**kwargs: P.kwargs` (PEP 612): a call without it
-    # is checked against the task's parameters; one with it checks only the return type.
+    def _claim(self, args: Args, kwargs: Mapping[str, Any]) -> bool:
+        """Whether this call holds its unique key (send it), or another holds it within the window."""
+        assert self.unique_for is not None
+        if self.app.clients.local is not None:
+            return True  # eager and stub runs: nothing to share a key with
+        key = key_of(self.name, args, kwargs, self.unique_key)
+        return self.app.clients.unique_claims().claim(self.name, key, self.unique_for)
+
+    def _duplicate(self, msg: Outgoing) -> TaskHandle[Any]:
+        return TaskHandle(msg.message_id, self.name, self.queue, self.app, duplicate=True)
+
+    # `timeout=` and `on_progress=` cannot sit between `*args: P.args` and `**kwargs: P.kwargs` (PEP 612):
+    # a call without them is checked against the task's parameters; one with them checks the return type.
     @overload
     def call(self: Task[P, Co[T]], *args: P.args, **kwargs: P.kwargs) -> T: ...
     @overload
     def call(self: Task[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
     @overload
-    def call(self: Task[..., Co[T]], *args: Any, timeout: float, **kwargs: Any) -> T: ...
+    def call(self: Task[..., Co[T]], *args: Any, timeout: float, on_progress: OnProgress | None = None, **kwargs: Any) -> T: ...
     @overload
-    def call(self: Task[..., T], *args: Any, timeout: float, **kwargs: Any) -> T: ...
+    def call(self: Task[..., T], *args: Any, timeout: float, on_progress: OnProgress | None = None, **kwargs: Any) -> T: ...
+    @overload
+    def call(self: Task[..., Co[T]], *args: Any, on_progress: OnProgress, **kwargs: Any) -> T: ...
+    @overload
+    def call(self: Task[..., T], *args: Any, on_progress: OnProgress, **kwargs: Any) -> T: ...
 
     def call(self, *args: Any, **kwargs: Any) -> Any:
         """Run the task on a worker and return its result (RPC over direct reply-to).
 
         `timeout=` (seconds, default 30) bounds the wait and raises `TimeoutError`; a remote failure raises
         `TaskError` (also an instance of the remote builtin type). Inside a running task this blocking call
-        is refused (`WaitInTaskRefused`) unless the app allows it (`allow_join_in_task`).
+        is refused (`WaitInTaskRefused`) unless the app allows it (`allow_join_in_task`). `on_progress=` is
+        called, in this thread, with each `Progress` the task reports (`ctx.progress()`, at most one a
+        second) while the call waits.
         """
         timeout = kwargs.pop("timeout", DEFAULT_CALL_TIMEOUT_S)
         refuse_wait_in_task(self.app, f"task {self.name!r} with .call()", "await task.acall(...)")
-        return self.app.rpc_call(self._message(args, kwargs, NO_OPTIONS), timeout)
+        on_progress = kwargs.pop("on_progress", None)
+        return self.app.rpc_call(self._message(args, kwargs, NO_OPTIONS), timeout, on_progress)
 
     @overload
     async def acall(self: Task[P, Co[T]], *args: P.args, **kwargs: P.kwargs) -> T: ...
     @overload
     async def acall(self: Task[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
     @overload
-    async def acall(self: Task[..., Co[T]], *args: Any, timeout: float, **kwargs: Any) -> T: ...
+    async def acall(self: Task[..., Co[T]], *args: Any, timeout: float, on_progress: OnProgress | None = None, **kwargs: Any) -> T: ...
     @overload
-    async def acall(self: Task[..., T], *args: Any, timeout: float, **kwargs: Any) -> T: ...
+    async def acall(self: Task[..., T], *args: Any, timeout: float, on_progress: OnProgress | None = None, **kwargs: Any) -> T: ...
+    @overload
+    async def acall(self: Task[..., Co[T]], *args: Any, on_progress: OnProgress, **kwargs: Any) -> T: ...
+    @overload
+    async def acall(self: Task[..., T], *args: Any, on_progress: OnProgress, **kwargs: Any) -> T: ...
 
     async def acall(self, *args: Any, **kwargs: Any) -> Any:
         """Async twin of `call`."""
         timeout = kwargs.pop("timeout", DEFAULT_CALL_TIMEOUT_S)
-        return await self.app.arpc_call(self._message(args, kwargs, NO_OPTIONS), timeout)
+        on_progress = kwargs.pop("on_progress", None)
+        return await self.app.arpc_call(self._message(args, kwargs, NO_OPTIONS), timeout, on_progress)
 
     # `.s()` is partial (a chain passes the previous result first), so only its return type is typed;
     # `.si()` takes the whole call and is checked against the task's parameters.
@@ -296,7 +335,10 @@ class Task(Generic[P, R]):
 
     async def adelay(self, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
         """Async twin of `delay`."""
-        return await self.app.asend(self._message(args, kwargs, NO_OPTIONS))
+        msg = self._message(args, kwargs, NO_OPTIONS)
+        if self.unique_for is not None and not await asyncio.to_thread(self._claim, args, kwargs):
+            return self._duplicate(msg)
+        return await self.app.asend(msg)
 
     @overload
     async def aapply_async(
@@ -314,7 +356,10 @@ class Task(Generic[P, R]):
         **options: Unpack[SendOptions],
     ) -> TaskHandle[Any]:
         """Async twin of `apply_async`."""
-        return await self.app.asend(self._message(args, kwargs, options))
+        msg = self._message(args, kwargs, options)
+        if self.unique_for is not None and not await asyncio.to_thread(self._claim, args, kwargs or {}):
+            return self._duplicate(msg)
+        return await self.app.asend(msg)
 
 
 _PREVIOUS = object()  # stands for the previous step's result when a partial signature is checked

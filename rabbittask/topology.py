@@ -29,6 +29,25 @@ def events_exchange_name(exchange: str) -> str:
     return f"{exchange}.events"
 
 
+def history_stream_name(exchange: str) -> str:
+    """Name of the stream that keeps the task events of a task exchange (bound to its events exchange)."""
+    return f"{exchange}.history"
+
+
+def history_arguments(max_age_s: int, max_bytes: int) -> Arguments:
+    """Arguments of the history stream: retention by age and by size, whichever comes first.
+
+    A stream drops whole segments only, so segments are a tenth of the size limit (at most the
+    broker's 500 MB default): the stream then keeps between 90% and 100% of what it may.
+    """
+    return {
+        "x-queue-type": "stream",
+        "x-max-age": f"{max_age_s}s",
+        "x-max-length-bytes": max_bytes,
+        "x-stream-max-segment-size-bytes": min(max_bytes // 10, 500_000_000),
+    }
+
+
 def dlq_name(queue: str) -> str:
     """Name of the dead-letter queue of a task queue."""
     return f"{queue}.dlq"

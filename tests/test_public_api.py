@@ -20,6 +20,7 @@ EXPECTED = [
     "Task",
     "TaskHandle",
     "TaskContext",
+    "Progress",
     "Signature",
     "get_task_logger",
     # workflows

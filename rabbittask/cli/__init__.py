@@ -1,4 +1,4 @@
-"""The `rabbittask` command line: `worker`, `topology`, `dlq`, `beat`, `status`, `dashboard`.
+"""The `rabbittask` command line: `worker`, `topology`, `dlq`, `beat`, `status`, `events`, `dashboard`.
 
 Commands are imported when they run: a worker's supervisor (and so every forked child) never
 loads what only `topology` (yaml), `dlq` (rich), `beat` (croniter) or `dashboard` (Starlette) need.
@@ -17,6 +17,7 @@ COMMANDS = {
     "dlq": ("rabbittask.cli.dlq", "dlq", "Inspect, replay and purge dead-letter queues."),
     "beat": ("rabbittask.cli.beat", "beat", "Run the periodic-task scheduler."),
     "status": ("rabbittask.cli.status", "status", "Show live workers and queue depths."),
+    "events": ("rabbittask.cli.events", "events", "Search past task events (the history the broker keeps)."),
     "dashboard": ("rabbittask.cli.dashboard", "dashboard", "Serve the web dashboard (needs rabbittask[dashboard])."),
 }
 

@@ -1,8 +1,11 @@
 """The dashboard's side of the broker: it listens to the events exchange and reads queue depths.
 
-Events arrive on an exclusive, auto-deleted queue bound to `task.#` and `worker.*` of
-`<exchange>.events`, consumed without acks: the dashboard is a spectator, and a message it misses
-costs one count in a plot. When the connection drops it reconnects every `RECONNECT_S`, and the
+Heartbeats arrive on an exclusive, auto-deleted queue bound to `worker.*` of `<exchange>.events`,
+consumed without acks: the dashboard is a spectator. Task events are read from the history stream
+(`<exchange>.history`), from the first one it keeps, so a restarted dashboard (or a second one)
+shows the past; after a lost connection it reads on from the offset after the last one it took.
+With `history=False` task events come on the exclusive queue too (`task.#`), from the start only.
+When the connection drops it reconnects every `RECONNECT_S`, and the
 page says events are not coming in meanwhile. Queue depths are read by passive declares on the same
 connection when the page asks, at most once per `DEPTHS_S`.
 """
@@ -23,10 +26,11 @@ from rabbittask.amqp.link import Link
 from rabbittask.dashboard.history import History
 from rabbittask.delays import DELAY_LEVELS, delay_level_name
 from rabbittask.errors import RabbitTaskError
+from rabbittask.history import stream as history
 from rabbittask.ops.heartbeat import ROUTING_KEYS, Heartbeat
 from rabbittask.ops.status import beats_of, queue_depth, queue_row, workers_of, workflows_of
 from rabbittask.settings import mask_url
-from rabbittask.topology import events_exchange_name
+from rabbittask.topology import events_exchange_name, history_stream_name
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -35,7 +39,7 @@ log = logging.getLogger(__name__)
 
 RECONNECT_S = 2.0
 DEPTHS_S = 1.5
-BINDINGS = ("task.#", ROUTING_KEYS)
+LIVE_TASKS = "task.#"
 
 
 class Monitor:
@@ -49,6 +53,8 @@ class Monitor:
         self._connection: aiormq.abc.AbstractConnection | None = None
         self._depths: tuple[float, list[dict[str, Any]], int | None] | None = None
         self._lock = asyncio.Lock()
+        self.history_error: str | None = None  # why the history stream cannot be read
+        self._next_offset: int | None = None  # of the history stream, after the last event read
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting after a lost connection."""
@@ -84,7 +90,13 @@ class Monitor:
         await channel.exchange_declare(self.exchange, exchange_type="topic", durable=True, passive=not declare)
         ok = await channel.queue_declare("", exclusive=True, auto_delete=True)
         assert ok.queue is not None
-        for key in BINDINGS:
+        history_on = self.app.settings.history
+        if history_on:
+            self.history_error = await history.declare(connection.channel, self.app.settings)
+            if self.history_error is not None:
+                log.warning("showing live events only: %s", self.history_error)
+                history_on = False
+        for key in (ROUTING_KEYS,) if history_on else (LIVE_TASKS, ROUTING_KEYS):
             await channel.queue_bind(ok.queue, self.exchange, routing_key=key)
 
         async def on_message(message: DeliveredMessage) -> None:
@@ -96,6 +108,34 @@ class Monitor:
                 self.history.feed(message.routing_key, body)
 
         await channel.basic_consume(ok.queue, on_message, no_ack=True)
+        if history_on:
+            await self._read_history(connection)
+
+    async def _read_history(self, connection: aiormq.abc.AbstractConnection) -> None:
+        channel = await connection.channel()
+        await channel.basic_qos(prefetch_count=history.PREFETCH)
+        offset: history.Offset = "first" if self._next_offset is None else self._next_offset
+
+        async def on_event(message: DeliveredMessage) -> None:
+            headers = message.header.properties.headers or {}
+            position = headers.get("x-stream-offset")
+            if isinstance(position, int):
+                if self._next_offset is not None and position < self._next_offset:
+                    return  # already read before a reconnect (a stream starts at a chunk's first message)
+                self._next_offset = position + 1
+            try:
+                body = json.loads(message.body)
+            except ValueError:
+                body = None
+            if isinstance(body, dict) and message.routing_key is not None:
+                self.history.feed(message.routing_key, body, now=history.event_time(body))
+            tag = message.delivery_tag
+            if tag is not None and tag % history.ACK_EVERY == 0 and not channel.is_closed:
+                await channel.basic_ack(tag, multiple=True)
+
+        await channel.basic_consume(
+            history_stream_name(self.app.settings.exchange), on_event, arguments={"x-stream-offset": offset}
+        )
 
     def workers(self) -> list[dict[str, Any]]:
         """Live workers of this app (children's heartbeats summed per supervisor)."""

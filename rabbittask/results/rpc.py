@@ -14,8 +14,9 @@ confirm in time fails the call unless its reply has already arrived.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiormq
@@ -26,6 +27,7 @@ from rabbittask.amqp.link import Link
 from rabbittask.amqp.properties import properties
 from rabbittask.errors import PublishConnectionError, PublishNotConfirmed, TopologyMismatch
 from rabbittask.message import Outgoing
+from rabbittask.progress import H_PROGRESS, H_PROGRESS_REPLY, Progress
 from rabbittask.publish.declare import declare_async
 from rabbittask.results.record import decode_result
 from rabbittask.settings import Settings, mask_url
@@ -38,6 +40,19 @@ decode_reply = decode_result  # a reply body is a result record (results/record.
 
 
 Waiter = asyncio.Future[bytes]
+OnProgress = Callable[[Progress], object]
+
+
+def call_back(callback: OnProgress, body: bytes) -> None:
+    """Hand a progress message to a caller's callback; one that raises is logged, the call goes on."""
+    try:
+        report = Progress.of(json.loads(body))
+    except (ValueError, KeyError, TypeError):
+        return
+    try:
+        callback(report)
+    except Exception:
+        log.exception("on_progress callback %r raised; the call goes on", callback)
 
 
 def _settle(waiter: Waiter, body: bytes = b"", error: Exception | None = None) -> None:
@@ -68,6 +83,7 @@ class AsyncRpc:
             settings, role, setup=self._setup, on_return_raises=False, doing="declare the app's topology for RPC"
         )
         self._waiting: dict[str, Waiter] = {}
+        self._on_progress: dict[str, OnProgress] = {}  # calls made with on_progress=, by correlation id
         self._sends: set[asyncio.Task[None]] = set()
 
     async def open(self) -> aiormq.abc.AbstractChannel:
@@ -80,7 +96,13 @@ class AsyncRpc:
         channel.closing.add_done_callback(self._on_close)  # last: a channel that failed its setup fails no call
 
     async def _on_reply(self, message: aiormq.abc.DeliveredMessage) -> None:
-        waiter = self._waiting.pop(message.header.properties.correlation_id or "", None)
+        props = message.header.properties
+        if props.headers and props.headers.get(H_PROGRESS):
+            callback = self._on_progress.get(props.correlation_id or "")
+            if callback is not None:
+                call_back(callback, message.body)
+            return
+        waiter = self._waiting.pop(props.correlation_id or "", None)
         if waiter is not None:
             _settle(waiter, message.body)
 
@@ -96,8 +118,14 @@ class AsyncRpc:
         """True while the channel is open (no connect before the next call)."""
         return self.link.is_open
 
-    async def call(self, msg: Outgoing, timeout_s: float) -> Any:
-        """Publish `msg` with reply-to set and return the task's result (or raise its `TaskError`)."""
+    async def call(self, msg: Outgoing, timeout_s: float, on_progress: OnProgress | None = None) -> Any:
+        """Publish `msg` with reply-to set and return the task's result (or raise its `TaskError`).
+
+        `on_progress` is called with each `Progress` the task reports (`ctx.progress()`) while the call waits.
+        """
+        if on_progress is not None:
+            msg.headers = {**(msg.headers or {}), H_PROGRESS_REPLY: 1}
+            self._on_progress[msg.message_id] = on_progress
         if not self.is_open:
             await self.open()  # outside the timeout: it bounds the wait for the reply only
         reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
@@ -108,6 +136,7 @@ class AsyncRpc:
             raise reply_timeout(msg, timeout_s) from None
         finally:
             self._waiting.pop(msg.message_id, None)
+            self._on_progress.pop(msg.message_id, None)
         return decode_reply(body)
 
     def start(self, msg: Outgoing, waiter: Waiter) -> None:

@@ -36,9 +36,10 @@ from rabbittask.amqp.link import BlockingLink
 from rabbittask.amqp.properties import pika_properties
 from rabbittask.errors import PublishConnectionError, PublishNotConfirmed, TopologyMismatch
 from rabbittask.message import Outgoing
+from rabbittask.progress import H_PROGRESS, H_PROGRESS_REPLY
 from rabbittask.publish.declare import declare_sync
 from rabbittask.results.record import decode_result
-from rabbittask.results.rpc import REPLY_TO, reply_timeout
+from rabbittask.results.rpc import REPLY_TO, OnProgress, call_back, reply_timeout
 from rabbittask.settings import Settings, mask_url
 from rabbittask.topology import Declaration
 
@@ -52,10 +53,12 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (pika.exceptions.AMQPError,
 class _Call:
     """One request and, once `done`, its reply body or error."""
 
-    __slots__ = ("msg", "submitted", "done", "body", "error")
+    __slots__ = ("msg", "submitted", "done", "body", "error", "on_progress", "reports")
 
-    def __init__(self, msg: Outgoing) -> None:
+    def __init__(self, msg: Outgoing, on_progress: OnProgress | None = None) -> None:
         self.msg = msg
+        self.on_progress = on_progress
+        self.reports: list[bytes] = []  # progress messages for the caller's own thread to hand to on_progress
         self.submitted = False  # handed to pika (published, or queued for the driver to publish)
         self.done = False
         self.body = b""
@@ -84,12 +87,17 @@ class SyncRpc:
 
     # -- calling ---------------------------------------------------------------------------------------
 
-    def call(self, msg: Outgoing, timeout_s: float) -> Any:
-        """Publish `msg` with reply-to set and wait for the task's result, from any thread."""
+    def call(self, msg: Outgoing, timeout_s: float, on_progress: OnProgress | None = None) -> Any:
+        """Publish `msg` with reply-to set and wait for the task's result, from any thread.
+
+        `on_progress` is called, in this thread, with each `Progress` the task reports while the call waits.
+        """
         if self._pid != os.getpid():
             self._forked()
         msg.reply_to, msg.correlation_id = REPLY_TO, msg.message_id
-        call = _Call(msg)
+        if on_progress is not None:
+            msg.headers = {**(msg.headers or {}), H_PROGRESS_REPLY: 1}
+        call = _Call(msg, on_progress)
         with self._cv:
             self._calls[msg.message_id] = call
         try:
@@ -97,6 +105,7 @@ class SyncRpc:
         finally:
             with self._cv:
                 self._calls.pop(msg.message_id, None)
+        self._progress(call)  # what came before the result
         if call.error is not None:
             raise call.error
         if not call.done:
@@ -106,23 +115,24 @@ class SyncRpc:
     def _wait(self, call: _Call, deadline: float, timeout_s: float) -> None:
         """Until `call` is done or the deadline passed: drive the connection, or sleep while another thread does."""
         while not call.done:
+            self._progress(call)
             with self._cv:
-                while self._driver is not None and not call.done:
+                while self._driver is not None and not call.done and not call.reports:
                     if not call.submitted:
                         self._hand_over(call)
                     left_s = deadline - time.monotonic()
                     if left_s <= 0:
                         return
                     self._cv.wait(left_s)  # woken by our reply, or when the driver leaves
-                if call.done:
-                    return
+                if call.done or call.reports:
+                    continue  # the loop's test returns; reports are handed over at its top
                 self._driver = call
             try:
                 if self._open_if_needed():
                     deadline = max(deadline, time.monotonic() + timeout_s)  # the timeout excludes connecting
                 if not call.submitted:
                     self._publish(call)
-                self._drive(lambda: call.done, deadline)
+                self._drive(lambda: call.done or bool(call.reports), deadline)
             except CONNECTION_ERRORS as e:
                 self._lost(e)
             except BaseException:  # e.g. KeyboardInterrupt inside pika's loop: its state is unknown now
@@ -132,6 +142,12 @@ class SyncRpc:
                 self._release()
             if time.monotonic() >= deadline:
                 return
+
+    @staticmethod
+    def _progress(call: _Call) -> None:
+        """Hand the progress messages that came for `call` to its callback (in the caller's thread)."""
+        while call.reports and call.on_progress is not None:
+            call_back(call.on_progress, call.reports.pop(0))
 
     def _hand_over(self, call: _Call) -> None:
         """Have the driving thread publish `call` (under the lock, while another thread drives)."""
@@ -203,6 +219,13 @@ class SyncRpc:
         self._tags[self._next_tag] = call
 
     def _on_reply(self, _ch: Any, _method: Any, props: pika.BasicProperties, body: bytes) -> None:
+        if props.headers and props.headers.get(H_PROGRESS):
+            with self._cv:
+                call = self._calls.get(props.correlation_id or "")
+                if call is not None and call.on_progress is not None:
+                    call.reports.append(body)
+                    self._cv.notify_all()  # a caller asleep while another thread drives takes it
+            return
         with self._cv:
             call = self._calls.pop(props.correlation_id or "", None)
         if call is not None:

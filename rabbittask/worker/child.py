@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiormq.abc import DeliveredMessage
 
+from rabbittask import progress
 from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.worker.acks import delivery_tag
 from rabbittask.worker.dedupe import Dedupe
@@ -162,6 +163,7 @@ class Child:
         if self.events is not None:
             self.events.start()
         joining = asyncio.ensure_future(self.joiner.run()) if self.joiner is not None else None
+        progress.set_sink(self.events.progress if self.events is not None else progress.drop)
         try:
             code = await self.session.run()
         finally:

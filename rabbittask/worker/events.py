@@ -32,7 +32,11 @@ import aiormq.abc
 from aiormq.abc import DeliveredMessage
 from pydantic_core import to_json
 
+from rabbittask.history import stream as history
+from rabbittask.history.argsrepr import H_ARGSREPR
 from rabbittask.ops.heartbeat import HEARTBEAT, OFFLINE, Heartbeat
+from rabbittask.progress import H_PROGRESS, Reply
+from rabbittask.progress import reply_body as progress_reply_body
 from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.settings import Settings
 from rabbittask.topology import events_exchange_name
@@ -50,7 +54,7 @@ RETRY_CHANNEL_S = 5.0  # after a failed send, how long events are dropped before
 SEND_TIMEOUT_S = 2.0
 PROPERTIES = aiormq.spec.Basic.Properties(content_type="application/json", delivery_mode=1)
 EVENT_TRACEBACK_CHARS = 2000  # the end of a failed task's traceback: where it raised
-Succeeded = tuple[str, str, float]  # (message id, task name, runtime_s) of a task that succeeded
+Succeeded = tuple[str, str, float, str | None]  # (message id, task name, runtime_s, argsrepr) of a task that succeeded
 MessageLog = deque[tuple[DeliveredMessage, float]]  # (message, time.time()) of received or started tasks
 
 
@@ -67,7 +71,9 @@ def state_of(outcome: Outcome) -> str | None:
 
 def task_events(outcomes: Sequence[Outcome]) -> dict[str, list[dict[str, Any]]]:
     """Events of `outcomes` grouped by routing key."""
-    groups = succeeded_events([(o.message_id, o.task_name, o.runtime_s) for o in outcomes if o.reason is None])
+    groups = succeeded_events(
+        [(o.message_id, o.task_name, o.runtime_s, argsrepr_of(o.message)) for o in outcomes if o.reason is None]
+    )
     for o in outcomes:
         if o.reason is None:
             continue
@@ -77,6 +83,9 @@ def task_events(outcomes: Sequence[Outcome]) -> dict[str, list[dict[str, Any]]]:
         event: dict[str, Any] = {"id": o.message_id, "task": o.task_name, "state": state, "runtime_s": o.runtime_s}
         event["reason"], event["exc_type"] = o.reason.value, o.exc_type
         event["exc_message"] = o.exc_message[:MESSAGE_CHARS]
+        args = argsrepr_of(o.message)
+        if args is not None:
+            event["args"] = args
         if state == "failed":
             event["traceback"] = o.traceback[-EVENT_TRACEBACK_CHARS:]
         elif state == "retried" and o.republish is not None:
@@ -95,12 +104,22 @@ def succeeded_events(succeeded: Sequence[Succeeded]) -> dict[str, list[dict[str,
     """Events of succeeded tasks, recorded as (message id, task name, runtime), grouped by routing key."""
     groups: dict[str, list[dict[str, Any]]] = {}
     by_task: dict[str, list[dict[str, Any]]] = {}
-    for message_id, name, runtime_s in succeeded:
+    for message_id, name, runtime_s, args in succeeded:
         events = by_task.get(name)
         if events is None:
             events = by_task[name] = groups.setdefault(f"task.succeeded.{name}", [])
-        events.append({"id": message_id, "task": name, "state": "succeeded", "runtime_s": runtime_s})
+        event = {"id": message_id, "task": name, "state": "succeeded", "runtime_s": runtime_s}
+        if args is not None:
+            event["args"] = args
+        events.append(event)
     return groups
+
+
+def argsrepr_of(message: DeliveredMessage) -> str | None:
+    """The arguments as the producer wrote them for the history (`rt-argsrepr`), if it did."""
+    headers = message.header.properties.headers
+    value = headers.get(H_ARGSREPR) if headers else None
+    return value if isinstance(value, str) else None
 
 
 def started_events(state: str, log: MessageLog) -> dict[str, list[dict[str, Any]]]:
@@ -111,6 +130,9 @@ def started_events(state: str, log: MessageLog) -> dict[str, list[dict[str, Any]
         props = message.header.properties
         name = props.message_type or ""
         event = {"id": props.message_id or "?", "task": name, "state": state, "ts": ts}
+        args = argsrepr_of(message)
+        if args is not None:
+            event["args"] = args
         groups.setdefault(f"task.{state}.{name}", []).append(event)
     return groups
 
@@ -138,6 +160,7 @@ class Events:
         self.done = self.failed = self.retried = self.dead_lettered = self.duplicates = self.dropped = 0
         self.received: MessageLog | None = deque(maxlen=MAX_PENDING) if publish and settings.events_received else None
         self.started: MessageLog | None = deque(maxlen=MAX_PENDING) if publish and settings.events_started else None
+        self.progressed: deque[tuple[dict[str, Any], Reply | None]] = deque(maxlen=MAX_PENDING)  # ctx.progress()
         self._publisher = publisher
         self._publish = publish
         self._metrics = metrics
@@ -149,20 +172,39 @@ class Events:
         self._sending: asyncio.Task[None] | None = None
         self._broken_until = 0.0
         self._runner: asyncio.Task[None] | None = None
+        self._history_declared = False
 
     def record(self, outcome: Outcome) -> None:
         """The per-task cost: an append (and, every `BATCH` tasks, a flush)."""
         if outcome.reason is None:
             buffer: list[Any] = self.succeeded
-            buffer.append((outcome.message.header.properties.message_id or "?", outcome.task_name, outcome.runtime_s))
+            message = outcome.message
+            buffer.append(
+                (
+                    message.header.properties.message_id or "?",
+                    outcome.task_name,
+                    outcome.runtime_s,
+                    argsrepr_of(message),
+                )
+            )
         else:
             buffer = self.buffer
             buffer.append(outcome)
         if len(buffer) >= BATCH:
             self.flush()
 
+    def progress(self, update: dict[str, Any], reply: Reply | None) -> None:
+        """A task's `ctx.progress()` (from any thread): sent at the next flush, the latest of each task only."""
+        self.progressed.append((update, reply))
+
     def start(self) -> None:
-        """Flush once a second and send a heartbeat every `events_heartbeat_s`, until `close()`."""
+        """Flush once a second and send a heartbeat every `events_heartbeat_s`, until `close()`.
+
+        The events channel is opened (and the history stream declared) now, not at the first flush:
+        creating a stream takes the broker a moment, better spent before the first task than during it.
+        """
+        if self._publish:
+            self._sending = asyncio.ensure_future(self._send([]))
         self._runner = asyncio.ensure_future(self._run())
 
     async def close(self) -> None:
@@ -214,7 +256,14 @@ class Events:
         Meanwhile events are kept, up to `MAX_PENDING`, and a heartbeat is skipped.
         """
         buffer, succeeded = self.buffer, self.succeeded
-        if not buffer and not succeeded and not heartbeat and not self.received and not self.started:
+        if (
+            not buffer
+            and not succeeded
+            and not heartbeat
+            and not self.received
+            and not self.started
+            and not self.progressed
+        ):
             return
         if (self._sending is not None and not self._sending.done()) or time.monotonic() < self._broken_until:
             for pending in (buffer, succeeded):
@@ -237,11 +286,12 @@ class Events:
         for key, events in settled.items():
             groups.setdefault(key, []).extend(events)
         self._count(settled)
+        replies = self._progress(groups)
         now = time.time()
         messages = [(key, {**self._identity, "ts": now, "events": events}) for key, events in groups.items()]
         if heartbeat:
             messages.append((HEARTBEAT, self.heartbeat()))
-        self._sending = asyncio.ensure_future(self._send(messages))
+        self._sending = asyncio.ensure_future(self._send(messages, replies))
 
     def _count(self, settled: dict[str, list[dict[str, Any]]]) -> None:
         for events in settled.values():
@@ -256,11 +306,32 @@ class Events:
                 elif state == "duplicate":
                     self.duplicates += 1
 
-    async def _send(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
+    def _progress(self, groups: dict[str, list[dict[str, Any]]]) -> list[tuple[Reply, bytes]]:
+        """The latest progress of each task since the last flush, into `groups`; and the replies to callers."""
+        latest: dict[str, tuple[dict[str, Any], Reply | None]] = {}
+        for _ in range(len(self.progressed)):  # task threads may append meanwhile: take what was there
+            update, reply = self.progressed.popleft()
+            latest[update["id"]] = (update, reply)
+        replies = []
+        for update, reply in latest.values():
+            if self._publish:
+                groups.setdefault(f"task.progress.{update['task']}", []).append(update)
+            if reply is not None:
+                replies.append((reply, progress_reply_body(update)))
+        return replies
+
+    async def _send(
+        self, messages: list[tuple[str, dict[str, Any]]], replies: Sequence[tuple[Reply, bytes]] = ()
+    ) -> None:
         try:
             channel = self._channel
             if channel is None or channel.is_closed:
                 channel = await asyncio.wait_for(self._open(), SEND_TIMEOUT_S)
+            for (reply_to, correlation_id), reply in replies:  # to `.call(on_progress=...)` callers: first, they wait
+                properties = aiormq.spec.Basic.Properties(
+                    content_type="application/json", correlation_id=correlation_id, headers={H_PROGRESS: 1}
+                )
+                await channel.basic_publish(reply, exchange="", routing_key=reply_to, properties=properties)
             for routing_key, body in messages:
                 await channel.basic_publish(
                     to_json(body),
@@ -281,5 +352,13 @@ class Events:
         channel = await self._publisher.side_channel()
         if self.settings.declare_topology:
             await channel.exchange_declare(self.exchange, exchange_type="topic", durable=True)
+        if self.settings.history and not self._history_declared:
+            self._history_declared = True  # once per child: a refusal is logged once, events go on without it
+            try:
+                problem = await history.declare(self._publisher.side_channel, self.settings)
+            except Exception as e:  # noqa: BLE001 - the events go on without the history
+                problem = f"declaring the history stream failed ({type(e).__name__}: {e})"
+            if problem is not None:
+                log.warning("task history is not kept: %s", problem)
         self._channel = channel
         return channel

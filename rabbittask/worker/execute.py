@@ -26,6 +26,7 @@ from rabbittask.errors import (
     TimeLimitExceeded,
 )
 from rabbittask.message import H_ATTEMPT, H_DELIVERY_COUNT, H_RESENT, X_DELIVERY_COUNT, attempt_of, decode_body
+from rabbittask.progress import H_PROGRESS_REPLY
 from rabbittask.retry import due_in_ms
 from rabbittask.signing import verify
 from rabbittask.tracing import TRACEPARENT
@@ -105,6 +106,8 @@ def context(app: App, task: Task[Any, Any], message: DeliveredMessage) -> TaskCo
     props = message.header.properties
     headers = props.headers or {}
     redelivered, count = delivery_of(message, headers)
+    reply_to, correlation_id = props.reply_to, props.correlation_id
+    reply = (reply_to, correlation_id) if headers.get(H_PROGRESS_REPLY) and reply_to and correlation_id else None
     return TaskContext(
         props.message_id or "",
         task.name,
@@ -114,6 +117,7 @@ def context(app: App, task: Task[Any, Any], message: DeliveredMessage) -> TaskCo
         redelivered,
         H_RESENT in headers,
         count,
+        reply,
     )
 
 

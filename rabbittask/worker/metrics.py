@@ -26,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from rabbittask.worker.events import Succeeded
     from rabbittask.worker.outcome import Outcome
 
 log = logging.getLogger(__name__)
@@ -67,15 +68,15 @@ class TaskMetrics:
             self.reconnects.inc(reconnects - self._reconnects_seen)
             self._reconnects_seen = reconnects
 
-    def observe(self, outcomes: Sequence[Outcome], succeeded: Sequence[tuple[str, str, float]] = ()) -> None:
+    def observe(self, outcomes: Sequence[Outcome], succeeded: Sequence[Succeeded] = ()) -> None:
         """Count a flushed batch: one counter increment per (task, state), one histogram sample per task.
 
-        `succeeded` holds (message id, task name, runtime) of tasks that succeeded (events.Succeeded).
+        `succeeded` holds (message id, task name, runtime, argsrepr) of tasks that succeeded (events.Succeeded).
         """
         from rabbittask.worker.events import state_of
 
         counts: dict[tuple[str, str], int] = {}
-        for _, name, runtime_s in succeeded:
+        for _, name, runtime_s, _ in succeeded:
             counts[(name, "succeeded")] = counts.get((name, "succeeded"), 0) + 1
             self.runtime.labels(name).observe(runtime_s)
         for o in outcomes:

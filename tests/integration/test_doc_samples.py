@@ -25,7 +25,7 @@ from tests.workers import ROOT, WorkerProcess
 SAMPLES = ROOT / "docs" / "samples"
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 # Sample queues, deleted after the module when the samples could not have a virtual host of their own.
-QUEUES = ["mail", "images", "payments", "billing", "orders", "default", "pages"]
+QUEUES = ["mail", "images", "payments", "billing", "orders", "default", "pages", "accounts", "albums"]
 QUEUES += [f"ledger.p{i}" for i in range(8)] + [f"statements.p{i}" for i in range(16)]
 QUEUES += [f"profiles.p{i}" for i in range(4)] + ["ledger", "statements", "profiles"]
 
@@ -68,7 +68,7 @@ def workers(
     """One worker per sample app, as the samples' comments say to start them."""
     started: dict[str, WorkerProcess] = {}
     try:
-        for spec in ("shop.tasks:app", "retries:app", "task_logging:app", "waiting:app", "workflows:app", "partitions:app"):
+        for spec in ("shop.tasks:app", "retries:app", "task_logging:app", "waiting:app", "workflows:app", "partitions:app", "progress_history:app"):
             log = tmp_path_factory.mktemp("samples") / f"{spec.split(':')[0]}.log"
             started[spec] = WorkerProcess(["-A", spec], samples_env, log)
         for w in started.values():
@@ -155,6 +155,16 @@ def test_raw_pika_producers_follow_the_protocol_page(
 def test_listening_to_events(samples_env: dict[str, str], workers: dict[str, WorkerProcess]) -> None:
     out = run_sample(samples_env, "events_listen.py")
     assert re.fullmatch(r"(worker\.heartbeat|task\.failed\.[\w.]+) \S+ \d+\n", out), out
+
+
+def test_progress_reaches_the_caller_and_masked_arguments_stay_out_of_the_history(
+    samples_env: dict[str, str], workers: dict[str, WorkerProcess]
+) -> None:
+    lines = run_sample(samples_env, "progress_history.py").splitlines()
+    assert lines[0] == "{'rt-argsrepr': \"('ann@example.com', '***', '***')\"}"
+    assert lines[1] == "duplicates: False True"
+    assert lines[-1] == "resized 5" and len(lines) >= 4  # at least one report heard before the result
+    assert all(re.fullmatch(r"[1-5]/5 resized photo-7-[1-5]\.jpg", line) for line in lines[2:-1]), lines
 
 
 def test_samples_that_need_no_worker(samples_env: dict[str, str]) -> None:

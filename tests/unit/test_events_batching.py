@@ -16,8 +16,9 @@ from rabbittask.worker import events as ev
 from rabbittask.worker.outcome import Outcome, Reason, Republish
 
 
-def delivered(mid: str = "m1", task: str = "t.add") -> Any:
-    return SimpleNamespace(header=SimpleNamespace(properties=SimpleNamespace(message_id=mid, message_type=task)))
+def delivered(mid: str = "m1", task: str = "t.add", headers: dict[str, Any] | None = None) -> Any:
+    props = SimpleNamespace(message_id=mid, message_type=task, headers=headers)
+    return SimpleNamespace(header=SimpleNamespace(properties=props))
 
 
 def outcome(task: str = "t.add", reason: Reason | None = None, republish: bool = False, mid: str = "m1") -> Outcome:
@@ -84,6 +85,15 @@ class FakeChannel:
         self.is_closed = False
 
     async def exchange_declare(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    async def queue_declare(self, *args: Any, **kwargs: Any) -> None:  # the history stream
+        pass
+
+    async def queue_bind(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    async def close(self) -> None:
         pass
 
     async def basic_publish(self, body: bytes, *, exchange: str, routing_key: str, properties: Any) -> None:
@@ -187,3 +197,14 @@ def test_status_sums_the_heartbeats_of_a_workers_children() -> None:
 def test_events_can_be_turned_off_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RABBITTASK_EVENTS", "false")
     assert Settings().events is False
+
+
+def test_events_carry_the_arguments_the_producer_wrote_for_the_history() -> None:
+    # Given a message whose producer wrote its arguments (masked) in rt-argsrepr, and one without
+    with_args = Outcome(delivered("a", headers={"rt-argsrepr": "(1, password='***')"}), "t.add", runtime_s=0.1)
+    e = ev.Events(Settings(), None, "app", ["q"], lambda: {}, publish=False)  # type: ignore[arg-type]
+    e.record(with_args)
+    e.record(outcome(mid="b"))
+    # Then the succeeded events carry them as they came, and nothing when there were none
+    events = ev.succeeded_events(e.succeeded)["task.succeeded.t.add"]
+    assert [ev_.get("args") for ev_ in events] == ["(1, password='***')", None]

@@ -28,7 +28,7 @@ def delivered(app: App, task: str, args: tuple[Any, ...], headers: dict[str, Any
 @pytest.fixture
 def app(monkeypatch: pytest.MonkeyPatch) -> App:
     monkeypatch.setattr(tracing, "spans", None)
-    app = App("tracing-unit")
+    app = App("tracing-unit", history=False)  # no rt-argsrepr: the trace headers alone
 
     @app.task(queue="q", name="t.child")
     def child(n: int) -> None:

@@ -11,6 +11,8 @@ let chartSpan = [0, 3600];
 let dlqQueue = null;
 let dlqTotal = 0;
 let dlqName = "";
+let runtimeTask = null;
+let runtimeChart = null;
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -160,6 +162,9 @@ async function refresh() {
     renderChart(state.rates);
     renderTotals(state.totals);
     renderFailures(state.failures);
+    renderTaskStats(state.task_stats);
+    renderProgress(state.in_progress);
+    if (runtimeTask !== null) await loadRuntimes(runtimeTask);
     const pill = document.getElementById("connection");
     pill.textContent = state.events_error ? `events: ${state.events_error}` : "live";
     pill.className = state.events_error ? "pill bad" : "pill ok";
@@ -225,6 +230,131 @@ async function purge() {
   await refresh();
 }
 
+function secs(value) {
+  if (value === null || value === undefined) return "-";
+  return value < 1 ? `${(value * 1000).toFixed(1)} ms` : `${value.toFixed(2)} s`;
+}
+
+function progressCell(p) {
+  if (!p) return "";
+  const bar = el("progress", { max: String(p.total), value: String(p.done) });
+  return el("span", { class: "progress" }, bar, ` ${p.done}/${p.total} (${Math.round((100 * p.done) / p.total)}%)`);
+}
+
+function renderProgress(rows) {
+  fill(document.querySelector("#in-progress tbody"), rows.map((t) => el("tr", { "data-id": t.id },
+    el("td", {}, t.task),
+    el("td", {}, el("a", { href: "#", class: "task-link", onclick: (e) => { e.preventDefault(); openTask(t.id); } }, t.id)),
+    el("td", {}, progressCell(t.progress)), el("td", {}, t.progress.note || ""), el("td", {}, t.worker ?? ""),
+    el("td", { class: "muted" }, when(t.progress.ts)))));
+  document.getElementById("no-progress").hidden = rows.length > 0;
+}
+
+function renderTaskStats(rows) {
+  fill(document.querySelector("#task-stats tbody"), rows.map((r) => el("tr", { "data-task": r.task },
+    el("td", {}, r.task), el("td", { class: "n" }, r.count), el("td", { class: "n" }, r.succeeded),
+    el("td", { class: r.failed ? "n bad" : "n" }, r.failed),
+    el("td", { class: "n" }, r.failure_rate === null ? "-" : `${(r.failure_rate * 100).toFixed(1)}%`),
+    el("td", { class: "n" }, r.retried), el("td", { class: "n" }, secs(r.p50_s)),
+    el("td", { class: "n" }, secs(r.p95_s)), el("td", { class: "n" }, secs(r.p99_s)),
+    el("td", {}, el("button", { type: "button", class: "runtimes", onclick: () => loadRuntimes(r.task) }, "chart")))));
+}
+
+async function loadRuntimes(task) {
+  let data;
+  try {
+    data = await api(`/api/stats/${encodeURIComponent(task)}`);
+  } catch (e) {
+    notice(`cannot chart ${task}: ${e.message}`, true);
+    return;
+  }
+  const title = document.getElementById("runtime-title");
+  title.hidden = false;
+  title.textContent = `${task}: runtime per minute (seconds)`;
+  const box = document.getElementById("runtime-chart");
+  const series = ["p50_s", "p95_s", "p99_s"];
+  const rows = [data.minutes, ...series.map((k) => data[k])];
+  if (runtimeChart === null || runtimeTask !== task) {
+    if (runtimeChart !== null) runtimeChart.destroy();
+    runtimeChart = new uPlot({
+      width: Math.max(320, box.clientWidth), height: 200,
+      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(0.001, max || 0)] } },
+      series: [{}, ...series.map((k, i) => ({ label: k.replace("_s", ""), stroke: ["#1565c0", "#ef6c00", "#c62828"][i], width: 1.5, spanGaps: false }))],
+      axes: [{}, { label: "seconds" }],
+    }, rows, box);
+  } else {
+    runtimeChart.setData(rows);
+  }
+  runtimeTask = task;
+}
+
+function when(ts) {
+  return ts ? new Date(ts * 1000).toLocaleString() : "?";
+}
+
+async function search(event) {
+  if (event) event.preventDefault();
+  const params = new URLSearchParams();
+  for (const [key, value] of new FormData(document.getElementById("search"))) if (value.trim()) params.set(key, value.trim());
+  let data;
+  try {
+    data = await api(`/api/tasks?${params}`);
+  } catch (e) {
+    notice(`search refused: ${e.message}`, true);
+    return;
+  }
+  const shown = data.tasks.length < data.matched ? `, newest ${data.tasks.length} shown` : "";
+  document.getElementById("search-summary").textContent =
+    `${data.matched} task(s) of ${data.indexed} in the history${shown} (${data.took_ms} ms)`;
+  document.getElementById("task-results").hidden = data.tasks.length === 0;
+  fill(document.querySelector("#task-results tbody"), data.tasks.map((t) => el("tr", { "data-id": t.id },
+    el("td", {}, when(t.last_ts)), el("td", {}, t.task),
+    el("td", {}, el("a", { href: "#", class: "task-link", onclick: (e) => { e.preventDefault(); openTask(t.id); } }, t.id)),
+    el("td", { class: t.state === "failed" || t.state === "dead-lettered" ? "bad" : "" }, t.state, " ", progressCell(t.progress)),
+    el("td", {}, el("code", {}, t.args ?? "")), el("td", {}, t.worker ?? ""),
+    el("td", { class: "n" }, t.runtime_s === null ? "-" : `${t.runtime_s.toFixed(3)} s`))));
+}
+
+async function openTask(id) {
+  let t;
+  try {
+    t = await api(`/api/task/${encodeURIComponent(id)}`);
+  } catch (e) {
+    notice(`cannot show task ${id}: ${e.message}`, true);
+    return;
+  }
+  document.getElementById("task-life").hidden = false;
+  document.getElementById("task-title").textContent = `${t.task} ${t.id}`;
+  const runtime = t.runtime_s === null ? "" : `, ran ${t.runtime_s.toFixed(3)} s`;
+  const done = t.progress ? `; progress ${t.progress.done}/${t.progress.total} ${t.progress.note || ""}` : "";
+  document.getElementById("task-summary").textContent =
+    `${t.state}${runtime} on ${t.worker ?? "?"}; arguments ${t.args ?? "(not recorded)"}${done}`;
+  fill(document.getElementById("task-events"), t.events.map((e) => el("li", { "data-state": e.state },
+    el("span", { class: "muted" }, when(e.ts)), " ", el("strong", {}, e.state),
+    e.worker ? ` on ${e.worker}` : "", e.runtime_s !== undefined ? ` after ${e.runtime_s.toFixed(3)} s` : "",
+    e.retry_in_s !== undefined ? `, retry in ${e.retry_in_s} s` : "",
+    e.reason ? ` · ${e.reason}` : "", e.exc_type ? `: ${e.exc_type}: ${e.exc_message ?? ""}` : "",
+    e.traceback ? traceback(`task:${t.id}:${e.ts}`, e.traceback) : "")));
+}
+
+document.getElementById("search").addEventListener("submit", search);
+async function replayMatching() {
+  const filter = {};
+  const task = document.getElementById("dlq-filter-task").value.trim();
+  const exc = document.getElementById("dlq-filter-exc").value.trim();
+  if (task) filter.task = task;
+  if (exc) filter.exc_type = exc;
+  try {
+    const result = await api(`/api/dlq/${encodeURIComponent(dlqQueue)}/replay`, { filter });
+    notice(`replayed ${result.replayed.length} of ${result.matched} matching message(s) to ${dlqQueue}`, false);
+  } catch (e) {
+    notice(`replay refused: ${e.message}`, true);
+  }
+  await loadDlq();
+  await refresh();
+}
+
+document.getElementById("dlq-replay-matching").addEventListener("click", replayMatching);
 document.getElementById("dlq-refresh").addEventListener("click", loadDlq);
 document.getElementById("dlq-replay-all").addEventListener("click", () => replay(null));
 document.getElementById("dlq-purge").addEventListener("click", async () => {
