@@ -29,6 +29,7 @@ from rabbittask.topology import Declaration, ExchangeDecl, Overflow, QueueSpec, 
 
 if TYPE_CHECKING:
     from rabbittask.beat.entry import CatchUp, ScheduleEntry
+    from rabbittask.control.client import Control
     from rabbittask.testing.eager import Eager
 
 P = ParamSpec("P")
@@ -378,6 +379,13 @@ class App:
         if task is not None and task.ignore_result:
             raise ConfigError(f"task {task_name!r} is declared with ignore_result=True: its results are not stored")
         return backend
+
+    @property
+    def control(self) -> Control:
+        """The control plane: `app.control.ping()`, `.inspect().active()`, `.revoke(id, terminate=False)`."""
+        from rabbittask.control.client import Control  # lazily: a worker child never needs the client side
+
+        return Control(self)
 
     def close(self) -> None:
         """Close this thread's publisher connection, the process's RPC connection and the backend's."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from rabbittask.control.local import check_revoked
 from rabbittask.errors import Retry
 
 
@@ -43,6 +44,13 @@ class TaskContext:
     """Which delivery of this message this is, 1 the first; redeliveries after a retry start again at 1.
     Quorum queues count (`x-delivery-count`); on classic queues it is the worker's `rt-delivery-count`,
     and 2 for a redelivery the worker has not counted (a queue without a `delivery_limit`), a lower bound."""
+
+    def check_revoked(self) -> None:
+        """Raise `TaskRevoked` if this task was revoked with `terminate=True`; call it between steps of long work.
+
+        Let it propagate: the message is dead-lettered (reason `terminated`) and the worker goes on.
+        """
+        check_revoked(self.id, self.task_name)
 
     @property
     def retries(self) -> int:

@@ -4,13 +4,15 @@ A message walks through them in order (`_on_message`):
 
     session (session.py)        delivered on the current channel; counted in flight
     redelivery (redelivery.py)  expired, not due, delivered too often, or a run this child already has?
+    revoke (revoke.py)          revoked (the `<exchange>.revoked` stream, control.py)? dead-lettered unrun
     dispatch (dispatch.py)      async task: run on the loop; sync task: inline (inline.py) or a thread (threads.py)
     outcome (outcome.py)        what happened, and the `Reason` if it did not simply succeed
     settle (settle.py)          ack, reply / store then ack, republish or dead-letter then ack, hand back
 
 `retirement.py` holds the one lifecycle `State` and the limits that end a child (max tasks, memory,
 a hard time limit); the supervisor hears of a retirement through `on_retire` and starts the
-successor before this child is done. A new feature is one more stage or one more `Reason`.
+successor before this child is done. `control.py` answers the control plane's broadcasts and follows
+revocations on a connection of its own. A new feature is one more stage or one more `Reason`.
 """
 
 from __future__ import annotations
@@ -26,16 +28,19 @@ from typing import TYPE_CHECKING, Any
 from aiormq.abc import DeliveredMessage
 
 from rabbittask.publish.aio import AsyncPublisher
+from rabbittask.control.local import Run
 from rabbittask.worker.acks import delivery_tag
+from rabbittask.worker.control import ControlPlane
 from rabbittask.worker.dedupe import Dedupe
 from rabbittask.worker.dispatch import Dispatcher
 from rabbittask.worker.events import Events
 from rabbittask.worker.exits import EXIT_OK
 from rabbittask.worker.inline import InlinePolicy, InlineRunner
 from rabbittask.worker.metrics import TaskMetrics
-from rabbittask.worker.outcome import Outcome
+from rabbittask.worker.outcome import Outcome, Reason
 from rabbittask.worker.redelivery import Redeliveries
 from rabbittask.worker.retirement import BUDGET_IDLE_S, Lifecycle, Retirement
+from rabbittask.worker.revoke import RevokeStage
 from rabbittask.worker.running import RunningMarkers
 from rabbittask.worker.session import Session
 from rabbittask.worker.settle import InFlight, Settler
@@ -142,6 +147,12 @@ class Child:
             on_ready=on_ready,
             on_consuming=on_consuming,
         )
+        self.revoke = RevokeStage(self.settler.settle)
+        self.control: ControlPlane | None = None
+        if app.settings.control:
+            self.control = ControlPlane(
+                app, self.queues, stats=self._control_stats, waiting=self._waiting, on_stuck=self._terminate_stuck
+            )
         self._budget_watch: asyncio.Task[None] | None = None
 
     @property
@@ -157,8 +168,13 @@ class Child:
         if self.events is not None:
             self.events.start()
         try:
+            if self.control is not None:
+                self.control.start()
+                await self._caught_up(self.control)
             code = await self.session.run()
         finally:
+            if self.control is not None:
+                await self.control.close()
             self.lifecycle.stopped()
             self.settler.successes.flush()  # the last turn's success lines, before the child exits
             if self._budget_watch is not None:
@@ -189,6 +205,8 @@ class Child:
             self.retire(f"--max-tasks-per-child {self.max_tasks} reached")
         if not self.redeliveries.admit(message):
             return  # settled unrun, or waits for a run of it here
+        if not self.revoke.admit(message):
+            return  # revoked: dead-lettered unrun
         if self.dedupe is not None and not await self.dedupe.admit(message):
             return  # a copy of it ran: acked unrun
         running = self.dispatcher.route(message)  # a sync task is queued for a thread, or run and settled inline
@@ -241,6 +259,29 @@ class Child:
         self.settler.settle(outcome)
         self.retire("a sync task passed its time limit", hand_back=True)
 
+    async def _caught_up(self, control: ControlPlane) -> None:
+        """Wait until every revocation of the window is read (or a stop comes): only then take tasks."""
+        read = asyncio.ensure_future(control.caught_up.wait())
+        stop = asyncio.ensure_future(self.lifecycle.stopping.wait())
+        await asyncio.wait([read, stop], return_when=asyncio.FIRST_COMPLETED)
+        read.cancel()
+        stop.cancel()
+
+    def _terminate_stuck(self, run: Run) -> None:
+        """A sync task revoked with terminate=True outlived its grace period: dead-letter it, replace this child."""
+        self.threads.abandon(run.message)
+        exc_message = f"task {run.task_name!r} was revoked with terminate=True and did not stop within the grace period"
+        outcome = Outcome(
+            run.message,
+            run.task_name,
+            reason=Reason.TERMINATED,
+            exc_type="TaskRevoked",
+            exc_message=exc_message,
+            runtime_s=time.time() - run.started_at,
+        )
+        self.settler.settle(outcome)
+        self.retire("a terminated sync task did not stop", hand_back=True)
+
     # -- wiring --------------------------------------------------------------------------------------
 
     def _settle(self, outcome: Outcome) -> None:  # for the redeliveries, made before the settler
@@ -248,6 +289,18 @@ class Child:
 
     def _running_here(self) -> list[DeliveredMessage]:
         return self.threads.running()
+
+    def _waiting(self) -> list[DeliveredMessage]:
+        return list(self.threads.waiting.values())
+
+    def _control_stats(self) -> dict[str, Any]:
+        """What `inspect stats` adds from this child's own state."""
+        return {
+            "prefetch": self.session.prefetch,
+            "threads": self.threads.count,
+            "in_flight": self.flight.count,
+            "tasks_done": self.tasks_done,
+        }
 
     def _stats(self) -> dict[str, Any]:
         """What a heartbeat says of this child's work."""
