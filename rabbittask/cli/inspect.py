@@ -29,12 +29,18 @@ def _destination(value: str | None) -> list[str] | None:
 @click.argument("what", type=click.Choice(INSPECT))
 @APP_OPTION
 @click.option(
-    "--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
     help="Seconds to wait for the answers.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of text.")
 @click.option(
-    "--destination", "-d", default=None,
+    "--destination",
+    "-d",
+    default=None,
     help="Ask only these workers: host:pid of a worker (its supervisor) or of one child, comma-separated.",
 )
 def inspect(what: str, app_spec: str, timeout_s: float, as_json: bool, destination: str | None) -> None:
@@ -75,8 +81,9 @@ def _print(data: dict[str, Any]) -> None:
     for child, error in sorted(data["errors"].items()):
         click.echo(f"{child}: could not answer: {error}", err=True)
     for child in data["missing"]:
-        click.echo(f"{child} (worker {workers.get(child, '?')}): MISSING, alive a moment ago but did not answer",
-                   err=True)
+        click.echo(
+            f"{child} (worker {workers.get(child, '?')}): MISSING, alive a moment ago but did not answer", err=True
+        )
 
 
 def _line(item: Any) -> str:

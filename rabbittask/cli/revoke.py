@@ -12,7 +12,8 @@ from rabbittask.errors import RabbitTaskError
 @click.argument("task_ids", nargs=-1, required=True)
 @APP_OPTION
 @click.option(
-    "--terminate", is_flag=True,
+    "--terminate",
+    is_flag=True,
     help="Also stop runs under way: async tasks are cancelled, sync tasks stop at ctx.check_revoked() or their "
     "child is replaced after terminate_grace_s.",
 )

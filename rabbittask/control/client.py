@@ -133,7 +133,9 @@ class Control:
         connection = await connect(settings, "control")
         try:
             channel = await connection.channel()
-            await channel.exchange_declare(control_exchange_name(settings.exchange), exchange_type="fanout", durable=True)
+            await channel.exchange_declare(
+                control_exchange_name(settings.exchange), exchange_type="fanout", durable=True
+            )
             roster = Roster(settings, destination)
             await roster.start(connection)
             done = asyncio.Event()
@@ -202,7 +204,9 @@ class Control:
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             try:
-                await channel.queue_declare(stream, durable=True, arguments=stream_arguments(settings.revoke_retention_s))
+                await channel.queue_declare(
+                    stream, durable=True, arguments=stream_arguments(settings.revoke_retention_s)
+                )
             except aiormq.exceptions.ChannelPreconditionFailed as e:
                 raise ControlError(
                     f"the revocation stream {stream!r} exists with another retention than revoke_retention_s="
@@ -211,9 +215,13 @@ class Control:
             body, props = outgoing(settings, "revoke", record, delivery_mode=2)
             confirm = await channel.basic_publish(body, routing_key=stream, properties=props, mandatory=True)
             if not isinstance(confirm, aiormq.spec.Basic.Ack):
-                raise ControlError(f"the broker did not confirm the revocation of {', '.join(ids)}; nothing was revoked")
+                raise ControlError(
+                    f"the broker did not confirm the revocation of {', '.join(ids)}; nothing was revoked"
+                )
             body, props = outgoing(settings, "revoke", command_body("revoke", record, None))
-            await channel.exchange_declare(control_exchange_name(settings.exchange), exchange_type="fanout", durable=True)
+            await channel.exchange_declare(
+                control_exchange_name(settings.exchange), exchange_type="fanout", durable=True
+            )
             await channel.basic_publish(body, exchange=control_exchange_name(settings.exchange), properties=props)
         except aiormq.exceptions.AMQPError as e:
             raise ControlError(f"revoking {', '.join(ids)} failed on the broker: {e}") from None

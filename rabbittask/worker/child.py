@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiormq.abc import DeliveredMessage
 
-from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.control.local import Run
+from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.worker.acks import delivery_tag
 from rabbittask.worker.control import ControlPlane
 from rabbittask.worker.dedupe import Dedupe

@@ -29,8 +29,12 @@ def prefix(unique_name: str, broker_url: str) -> Iterator[str]:
     yield unique_name
     amqp.delete(
         broker_url,
-        [f"{unique_name}.main", f"{unique_name}.main.dlq", revoked_stream_name(unique_name),
-         presence_stream_name(unique_name)],
+        [
+            f"{unique_name}.main",
+            f"{unique_name}.main.dlq",
+            revoked_stream_name(unique_name),
+            presence_stream_name(unique_name),
+        ],
         [control_exchange_name(unique_name)],
     )
     amqp.delete_ladder(broker_url, unique_name)
@@ -187,14 +191,20 @@ def test_with_signing_on_an_unsigned_control_message_is_ignored_and_logged(
     worker = worker_factory(APP, "-c", "1", prefix=prefix, env={"RABBITTASK_SIGNING_KEYS": keys})
     worker.wait_for_children(1)
     wait_until(lambda: "consuming from" in worker.log(), 20, lambda: worker.log()[-3000:])
-    signed = App("control-tests", exchange=prefix, signing_keys={"k1": "a-secret-of-enough-length"},
-                 signing_key_id="k1", events_heartbeat_s=0.5)
+    signed = App(
+        "control-tests",
+        exchange=prefix,
+        signing_keys={"k1": "a-secret-of-enough-length"},
+        signing_key_id="k1",
+        events_heartbeat_s=0.5,
+    )
     try:
         # An unsigned ping is not answered (and the child says why); a signed one is
         unsigned = app.control.ping(timeout=1.0)
         assert unsigned.replies == {} and len(unsigned.missing) == 1
         wait_until(lambda: "ignored a control command that is not authentic" in worker.log(), 10)
         assert list(signed.control.ping(timeout=1.0).replies.values()) == ["pong"]
+
         # An unsigned revocation is ignored: the task runs
         @signed.task(name="ctl.record", queue=f"{prefix}.main")
         def record(tag: str, sleep_s: float = 0.0) -> None: ...
