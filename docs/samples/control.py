@@ -1,0 +1,16 @@
+# control.py: ask the running workers what they do, and revoke a task (start `rabbittask worker -A shop.tasks:app`).
+from shop.tasks import app, send_email
+
+# --8<-- [start:inspect]
+replies = app.control.ping(timeout=1.0)  # every worker child answers over direct reply-to
+print(sorted(set(replies.replies.values())), "missing:", replies.missing)
+registered = app.control.inspect(timeout=1.0).registered()  # replies by child: "host:pid" -> task names
+print(sum("shop.tasks.send_email" in names for names in registered.replies.values()) > 0, "send_email is served")
+# --8<-- [end:inspect]
+
+# --8<-- [start:revoke]
+handle = send_email.apply_async(args=("ada@example.com", "never sent"), countdown=5)
+handle.revoke()  # or app.control.revoke(handle.id); kept on the broker for revoke_retention_s
+print("revoked", handle.id)
+# --8<-- [end:revoke]
+app.close()
