@@ -1,5 +1,20 @@
 # control.py: ask the running workers what they do, and revoke a task (start `rabbittask worker -A shop.tasks:app`).
+import time
+
 from shop.tasks import app, send_email
+
+from rabbittask import TaskContext
+
+
+# --8<-- [start:terminate]
+@app.task(bind=True, queue="mail")
+def rebuild_index(ctx: TaskContext, shard: int) -> None:
+    for _step in range(100):
+        ctx.check_revoked()  # raises TaskRevoked once revoked with terminate=True
+        time.sleep(0.1)  # one step of the work
+
+
+# --8<-- [end:terminate]
 
 # --8<-- [start:inspect]
 replies = app.control.ping(timeout=1.0)  # every worker child answers over direct reply-to

@@ -124,4 +124,3 @@ def test_revoke_retention_and_terminate_grace_are_checked_settings() -> None:
         App("x", revoke_retention_s=0)
     with pytest.raises(ConfigError, match="terminate_grace_s"):
         App("x", terminate_grace_s=-1)
-
