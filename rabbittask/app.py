@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rabbittask import tracing
 from rabbittask.clients import Clients
 from rabbittask.context import TaskContext
+from rabbittask.control.rates import RateText, parse_rate
 from rabbittask.delays import check_delay_queue_name, delay_declarations
 from rabbittask.errors import ConfigError, TaskNotFound
 from rabbittask.explain import describe, unknown_names, unknown_task_hint
@@ -65,6 +66,8 @@ class TaskOptions(BaseModel):
         description="Run a message at most once per id and attempt within this many seconds, across workers: "
         "a copy a publisher re-sent (or one published twice with the same id) is acked unrun.",
     )
+    rate_limit: RateText = Field(None, description="Runs a second, minute or hour across all workers: '100/s', '5/m'.")
+    rate_limit_burst: int | None = Field(None, ge=1, description="Runs that may start at once after an idle period.")
     bind: bool = Field(False, description="Pass a `TaskContext` (id, attempt, headers, `.retry()`) as first argument.")
     time_limit: float | None = Field(
         None, description="Hard limit in seconds: the run is stopped and the message dead-lettered."
@@ -205,6 +208,7 @@ class App:
         task: Task[P, R] = Task(self, fn, name, spec.name, retry=retry, bind=o.bind)
         task.ignore_result = o.ignore_result
         task.dedupe_s = o.dedupe_s
+        task.rate_limit = parse_rate(o.rate_limit, o.rate_limit_burst) if o.rate_limit is not None else None
         task.set_time_limits(o.time_limit, o.soft_time_limit)
         self.tasks[name] = task
         return task
@@ -382,7 +386,7 @@ class App:
 
     @property
     def control(self) -> Control:
-        """The control plane: `app.control.ping()`, `.inspect().active()`, `.revoke(id, terminate=False)`."""
+        """The control plane: `app.control.ping()`, `.inspect().active()`, `.revoke(id)`, `.rate_limit(...)`."""
         from rabbittask.control.client import Control  # lazily: a worker child never needs the client side
 
         return Control(self)

@@ -22,6 +22,7 @@ from rabbittask.sending import NO_OPTIONS, Args, SendOptions, build_message, che
 
 if TYPE_CHECKING:
     from rabbittask.app import App
+    from rabbittask.control.rates import Rate
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -96,6 +97,7 @@ class Task(Generic[P, R]):
         self.retry_policy = retry or RetryPolicy()
         self.ignore_result = False  # set by @app.task(ignore_result=True): no result is stored
         self.dedupe_s: float | None = None  # set by @app.task(dedupe_s=...): see worker/dedupe.py
+        self.rate_limit: Rate | None = None  # set by @app.task(rate_limit=...): see worker/rates.py
         self.bind = bind
         self._validator = _validator(fn, name, bind)
         self._params = list(inspect.signature(fn).parameters)[1 if bind else 0 :]

@@ -28,6 +28,7 @@ from aiormq.abc import DeliveredMessage
 
 from rabbittask.amqp.connect import connect
 from rabbittask.amqp.link import close_quietly
+from rabbittask.control.rates import parse_rate
 from rabbittask.control.roster import Roster
 from rabbittask.control.wire import INSPECT, command_body, outgoing, stream_arguments
 from rabbittask.errors import ControlError
@@ -182,6 +183,25 @@ class Control:
             await close_quietly(connection, "control")
         return replies
 
+    def rate_limit(self, task_name: str, rate: str | None, *, burst: int | None = None) -> None:
+        """Set the rate limit of `task_name` across all workers now (`"10/s"`; None: no limit), for the window.
+
+        Kept as a record of the control stream: workers started later and the next minter apply it too.
+        """
+        _run(lambda: self.arate_limit(task_name, rate, burst=burst))
+
+    async def arate_limit(self, task_name: str, rate: str | None, *, burst: int | None = None) -> None:
+        """Async twin of `rate_limit`."""
+        if task_name not in self.app.tasks:
+            raise ControlError(f"rate_limit: app {self.app.name!r} has no task {task_name!r}")
+        if rate is not None:
+            try:
+                parse_rate(rate, burst)
+            except ValueError as e:
+                raise ControlError(f"rate_limit of {task_name!r}: {e}") from None
+        record = {"rate_limit": {"task": task_name, "rate": rate, "burst": burst}, "ts": time.time()}
+        await self._append("rate_limit", record, f"the rate limit of {task_name!r}")
+
     def revoke(self, task_id: str | Sequence[str], *, terminate: bool = False) -> None:
         """Revoke task(s): one that has not started never runs, on any worker, for `revoke_retention_s`.
 
@@ -197,8 +217,12 @@ class Control:
         bad = [i for i in ids if not isinstance(i, str) or not i]
         if bad or not ids:
             raise ControlError(f"revoke takes task ids (non-empty strings), not {bad or ids!r}")
-        settings = self.app.settings
         record = {"ids": ids, "terminate": terminate, "ts": time.time()}
+        await self._append("revoke", record, f"the revocation of {', '.join(ids)}")
+
+    async def _append(self, command: str, record: dict[str, Any], what: str) -> None:
+        """Append `record` to the control stream, confirmed, then broadcast it (running children act at once)."""
+        settings = self.app.settings
         stream = revoked_stream_name(settings.exchange)
         connection = await connect(settings, "control")
         try:
@@ -212,19 +236,17 @@ class Control:
                     f"the revocation stream {stream!r} exists with another retention than revoke_retention_s="
                     f"{settings.revoke_retention_s:g} ({e}); use the same setting everywhere, or delete the stream"
                 ) from None
-            body, props = outgoing(settings, "revoke", record, delivery_mode=2)
+            body, props = outgoing(settings, command, record, delivery_mode=2)
             confirm = await channel.basic_publish(body, routing_key=stream, properties=props, mandatory=True)
             if not isinstance(confirm, aiormq.spec.Basic.Ack):
-                raise ControlError(
-                    f"the broker did not confirm the revocation of {', '.join(ids)}; nothing was revoked"
-                )
-            body, props = outgoing(settings, "revoke", command_body("revoke", record, None))
+                raise ControlError(f"the broker did not confirm {what}; nothing was changed")
+            body, props = outgoing(settings, command, command_body(command, record, None))
             await channel.exchange_declare(
                 control_exchange_name(settings.exchange), exchange_type="fanout", durable=True
             )
             await channel.basic_publish(body, exchange=control_exchange_name(settings.exchange), properties=props)
         except aiormq.exceptions.AMQPError as e:
-            raise ControlError(f"revoking {', '.join(ids)} failed on the broker: {e}") from None
+            raise ControlError(f"{what} failed on the broker: {e}") from None
         finally:
             await close_quietly(connection, "control")
 

@@ -5,6 +5,7 @@ A message walks through them in order (`_on_message`):
     session (session.py)        delivered on the current channel; counted in flight
     redelivery (redelivery.py)  expired, not due, delivered too often, or a run this child already has?
     revoke (revoke.py)          revoked (the `<exchange>.revoked` stream, control.py)? dead-lettered unrun
+    rate (rates.py)             a rate-limited task waits for a token (unacked, in its own asyncio task)
     dispatch (dispatch.py)      async task: run on the loop; sync task: inline (inline.py) or a thread (threads.py)
     outcome (outcome.py)        what happened, and the `Reason` if it did not simply succeed
     settle (settle.py)          ack, reply / store then ack, republish or dead-letter then ack, hand back
@@ -38,6 +39,7 @@ from rabbittask.worker.exits import EXIT_OK
 from rabbittask.worker.inline import InlinePolicy, InlineRunner
 from rabbittask.worker.metrics import TaskMetrics
 from rabbittask.worker.outcome import Outcome, Reason
+from rabbittask.worker.rates import RateGate
 from rabbittask.worker.redelivery import Redeliveries
 from rabbittask.worker.retirement import BUDGET_IDLE_S, Lifecycle, Retirement
 from rabbittask.worker.revoke import RevokeStage
@@ -148,6 +150,7 @@ class Child:
             on_consuming=on_consuming,
         )
         self.revoke = RevokeStage(self.settler.settle)
+        self.rates = RateGate(app, self.lifecycle.handing_back) if app.settings.control else None
         self.control: ControlPlane | None = None
         if app.settings.control:
             self.control = ControlPlane(
@@ -171,10 +174,14 @@ class Child:
             if self.control is not None:
                 self.control.start()
                 await self._caught_up(self.control)
+            if self.rates is not None:
+                self.rates.start()
             code = await self.session.run()
         finally:
             if self.control is not None:
                 await self.control.close()
+            if self.rates is not None:
+                await self.rates.close()
             self.lifecycle.stopped()
             self.settler.successes.flush()  # the last turn's success lines, before the child exits
             if self._budget_watch is not None:
@@ -209,6 +216,11 @@ class Child:
             return  # revoked: dead-lettered unrun
         if self.dedupe is not None and not await self.dedupe.admit(message):
             return  # a copy of it ran: acked unrun
+        rates = self.rates
+        if rates is not None and rates.limit_of(message) is not None:  # waits here, in this message's own task
+            if not await rates.acquire(message.header.properties.message_type or ""):
+                self.settler.hand_back(message)  # a warm shutdown came while it waited for a token
+                return
         running = self.dispatcher.route(message)  # a sync task is queued for a thread, or run and settled inline
         if running is not None:  # an async task, or an inline one waiting for its turn
             await running

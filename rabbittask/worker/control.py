@@ -10,6 +10,7 @@ connection never costs the consumer its channel), each child:
   into `REVOKED` (control/local.py). To know it has read everything revoked before it started, it
   appends a marker record of its own first and reads until the marker comes back: `caught_up`,
   which the child waits for before it consumes a task;
+* applies rate limits set at run time (records of the same stream, control/rates.py);
 * appends a heartbeat to the `<exchange>.workers` presence stream every `events_heartbeat_s`, so a
   caller knows who should answer (control/roster.py).
 
@@ -40,6 +41,7 @@ from aiormq.abc import DeliveredMessage
 from rabbittask.amqp.connect import CONNECTION_ERRORS, connect
 from rabbittask.amqp.link import close_quietly
 from rabbittask.control.local import REVOKED, RUNS, Run
+from rabbittask.control.rates import RATES, parse_rate
 from rabbittask.control.wire import PRESENCE_AGE_S, Command, Revocation, authentic, reply_body, stream_arguments
 from rabbittask.errors import RabbitTaskError
 from rabbittask.ops.heartbeat import HEARTBEAT, OFFLINE, Heartbeat
@@ -197,9 +199,24 @@ class ControlPlane:
                 log.info("read %d revocation(s) of the last %g s", len(REVOKED), self.settings.revoke_retention_s)
                 self.caught_up.set()
             return
+        if isinstance(data, dict) and "rate_limit" in data:
+            self._rate_limit(message, data)
+            return
         if isinstance(data, dict) and not data.get("ids"):
             return  # another child's marker
         self._revoke(message, data)
+
+    def _rate_limit(self, message: DeliveredMessage, data: dict[str, Any]) -> None:
+        why = authentic(self.settings, message)
+        if why:
+            log.warning("ignored a rate limit that is not authentic: %s", why)
+            return
+        try:
+            limit = data["rate_limit"]
+            rate = parse_rate(limit["rate"], limit.get("burst")) if limit.get("rate") is not None else None
+            RATES.override(str(limit["task"]), rate, float(data.get("ts", 0)))
+        except (KeyError, TypeError, ValueError) as e:
+            log.warning("ignored a malformed rate limit (%s): %.200r", e, message.body)
 
     def _revoke(self, message: DeliveredMessage, data: Any) -> None:
         why = authentic(self.settings, message)
@@ -256,6 +273,9 @@ class ControlPlane:
         if command.command == "revoke":
             self._revoke(message, command.arguments)
             return
+        if command.command == "rate_limit":
+            self._rate_limit(message, command.arguments)
+            return
         props = message.header.properties
         if not props.reply_to:
             return
@@ -296,6 +316,7 @@ class ControlPlane:
                 "rss_bytes": psutil.Process().memory_info().rss,
                 "queues": self.queues,
                 "revocations": len(REVOKED),
+                "rate_limits": {name: str(rate) for name, rate in RATES.limited().items()},
                 **self._stats(),
             }
         raise ValueError(f"unknown command {command!r}")

@@ -53,3 +53,9 @@ async def async_sleep(tag: str, sleep_s: float = 10.0) -> None:
         note("cancelled", tag)
         raise
     note("done", tag)
+
+
+@app.task(queue=f"{PREFIX}.limited", name="ctl.limited", rate_limit=os.environ.get("RT_TEST_RATE", "20/s"))
+async def limited(i: int) -> None:
+    """Note when it started: the rate tests count starts in windows."""
+    note(f"run {time.time():.4f}", str(i))
