@@ -16,6 +16,14 @@ def rebuild_index(ctx: TaskContext, shard: int) -> None:
 
 # --8<-- [end:terminate]
 
+
+# --8<-- [start:rate]
+@app.task(queue="images", rate_limit="100/s")  # also "10/m", "5/h"; a bare number is per second
+def resize(image_id: int) -> None: ...
+
+
+# --8<-- [end:rate]
+
 # --8<-- [start:inspect]
 replies = app.control.ping(timeout=1.0)  # every worker child answers over direct reply-to
 print(sorted(set(replies.replies.values())), "missing:", replies.missing)
@@ -28,4 +36,8 @@ handle = send_email.apply_async(args=("ada@example.com", "never sent"), countdow
 handle.revoke()  # or app.control.revoke(handle.id); kept on the broker for revoke_retention_s
 print("revoked", handle.id)
 # --8<-- [end:revoke]
+
+# --8<-- [start:rate-now]
+app.control.rate_limit("control.resize", "10/s")  # for every worker, also those started later; None: no limit
+# --8<-- [end:rate-now]
 app.close()

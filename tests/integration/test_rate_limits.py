@@ -126,7 +126,7 @@ def test_a_rate_limit_set_at_run_time_applies_to_every_worker(
 
 def test_bad_rate_limits_say_what_is_allowed(app: App) -> None:
     with pytest.raises(ConfigError, match=r"rate limit '20 per second' is not a rate: use '<count>/s'"):
-        App("x").task(rate_limit="20 per second")(lambda: None)
+        App("x").task(name="x", rate_limit="20 per second")(lambda: None)
     with pytest.raises(ControlError, match="has no task 'nope'"):
         app.control.rate_limit("nope", "1/s")
     with pytest.raises(ControlError, match="rate limit '0/s' is 0"):

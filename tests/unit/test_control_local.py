@@ -124,3 +124,32 @@ def test_revoke_retention_and_terminate_grace_are_checked_settings() -> None:
         App("x", revoke_retention_s=0)
     with pytest.raises(ConfigError, match="terminate_grace_s"):
         App("x", terminate_grace_s=-1)
+
+
+def test_rates_read_per_second_minute_and_hour_and_refuse_anything_else() -> None:
+    from rabbittask.control.rates import Rates, parse_rate
+
+    assert parse_rate("100/s").per_s == 100
+    assert parse_rate("30/m").per_s == 0.5 and parse_rate("36/h").per_s == 0.01
+    assert parse_rate("5").per_s == 5 and parse_rate("10/s", 4).burst == 4
+    for bad, says in (("fast", "is not a rate"), ("0/s", "is 0"), ("10/d", "is not a rate")):
+        with pytest.raises(ValueError, match=says):
+            parse_rate(bad)
+    with pytest.raises(ValueError, match="burst must be 1 or more"):
+        parse_rate("1/s", 0)
+    rates = Rates()
+    rates.declared = {"t": parse_rate("10/s")}
+    rates.override("t", parse_rate("50/s"), at=2.0)
+    rates.override("t", parse_rate("1/s"), at=1.0)  # older than the one applied: ignored
+    assert rates.of("t") == parse_rate("50/s")
+    rates.override("t", None, at=3.0)  # a later "no limit"
+    assert rates.of("t") is None and rates.limited() == {}
+
+
+def test_rate_limit_options_are_checked_where_the_task_is_declared() -> None:
+    from rabbittask import ConfigError
+
+    app = App("rates")
+    assert app.task(name="a", rate_limit="10/m", rate_limit_burst=3)(lambda: None).rate_limit is not None
+    with pytest.raises(ConfigError, match="rate_limit_burst"):
+        app.task(name="b", rate_limit="1/s", rate_limit_burst=0)(lambda: None)
