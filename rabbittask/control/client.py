@@ -18,7 +18,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,7 +30,7 @@ from rabbittask.amqp.connect import connect
 from rabbittask.amqp.link import close_quietly
 from rabbittask.control.rates import parse_rate
 from rabbittask.control.roster import Roster
-from rabbittask.control.wire import INSPECT, command_body, outgoing, stream_arguments
+from rabbittask.control.wire import BROADCASTS, command_body, outgoing, stream_arguments
 from rabbittask.errors import ControlError
 from rabbittask.topology import control_exchange_name, revoked_stream_name
 
@@ -115,20 +115,35 @@ class Control:
         """Async twin of `ping`."""
         return await self.abroadcast("ping", timeout_s=timeout, destination=destination)
 
+    def pool_grow(self, n: int = 1, *, destination: Sequence[str] | None = None) -> Replies:
+        """Start `n` more children in every worker (or those `destination` names), within `--autoscale` bounds."""
+        return self.broadcast("pool_grow", arguments={"n": n}, destination=destination)
+
+    def pool_shrink(self, n: int = 1, *, destination: Sequence[str] | None = None) -> Replies:
+        """Retire `n` children (idle ones first) in every worker (or those `destination` names), at least 1 stays."""
+        return self.broadcast("pool_shrink", arguments={"n": n}, destination=destination)
+
     def broadcast(
-        self, command: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, destination: Sequence[str] | None = None
+        self,
+        command: str,
+        *,
+        arguments: Mapping[str, Any] | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        destination: Sequence[str] | None = None,
     ) -> Replies:
         """Send `command` to every child and gather the answers for `timeout_s` seconds."""
-        return _run(lambda: self.abroadcast(command, timeout_s=timeout_s, destination=destination))
+        return _run(lambda: self.abroadcast(command, arguments=arguments, timeout_s=timeout_s, destination=destination))
 
     async def abroadcast(
-        self, command: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, destination: Sequence[str] | None = None
+        self,
+        command: str,
+        *,
+        arguments: Mapping[str, Any] | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        destination: Sequence[str] | None = None,
     ) -> Replies:
         """Async twin of `broadcast`."""
-        if command not in INSPECT:
-            raise ControlError(f"unknown control command {command!r}; known: {', '.join(INSPECT)}")
-        if timeout_s <= 0:
-            raise ControlError(f"timeout must be more than 0 s, not {timeout_s:g}")
+        _check_command(command, arguments or {}, timeout_s)
         settings = self.app.settings
         replies = Replies(command)
         connection = await connect(settings, "control")
@@ -162,7 +177,7 @@ class Control:
             body, props = outgoing(
                 settings,
                 command,
-                command_body(command, {}, destination),
+                command_body(command, arguments or {}, destination),
                 reply_to=REPLY_TO,
                 expiration=str(int(timeout_s * 1000)),  # a child that comes back later must not answer a stale one
             )
@@ -249,6 +264,17 @@ class Control:
             raise ControlError(f"{what} failed on the broker: {e}") from None
         finally:
             await close_quietly(connection, "control")
+
+
+def _check_command(command: str, arguments: Mapping[str, Any], timeout_s: float) -> None:
+    """Refuse, saying why, a command no child would understand."""
+    if command not in BROADCASTS:
+        raise ControlError(f"unknown control command {command!r}; known: {', '.join(BROADCASTS)}")
+    n = arguments.get("n", 1)
+    if command.startswith("pool_") and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ControlError(f"{command} takes a whole number of children of 1 or more, not {n!r}")
+    if timeout_s <= 0:
+        raise ControlError(f"timeout must be more than 0 s, not {timeout_s:g}")
 
 
 def _run(make: Callable[[], Coroutine[Any, Any, T]]) -> T:

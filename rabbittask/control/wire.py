@@ -36,6 +36,7 @@ from rabbittask.signing import digest, verify
 
 COMMANDS = ("ping", "active", "scheduled", "registered", "stats", "queues", "revoke")
 INSPECT = ("ping", "active", "scheduled", "registered", "stats", "queues")
+BROADCASTS = (*INSPECT, "pool_grow", "pool_shrink")  # commands that every child answers
 SEGMENT_BYTES = 1_000_000  # stream retention drops whole segments: small ones keep the window close to x-max-age
 PRESENCE_AGE_S = 600  # presence records are read only a few heartbeats back
 

@@ -39,6 +39,7 @@ from rabbittask.worker.exits import EXIT_OK
 from rabbittask.worker.inline import InlinePolicy, InlineRunner
 from rabbittask.worker.metrics import TaskMetrics
 from rabbittask.worker.outcome import Outcome, Reason
+from rabbittask.worker.pool import BUSY, IDLE, WORKING
 from rabbittask.worker.rates import RateGate
 from rabbittask.worker.redelivery import Redeliveries
 from rabbittask.worker.retirement import BUDGET_IDLE_S, Lifecycle, Retirement
@@ -78,6 +79,7 @@ class Child:
         metrics: bool = False,
         inline_max_s: float = INLINE_MAX_S,
         running_markers: RunningMarkers | None = None,
+        on_pool: Callable[[bytes], None] | None = None,
     ) -> None:
         self.app = app
         self.queues = list(queues) or sorted(app.queues)
@@ -154,7 +156,12 @@ class Child:
         self.control: ControlPlane | None = None
         if app.settings.control:
             self.control = ControlPlane(
-                app, self.queues, stats=self._control_stats, waiting=self._waiting, on_stuck=self._terminate_stuck
+                app,
+                self.queues,
+                stats=self._control_stats,
+                waiting=self._waiting,
+                on_stuck=self._terminate_stuck,
+                on_pool=on_pool,
             )
         self._budget_watch: asyncio.Task[None] | None = None
 
@@ -301,6 +308,13 @@ class Child:
 
     def _running_here(self) -> list[DeliveredMessage]:
         return self.threads.running()
+
+    def load(self) -> bytes:
+        """For the autoscaler: IDLE (holds nothing), BUSY (messages wait for a task slot), or WORKING."""
+        count = self.flight.count
+        if count <= 0:
+            return IDLE
+        return BUSY if self.threads.waiting or count >= self.session.prefetch else WORKING
 
     def _waiting(self) -> list[DeliveredMessage]:
         return list(self.threads.waiting.values())

@@ -46,6 +46,7 @@ from rabbittask.control.wire import PRESENCE_AGE_S, Command, Revocation, authent
 from rabbittask.errors import RabbitTaskError
 from rabbittask.ops.heartbeat import HEARTBEAT, OFFLINE, Heartbeat
 from rabbittask.topology import control_exchange_name, presence_stream_name, revoked_stream_name
+from rabbittask.worker.pool import GROW, SHRINK
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -69,6 +70,7 @@ class ControlPlane:
         stats: Callable[[], dict[str, Any]],
         waiting: Callable[[], list[DeliveredMessage]],
         on_stuck: Callable[[Run], None],
+        on_pool: Callable[[bytes], None] | None = None,
     ) -> None:
         self.app = app
         self.settings = app.settings
@@ -76,7 +78,7 @@ class ControlPlane:
         self.caught_up = asyncio.Event()
         self.host, self.pid, self.ppid = socket.gethostname(), os.getpid(), os.getppid()
         self.started_at = time.time()
-        self._stats, self._waiting, self._on_stuck = stats, waiting, on_stuck
+        self._stats, self._waiting, self._on_stuck, self._on_pool = stats, waiting, on_stuck, on_pool
         self._marker = uuid.uuid4().hex
         self._task: asyncio.Task[None] | None = None
         self._publish: aiormq.abc.AbstractChannel | None = None
@@ -280,7 +282,10 @@ class ControlPlane:
         if not props.reply_to:
             return
         try:
-            body = reply_body(self.ppid, self.answer(command.command))
+            if command.command in ("pool_grow", "pool_shrink"):
+                body = reply_body(self.ppid, self._pool(command))
+            else:
+                body = reply_body(self.ppid, self.answer(command.command))
         except Exception as e:  # noqa: BLE001 - a failing answer is reported to the caller, not a crash
             body = reply_body(self.ppid, error=f"{type(e).__name__}: {e}")
         if self._publish is None:
@@ -288,6 +293,16 @@ class ControlPlane:
         reply = aiormq.spec.Basic.Properties(content_type="application/json", correlation_id=props.message_id)
         with contextlib.suppress(*ERRORS):
             await self._publish.basic_publish(json.dumps(body).encode(), routing_key=props.reply_to, properties=reply)
+
+    def _pool(self, command: Command) -> str:
+        """Child 1 of each worker passes a pool command to its supervisor; the others only say so."""
+        n = command.arguments.get("n", 1)
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"{command.command} takes a whole number of children of 1 or more, not {n!r}")
+        if self._on_pool is None:
+            return "passed on by child 1 of this worker"
+        self._on_pool((GROW if command.command == "pool_grow" else SHRINK) * n)
+        return f"{command.command.removeprefix('pool_')} by {n}: passed to the supervisor"
 
     def answer(self, command: str) -> Any:
         """This child's answer to an inspect command."""

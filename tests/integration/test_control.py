@@ -267,3 +267,37 @@ def test_bad_control_calls_say_what_is_wrong(app: App) -> None:
 def test_nothing_answers_when_no_worker_runs(app: App) -> None:
     replies: Any = app.control.ping(timeout=0.3)
     assert replies.replies == {} and replies.missing == []
+
+
+def test_autoscale_grows_to_its_maximum_under_a_backlog_shrinks_when_idle_and_loses_nothing(
+    app: App, prefix: str, worker_factory: WorkerFactory, tmp_path: Path
+) -> None:
+    from tests.apps.control_app import record
+
+    # Given a worker that may run 1 to 4 children, each holding at most 2 messages
+    worker = start(worker_factory, prefix, "--autoscale", "4,1", "--prefetch", "2")
+    # When a backlog of slow tasks comes, it grows to 4 children
+    tags = [f"slow-{i}" for i in range(40)]
+    with app.batch():
+        for tag in tags:
+            record.delay(tag, sleep_s=0.5)
+    worker.wait_for_children(4, timeout_s=30)
+    # And once the backlog is done and the children are idle, it shrinks back to 1
+    wait_until(lambda: {("done", t) for t in tags} <= set(ledger(tmp_path, prefix)), 60)
+    worker.wait_for_children(1, timeout_s=30)
+    # Nothing lost, nothing run twice
+    done = sorted(tag for event, tag in ledger(tmp_path, prefix) if event == "done")
+    assert done == sorted(tags)
+
+
+def test_pool_grow_and_shrink_resize_a_running_worker(app: App, prefix: str, worker_factory: WorkerFactory) -> None:
+    from rabbittask.errors import ControlError
+
+    worker = start(worker_factory, prefix)
+    replies = app.control.pool_grow(2)
+    assert any("passed to the supervisor" in r for r in replies.replies.values()), replies
+    worker.wait_for_children(3)
+    app.control.pool_shrink(1)
+    worker.wait_for_children(2)
+    with pytest.raises(ControlError, match="pool_grow takes a whole number of children of 1 or more, not 0"):
+        app.control.pool_grow(0)
