@@ -21,7 +21,9 @@ from aiormq.abc import DeliveredMessage
 
 from rabbittask.errors import TaskRevoked
 
-ARGS_CHARS = 200  # `inspect active` shows this much of a run's arguments
+ARGS_CHARS = 200
+_now = time.time
+_thread = threading.get_ident  # `inspect active` shows this much of a run's arguments
 
 
 class Revocations:
@@ -48,6 +50,11 @@ class Revocations:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    @property
+    def ids(self) -> dict[str, tuple[float, bool]]:
+        """The revoked ids (read-only use: a truth test and `in` are what the hot path needs)."""
+        return self._ids
 
     def terminated(self, task_id: str) -> bool:
         """True if `task_id` was revoked with `terminate=True`."""
@@ -101,14 +108,16 @@ class Runs:
     done: int = 0
     failed: int = 0
 
-    def start(self, message: DeliveredMessage, task_name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Run:
-        """Register a run that starts now (in the thread or asyncio task that runs it); cheap: nothing is formatted."""
-        task = None
-        try:
-            task = asyncio.current_task()
-        except RuntimeError:
-            pass  # a task thread: no loop runs here
-        run = Run(message, task_name, args, kwargs, time.time(), 0 if task else threading.get_ident(), task)
+    def start(
+        self,
+        message: DeliveredMessage,
+        task_name: str,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        task: asyncio.Task[Any] | None = None,
+    ) -> Run:
+        """Register a run that starts now: in `task` (async), else in this thread. Cheap: nothing is formatted."""
+        run = Run(message, task_name, args, kwargs, _now(), 0 if task else _thread(), task)
         self.active[message.header.properties.message_id or ""] = run
         return run
 

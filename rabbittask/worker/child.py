@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+CATCH_UP_WARN_S = 10.0  # waiting this long for the revocation stream says so, again each time
 INLINE_MAX_S = 0.001  # sync tasks whose runs all finish within this run on the loop's thread (see inline.py)
 
 
@@ -282,7 +283,10 @@ class Child:
         """Wait until every revocation of the window is read (or a stop comes): only then take tasks."""
         read = asyncio.ensure_future(control.caught_up.wait())
         stop = asyncio.ensure_future(self.lifecycle.stopping.wait())
-        await asyncio.wait([read, stop], return_when=asyncio.FIRST_COMPLETED)
+        while not (read.done() or stop.done()):
+            await asyncio.wait([read, stop], timeout=CATCH_UP_WARN_S, return_when=asyncio.FIRST_COMPLETED)
+            if not (read.done() or stop.done()):
+                log.warning("still reading the revocations of the window before taking tasks (see the log above)")
         read.cancel()
         stop.cancel()
 

@@ -77,7 +77,7 @@ def prepare(app: App, message: DeliveredMessage) -> tuple[Task[Any, Any], tuple[
     """The task and validated arguments of a message, or the failure that dead-letters it."""
     props = message.header.properties
     name = props.message_type or ""
-    if REVOKED and props.message_id in REVOKED:  # revoked while it waited here for its turn (see revoke.py)
+    if REVOKED.ids and props.message_id in REVOKED.ids:  # revoked while it waited here for its turn (see revoke.py)
         return revoked_outcome(message)
     try:
         if app.settings.signing_keys:  # before decoding: an unverified body is never parsed
@@ -193,7 +193,7 @@ async def run_async(
     props = message.header.properties
     headers = props.headers
     token = running.set((task.name, props.message_id or "?"))  # in this message's own asyncio task
-    run = RUNS.start(message, task.name, args, kwargs)  # for `inspect active` and `terminate=True` (cancels it)
+    run = RUNS.start(message, task.name, args, kwargs, asyncio.current_task())  # `inspect active`; terminate cancels
     start = time.perf_counter()
     try:
         if tracing.spans is not None or (headers and TRACEPARENT in headers):

@@ -30,10 +30,11 @@ class RevokeStage:
 
     def admit(self, message: DeliveredMessage) -> bool:
         """True if `message` may run; False when it was revoked (and is dead-lettered now)."""
-        if not REVOKED:
+        ids = REVOKED.ids
+        if not ids:
             return True  # nothing revoked within the window: one truth test per message
         props = message.header.properties
-        if props.message_id not in REVOKED:
+        if props.message_id not in ids:
             return True
         log.info("task %s [%s] was revoked: dead-lettering it unrun", props.message_type, props.message_id)
         self._settle(revoked_outcome(message))
