@@ -151,6 +151,7 @@ class Child:
             shutdown_timeout_s=shutdown_timeout_s,
             on_ready=on_ready,
             on_consuming=on_consuming,
+            before_consume=self._caught_up,
         )
         self.revoke = RevokeStage(self.settler.settle)
         self.rates = RateGate(app, self.lifecycle.handing_back) if app.settings.control else None
@@ -180,8 +181,7 @@ class Child:
             self.events.start()
         try:
             if self.control is not None:
-                self.control.start()
-                await self._caught_up(self.control)
+                self.control.start()  # the session connects and declares meanwhile, and waits for it to consume
             if self.rates is not None:
                 self.rates.start()
             code = await self.session.run()
@@ -279,8 +279,11 @@ class Child:
         self.settler.settle(outcome)
         self.retire("a sync task passed its time limit", hand_back=True)
 
-    async def _caught_up(self, control: ControlPlane) -> None:
+    async def _caught_up(self) -> None:
         """Wait until every revocation of the window is read (or a stop comes): only then take tasks."""
+        control = self.control
+        if control is None or control.caught_up.is_set():
+            return
         read = asyncio.ensure_future(control.caught_up.wait())
         stop = asyncio.ensure_future(self.lifecycle.stopping.wait())
         while not (read.done() or stop.done()):

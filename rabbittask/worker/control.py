@@ -43,7 +43,7 @@ from rabbittask.amqp.link import close_quietly
 from rabbittask.control.local import REVOKED, RUNS, Run
 from rabbittask.control.rates import RATES, parse_rate
 from rabbittask.control.wire import PRESENCE_AGE_S, Command, Revocation, authentic, reply_body, stream_arguments
-from rabbittask.errors import RabbitTaskError
+from rabbittask.errors import AccessRefused, RabbitTaskError
 from rabbittask.ops.heartbeat import HEARTBEAT, OFFLINE, Heartbeat
 from rabbittask.topology import control_exchange_name, presence_stream_name, revoked_stream_name
 from rabbittask.worker.pool import GROW, SHRINK
@@ -120,6 +120,8 @@ class ControlPlane:
                 )
                 self.caught_up.set()
                 return
+            except AccessRefused as e:  # the consuming session says so, and ends the worker if it lasts
+                log.debug("control connection refused: %s", e)
             except ERRORS as e:
                 if self._closing:
                     return

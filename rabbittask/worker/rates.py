@@ -29,6 +29,7 @@ from aiormq.abc import DeliveredMessage
 from rabbittask.amqp.connect import CONNECTION_ERRORS, connect
 from rabbittask.amqp.link import close_quietly
 from rabbittask.control.rates import RATES, Rate
+from rabbittask.errors import RabbitTaskError
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -40,6 +41,7 @@ ELECT_S = 0.5
 RETRY_S = 1.0
 TOKEN_QUEUE_EXPIRES_MS = 3_600_000  # a token queue no one used for an hour goes away
 ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError)
+FAILURES: tuple[type[BaseException], ...] = (*ERRORS, RabbitTaskError)  # a refused or lost connection included
 
 
 def token_queue_name(exchange: str, task_name: str) -> str:
@@ -92,7 +94,7 @@ class RateGate:
         while not self.handing_back.is_set():
             try:
                 tokens = await self._consume(task_name)
-            except ERRORS as e:
+            except FAILURES as e:  # a connection refused or lost: the session says so too
                 log.warning("rate limit of %s: no token queue (%s); retrying in %.0f s", task_name, e, RETRY_S)
                 if await self._handing_back_within(RETRY_S):
                     return False
@@ -166,7 +168,7 @@ class RateGate:
                             ", ".join(f"{n} {r}" for n, r in RATES.limited().items()),
                         )
                         await self._mint(channel)
-            except ERRORS as e:
+            except FAILURES as e:
                 log.debug("rate-limit election: %s", e)
             finally:
                 self.minting = False

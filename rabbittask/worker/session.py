@@ -68,8 +68,10 @@ class Session:
         shutdown_timeout_s: float,
         on_ready: Callable[[], None] | None = None,
         on_consuming: Callable[[bool], None] | None = None,
+        before_consume: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.app = app
+        self.before_consume = before_consume  # e.g. read the revocations first (control.py), while it declares
         self.queues = queues
         self.prefetch = prefetch
         self.reconnects = 0
@@ -143,6 +145,10 @@ class Session:
                     await check_queues(channel, self.queues)
                 prefetch = self._retirement.prefetch(self.prefetch)  # capped by a max-tasks budget
                 await channel.basic_qos(prefetch_count=prefetch)  # per consumer, never global
+                if self.before_consume is not None:
+                    await self.before_consume()
+                    if not self._lifecycle.running:
+                        return  # stopped before it took a message
                 self._settler.acker = Acker(channel, prefetch)
                 tags: list[str] = []
                 for q in self.queues:

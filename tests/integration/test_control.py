@@ -32,6 +32,9 @@ def prefix(unique_name: str, broker_url: str) -> Iterator[str]:
         [
             f"{unique_name}.main",
             f"{unique_name}.main.dlq",
+            f"{unique_name}.limited",
+            f"{unique_name}.limited.dlq",
+            f"{unique_name}.rate.ctl.limited",
             revoked_stream_name(unique_name),
             presence_stream_name(unique_name),
         ],
@@ -114,11 +117,12 @@ def test_inspect_active_stats_registered_and_queues_describe_each_child(
     assert "'busy'" in active[0]["args"] and active[0]["runtime_s"] >= 0
     (stats,) = inspect.stats().replies.values()
     assert {"pid", "uptime_s", "done", "failed", "rss_bytes", "prefetch", "queues"} <= set(stats)
-    assert stats["queues"] == [f"{prefix}.main"] and stats["rss_bytes"] > 1_000_000
+    assert stats["queues"] == [f"{prefix}.limited", f"{prefix}.main"] and stats["rss_bytes"] > 1_000_000
+    assert stats["rate_limits"] == {"ctl.limited": "20/s"}
     (registered,) = inspect.registered().replies.values()
-    assert registered == ["ctl.async_sleep", "ctl.checking", "ctl.record"]
+    assert registered == ["ctl.async_sleep", "ctl.checking", "ctl.limited", "ctl.record"]
     (queues,) = inspect.queues().replies.values()
-    assert queues == [{"name": f"{prefix}.main", "type": "quorum"}]
+    assert queues == [{"name": f"{prefix}.limited", "type": "quorum"}, {"name": f"{prefix}.main", "type": "quorum"}]
 
 
 def test_a_task_revoked_before_any_worker_ran_and_one_revoked_before_a_restart_never_run(
