@@ -108,6 +108,8 @@ def ledger_events(tmp_path: Path, prefix: str) -> set[tuple[str, str]]:
     return {tuple(line.split()[:2]) for line in path.read_text().split("\n")[:-1]}  # type: ignore[misc]
 
 
+@pytest.mark.faults
+@pytest.mark.slow
 def test_a_rate_limit_set_at_run_time_applies_to_every_worker(
     app: App, prefix: str, worker_factory: WorkerFactory, tmp_path: Path
 ) -> None:
