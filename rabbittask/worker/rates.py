@@ -7,9 +7,10 @@ it stays the broker's) until a token comes, then acks the token and goes on to d
 broker pushes each token to one waiting consumer the moment it is minted, so the rate is the
 minting rate, however many workers take part.
 
-The minter is the child that holds the exclusive queue `<exchange>.rate.minter`; the others try
-again every `ELECT_S`, so when it dies (its connection closes, the queue goes) another takes over
-within that. It mints every `TICK_S` what the elapsed time is worth at each task's rate, and tops
+The minter is the child that holds the baton: a message of the single-active-consumer queue
+`<exchange>.rate.minter`, held unacked by the active consumer. When that child dies its connection
+closes, the broker makes the next consumer active and hands it the baton, which starts minting at
+once. It mints every `TICK_S` what the elapsed time is worth at each task's rate, and tops
 each bucket up to `burst` tokens at most (ready tokens are counted by a declare), so an idle
 period never stores more than a burst (or one tick's worth, if that is more).
 """
@@ -50,10 +51,19 @@ def token_queue_name(exchange: str, task_name: str) -> str:
 
 
 def minter_queue_name(exchange: str) -> str:
-    """Name of the exclusive queue whose holder mints the tokens."""
+    """Name of the single-active-consumer queue whose baton holder mints the tokens."""
     return f"{exchange}.rate.minter"
 
 
+# A single-active-consumer queue holding one baton: the broker itself picks the minter and hands the
+# baton on when it goes (no polling, no refused declares in the broker's log). Max-length counts ready
+# messages only, so the held baton plus one spare is all it ever holds.
+MINTER_ARGUMENTS: dict[str, Any] = {
+    "x-queue-type": "classic",
+    "x-single-active-consumer": True,
+    "x-max-length": 1,
+    "x-overflow": "reject-publish",
+}
 TOKEN_ARGUMENTS: dict[str, Any] = {"x-queue-type": "classic", "x-expires": TOKEN_QUEUE_EXPIRES_MS}
 
 
@@ -151,28 +161,38 @@ class RateGate:
     # -- minting -------------------------------------------------------------------------------------
 
     async def _elect(self) -> None:
-        """Try to become the minter every `ELECT_S`; mint while elected."""
+        """Stand for minter while a task is limited; after a lost connection, stand again."""
         while True:
             try:
                 if RATES.limited():
-                    connection = await self._connect()
-                    channel = await connection.channel()
-                    try:
-                        await channel.queue_declare(minter_queue_name(self.exchange), exclusive=True, auto_delete=True)
-                    except aiormq.exceptions.ChannelLockedResource:
-                        pass  # another child mints
-                    else:
-                        self.minting = True
-                        log.info(
-                            "minting rate-limit tokens for %s",
-                            ", ".join(f"{n} {r}" for n, r in RATES.limited().items()),
-                        )
-                        await self._mint(channel)
+                    await self._stand()
             except FAILURES as e:
                 log.debug("rate-limit election: %s", e)
             finally:
                 self.minting = False
             await asyncio.sleep(ELECT_S)
+
+    async def _stand(self) -> None:
+        """Wait for the baton, then mint until the channel closes (the consumer that holds the baton mints)."""
+        connection = await self._connect()
+        channel = await connection.channel()
+        queue = minter_queue_name(self.exchange)
+        await channel.queue_declare(queue, durable=True, arguments=MINTER_ARGUMENTS)
+        await channel.basic_qos(prefetch_count=1)
+        baton = asyncio.Event()
+
+        async def on_baton(message: DeliveredMessage) -> None:
+            baton.set()  # held unacked: the broker gives it to the next consumer when this one goes
+
+        await channel.basic_consume(queue, on_baton)
+        await channel.basic_publish(b"baton", routing_key=queue)  # refused by max-length if one waits already
+        held = asyncio.ensure_future(baton.wait())
+        await asyncio.wait([held, channel.closing], return_when=asyncio.FIRST_COMPLETED)
+        held.cancel()
+        if baton.is_set() and not channel.is_closed:
+            self.minting = True
+            log.info("minting rate-limit tokens for %s", ", ".join(f"{n} {r}" for n, r in RATES.limited().items()))
+            await self._mint(channel)
 
     async def _mint(self, channel: aiormq.abc.AbstractChannel) -> None:
         owed: dict[str, float] = {}

@@ -140,7 +140,7 @@ def test_a_task_revoked_before_any_worker_ran_and_one_revoked_before_a_restart_n
     amqp.wait_depth(broker_url, f"{prefix}.main.dlq", 1)
 
     # Given a task revoked while a worker runs (delivered later: a countdown), then every worker restarted
-    late = record.apply_async(args=("late",), countdown=4)
+    late = record.apply_async(args=("late",), countdown=6)
     late.revoke()
     worker.stop()
     start(worker_factory, prefix)
@@ -213,13 +213,13 @@ def test_with_signing_on_an_unsigned_control_message_is_ignored_and_logged(
         @signed.task(name="ctl.record", queue=f"{prefix}.main")
         def record(tag: str, sleep_s: float = 0.0) -> None: ...
 
-        handle = record.apply_async(args=("kept",), countdown=2)
-        app.control.revoke(handle.id)
+        app.control.revoke(f"kept-{prefix}")
+        wait_until(lambda: "ignored a revocation that is not authentic" in worker.log(), 10)
+        record.apply_async(args=("kept",), message_id=f"kept-{prefix}")
         wait_until(lambda: ("done", "kept") in ledger(tmp_path, prefix), 20)
-        assert "ignored a revocation that is not authentic" in worker.log()
-        # A signed one is obeyed
-        gone = record.apply_async(args=("gone",), countdown=2)
-        signed.control.revoke(gone.id)
+        # A signed one is obeyed (revoked before it is sent: an id chosen up front)
+        signed.control.revoke(f"gone-{prefix}")
+        gone = record.apply_async(args=("gone",), message_id=f"gone-{prefix}")
         amqp.wait_depth(broker_url, f"{prefix}.main.dlq", 1, timeout_s=20)
         assert dead_letters(broker_url, prefix) == {gone.id: "revoked"}
     finally:
@@ -249,9 +249,11 @@ def test_cli_inspect_ping_json_names_every_child_and_cli_revoke_revokes(
     bad = cli("inspect", "ping", "-A", APP, "--destination", "nohost", env=env)
     assert bad.returncode == 2 and "name workers as host:pid" in bad.stderr
 
-    handle = record.apply_async(args=("cli",), countdown=2)
-    out = cli("revoke", handle.id, "-A", APP, env=env)
+    # Revoked before it is sent (an id chosen up front): the revoke holds whatever the CLI's start-up takes
+    task_id = f"cli-{prefix}"
+    out = cli("revoke", task_id, "-A", APP, env=env)
     assert out.returncode == 0 and "revoked 1 task(s)" in out.stdout, out.stderr
+    handle = record.apply_async(args=("cli",), message_id=task_id)
     amqp.wait_depth(broker_url, f"{prefix}.main.dlq", 1, timeout_s=20)
     assert dead_letters(broker_url, prefix) == {handle.id: "revoked"}
     assert_stays(lambda: ("start", "cli") not in ledger(tmp_path, prefix), 1.0)
