@@ -17,6 +17,7 @@ from rabbittask.errors import (
     BrokerError,
     ConfigError,
     ConnectionLost,
+    ControlError,
     PayloadError,
     PublishAccessRefused,
     PublishConnectionError,
@@ -31,6 +32,7 @@ from rabbittask.errors import (
     SoftTimeLimitExceeded,
     TaskError,
     TaskNotFound,
+    TaskRevoked,
     TimeLimitExceeded,
     TopologyMismatch,
     WaitInTaskRefused,
@@ -74,6 +76,7 @@ __all__ = [
     "Retry",
     "SoftTimeLimitExceeded",
     "TimeLimitExceeded",
+    "TaskRevoked",
     # errors
     "RabbitTaskError",
     "ConfigError",
@@ -93,6 +96,7 @@ __all__ = [
     "BatchNotConfirmed",
     "ResultBackendError",
     "WaitInTaskRefused",
+    "ControlError",
     "TaskError",
     "__version__",
 ]

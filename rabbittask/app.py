@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rabbittask import tracing
 from rabbittask.clients import Clients
 from rabbittask.context import TaskContext
+from rabbittask.control.rates import RateText, parse_rate
 from rabbittask.delays import check_delay_queue_name, delay_declarations
 from rabbittask.errors import ConfigError, TaskNotFound
 from rabbittask.explain import describe, unknown_names, unknown_task_hint
@@ -40,6 +41,7 @@ from rabbittask.workflow.wire import join_queue_arguments, join_queue_name
 if TYPE_CHECKING:
     from rabbittask.beat.entry import CatchUp, ScheduleEntry
     from rabbittask.results.rpc import OnProgress
+    from rabbittask.control.client import Control
     from rabbittask.testing.eager import Eager
 
 P = ParamSpec("P")
@@ -84,6 +86,8 @@ class TaskOptions(BaseModel):
     unique_key: Callable[..., str] | None = Field(
         None, description="With `unique_for`: the key of a call, from its arguments (default: all of them)."
     )
+    rate_limit: RateText = Field(None, description="Runs a second, minute or hour across all workers: '100/s', '5/m'.")
+    rate_limit_burst: int | None = Field(None, ge=1, description="Runs that may start at once after an idle period.")
     bind: bool = Field(False, description="Pass a `TaskContext` (id, attempt, headers, `.retry()`) as first argument.")
     time_limit: float | None = Field(
         None, description="Hard limit in seconds: the run is stopped and the message dead-lettered."
@@ -238,6 +242,7 @@ class App:
         task.partition_key, task.retries_in_place = key, o.partition_by is not None and o.partition_retry == "wait"
         task.mask_args = frozenset(o.mask_args)
         task.unique_for, task.unique_key = o.unique_for, o.unique_key
+        task.rate_limit = parse_rate(o.rate_limit, o.rate_limit_burst) if o.rate_limit is not None else None
         task.set_time_limits(o.time_limit, o.soft_time_limit)
         self.tasks[name] = task
         return task
@@ -415,6 +420,13 @@ class App:
         if task is not None and task.ignore_result:
             raise ConfigError(f"task {task_name!r} is declared with ignore_result=True: its results are not stored")
         return backend
+
+    @property
+    def control(self) -> Control:
+        """The control plane: `app.control.ping()`, `.inspect().active()`, `.revoke(id)`, `.rate_limit(...)`."""
+        from rabbittask.control.client import Control  # lazily: a worker child never needs the client side
+
+        return Control(self)
 
     def close(self) -> None:
         """Close this thread's publisher connection, the process's RPC connection and the backend's."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from rabbittask.control.local import check_revoked
 from rabbittask.errors import Retry
 
 
@@ -45,6 +46,13 @@ class TaskContext:
     and 2 for a redelivery the worker has not counted (a queue without a `delivery_limit`), a lower bound."""
     reply: tuple[str, str] | None = field(default=None, repr=False, compare=False)
     """Where a `.call(on_progress=...)` caller waits for progress (reply-to, correlation id)."""
+
+    def check_revoked(self) -> None:
+        """Raise `TaskRevoked` if this task was revoked with `terminate=True`; call it between steps of long work.
+
+        Let it propagate: the message is dead-lettered (reason `terminated`) and the worker goes on.
+        """
+        check_revoked(self.id, self.task_name)
 
     @property
     def retries(self) -> int:

@@ -19,6 +19,7 @@
     ├── NodeError (RuntimeError)             a throwaway test node (rabbittask.testing) failed
     ├── ResultBackendError                   the result backend failed or cannot be reached
     ├── WaitInTaskRefused (RuntimeError)     a running task waits for another task (.call(), .get())
+    ├── ControlError                         a control command (inspect, revoke, ...) could not be sent or answered
     └── TaskError                            a task failed remotely (results, RPC)
 
 A refusal is an `AccessRefused` wherever it happens. A refused login or virtual host (met by the
@@ -31,6 +32,7 @@ builtin: `except ValueError` catches a task's `ValueError` (`TaskError.remote()`
 
 Control flow, not failure: `Retry` and `Reject` are raised by a task on purpose and are not
 logged as errors.
+`TaskRevoked` is raised inside a task by `ctx.check_revoked()` once it was revoked with `terminate=True`.
 Time limits: `SoftTimeLimitExceeded` is raised inside a task at its `soft_time_limit` (it may catch
 it and clean up); `TimeLimitExceeded` names the failure of a task stopped at its hard `time_limit`.
 """
@@ -132,6 +134,10 @@ class WaitInTaskRefused(RabbitTaskError, RuntimeError):
     """Raised when a running task waits synchronously for another task (`.call()`, `.get()`), which can deadlock."""
 
 
+class ControlError(RabbitTaskError):
+    """Raised when a control command (inspect, ping, revoke, rate limit, pool size) cannot be sent or is refused."""
+
+
 class TaskError(RabbitTaskError):
     """Raised in the caller when a task failed in the worker; carries the remote type and traceback.
 
@@ -216,3 +222,7 @@ class SoftTimeLimitExceeded(Exception):  # noqa: N818 - named like the limit it 
 
 class TimeLimitExceeded(Exception):  # noqa: N818 - named like the limit it reports
     """Raised (async tasks) or reported (sync tasks) when a task passes its hard `time_limit`."""
+
+
+class TaskRevoked(Exception):  # noqa: N818 - control flow, named for what happened to the task
+    """Raised inside a running task by `ctx.check_revoked()` once the task was revoked with `terminate=True`."""

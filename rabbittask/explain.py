@@ -3,7 +3,7 @@
 A pydantic `ValidationError` prints its internals (`[type=int_parsing, input_value=...]` and a link to
 pydantic's documentation); `describe()` says instead which option or setting is wrong, what was given
 and what is allowed. An unknown name gets the closest known names, and a name Celery users reach for
-(`acks_late`, `rate_limit`, `task_always_eager`, ...) gets what rabbittask does instead
+(`acks_late`, `task_always_eager`, ...) gets what rabbittask does instead
 (`docs/celery.md` has the whole table).
 """
 
@@ -22,8 +22,6 @@ CELERY_HINTS: dict[str, str] = {
     "acks_late": "rabbittask always acks after the task finished (late ack): there is nothing to set",
     "reject_on_worker_lost": "a message whose worker died is redelivered (late ack); the queue's delivery_limit "
     "dead-letters one that keeps killing workers",
-    "rate_limit": "rate limits are planned; until then limit concurrency with `-c`/`--threads` or "
-    "single_active_consumer=True",
     "retries": "the option is max_retries",
     "default_retry_delay": "the option is retry_delay (seconds, used when retry_backoff=False)",
     "retry_kwargs": "give max_retries, retry_delay or retry_backoff as options of their own",

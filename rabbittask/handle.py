@@ -116,6 +116,19 @@ class TaskHandle(Generic[R]):
         data = await self._backend().afetch(self.id)
         return PENDING if data is None else status_of(data)
 
+    def revoke(self, *, terminate: bool = False) -> None:
+        """Revoke this task: if it has not started it never runs (see `app.control.revoke`)."""
+        self._app("revoke it").control.revoke(self.id, terminate=terminate)
+
+    async def arevoke(self, *, terminate: bool = False) -> None:
+        """Async twin of `revoke`."""
+        await self._app("revoke it").control.arevoke(self.id, terminate=terminate)
+
+    def _app(self, doing: str) -> App:
+        if self.app is None:
+            raise ConfigError(f"handle of task {self.task_name!r} (id {self.id}) has no app to {doing} with")
+        return self.app
+
     def forget(self) -> None:
         """Delete the stored result now, before it expires."""
         self._backend().forget(self.id)

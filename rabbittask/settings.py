@@ -180,6 +180,23 @@ class Settings(BaseSettings):
         "only messages signed with one of them.",
     )
     signing_key_id: str | None = Field(None, description="Id of the signing key publishers sign with.")
+    control: bool = Field(
+        True,
+        description="Worker children answer control commands (inspect, ping, revoke, rate limits, pool size) on the "
+        "`<exchange>.control` fanout exchange and follow the `<exchange>.revoked` stream.",
+    )
+    revoke_retention_s: float = Field(
+        86400.0,
+        gt=0,
+        description="How long a revocation is kept on the broker (the `<exchange>.revoked` stream's max age): a task "
+        "revoked within it never runs, whichever worker receives it, even one started later.",
+    )
+    terminate_grace_s: float = Field(
+        10.0,
+        ge=0,
+        description="After `revoke(id, terminate=True)`: how long a sync task may run on (it should call "
+        "`ctx.check_revoked()`) before its worker child is replaced and the message dead-lettered.",
+    )
 
     @classmethod
     def read(cls, values: dict[str, Any], owner: str = "rabbittask") -> Settings:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from rabbittask.app import App
     from rabbittask.partitions import KeyReader
     from rabbittask.results.rpc import OnProgress
+    from rabbittask.control.rates import Rate
 
 P = ParamSpec("P")
 R = TypeVar("R", covariant=True)  # what the function returns: for an `async def` task, a coroutine
@@ -122,6 +123,7 @@ class Task(Generic[P, R]):
         self.unique_for: float | None = None  # set by @app.task(unique_for=...): see unique.py
         self.unique_key: UniqueKey | None = None
         self.mask_args: frozenset[str] = frozenset()  # set by @app.task(mask_args=...): hidden in the history
+        self.rate_limit: Rate | None = None  # set by @app.task(rate_limit=...): see worker/rates.py
         self.bind = bind
         self._validator = _validator(fn, name, bind)
         self._params = list(inspect.signature(fn).parameters)[1 if bind else 0 :]

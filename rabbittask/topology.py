@@ -48,6 +48,21 @@ def history_arguments(max_age_s: int, max_bytes: int) -> Arguments:
     }
 
 
+def control_exchange_name(exchange: str) -> str:
+    """Name of the fanout exchange that broadcasts control commands (inspect, ping, revoke) to every worker child."""
+    return f"{exchange}.control"
+
+
+def revoked_stream_name(exchange: str) -> str:
+    """Name of the stream that keeps revocations for the retention window (`revoke_retention_s`)."""
+    return f"{exchange}.revoked"
+
+
+def presence_stream_name(exchange: str) -> str:
+    """Name of the stream where worker children say they are alive (who must answer a broadcast)."""
+    return f"{exchange}.workers"
+
+
 def dlq_name(queue: str) -> str:
     """Name of the dead-letter queue of a task queue."""
     return f"{queue}.dlq"

@@ -37,6 +37,7 @@ EXPECTED = [
     "Retry",
     "SoftTimeLimitExceeded",
     "TimeLimitExceeded",
+    "TaskRevoked",
     # errors
     "RabbitTaskError",
     "ConfigError",
@@ -56,6 +57,7 @@ EXPECTED = [
     "BatchNotConfirmed",
     "ResultBackendError",
     "WaitInTaskRefused",
+    "ControlError",
     "TaskError",
 ]
 
@@ -81,6 +83,7 @@ CONTROL_FLOW = {
     "Retry",  # a task asks to run again later
     "SoftTimeLimitExceeded",  # raised into a task at its soft limit, for it to clean up
     "TimeLimitExceeded",  # names the failure of a task stopped at its hard limit
+    "TaskRevoked",  # raised into a task by ctx.check_revoked() after revoke(terminate=True)
     "Halt",  # the worker's supervisor stops with an exit status (worker/supervisor.py)
 }
 # Exceptions of the tree that are public elsewhere than in `rabbittask.__all__`.

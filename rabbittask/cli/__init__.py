@@ -1,4 +1,4 @@
-"""The `rabbittask` command line: `worker`, `topology`, `dlq`, `beat`, `status`, `events`, `dashboard`.
+"""The `rabbittask` command line: `worker`, `topology`, `dlq`, `beat`, `status`, `events`, `inspect`, `revoke`, `dashboard`.
 
 Commands are imported when they run: a worker's supervisor (and so every forked child) never
 loads what only `topology` (yaml), `dlq` (rich), `beat` (croniter) or `dashboard` (Starlette) need.
@@ -18,6 +18,8 @@ COMMANDS = {
     "beat": ("rabbittask.cli.beat", "beat", "Run the periodic-task scheduler."),
     "status": ("rabbittask.cli.status", "status", "Show live workers and queue depths."),
     "events": ("rabbittask.cli.events", "events", "Search past task events (the history the broker keeps)."),
+    "inspect": ("rabbittask.cli.inspect", "inspect", "Ask every worker child what it runs, holds and knows."),
+    "revoke": ("rabbittask.cli.revoke", "revoke", "Revoke tasks by id, durably (optionally stop them)."),
     "dashboard": ("rabbittask.cli.dashboard", "dashboard", "Serve the web dashboard (needs rabbittask[dashboard])."),
 }
 

@@ -80,6 +80,7 @@ LOG_FORMAT_OPTION = click.option(
     help="Queues to consume, comma-separated (default: all of the app's).",
 )
 @click.option("-c", "--concurrency", type=int, help=describe("concurrency") + " [default: 1]")
+@click.option("--autoscale", metavar="MAX,MIN", help=describe("autoscale"))
 @click.option("--threads", type=int, help=describe("threads") + " [default: 1]")
 @click.option("--inline-ms", type=float, metavar="MS", help=describe("inline_ms") + " [default: 1]")
 @click.option("--prefetch", type=int, help=describe("prefetch"))

@@ -4,6 +4,8 @@ A message walks through them in order (`_on_message`):
 
     session (session.py)        delivered on the current channel; counted in flight
     redelivery (redelivery.py)  expired, not due, delivered too often, or a run this child already has?
+    revoke (revoke.py)          revoked (the `<exchange>.revoked` stream, control.py)? dead-lettered unrun
+    rate (rates.py)             a rate-limited task waits for a token (unacked, in its own asyncio task)
     dispatch (dispatch.py)      async task: run on the loop; sync task: inline (inline.py) or a thread (threads.py)
     (retry in place)            a `partition_by` task's retry waits here and runs again (inplace.py)
     outcome (outcome.py)        what happened, and the `Reason` if it did not simply succeed
@@ -11,7 +13,8 @@ A message walks through them in order (`_on_message`):
 
 `retirement.py` holds the one lifecycle `State` and the limits that end a child (max tasks, memory,
 a hard time limit); the supervisor hears of a retirement through `on_retire` and starts the
-successor before this child is done. A new feature is one more stage or one more `Reason`.
+successor before this child is done. `control.py` answers the control plane's broadcasts and follows
+revocations on a connection of its own. A new feature is one more stage or one more `Reason`.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from typing import TYPE_CHECKING, Any
 from aiormq.abc import DeliveredMessage
 
 from rabbittask import progress
+from rabbittask.control.local import Run
 from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.worker.acks import delivery_tag
+from rabbittask.worker.control import ControlPlane
 from rabbittask.worker.dedupe import Dedupe
 from rabbittask.worker.dispatch import Dispatcher
 from rabbittask.worker.events import Events
@@ -37,9 +42,12 @@ from rabbittask.worker.inline import InlinePolicy, InlineRunner
 from rabbittask.worker.joiner import Joiner
 from rabbittask.worker.inplace import InPlaceRetries
 from rabbittask.worker.metrics import TaskMetrics
-from rabbittask.worker.outcome import Outcome
+from rabbittask.worker.outcome import Outcome, Reason
+from rabbittask.worker.pool import BUSY, IDLE, WORKING
+from rabbittask.worker.rates import RateGate
 from rabbittask.worker.redelivery import Redeliveries
 from rabbittask.worker.retirement import BUDGET_IDLE_S, Lifecycle, Retirement
+from rabbittask.worker.revoke import RevokeStage
 from rabbittask.worker.running import RunningMarkers
 from rabbittask.worker.session import Session
 from rabbittask.worker.settle import InFlight, Settler
@@ -50,6 +58,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+CATCH_UP_WARN_S = 10.0  # waiting this long for the revocation stream says so, again each time
 INLINE_MAX_S = 0.001  # sync tasks whose runs all finish within this run on the loop's thread (see inline.py)
 
 
@@ -76,6 +85,7 @@ class Child:
         inline_max_s: float = INLINE_MAX_S,
         running_markers: RunningMarkers | None = None,
         partition_slot: tuple[int, int] = (0, 1),
+        on_pool: Callable[[bytes], None] | None = None,
     ) -> None:
         self.app = app
         self.queues = list(queues) or sorted(app.queues)
@@ -145,7 +155,20 @@ class Child:
             on_ready=on_ready,
             on_consuming=on_consuming,
             partition_slot=partition_slot,
+            before_consume=self._caught_up,
         )
+        self.revoke = RevokeStage(self.settler.settle)
+        self.rates = RateGate(app, self.lifecycle.handing_back) if app.settings.control else None
+        self.control: ControlPlane | None = None
+        if app.settings.control:
+            self.control = ControlPlane(
+                app,
+                self.queues,
+                stats=self._control_stats,
+                waiting=self._waiting,
+                on_stuck=self._terminate_stuck,
+                on_pool=on_pool,
+            )
         self._budget_watch: asyncio.Task[None] | None = None
         # Chords join on the broker: every child stands by on the join queue, one at a time is active.
         self.joiner = Joiner(app, self.publisher, self.lifecycle) if app.settings.chord_joiner else None
@@ -165,8 +188,16 @@ class Child:
         joining = asyncio.ensure_future(self.joiner.run()) if self.joiner is not None else None
         progress.set_sink(self.events.progress if self.events is not None else progress.drop)
         try:
+            if self.control is not None:
+                self.control.start()  # the session connects and declares meanwhile, and waits for it to consume
+            if self.rates is not None:
+                self.rates.start()
             code = await self.session.run()
         finally:
+            if self.control is not None:
+                await self.control.close()
+            if self.rates is not None:
+                await self.rates.close()
             self.lifecycle.stopped()
             if joining is not None:
                 joining.cancel()  # what it holds goes back to the join queue for the next joiner
@@ -205,8 +236,15 @@ class Child:
             self.retire(f"--max-tasks-per-child {self.max_tasks} reached")
         if not self.redeliveries.admit(message):
             return  # settled unrun, or waits for a run of it here
+        if not self.revoke.admit(message):
+            return  # revoked: dead-lettered unrun
         if self.dedupe.window(message) is not None and not await self.dedupe.admit(message):
             return  # a copy of it ran: acked unrun
+        rates = self.rates
+        if rates is not None and rates.limit_of(message) is not None:  # waits here, in this message's own task
+            if not await rates.acquire(message.header.properties.message_type or ""):
+                self.settler.hand_back(message)  # a warm shutdown came while it waited for a token
+                return
         running = self.dispatcher.route(message)  # a sync task is queued for a thread, or run and settled inline
         if running is not None:  # an async task, or an inline one waiting for its turn
             await running
@@ -257,6 +295,35 @@ class Child:
         self.settler.settle(outcome)
         self.retire("a sync task passed its time limit", hand_back=True)
 
+    async def _caught_up(self) -> None:
+        """Wait until every revocation of the window is read (or a stop comes): only then take tasks."""
+        control = self.control
+        if control is None or control.caught_up.is_set():
+            return
+        read = asyncio.ensure_future(control.caught_up.wait())
+        stop = asyncio.ensure_future(self.lifecycle.stopping.wait())
+        while not (read.done() or stop.done()):
+            await asyncio.wait([read, stop], timeout=CATCH_UP_WARN_S, return_when=asyncio.FIRST_COMPLETED)
+            if not (read.done() or stop.done()):
+                log.warning("still reading the revocations of the window before taking tasks (see the log above)")
+        read.cancel()
+        stop.cancel()
+
+    def _terminate_stuck(self, run: Run) -> None:
+        """A sync task revoked with terminate=True outlived its grace period: dead-letter it, replace this child."""
+        self.threads.abandon(run.message)
+        exc_message = f"task {run.task_name!r} was revoked with terminate=True and did not stop within the grace period"
+        outcome = Outcome(
+            run.message,
+            run.task_name,
+            reason=Reason.TERMINATED,
+            exc_type="TaskRevoked",
+            exc_message=exc_message,
+            runtime_s=time.time() - run.started_at,
+        )
+        self.settler.settle(outcome)
+        self.retire("a terminated sync task did not stop", hand_back=True)
+
     # -- wiring --------------------------------------------------------------------------------------
 
     def _settle(self, outcome: Outcome) -> None:  # for the redeliveries, made before the settler
@@ -264,6 +331,25 @@ class Child:
 
     def _running_here(self) -> list[DeliveredMessage]:
         return self.threads.running()
+
+    def load(self) -> bytes:
+        """For the autoscaler: IDLE (holds nothing), BUSY (messages wait for a task slot), or WORKING."""
+        count = self.flight.count
+        if count <= 0:
+            return IDLE
+        return BUSY if self.threads.waiting or count >= self.session.prefetch else WORKING
+
+    def _waiting(self) -> list[DeliveredMessage]:
+        return list(self.threads.waiting.values())
+
+    def _control_stats(self) -> dict[str, Any]:
+        """What `inspect stats` adds from this child's own state."""
+        return {
+            "prefetch": self.session.prefetch,
+            "threads": self.threads.count,
+            "in_flight": self.flight.count,
+            "tasks_done": self.tasks_done,
+        }
 
     def _stats(self) -> dict[str, Any]:
         """What a heartbeat says of this child's work."""

@@ -14,6 +14,7 @@ from aiormq.abc import DeliveredMessage
 
 from rabbittask import tracing
 from rabbittask.context import TaskContext, running
+from rabbittask.control.local import REVOKED, RUNS
 from rabbittask.delays import delivered_queue
 from rabbittask.errors import (
     ArgumentsInvalid,
@@ -23,6 +24,7 @@ from rabbittask.errors import (
     SignatureInvalid,
     SoftTimeLimitExceeded,
     TaskNotFound,
+    TaskRevoked,
     TimeLimitExceeded,
 )
 from rabbittask.message import H_ATTEMPT, H_DELIVERY_COUNT, H_RESENT, X_DELIVERY_COUNT, attempt_of, decode_body
@@ -76,6 +78,8 @@ def prepare(app: App, message: DeliveredMessage) -> tuple[Task[Any, Any], tuple[
     """The task and validated arguments of a message, or the failure that dead-letters it."""
     props = message.header.properties
     name = props.message_type or ""
+    if REVOKED.ids and props.message_id in REVOKED.ids:  # revoked while it waited here for its turn (see revoke.py)
+        return revoked_outcome(message)
     try:
         if app.settings.signing_keys:  # before decoding: an unverified body is never parsed
             verify(app.settings.signing_keys, name, props.message_id or "", props.headers, message.body)
@@ -92,6 +96,13 @@ def prepare(app: App, message: DeliveredMessage) -> tuple[Task[Any, Any], tuple[
     except ArgumentsInvalid as e:
         return _failure(message, name, Reason.INVALID, e, tb=False)
     return task, args, kwargs
+
+
+def revoked_outcome(message: DeliveredMessage) -> Outcome:
+    """The outcome of a message revoked before it started: dead-lettered with `rt-reason: revoked`, never run."""
+    props = message.header.properties
+    exc = TaskRevoked(f"task {props.message_type!r} (id {props.message_id}) was revoked before it started")
+    return _failure(message, props.message_type or "", Reason.REVOKED, exc, tb=False)
 
 
 def source_queue(app: App, message: DeliveredMessage) -> str:
@@ -160,6 +171,7 @@ def run_sync(app: App, message: DeliveredMessage) -> Outcome:
     props = message.header.properties
     headers = props.headers
     token = running.set((task.name, props.message_id or "?"))  # task loggers, and no blocking .call() inside
+    run = RUNS.start(message, task.name, args, kwargs)  # for `inspect active` and `terminate=True`
     start = time.perf_counter()
     try:
         if tracing.spans is None and not (headers and TRACEPARENT in headers):
@@ -168,9 +180,11 @@ def run_sync(app: App, message: DeliveredMessage) -> Outcome:
             with tracing.running(task.name, source_queue(app, message), message):
                 value = task.fn(*args, **kwargs)
     except Exception as e:  # noqa: BLE001 - a task's failure is data, not a crash of the worker
+        RUNS.end(run, failed=True)
         return failed(message, task, e, time.perf_counter() - start)
     finally:
         running.reset(token)
+    RUNS.end(run, failed=False)
     return Outcome(message, task.name, value=value, runtime_s=time.perf_counter() - start)
 
 
@@ -183,6 +197,7 @@ async def run_async(
     props = message.header.properties
     headers = props.headers
     token = running.set((task.name, props.message_id or "?"))  # in this message's own asyncio task
+    run = RUNS.start(message, task.name, args, kwargs, asyncio.current_task())  # `inspect active`; terminate cancels
     start = time.perf_counter()
     try:
         if tracing.spans is not None or (headers and TRACEPARENT in headers):
@@ -193,9 +208,19 @@ async def run_async(
         else:
             value = await _limited(task, task.fn(*args, **kwargs))
     except Exception as e:  # noqa: BLE001 - a task's failure is data, not a crash of the worker
+        RUNS.end(run, failed=True)
         return failed(message, task, e, time.perf_counter() - start)
+    except asyncio.CancelledError:
+        RUNS.end(run, failed=True)
+        current = asyncio.current_task()
+        if not run.terminating or current is None:
+            raise
+        current.uncancel()  # cancelled by revoke(terminate=True), not by the worker's shutdown
+        exc = TaskRevoked(f"task {task.name!r} (id {props.message_id}) was revoked with terminate=True")
+        return failed(message, task, exc, time.perf_counter() - start)
     finally:
         running.reset(token)
+    RUNS.end(run, failed=False)
     return Outcome(message, task.name, value=value, runtime_s=time.perf_counter() - start)
 
 
@@ -209,6 +234,8 @@ def failed(message: DeliveredMessage, task: Task[Any, Any], exc: Exception, runt
     """The outcome of a run that raised: rejected, retried, or dead-lettered with the traceback."""
     if isinstance(exc, Reject):
         return _failure(message, task.name, Reason.REJECTED, exc, tb=False, runtime_s=runtime_s)
+    if isinstance(exc, TaskRevoked):  # before the retry policy: a revoked task is never retried
+        return _failure(message, task.name, Reason.TERMINATED, exc, tb=False, runtime_s=runtime_s)
     if isinstance(exc, Retry) or task.retry_policy.retries_on(exc):
         return _retry(message, task, exc, runtime_s)
     if isinstance(exc, TimeLimitExceeded):

@@ -34,6 +34,11 @@ class WorkerOptions(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RABBITTASK_WORKER_", frozen=True, extra="forbid")
 
     concurrency: int = Field(1, ge=1, description="Child processes; each has its own connection and consumes.")
+    autoscale: str | None = Field(
+        None,
+        description="MAX,MIN: grow the children toward MAX while every child is busy with a backlog, shrink toward "
+        "MIN when they are idle (one child a second; idle 5 s), e.g. 8,2.",
+    )
     threads: int = Field(1, ge=1, description="Threads that run sync tasks, per child.")
     inline_ms: float = Field(
         1.0,
@@ -69,6 +74,15 @@ class WorkerOptions(BaseSettings):
         description="Serve Prometheus /metrics (summed over the children), /healthz and /readyz on this port.",
     )
     metrics_host: str = Field("0.0.0.0", description="Address the metrics port binds to.")  # noqa: S104 - probes
+
+    @field_validator("autoscale")
+    @classmethod
+    def _autoscale(cls, value: str | None) -> str | None:
+        if value is not None:
+            from rabbittask.worker.pool import parse_autoscale
+
+            parse_autoscale(value)
+        return value
 
     @field_validator("max_memory_per_child_mb", mode="before")
     @classmethod

@@ -78,6 +78,7 @@ class Reason(enum.StrEnum):
     MAX_RETRIES = "max retries exceeded", True, Settlement.DEAD_LETTER, "failed"
     TIME_LIMIT = "time limit", True, Settlement.DEAD_LETTER, "failed"
     SOFT_TIME_LIMIT = "soft time limit", True, Settlement.DEAD_LETTER, "failed"
+    TERMINATED = "terminated", True, Settlement.DEAD_LETTER, "failed"  # revoked with terminate=True while it ran
     # Dead-lettered without running the task's code: only a `dead-lettered` event.
     MALFORMED = "malformed message", False, Settlement.DEAD_LETTER, "dead-lettered"
     UNKNOWN = "unknown task", False, Settlement.DEAD_LETTER, "dead-lettered"
@@ -85,6 +86,7 @@ class Reason(enum.StrEnum):
     SIGNATURE = "signature invalid", False, Settlement.DEAD_LETTER, "dead-lettered"
     EXPIRED = "expired", False, Settlement.DEAD_LETTER, "dead-lettered"
     DELIVERY_LIMIT = "delivery limit", False, Settlement.DEAD_LETTER, "dead-lettered"
+    REVOKED = "revoked", False, Settlement.DEAD_LETTER, "dead-lettered"  # revoked before it started (revoke.py)
     # Not failures: the message is re-published (retry, not due yet, classic redelivery count).
     RETRY = "retry", True, Settlement.REPUBLISH, "retried"
     NOT_DUE = "not due", False, Settlement.REPUBLISH, None

@@ -3,11 +3,12 @@
 Set-up happens after the fork, never before: default signal handlers (SIGINT ignored, so a
 Ctrl-C at the terminal reaches the supervisor alone and the children shut down once, when it
 says so), death with the supervisor (`PR_SET_PDEATHSIG` on Linux, and a parent-pid check every
-second everywhere), a process title, the app's `on_worker_process_init` hooks (a failing one
+half second everywhere), a process title, the app's `on_worker_process_init` hooks (a failing one
 halts the worker with `EXIT_CONFIG`), and a fresh event loop. The child tells the supervisor
 what it needs to know with one byte on a pipe: `READY` once it consumes, `RETIRING` when it
-stops taking messages so its successor starts at once, and (for `/readyz`) `CONSUMING` / `LOST`
-each time its consumers attach or its session ends.
+stops taking messages so its successor starts at once, (for `/readyz`) `CONSUMING` / `LOST`
+each time its consumers attach or its session ends, its load for the autoscaler (pool.py) when it
+changes, and child 1 forwards `pool_grow` / `pool_shrink` commands (`GROW` / `SHRINK`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ READY = b"U"
 RETIRING = b"R"
 CONSUMING = b"C"  # its consumers are attached (again); with --metrics-port only, for /readyz
 LOST = b"L"  # its session ended (connection lost, or stopping)
-PARENT_CHECK_S = 1.0
+PARENT_CHECK_S = 0.5
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -131,6 +132,7 @@ def _serve(spec: ChildSpec) -> int:
         metrics=options.metrics_port is not None,
         running_markers=RunningMarkers(spec.running_dir) if spec.running_dir else None,
         partition_slot=(spec.number - 1, options.concurrency),  # its home partitions (partitions.py)
+        on_pool=(lambda what: _notify(spec.pipe, what)) if spec.number == 1 else None,
     )
     child.stop_signals = (signal.SIGTERM,)
     setproctitle(title(f"child {spec.number}", child.queues, "tasks=0"))
@@ -148,8 +150,9 @@ async def _main(child: Child, spec: ChildSpec) -> int:
 
 
 async def _watch(child: Child, spec: ChildSpec) -> None:
-    """Every second: exit if the supervisor is gone; show the task count in the process title."""
+    """Every half second: exit if the supervisor is gone; say a new load; show the task count in the title."""
     shown = 0
+    load = b""
     while True:
         await asyncio.sleep(PARENT_CHECK_S)
         if os.getppid() != spec.supervisor_pid:
@@ -157,6 +160,9 @@ async def _watch(child: Child, spec: ChildSpec) -> None:
                 "the supervisor (pid %d) is gone: exiting; the broker requeues what was unacked", spec.supervisor_pid
             )
             os._exit(EXIT_CRASH)
+        if (now := child.load()) != load:
+            load = now
+            _notify(spec.pipe, now)
         if child.tasks_done != shown:
             shown = child.tasks_done
             setproctitle(title(f"child {spec.number}", child.queues, f"tasks={shown}"))

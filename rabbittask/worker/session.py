@@ -71,9 +71,11 @@ class Session:
         on_ready: Callable[[], None] | None = None,
         on_consuming: Callable[[bool], None] | None = None,
         partition_slot: tuple[int, int] = (0, 1),
+        before_consume: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.app = app
         self.partition_slot = partition_slot  # (this child's index, children of the worker): its home partitions
+        self.before_consume = before_consume  # e.g. read the revocations first (control.py), while it declares
         self.queues = queues
         self.prefetch = prefetch
         self.reconnects = 0
@@ -149,6 +151,10 @@ class Session:
                 else:  # pre-applied by an admin: the worker needs no configure permission
                     await check_queues(channel, [*plain, *partitioned])
                 prefetch = self._retirement.prefetch(self.prefetch)  # capped by a max-tasks budget
+                if self.before_consume is not None:
+                    await self.before_consume()
+                    if not self._lifecycle.running:
+                        return  # stopped before it took a message
                 acker = self._settler.acker = Acker(channel, prefetch)
                 tags: list[str] = []
                 if plain:

@@ -30,7 +30,6 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from setproctitle import setproctitle
@@ -38,6 +37,7 @@ from setproctitle import setproctitle
 from rabbittask.worker.exits import EXIT_CONFIG, backoff_s, describe_exit
 from rabbittask.worker.metrics import MetricsServer
 from rabbittask.worker.options import WorkerOptions
+from rabbittask.worker.pool import GROW, SHRINK, ChildProc, Pool, parse_autoscale
 from rabbittask.worker.process import CONSUMING, LOST, READY, RETIRING, ChildSpec, run_child, title
 
 if TYPE_CHECKING:
@@ -62,20 +62,6 @@ class Halt(Exception):  # noqa: N818 - control flow: the supervisor stops with t
         self.code = code
 
 
-@dataclass(slots=True)
-class ChildProc:
-    """The supervisor's view of one child."""
-
-    pid: int
-    number: int
-    pipe: int  # read end: READY / RETIRING bytes, EOF when it exits
-    started_at: float
-    ready: bool = False
-    retiring: bool = False
-    replacing: int = 0  # pid of the child it takes over from in a rolling restart (until it is ready)
-    consuming: bool = False  # its consumers are attached now (reported with --metrics-port only)
-
-
 class Supervisor:
     """Runs `options.concurrency` children consuming `queues` of `app`; `run()` returns the exit code."""
 
@@ -93,6 +79,7 @@ class Supervisor:
         self.reload_app = reload_app
         self.pid = os.getpid()
         self.children: dict[int, ChildProc] = {}
+        self.pool = Pool(options.concurrency, parse_autoscale(options.autoscale) if options.autoscale else None)
         self.crashes = 0
         self.exit_code = 0
         self._last_crash_at = 0.0
@@ -137,7 +124,7 @@ class Supervisor:
         """True when every child has its consumers attached (what /readyz reports)."""
         children = list(self.children.values())
         consuming = sum(1 for c in children if c.consuming and not c.retiring)
-        return not self._stopping and consuming >= self.options.concurrency
+        return not self._stopping and consuming >= self.pool.target
 
     def _dispatch(self, sig: int) -> bool:
         """Handle one queued signal; True when the worker has shut down."""
@@ -235,8 +222,13 @@ class Supervisor:
             return
         self._next_start_at = 0.0
         self._replace_next()
+        for child in self.pool.tick(list(self.children.values()), now):  # autoscale, pool grow/shrink
+            child.retiring = True
+            log.info("pool of %d: retiring child %d (pid %d)", self.pool.target, child.number, child.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGUSR1)  # retire: finish and ack what it holds, then exit
         active = sum(1 for c in self.children.values() if not c.retiring)
-        for _ in range(self.options.concurrency - active):
+        for _ in range(self.pool.target - active):
             self.spawn()
 
     def _stable_since_crash(self, now: float) -> bool:
@@ -255,6 +247,12 @@ class Supervisor:
             log.info("child %d (pid %d) is retiring; starting its successor", child.number, child.pid)
         if CONSUMING in data or LOST in data:  # the last word counts
             child.consuming = data.rfind(CONSUMING) > data.rfind(LOST)
+        child.heard(data)  # its load, for the autoscaler
+        if GROW in data or SHRINK in data:  # app.control.pool_grow / pool_shrink, through child 1
+            target = self.pool.shrink(data.count(SHRINK)) if SHRINK in data else self.pool.grow(data.count(GROW))
+            log.info(
+                "pool %s by control command: %d child(ren) wanted", "shrunk" if SHRINK in data else "grown", target
+            )
         if READY in data and not child.ready:
             child.ready = True
             if child.replacing:

@@ -66,6 +66,8 @@ class TaskThreads:
         self.results: deque[Outcome] = deque()
         self._jobs: queue.SimpleQueue[DeliveredMessage | None] = queue.SimpleQueue()
         self._running: list[DeliveredMessage | None] = [None] * count  # what each thread runs now
+        self.waiting: dict[int, DeliveredMessage] = {}  # queued, not started (`inspect scheduled`), by id()
+        self._abandoned: set[int] = set()  # id() of runs settled without their thread (terminated, revoke)
         self._limits = ThreadLimits() if limited else None
         self._redeliveries = redeliveries
         self._started_log = started_log
@@ -97,7 +99,13 @@ class TaskThreads:
     def put(self, message: DeliveredMessage) -> None:
         self.pending += 1
         self.idle.clear()
+        self.waiting[id(message)] = message
         self._jobs.put(message)
+
+    def abandon(self, message: DeliveredMessage) -> None:
+        """Give up on the run of `message` (the loop settles it): the outcome its thread may still bring is dropped."""
+        self._abandoned.add(id(message))
+        self._done()
 
     def _done(self, count: int = 1) -> None:
         self.pending -= count
@@ -113,6 +121,7 @@ class TaskThreads:
             except queue.Empty:
                 break
             if job is not None:
+                self.waiting.pop(id(job), None)
                 taken.append(job)
         self._done(len(taken))
         return taken
@@ -126,6 +135,7 @@ class TaskThreads:
         limits, running, redeliveries = self._limits, self._running, self._redeliveries
         started_log = self._started_log
         while (message := self._jobs.get()) is not None:
+            self.waiting.pop(id(message), None)
             if message.channel.is_closed:  # the broker already requeued it: running it now only duplicates
                 outcome: Outcome | None = Outcome(message, "", reason=Reason.STALE)
             else:
@@ -140,6 +150,9 @@ class TaskThreads:
                     redeliveries.ended(marked)
             if outcome is None:
                 continue  # abandoned at its hard time limit: the event loop settled it
+            if self._abandoned and id(message) in self._abandoned:
+                self._abandoned.discard(id(message))
+                continue  # terminated after its grace period: the event loop settled it
             self.results.append(outcome)
             if not self._wake_pending:
                 self._wake_pending = True

@@ -203,3 +203,14 @@ def test_every_sample_file_is_run_here() -> None:
         assert f'"{sample.name}"' in source or f"{sample.stem}:app" in source or f"from {sample.stem} " in source, (
             f"docs/samples/{sample.name} is not run by a test"
         )
+
+
+def test_the_control_plane_sample_pings_inspects_and_revokes(
+    samples_env: dict[str, str], workers: dict[str, WorkerProcess]
+) -> None:
+    out = run_sample(samples_env, "control.py").splitlines()
+    assert out[0] == "['pong'] missing: []"
+    assert out[1] == "True send_email is served"
+    assert re.fullmatch(rf"revoked {UUID}", out[2])
+    task_id = out[2].split()[1]
+    workers["shop.tasks:app"].wait_for_log(f"[{task_id}] was revoked: dead-lettering it unrun", timeout_s=30)
