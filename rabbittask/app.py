@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar,
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rabbittask import tracing
+from rabbittask.celery.queues import celery_queue
 from rabbittask.clients import Clients
 from rabbittask.context import TaskContext
 from rabbittask.delays import check_delay_queue_name, delay_declarations
@@ -57,6 +58,11 @@ class TaskOptions(BaseModel):
     overflow: Overflow | None = Field(None, description="What a full queue does with a new message.")
     single_active_consumer: bool = Field(False, description="One consumer at a time takes from the queue.")
     message_ttl_ms: int | None = Field(None, description="Messages older than this are dead-lettered unrun.")
+    accept_celery: bool | None = Field(
+        None,
+        description="The task's queue is a Celery queue: taken as Celery declared it, Celery messages run, sends "
+        f"are Celery messages; {_APP_SETTING}.",
+    )
     ignore_result: bool = Field(False, description="Do not store results of this task in the result backend.")
     dedupe_s: float | None = Field(
         None,
@@ -178,18 +184,29 @@ class App:
         if name in self.tasks:
             raise ConfigError(f"task name {name!r} is declared twice: give one of them name=...")
         o = options
-        spec = QueueSpec(
-            name=o.queue or self.settings.default_queue,
-            queue_type=o.queue_type or self.settings.queue_type,
-            delivery_limit=o.delivery_limit or self.settings.delivery_limit,
-            max_priority=o.max_priority,
-            max_length=o.max_length,
-            overflow=o.overflow,
-            single_active_consumer=o.single_active_consumer,
-            message_ttl_ms=o.message_ttl_ms,
-        )
         queue_options = (o.queue_type, o.max_priority, o.delivery_limit, o.max_length, o.overflow, o.message_ttl_ms)
+        celery = self.settings.accept_celery if o.accept_celery is None else o.accept_celery
+        if celery:
+            spec = celery_queue(
+                name, o.queue or self.settings.default_queue, queue_options, self.settings.delivery_limit
+            )
+        else:
+            spec = QueueSpec(
+                name=o.queue or self.settings.default_queue,
+                queue_type=o.queue_type or self.settings.queue_type,
+                delivery_limit=o.delivery_limit or self.settings.delivery_limit,
+                max_priority=o.max_priority,
+                max_length=o.max_length,
+                overflow=o.overflow,
+                single_active_consumer=o.single_active_consumer,
+                message_ttl_ms=o.message_ttl_ms,
+            )
         known = self.queues.get(spec.name)
+        if known is not None and known.celery != spec.celery:
+            raise ConfigError(
+                f"task {name!r}: queue {spec.name!r} is a Celery queue for one task and not for another: give every "
+                "task on it the same accept_celery"
+            )
         if (
             known is not None
             and known != spec
@@ -204,6 +221,7 @@ class App:
         task: Task[P, R] = Task(self, fn, name, spec.name, retry=retry, bind=o.bind)
         task.ignore_result = o.ignore_result
         task.dedupe_s = o.dedupe_s
+        task.celery = celery
         task.set_time_limits(o.time_limit, o.soft_time_limit)
         self.tasks[name] = task
         return task

@@ -96,6 +96,7 @@ class Task(Generic[P, R]):
         self.retry_policy = retry or RetryPolicy()
         self.ignore_result = False  # set by @app.task(ignore_result=True): no result is stored
         self.dedupe_s: float | None = None  # set by @app.task(dedupe_s=...): see worker/dedupe.py
+        self.celery = False  # set by accept_celery: the queue is Celery's, sends are Celery messages
         self.bind = bind
         self._validator = _validator(fn, name, bind)
         self._params = list(inspect.signature(fn).parameters)[1 if bind else 0 :]

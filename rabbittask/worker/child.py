@@ -3,6 +3,7 @@
 A message walks through them in order (`_on_message`):
 
     session (session.py)        delivered on the current channel; counted in flight
+    celery (celery/delivery.py) on a Celery queue, a Celery message's headers read into the properties below
     redelivery (redelivery.py)  expired, not due, delivered too often, or a run this child already has?
     dispatch (dispatch.py)      async task: run on the loop; sync task: inline (inline.py) or a thread (threads.py)
     outcome (outcome.py)        what happened, and the `Reason` if it did not simply succeed
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiormq.abc import DeliveredMessage
 
+from rabbittask.celery.delivery import translate
+from rabbittask.celery.protocol import is_celery
 from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.worker.acks import delivery_tag
 from rabbittask.worker.dedupe import Dedupe
@@ -77,6 +80,8 @@ class Child:
         self.max_tasks = max_tasks
         self.shutdown_timeout_s = shutdown_timeout_s
         self.on_retire = on_retire
+        # Queues whose Celery protocol 2 messages are translated on delivery (celery/delivery.py).
+        self.celery_queues = frozenset(q for q in self.queues if q in app.queues and app.queues[q].celery)
         self.stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
         self.lifecycle = Lifecycle()
         self.retirement = Retirement(max_tasks, max_memory_bytes)
@@ -169,6 +174,8 @@ class Child:
             await self.publisher.close()
             if self.settler.backend is not None:
                 await self.settler.backend.aclose()
+            if self.settler.celery is not None and self.settler.celery.results is not None:
+                await self.settler.celery.results.aclose()
         if code == EXIT_OK:
             log.info("worker stopped after %d task(s)", self.tasks_done)
         return code
@@ -183,6 +190,8 @@ class Child:
         if self.lifecycle.handing_back.is_set():  # came before the cancel-ok: hand it back at once
             self.settler.hand_back(message)
             return
+        if self.celery_queues and is_celery(message.header.properties.headers):
+            message = translate(message, self.celery_queues)  # Celery's headers read once, for every stage
         if self._received_log is not None:
             self._received_log.append((message, time.time()))
         if self.retirement.delivered():

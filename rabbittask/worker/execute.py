@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from aiormq.abc import DeliveredMessage
 
 from rabbittask import tracing
+from rabbittask.celery.delivery import CeleryDelivery
+from rabbittask.celery.protocol import CeleryMessageError
 from rabbittask.context import TaskContext, running
 from rabbittask.delays import delivered_queue
 from rabbittask.errors import (
@@ -25,7 +27,15 @@ from rabbittask.errors import (
     TaskNotFound,
     TimeLimitExceeded,
 )
-from rabbittask.message import H_ATTEMPT, H_DELIVERY_COUNT, H_RESENT, X_DELIVERY_COUNT, attempt_of, decode_body
+from rabbittask.message import (
+    H_ATTEMPT,
+    H_DELIVERY_COUNT,
+    H_RESENT,
+    X_DELIVERY_COUNT,
+    Body,
+    attempt_of,
+    decode_body,
+)
 from rabbittask.retry import due_in_ms
 from rabbittask.signing import verify
 from rabbittask.tracing import TRACEPARENT
@@ -81,7 +91,12 @@ def prepare(app: App, message: DeliveredMessage) -> tuple[Task[Any, Any], tuple[
     except SignatureInvalid as e:
         return _failure(message, name, Reason.SIGNATURE, e, tb=False)
     try:
-        body = decode_body(message.body, props.content_type)
+        if type(message) is CeleryDelivery:  # a Celery message, decoded when it was delivered
+            if message.request is None:
+                return _failure(message, name, Reason.NOT_ACCEPTED, CeleryMessageError(message.error), tb=False)
+            body = Body(message.request.args, message.request.kwargs)
+        else:
+            body = decode_body(message.body, props.content_type)
         task = app.get_task(name)
         args, kwargs = task.validate(body.args, body.kwargs)
     except PayloadError as e:
