@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar,
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rabbittask import tracing
-from rabbittask.celery.queues import celery_queue
+from rabbittask.celery.protocol import is_celery
+from rabbittask.celery.queues import check_same_kind, queue_spec
+from rabbittask.celery.send import celery_handle
 from rabbittask.clients import Clients
 from rabbittask.context import TaskContext
 from rabbittask.delays import check_delay_queue_name, delay_declarations
@@ -184,29 +186,11 @@ class App:
         if name in self.tasks:
             raise ConfigError(f"task name {name!r} is declared twice: give one of them name=...")
         o = options
-        queue_options = (o.queue_type, o.max_priority, o.delivery_limit, o.max_length, o.overflow, o.message_ttl_ms)
         celery = self.settings.accept_celery if o.accept_celery is None else o.accept_celery
-        if celery:
-            spec = celery_queue(
-                name, o.queue or self.settings.default_queue, queue_options, self.settings.delivery_limit
-            )
-        else:
-            spec = QueueSpec(
-                name=o.queue or self.settings.default_queue,
-                queue_type=o.queue_type or self.settings.queue_type,
-                delivery_limit=o.delivery_limit or self.settings.delivery_limit,
-                max_priority=o.max_priority,
-                max_length=o.max_length,
-                overflow=o.overflow,
-                single_active_consumer=o.single_active_consumer,
-                message_ttl_ms=o.message_ttl_ms,
-            )
+        spec = queue_spec(name, o, self.settings, celery=celery)
+        queue_options = (o.queue_type, o.max_priority, o.delivery_limit, o.max_length, o.overflow, o.message_ttl_ms)
         known = self.queues.get(spec.name)
-        if known is not None and known.celery != spec.celery:
-            raise ConfigError(
-                f"task {name!r}: queue {spec.name!r} is a Celery queue for one task and not for another: give every "
-                "task on it the same accept_celery"
-            )
+        check_same_kind(name, known, spec)
         if (
             known is not None
             and known != spec
@@ -336,7 +320,7 @@ class App:
                 self.clients.send(msg)
         else:
             self.clients.send(msg)
-        return TaskHandle(msg.message_id, msg.task_name, msg.routing_key, self)
+        return self._handle(msg)
 
     async def asend(self, msg: Outgoing) -> TaskHandle:
         """Async twin of `send`: inside `abatch()` the confirm is awaited at the end of the batch."""
@@ -345,6 +329,11 @@ class App:
                 await self.clients.asend(msg)
         else:
             await self.clients.asend(msg)
+        return self._handle(msg)
+
+    def _handle(self, msg: Outgoing) -> TaskHandle:
+        if is_celery(msg.headers):  # its result is Celery's record
+            return celery_handle(self, msg)
         return TaskHandle(msg.message_id, msg.task_name, msg.routing_key, self)
 
     def rpc_call(self, msg: Outgoing, timeout_s: float) -> Any:

@@ -13,12 +13,13 @@ from pydantic import ValidationError
 from pydantic.experimental.arguments_schema import generate_arguments_schema
 from pydantic_core import ArgsKwargs, SchemaValidator
 
+from rabbittask.celery.send import celery_message
 from rabbittask.context import TaskContext
 from rabbittask.errors import ArgumentsInvalid, ConfigError
 from rabbittask.handle import TaskHandle, refuse_wait_in_task
 from rabbittask.message import Outgoing, new_id
 from rabbittask.retry import RetryPolicy
-from rabbittask.sending import NO_OPTIONS, Args, SendOptions, build_message, check_call, encode_call
+from rabbittask.sending import NO_OPTIONS, Args, SendOptions, build_message, check_call, checked, encode_call
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -148,6 +149,9 @@ class Task(Generic[P, R]):
         if type(args) is not tuple or (kwargs is not None and type(kwargs) is not dict):  # .delay(): never
             args, kwargs = check_call(self.name, args, kwargs)
         args, kw = self.validate(args, kwargs or {})
+        celery = options.get("celery")
+        if self.celery if celery is None else celery:  # a Celery protocol 2 message (celery/send.py)
+            return celery_message(self.app, self.name, self.queue, args, kw, checked(self.name, options))
         return build_message(self.app, self.name, self.queue, encode_call(self.app, self.name, args, kw), options)
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:

@@ -16,7 +16,6 @@ from rabbittask.worker.outcome import Reason
 from tests import amqp
 from tests.celery_side import celery_app, close
 from tests.redis_server import redis_url_fixture  # noqa: F401 - fixture
-from tests.waiting import wait_until
 from tests.workers import WorkerProcess, worker_env
 
 APP = "tests.apps.celery_app:app"
@@ -132,7 +131,9 @@ def test_redis_backend_results_and_errors_reach_the_celery_caller(
     broker_url: str, redis_url: str, tmp_path: Path
 ) -> None:
     queue = f"rt-celery-redis-{uuid.uuid4().hex[:8]}"
-    w = start_worker(queue, broker_url, tmp_path / "w.log", tmp_path / "runs", RABBITTASK_CELERY_RESULT_BACKEND=redis_url)
+    w = start_worker(
+        queue, broker_url, tmp_path / "w.log", tmp_path / "runs", RABBITTASK_CELERY_RESULT_BACKEND=redis_url
+    )
     app = celery_app(broker_url, queue, backend=redis_url)
     try:
         assert app.tasks["proj.tasks.add"].delay(20, 22).get(timeout=20) == 42
@@ -154,11 +155,12 @@ def test_a_queue_celery_declared_with_its_own_arguments_is_taken_as_it_is(broker
         app.amqp.queues[queue](conn.default_channel).declare()
     try:
         # When a rabbittask worker consumes it: no mismatch, no redeclaration, and it runs Celery's messages
-        w = start_worker(queue, broker_url, tmp_path / "w.log", tmp_path / "runs", RABBITTASK_CELERY_RESULT_BACKEND="rpc://")
+        w = start_worker(
+            queue, broker_url, tmp_path / "w.log", tmp_path / "runs", RABBITTASK_CELERY_RESULT_BACKEND="rpc://"
+        )
         assert app.tasks["proj.tasks.add"].apply_async((2, 2), priority=5).get(timeout=20) == 4
         w.stop()
         assert "TopologyMismatch" not in w.log() and "PRECONDITION" not in w.log()
-        wait_until(lambda: True, 1)
     finally:
         close(app)
         amqp.delete(broker_url, [queue, f"{queue}.dlq"], [queue])
