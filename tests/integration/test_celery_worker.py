@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from celery import Celery
+from celery import Celery, chain
 from celery.exceptions import TaskRevokedError
 
 from rabbittask.worker.outcome import Reason
@@ -164,3 +164,14 @@ def test_a_queue_celery_declared_with_its_own_arguments_is_taken_as_it_is(broker
     finally:
         close(app)
         amqp.delete(broker_url, [queue, f"{queue}.dlq"], [queue])
+
+
+def test_a_celery_chain_and_a_link_callback_run_on_rabbittask_workers(celery: Celery) -> None:
+    add = celery.tasks["proj.tasks.add"]
+    # A chain: each next step is sent on by the worker, under the id Celery gave it
+    assert chain(add.s(1, 2), add.s(10), add.s(100)).apply_async().get(timeout=30) == 113
+    # A link callback gets the result as its first argument
+    callback = add.s(5)
+    callback.freeze()
+    assert add.apply_async((1, 1), link=callback).get(timeout=20) == 2
+    assert celery.AsyncResult(callback.id).get(timeout=20) == 7
