@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rabbittask import tracing
 from rabbittask.celery.protocol import is_celery
 from rabbittask.celery.queues import check_same_kind, queue_spec
-from rabbittask.celery.send import celery_handle
+from rabbittask.celery.send import celery_handle, close_celery_reader
 from rabbittask.clients import Clients
 from rabbittask.context import TaskContext
 from rabbittask.delays import check_delay_queue_name, delay_declarations
@@ -389,6 +389,7 @@ class App:
     def close(self) -> None:
         """Close this thread's publisher connection, the process's RPC connection and the backend's."""
         self.clients.close()
+        close_celery_reader(self)
 
     async def aclose(self) -> None:
         """Close this event loop's publisher, RPC and result-backend connections."""

@@ -9,6 +9,7 @@ way); a rabbittask worker parks it on the delay ladder.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -42,8 +43,15 @@ def celery_message(
     extra: Mapping[str, Any] | None = options.get("headers")
     if extra:
         headers = {**extra, **headers}
+    reply_to = None
+    if app.settings.celery_result_backend == "rpc://":  # Celery's rpc:// worker replies to this process's queue
+        from rabbittask.celery.replies import CeleryRpcReader
+
+        reader = celery_handle_reader(app)
+        reply_to = reader.reply_queue if isinstance(reader, CeleryRpcReader) else None
     return Outgoing(
         routing_key=options.get("queue") or queue,
+        reply_to=reply_to,
         body=body,
         message_id=task_id,
         task_name=task_name,
@@ -68,3 +76,19 @@ def celery_handle(app: App, msg: Outgoing) -> TaskHandle:
     from rabbittask.celery.handle import CeleryHandle
 
     return CeleryHandle(msg.message_id, msg.task_name, msg.routing_key, app)
+
+
+def celery_handle_reader(app: App) -> Any:
+    """The app's reader of Celery results (celery/handle.py, loaded on use)."""
+    from rabbittask.celery.handle import celery_reader
+
+    return celery_reader(app)
+
+
+def close_celery_reader(app: App) -> None:
+    """Close the app's reader of Celery results, if it has one (`App.close`)."""
+    handle = sys.modules.get("rabbittask.celery.handle")
+    if handle is not None:
+        reader = handle._READERS.pop(app, None)
+        if reader is not None:
+            reader.close()

@@ -25,12 +25,13 @@ def queue(broker_url: str) -> Iterator[str]:
     amqp.delete(broker_url, [name, f"{name}.dlq"], [name])
 
 
-@pytest.mark.parametrize("pool", ["solo", "prefork"])
+@pytest.mark.parametrize(("pool", "backend"), [("solo", "redis"), ("prefork", "redis"), ("prefork", "rpc")])
 def test_send_task_with_celery_true_runs_on_a_celery_worker_and_get_reads_its_result(
-    pool: str, queue: str, broker_url: str, redis_url: str, tmp_path: Path
+    pool: str, backend: str, queue: str, broker_url: str, redis_url: str, tmp_path: Path
 ) -> None:
-    worker = CeleryWorker(broker_url, queue, tmp_path / "celery.log", pool=pool, backend=redis_url)
-    app = App("producer", broker_url=broker_url, celery_result_backend=redis_url)
+    url = redis_url if backend == "redis" else "rpc://"
+    worker = CeleryWorker(broker_url, queue, tmp_path / "celery.log", pool=pool, backend=url)
+    app = App("producer", broker_url=broker_url, celery_result_backend=url)
     try:
         handle = app.send_task("proj.tasks.add", args=[2, 3], queue=queue, celery=True)
         assert handle.get(timeout=30) == 5
@@ -39,7 +40,7 @@ def test_send_task_with_celery_true_runs_on_a_celery_worker_and_get_reads_its_re
         with pytest.raises(ValueError, match="boom: quota") as info:
             failed.get(timeout=30)
         assert isinstance(info.value, TaskError) and info.value.type_name == "ValueError"
-        assert "succeeded" in worker.log() and "raised unexpected: ValueError" in worker.log()
+        wait_until(lambda: "succeeded" in worker.log() and "raised unexpected: ValueError" in worker.log(), 20)
     finally:
         app.close()
         worker.stop()
