@@ -5,44 +5,23 @@ which writes Celery's record: in Redis, `celery-task-meta-<id>` (redis_reader.py
 reply to the message's `reply_to` (replies.py). The readers turn a final record (`SUCCESS`, `FAILURE`,
 `REVOKED`) into rabbittask's result record, so `TaskHandle`'s `get()`, `status`, `forget()` work
 unchanged; a state that is not final (`PENDING`, `STARTED`, `RETRY`) reads as no result yet. Both
-readers poll (every `POLL_S`), which is enough for a migration path and keeps each one small.
+readers poll (every 50 ms), which is enough for a migration path and keeps each one small.
 """
 
 from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from pydantic_core import from_json
-
-from rabbittask.celery.protocol import READY
 from rabbittask.errors import ConfigError
 from rabbittask.handle import TaskHandle
-from rabbittask.results.record import encode_failure, encode_success
 
 if TYPE_CHECKING:
     from rabbittask.app import App
     from rabbittask.results.backend import ResultBackend
 
-POLL_S = 0.05
 _READERS: weakref.WeakKeyDictionary[App, ResultBackend] = weakref.WeakKeyDictionary()
-
-
-def to_record(data: bytes | str | None) -> bytes | None:
-    """rabbittask's result record of a final Celery record; None when there is none (yet)."""
-    if data is None:
-        return None
-    meta = from_json(data)
-    if not isinstance(meta, dict) or meta.get("status") not in READY:
-        return None
-    if meta["status"] == "SUCCESS":
-        return encode_success("", meta.get("result"))
-    exc: Any = meta.get("result") if isinstance(meta.get("result"), dict) else {}
-    args = exc.get("exc_message")
-    text = ", ".join(map(str, args)) if isinstance(args, list) else str(args or "")
-    exc_type = str(exc.get("exc_type") or meta["status"])
-    return encode_failure("", exc_type, text, str(meta.get("traceback") or ""), str(meta["status"]).lower())
 
 
 def celery_reader(app: App) -> ResultBackend:

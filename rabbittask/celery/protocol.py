@@ -24,6 +24,7 @@ from pydantic_core import PydanticSerializationError, from_json, to_json
 
 from rabbittask.errors import PayloadError, TaskError
 from rabbittask.message import parse_time
+from rabbittask.results.record import encode_failure, encode_success
 
 JSON = "application/json"
 _JSON_TYPES = frozenset({JSON, "application/json; charset=utf-8"})
@@ -275,3 +276,19 @@ def read_result(data: bytes) -> tuple[str, Any]:
 def task_key(task_id: str) -> str:
     """The Redis key (and pub/sub channel) of a task's result in Celery's Redis backend."""
     return f"celery-task-meta-{task_id}"
+
+
+def to_record(data: bytes | str | None) -> bytes | None:
+    """rabbittask's result record of a final Celery record; None when there is none (yet)."""
+    if data is None:
+        return None
+    meta = from_json(data)
+    if not isinstance(meta, dict) or meta.get("status") not in READY:
+        return None
+    if meta["status"] == "SUCCESS":
+        return encode_success("", meta.get("result"))
+    exc: Any = meta.get("result") if isinstance(meta.get("result"), dict) else {}
+    args = exc.get("exc_message")
+    text = ", ".join(map(str, args)) if isinstance(args, list) else str(args or "")
+    exc_type = str(exc.get("exc_type") or meta["status"])
+    return encode_failure("", exc_type, text, str(meta.get("traceback") or ""), str(meta["status"]).lower())

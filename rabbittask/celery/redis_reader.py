@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-from rabbittask.celery.handle import POLL_S, to_record
-from rabbittask.celery.protocol import task_key
+from rabbittask.celery.protocol import task_key, to_record
 from rabbittask.results.backends.redis import RedisBackend
+
+POLL_S = 0.05  # how often a waiting handle looks again
 
 
 class CeleryRedisReader(RedisBackend):

@@ -19,11 +19,13 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from rabbittask.amqp.blocking import connect
-from rabbittask.celery.handle import POLL_S, to_record
+from rabbittask.celery.protocol import to_record
 from rabbittask.results.backend import ResultBackend
 from rabbittask.settings import Settings
 
 QUEUE_EXPIRES_MS = 86_400_000  # an idle reply queue of a process that is gone is deleted after a day
+
+POLL_S = 0.05  # how often a waiting handle looks again
 
 
 class CeleryRpcReader(ResultBackend):

@@ -175,3 +175,21 @@ def test_a_celery_chain_and_a_link_callback_run_on_rabbittask_workers(celery: Ce
     callback.freeze()
     assert add.apply_async((1, 1), link=callback).get(timeout=20) == 2
     assert celery.AsyncResult(callback.id).get(timeout=20) == 7
+
+
+def test_a_dead_lettered_celery_message_replays_to_its_queue_and_runs_again(
+    celery: Celery, broker_url: str, queue: str, worker: Any
+) -> None:
+    from rabbittask.ops.dlq import DeadLetterQueue
+    from rabbittask.settings import Settings
+
+    result = celery.tasks["proj.tasks.add"].delay("a", "b")  # not ints: dead-lettered, invalid arguments
+    with pytest.raises(Exception, match="invalid arguments"):
+        result.get(timeout=20)
+    amqp.wait_depth(broker_url, f"{queue}.dlq", 1)
+    replayed = DeadLetterQueue(Settings(broker_url=broker_url), queue).replay()
+    assert replayed.replayed == [result.id]
+    amqp.wait_depth(broker_url, f"{queue}.dlq", 1)  # it ran again on the Celery queue, and failed again
+    assert worker.log().count(f"[{result.id}]") >= 2
+    [(props, _)] = amqp.get_all(broker_url, f"{queue}.dlq")
+    assert props.headers["rt-reason"] == Reason.INVALID.value and props.headers["task"] == "proj.tasks.add"

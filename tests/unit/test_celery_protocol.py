@@ -11,7 +11,6 @@ from celery import Celery, chain, chord
 from kombu.serialization import dumps
 
 from rabbittask import TaskError
-from rabbittask.celery.handle import to_record
 from rabbittask.celery.protocol import (
     CeleryMessageError,
     decode_request,
@@ -20,6 +19,7 @@ from rabbittask.celery.protocol import (
     is_celery,
     read_result,
     result_meta,
+    to_record,
 )
 from rabbittask.results.record import decode_result
 
