@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rabbittask import App, TaskError
+from rabbittask import App, ConfigError, TaskError
 from tests import amqp
 from tests.apps.celery_app import make_app
 from tests.celery_side import CeleryWorker, celery_app, close
@@ -60,13 +60,14 @@ def test_an_accept_celery_task_sends_celery_messages_with_delay(
 
 def test_a_send_task_without_a_celery_result_backend_says_what_to_set(queue: str, broker_url: str) -> None:
     app = App("producer", broker_url=broker_url)
+    declaring = make_app(queue, broker_url)
     try:
-        amqp.delete(broker_url, [queue])
-        make_app(queue, broker_url).declare()  # the Celery queue, declared as Celery would
+        declaring.declare()  # the Celery queue, declared as Celery would
         handle = app.send_task("proj.tasks.add", args=[1, 1], queue=queue, celery=True)
-        with pytest.raises(Exception, match="celery_result_backend"):
+        with pytest.raises(ConfigError, match="has no celery_result_backend, so results of Celery messages"):
             handle.get(timeout=1)
     finally:
+        declaring.close()
         app.close()
 
 
