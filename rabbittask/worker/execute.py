@@ -14,7 +14,7 @@ from aiormq.abc import DeliveredMessage
 
 from rabbittask import tracing
 from rabbittask.celery.delivery import CeleryDelivery
-from rabbittask.celery.protocol import CeleryMessageError
+from rabbittask.celery.protocol import CeleryMessageError, is_celery
 from rabbittask.context import TaskContext, running
 from rabbittask.delays import delivered_queue
 from rabbittask.errors import (
@@ -100,12 +100,21 @@ def prepare(app: App, message: DeliveredMessage) -> tuple[Task[Any, Any], tuple[
         task = app.get_task(name)
         args, kwargs = task.validate(body.args, body.kwargs)
     except PayloadError as e:
+        if is_celery(props.headers):  # a Celery message where no task accepts them
+            return _failure(message, name, Reason.MALFORMED, _not_accepting(props.headers or {}), tb=False)
         return _failure(message, name, Reason.MALFORMED, e, tb=False)
     except TaskNotFound as e:
         return _failure(message, name, Reason.UNKNOWN, e, tb=False)
     except ArgumentsInvalid as e:
         return _failure(message, name, Reason.INVALID, e, tb=False)
     return task, args, kwargs
+
+
+def _not_accepting(headers: Mapping[str, Any]) -> PayloadError:
+    return PayloadError(
+        f"a Celery message (task {headers.get('task')!r}) on a queue whose tasks do not accept Celery messages: "
+        "declare them with accept_celery=True (or App(..., accept_celery=True))"
+    )
 
 
 def source_queue(app: App, message: DeliveredMessage) -> str:

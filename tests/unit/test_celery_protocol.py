@@ -122,3 +122,31 @@ def test_result_records_read_back_as_values_and_errors() -> None:
     assert info.value.type_name == "KeyError" and isinstance(info.value, KeyError)
     assert exception_meta("MyError", "x")["exc_module"] is None  # Celery builds a class of that name
     assert to_record(result_meta("i", "RETRY", None, now_s=0)) is None  # not final: no result yet
+
+
+def test_a_celery_message_on_a_queue_without_accept_celery_says_what_to_declare() -> None:
+    from aiormq.abc import DeliveredMessage
+    from pamqp.commands import Basic
+    from pamqp.header import ContentHeader
+
+    from rabbittask import App
+    from rabbittask.worker.execute import prepare
+    from rabbittask.worker.outcome import Outcome, Reason
+
+    app = App("plain")
+
+    @app.task(name="proj.tasks.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    headers, body = encode_request("proj.tasks.add", "id-1", [1, 2], {})
+    props = Basic.Properties(content_type="application/json", headers=headers, correlation_id="id-1")
+    message = DeliveredMessage(
+        Basic.Deliver("ct", 1, False, "", "default"), ContentHeader(0, len(body), props), body, None
+    )  # type: ignore[arg-type]
+    outcome = prepare(app, message)
+    assert isinstance(outcome, Outcome) and outcome.reason is Reason.MALFORMED
+    assert outcome.exc_message == (
+        "a Celery message (task 'proj.tasks.add') on a queue whose tasks do not accept Celery messages: declare them "
+        "with accept_celery=True (or App(..., accept_celery=True))"
+    )
