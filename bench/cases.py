@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import raw, rt
+from bench import celery_rows, raw, rt
 from bench.config import Counts
 from bench.row import Measurement, RowContext
 
@@ -103,5 +103,16 @@ CASES = [
         (("raw aio-pika", raw.call_echo),),
         1.1,
         higher_is_better=False,
+    ),
+    Case(
+        "D",
+        "drain pre-queued Celery protocol 2 messages, -c 1",
+        lambda c: c.batch,
+        celery_rows.rabbittask_on_celery,
+        (
+            (f"{RT} own format, events off", rt.drain_with(1, events=False)),
+            ("celery worker -P solo", celery_rows.celery_worker),
+        ),
+        0.9,
     ),
 ]

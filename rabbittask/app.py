@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar,
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rabbittask import tracing
+from rabbittask.celery.protocol import is_celery
+from rabbittask.celery.queues import check_same_kind, queue_spec
+from rabbittask.celery.send import celery_handle, close_celery_reader
 from rabbittask.clients import Clients
 from rabbittask.context import TaskContext
 from rabbittask.control.rates import RateText, parse_rate
@@ -70,6 +73,11 @@ class TaskOptions(BaseModel):
     overflow: Overflow | None = Field(None, description="What a full queue does with a new message.")
     single_active_consumer: bool = Field(False, description="One consumer at a time takes from the queue.")
     message_ttl_ms: int | None = Field(None, description="Messages older than this are dead-lettered unrun.")
+    accept_celery: bool | None = Field(
+        None,
+        description="The task's queue is a Celery queue: taken as Celery declared it, Celery messages run, sends "
+        f"are Celery messages; {_APP_SETTING}.",
+    )
     ignore_result: bool = Field(False, description="Do not store results of this task in the result backend.")
     dedupe_s: float | None = Field(
         None,
@@ -211,19 +219,11 @@ class App:
         if name in self.tasks:
             raise ConfigError(f"task name {name!r} is declared twice: give one of them name=...")
         o = options
-        spec = QueueSpec(
-            name=o.queue or self.settings.default_queue,
-            queue_type=o.queue_type or self.settings.queue_type,
-            delivery_limit=o.delivery_limit or self.settings.delivery_limit,
-            max_priority=o.max_priority,
-            max_length=o.max_length,
-            overflow=o.overflow,
-            single_active_consumer=o.single_active_consumer or o.partition_by is not None,
-            message_ttl_ms=o.message_ttl_ms,
-            partitions=o.partitions or 0,
-        )
+        celery = self.settings.accept_celery if o.accept_celery is None else o.accept_celery
+        spec = queue_spec(name, o, self.settings, celery=celery)
         queue_options = (o.queue_type, o.max_priority, o.delivery_limit, o.max_length, o.overflow, o.message_ttl_ms)
         known = self.queues.get(spec.name)
+        check_same_kind(name, known, spec)
         key = task_key_reader(fn, name, o.partition_by, o.fair_by, spec, known, o.single_active_consumer, o.bind)
         if (
             known is not None
@@ -243,6 +243,7 @@ class App:
         task.mask_args = frozenset(o.mask_args)
         task.unique_for, task.unique_key = o.unique_for, o.unique_key
         task.rate_limit = parse_rate(o.rate_limit, o.rate_limit_burst) if o.rate_limit is not None else None
+        task.celery = celery
         task.set_time_limits(o.time_limit, o.soft_time_limit)
         self.tasks[name] = task
         return task
@@ -360,7 +361,7 @@ class App:
                 self.clients.send(msg)
         else:
             self.clients.send(msg)
-        return TaskHandle(msg.message_id, msg.task_name, msg.routing_key, self)
+        return self._handle(msg)
 
     async def asend(self, msg: Outgoing) -> TaskHandle[Any]:
         """Async twin of `send`: inside `abatch()` the confirm is awaited at the end of the batch."""
@@ -369,6 +370,11 @@ class App:
                 await self.clients.asend(msg)
         else:
             await self.clients.asend(msg)
+        return self._handle(msg)
+
+    def _handle(self, msg: Outgoing) -> TaskHandle:
+        if is_celery(msg.headers):  # its result is Celery's record
+            return celery_handle(self, msg)
         return TaskHandle(msg.message_id, msg.task_name, msg.routing_key, self)
 
     def rpc_call(self, msg: Outgoing, timeout_s: float, on_progress: OnProgress | None = None) -> Any:
@@ -431,6 +437,7 @@ class App:
     def close(self) -> None:
         """Close this thread's publisher connection, the process's RPC connection and the backend's."""
         self.clients.close()
+        close_celery_reader(self)
 
     async def aclose(self) -> None:
         """Close this event loop's publisher, RPC and result-backend connections."""

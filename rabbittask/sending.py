@@ -18,6 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12
 
 from rabbittask import tracing
+from rabbittask.celery.send import celery_message
 from rabbittask.errors import ArgumentsInvalid, ConfigError, PayloadError
 from rabbittask.explain import describe, unknown_names
 from rabbittask.message import Outgoing, encode_body, new_id
@@ -46,6 +47,7 @@ class SendOptions(TypedDict, total=False):
     countdown: float | None
     eta: datetime | None
     expires: float | datetime | None
+    celery: bool | None  # a Celery protocol 2 message, for Celery workers (default: the task's accept_celery)
 
 
 SEND_OPTIONS = SendOptions.__optional_keys__
@@ -93,6 +95,8 @@ def message_by_name(
             "'shop.tasks.send_email' (letters, digits and _ . : -)"
         )
     args, kw = check_call(name, args, kwargs)
+    if options.get("celery"):
+        return celery_message(app, name, app.settings.default_queue, args, kw, checked(name, options))
     body = encode_call(app, name, args, kw)
     return build_message(app, name, app.settings.default_queue, body, options)
 
@@ -117,11 +121,16 @@ def build_message(app: App, task_name: str, queue: str, body: bytes, options: Se
     return msg
 
 
-def _with_options(app: App, task_name: str, queue: str, body: bytes, options: SendOptions) -> Outgoing:
+def checked(task_name: str, options: SendOptions) -> SendOptions:
+    """The send options, checked: `TypeError` for an unknown one, `ConfigError` for a bad value."""
     if not SEND_OPTIONS.issuperset(options):  # what Python says of an unexpected keyword, with the known ones
         unknown = unknown_names(options.keys() - SEND_OPTIONS, SEND_OPTIONS, "send option")
         raise TypeError(f"task {task_name!r} got {unknown}; the send options are {', '.join(sorted(SEND_OPTIONS))}")
-    options = _read_options(task_name, options)
+    return _read_options(task_name, options)
+
+
+def _with_options(app: App, task_name: str, queue: str, body: bytes, options: SendOptions) -> Outgoing:
+    options = checked(task_name, options)
     headers = options.get("headers")
     priority = options.get("priority")
     if priority is not None:

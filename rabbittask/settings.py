@@ -66,6 +66,16 @@ class Settings(BaseSettings):
         description="URL of the result backend that stores task results (e.g. redis://localhost:6379/0); "
         "its scheme picks the plugin. None: results only over direct reply-to (.call()).",
     )
+    accept_celery: bool = Field(
+        False,
+        description="Every queue of the app is a Celery queue: taken as Celery declared it, its workers run Celery "
+        "protocol 2 JSON messages, its tasks send Celery messages (per task: `@app.task(accept_celery=True)`).",
+    )
+    celery_result_backend: str | None = Field(
+        None,
+        description="Where Celery callers read results of Celery messages: `rpc://` (a reply to the message's "
+        "reply_to) or a `redis://` URL (Celery's key layout); None: no results, as Celery's default.",
+    )
     result_expires_s: float = Field(
         86400.0, gt=0, description="How long a stored result is kept before the backend expires it (default 1 day)."
     )
@@ -212,6 +222,16 @@ class Settings(BaseSettings):
     def _check_broker_urls(cls, value: str) -> str:
         for url in value.split(","):
             check_amqp_url(url.strip())
+        return value
+
+    @field_validator("celery_result_backend")
+    @classmethod
+    def _check_celery_results(cls, value: str | None) -> str | None:
+        if value is not None and value != "rpc://" and value.split("://")[0] not in ("redis", "rediss", "unix"):
+            raise ValueError(
+                f"celery_result_backend must be 'rpc://' or a redis:// URL, as the Celery callers' result_backend "
+                f"(got {mask_url(value)!r})"
+            )
         return value
 
     @model_validator(mode="after")

@@ -13,13 +13,14 @@ from pydantic import ValidationError
 from pydantic.experimental.arguments_schema import generate_arguments_schema
 from pydantic_core import ArgsKwargs, SchemaValidator
 
+from rabbittask.celery.send import celery_message
 from rabbittask.context import TaskContext
 from rabbittask.errors import ArgumentsInvalid, ConfigError
 from rabbittask.handle import TaskHandle, refuse_wait_in_task
 from rabbittask.history.argsrepr import H_ARGSREPR, args_repr
 from rabbittask.message import H_PARTITION_KEY, Outgoing, new_id
 from rabbittask.retry import RetryPolicy
-from rabbittask.sending import NO_OPTIONS, Args, SendOptions, build_message, check_call, encode_call
+from rabbittask.sending import NO_OPTIONS, Args, SendOptions, build_message, check_call, checked, encode_call
 from rabbittask.unique import UniqueKey, key_of
 from rabbittask.workflow.signature import Signature, StepOptions
 
@@ -124,6 +125,7 @@ class Task(Generic[P, R]):
         self.unique_key: UniqueKey | None = None
         self.mask_args: frozenset[str] = frozenset()  # set by @app.task(mask_args=...): hidden in the history
         self.rate_limit: Rate | None = None  # set by @app.task(rate_limit=...): see worker/rates.py
+        self.celery = False  # set by accept_celery: the queue is Celery's, sends are Celery messages
         self.bind = bind
         self._validator = _validator(fn, name, bind)
         self._params = list(inspect.signature(fn).parameters)[1 if bind else 0 :]
@@ -175,6 +177,9 @@ class Task(Generic[P, R]):
         if type(args) is not tuple or (kwargs is not None and type(kwargs) is not dict):  # .delay(): never
             args, kwargs = check_call(self.name, args, kwargs)
         args, kw = self.validate(args, kwargs or {})
+        celery = options.get("celery")
+        if self.celery if celery is None else celery:  # a Celery protocol 2 message (celery/send.py)
+            return celery_message(self.app, self.name, self.queue, args, kw, checked(self.name, options))
         if self.partition_key is not None:  # the consistent-hash exchange routes on this header
             headers = {**(options.get("headers") or {}), H_PARTITION_KEY: self.partition_key(args, kw)}
             options = {**options, "headers": headers}

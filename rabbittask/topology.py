@@ -81,6 +81,7 @@ class QueueSpec:
     single_active_consumer: bool = False
     message_ttl_ms: int | None = None
     partitions: int = 0  # > 0: that many partition queues behind a consistent-hash exchange (partitions.py)
+    celery: bool = False  # a Celery queue: taken as Celery declared it (see `QueueDecl.adopt`)
 
     def __post_init__(self) -> None:
         if not self.name or self.name.startswith("amq.") or len(self.name) > 200:
@@ -105,8 +106,13 @@ class ExchangeDecl:
 
 @dataclass(frozen=True, slots=True)
 class QueueDecl:
+    """A queue to declare. `adopt`: a queue another system owns (Celery's): used as it is when it exists,
+    never re-declared (its arguments may differ); declared the way Celery would (classic, durable, an
+    exchange of its name bound with its name) only when it is missing."""
+
     name: str
     arguments: Arguments = field(default_factory=dict)
+    adopt: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +225,11 @@ def declarations(exchange: str, queues: Iterable[QueueSpec]) -> list[Declaration
     decls: list[Declaration] = [ExchangeDecl(exchange), ExchangeDecl(dlx_name(exchange))]
     for spec in sorted((q for q in queues if not q.partitions), key=lambda q: q.name):
         decls += [
-            QueueDecl(spec.name, queue_arguments(spec, exchange)),
+            # A Celery queue keeps Celery's declaration (classic, no dead-letter arguments): its failures
+            # are dead-lettered by the worker, which publishes them to the DLX itself (confirmed, then ack).
+            QueueDecl(spec.name, {}, adopt=True)
+            if spec.celery
+            else QueueDecl(spec.name, queue_arguments(spec, exchange)),
             BindingDecl(spec.name, exchange, spec.name),
             QueueDecl(dlq_name(spec.name), dlq_arguments(spec)),
             BindingDecl(dlq_name(spec.name), dlx_name(exchange), spec.name),

@@ -21,6 +21,7 @@ from rabbittask.topology import (
 )
 
 PRECONDITION_FAILED = 406
+NOT_FOUND = 404
 
 
 def _wanted(decl: Declaration) -> dict[str, Any]:
@@ -33,6 +34,8 @@ def declare_sync(channel: BlockingChannel, decls: Sequence[Declaration]) -> None
         try:
             if isinstance(d, ExchangeDecl):
                 channel.exchange_declare(d.name, d.type, durable=True, arguments=d.arguments or None)
+            elif isinstance(d, QueueDecl) and d.adopt:
+                adopt_sync(channel, d.name)
             elif isinstance(d, QueueDecl):
                 channel.queue_declare(d.name, durable=True, arguments=d.arguments)
             elif isinstance(d, ExchangeBindingDecl):
@@ -53,6 +56,8 @@ async def declare_async(channel: aiormq.abc.AbstractChannel, decls: Sequence[Dec
         try:
             if isinstance(d, ExchangeDecl):
                 await channel.exchange_declare(d.name, exchange_type=d.type, durable=True, arguments=d.arguments)
+            elif isinstance(d, QueueDecl) and d.adopt:
+                await adopt_async(channel, d.name)
             elif isinstance(d, QueueDecl):
                 await channel.queue_declare(d.name, durable=True, arguments=d.arguments)
             elif isinstance(d, BindingDecl):
@@ -63,3 +68,35 @@ async def declare_async(channel: aiormq.abc.AbstractChannel, decls: Sequence[Dec
             raise TopologyMismatch(explain_precondition(str(e.args[0] if e.args else e), _wanted(d))) from None
         except aiormq.exceptions.ConnectionCommandInvalid as e:  # an unknown exchange type closes the connection
             raise plugin_missing(str(e.args[0] if e.args else e)) or e from None
+
+
+def adopt_sync(channel: BlockingChannel, queue: str) -> None:
+    """Use `queue` as it is if it exists; else declare it as Celery does (classic, durable, its own exchange).
+
+    The check is a passive declare on a channel of its own: a missing queue closes that channel (404).
+    """
+    probe = channel.connection.channel()
+    try:
+        probe.queue_declare(queue, passive=True)
+        probe.close()
+        return
+    except pika.exceptions.ChannelClosedByBroker as e:
+        if e.reply_code != NOT_FOUND:
+            raise
+    channel.queue_declare(queue, durable=True)
+    channel.exchange_declare(queue, "direct", durable=True)
+    channel.queue_bind(queue, queue, routing_key=queue)
+
+
+async def adopt_async(channel: aiormq.abc.AbstractChannel, queue: str) -> None:
+    """`adopt_sync` on an aiormq channel."""
+    probe = await channel.connection.channel(publisher_confirms=False)
+    try:
+        await probe.queue_declare(queue, passive=True)
+        await probe.close()
+        return
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        pass
+    await channel.queue_declare(queue, durable=True)
+    await channel.exchange_declare(queue, exchange_type="direct", durable=True)
+    await channel.queue_bind(queue, queue, routing_key=queue)

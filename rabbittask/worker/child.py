@@ -3,6 +3,7 @@
 A message walks through them in order (`_on_message`):
 
     session (session.py)        delivered on the current channel; counted in flight
+    celery (celery/delivery.py) on a Celery queue, a Celery message's headers read into the properties below
     redelivery (redelivery.py)  expired, not due, delivered too often, or a run this child already has?
     revoke (revoke.py)          revoked (the `<exchange>.revoked` stream, control.py)? dead-lettered unrun
     rate (rates.py)             a rate-limited task waits for a token (unacked, in its own asyncio task)
@@ -31,6 +32,8 @@ from aiormq.abc import DeliveredMessage
 
 from rabbittask import progress
 from rabbittask.control.local import Run
+from rabbittask.celery.delivery import translate
+from rabbittask.celery.protocol import is_celery
 from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.worker.acks import delivery_tag
 from rabbittask.worker.control import ControlPlane
@@ -92,6 +95,8 @@ class Child:
         self.max_tasks = max_tasks
         self.shutdown_timeout_s = shutdown_timeout_s
         self.on_retire = on_retire
+        # Queues whose Celery protocol 2 messages are translated on delivery (celery/delivery.py).
+        self.celery_queues = frozenset(q for q in self.queues if q in app.queues and app.queues[q].celery)
         self.stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
         self.lifecycle = Lifecycle()
         self.retirement = Retirement(max_tasks, max_memory_bytes)
@@ -211,6 +216,8 @@ class Child:
             await self.publisher.close()
             if self.settler.backend is not None:
                 await self.settler.backend.aclose()
+            if self.settler.celery is not None and self.settler.celery.results is not None:
+                await self.settler.celery.results.aclose()
         if code == EXIT_OK:
             log.info("worker stopped after %d task(s)", self.tasks_done)
         return code
@@ -230,6 +237,8 @@ class Child:
         if self.lifecycle.handing_back.is_set():  # came before the cancel-ok: hand it back at once
             self.settler.hand_back(message)
             return
+        if self.celery_queues and is_celery(message.header.properties.headers):
+            message = translate(message, self.celery_queues)  # Celery's headers read once, for every stage
         if self._received_log is not None:
             self._received_log.append((message, time.time()))
         if self.retirement.delivered():

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from aiormq.abc import DeliveredMessage
 
 from rabbittask import tracing
+from rabbittask.celery.delivery import CeleryDelivery
+from rabbittask.celery.protocol import CeleryMessageError, is_celery
 from rabbittask.context import TaskContext, running
 from rabbittask.control.local import REVOKED, RUNS
 from rabbittask.delays import delivered_queue
@@ -27,7 +29,15 @@ from rabbittask.errors import (
     TaskRevoked,
     TimeLimitExceeded,
 )
-from rabbittask.message import H_ATTEMPT, H_DELIVERY_COUNT, H_RESENT, X_DELIVERY_COUNT, attempt_of, decode_body
+from rabbittask.message import (
+    H_ATTEMPT,
+    H_DELIVERY_COUNT,
+    H_RESENT,
+    X_DELIVERY_COUNT,
+    Body,
+    attempt_of,
+    decode_body,
+)
 from rabbittask.progress import H_PROGRESS_REPLY
 from rabbittask.retry import due_in_ms
 from rabbittask.signing import verify
@@ -86,10 +96,17 @@ def prepare(app: App, message: DeliveredMessage) -> tuple[Task[Any, Any], tuple[
     except SignatureInvalid as e:
         return _failure(message, name, Reason.SIGNATURE, e, tb=False)
     try:
-        body = decode_body(message.body, props.content_type)
+        if type(message) is CeleryDelivery:  # a Celery message, decoded when it was delivered
+            if message.request is None:
+                return _failure(message, name, Reason.NOT_ACCEPTED, CeleryMessageError(message.error), tb=False)
+            body = Body(message.request.args, message.request.kwargs)
+        else:
+            body = decode_body(message.body, props.content_type)
         task = app.get_task(name)
         args, kwargs = task.validate(body.args, body.kwargs)
     except PayloadError as e:
+        if is_celery(props.headers):  # a Celery message where no task accepts them
+            return _failure(message, name, Reason.MALFORMED, _not_accepting(props.headers or {}), tb=False)
         return _failure(message, name, Reason.MALFORMED, e, tb=False)
     except TaskNotFound as e:
         return _failure(message, name, Reason.UNKNOWN, e, tb=False)
@@ -103,6 +120,13 @@ def revoked_outcome(message: DeliveredMessage) -> Outcome:
     props = message.header.properties
     exc = TaskRevoked(f"task {props.message_type!r} (id {props.message_id}) was revoked before it started")
     return _failure(message, props.message_type or "", Reason.REVOKED, exc, tb=False)
+
+
+def _not_accepting(headers: Mapping[str, Any]) -> PayloadError:
+    return PayloadError(
+        f"a Celery message (task {headers.get('task')!r}) on a queue whose tasks do not accept Celery messages: "
+        "declare them with accept_celery=True (or App(..., accept_celery=True))"
+    )
 
 
 def source_queue(app: App, message: DeliveredMessage) -> str:

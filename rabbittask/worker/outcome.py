@@ -84,6 +84,8 @@ class Reason(enum.StrEnum):
     UNKNOWN = "unknown task", False, Settlement.DEAD_LETTER, "dead-lettered"
     INVALID = "invalid arguments", False, Settlement.DEAD_LETTER, "dead-lettered"
     SIGNATURE = "signature invalid", False, Settlement.DEAD_LETTER, "dead-lettered"
+    # A Celery message this worker does not run (pickle or another format than JSON, a chord): see celery/.
+    NOT_ACCEPTED = "celery message not accepted", False, Settlement.DEAD_LETTER, "dead-lettered"
     EXPIRED = "expired", False, Settlement.DEAD_LETTER, "dead-lettered"
     DELIVERY_LIMIT = "delivery limit", False, Settlement.DEAD_LETTER, "dead-lettered"
     REVOKED = "revoked", False, Settlement.DEAD_LETTER, "dead-lettered"  # revoked before it started (revoke.py)

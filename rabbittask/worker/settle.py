@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 from aiormq.abc import DeliveredMessage
 
 from rabbittask.amqp.connect import CONNECTION_ERRORS
+from rabbittask.celery.delivery import CeleryDelivery
+from rabbittask.celery.finish import CeleryFinish
 from rabbittask.errors import PublishError, PublishNotConfirmed, ResultNotSerialisable
 from rabbittask.message import H_ATTEMPT, Outgoing, resent
 from rabbittask.publish.aio import AsyncPublisher
@@ -113,6 +115,8 @@ class Settler:
         self.log_successes = tasklog.enabled()  # asked once: a quiet drain pays no call per success
         self.successes = tasklog.Successes()  # with INFO on: one log record per loop turn
         self._background: set[asyncio.Task[None]] = set()
+        # Results and next steps of Celery messages (celery/finish.py); None: the app has no Celery queue.
+        self.celery = CeleryFinish(app, publisher) if any(q.celery for q in app.queues.values()) else None
 
     def settle(self, outcome: Outcome) -> None:
         """Settle the message of `outcome` as its reason says (the hot path: a success acked in a batch)."""
@@ -145,6 +149,7 @@ class Settler:
             and not message.header.properties.reply_to
             and (self.backend is None or not self._stores(outcome))
             and not is_workflow(message)
+            and (self.celery is None or not self.celery.has_work(outcome))
         ):
             acker.ack(delivery_tag(message))
         elif reason is not None and reason.settlement is Settlement.ACK:
@@ -192,6 +197,10 @@ class Settler:
         try:
             if republish:  # a retry (or a re-park): the copy is confirmed before the ack
                 sent = await self._confirmed(outcome, self._copy(outcome), "copy")  # no reply, no stored result
+            elif self.celery is not None and type(outcome.message) is CeleryDelivery:  # Celery's result, next steps
+                outcome, sent = await self.celery.finish(outcome, self._confirmed)
+                if sent and not outcome.ok:
+                    sent = await self._confirmed(outcome, self._dead_letter(outcome), "dead letter")
             else:
                 sent = True
                 record = b""
@@ -266,6 +275,8 @@ class Settler:
             log.info("task %s [%s] re-published (%s)", outcome.task_name, outcome.message_id, outcome.reason)
         delay_ms = math.ceil(republish.delay_s * 1000)
         extra = schedule_headers(delay_ms, None, time.time())  # rt-eta again if beyond one ladder pass
+        if type(outcome.message) is CeleryDelivery and H_ATTEMPT in republish.headers:
+            extra["retries"] = republish.headers[H_ATTEMPT] - 1  # what a Celery worker taking the copy reads
         return Outgoing(
             routing_key=source_queue(self.app, outcome.message),
             body=outcome.message.body,

@@ -25,7 +25,7 @@ from tests.workers import ROOT, WorkerProcess
 SAMPLES = ROOT / "docs" / "samples"
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 # Sample queues, deleted after the module when the samples could not have a virtual host of their own.
-QUEUES = ["mail", "images", "payments", "billing", "orders", "default", "pages", "accounts", "albums"]
+QUEUES = ["mail", "images", "payments", "billing", "orders", "default", "pages", "celery", "accounts", "albums"]
 QUEUES += [f"ledger.p{i}" for i in range(8)] + [f"statements.p{i}" for i in range(16)]
 QUEUES += [f"profiles.p{i}" for i in range(4)] + ["ledger", "statements", "profiles"]
 
@@ -181,6 +181,11 @@ def test_samples_that_need_no_worker(samples_env: dict[str, str]) -> None:
     page = (ROOT / "docs" / "settings.md").read_text()
     assert all(line in page for line in settings[1:]), "settings.md shows other errors than the sample prints"
     assert run_sample(samples_env, "tracing_setup.py").strip() == "TracerProvider"
+
+
+def test_the_celery_migration_sample_sends_celery_messages(samples_env: dict[str, str]) -> None:
+    # No worker: the two Celery messages wait on the queue "celery" (deleted with the samples' queues).
+    assert run_sample(samples_env, "celery_migration.py").strip() == "proj.tasks.add proj.tasks.mul"
 
 
 def test_the_beat_listing_on_the_scheduling_page_is_what_beat_prints(samples_env: dict[str, str]) -> None:

@@ -144,7 +144,7 @@ def test_every_way_of_sending_takes_the_send_options_of_one_definition() -> None
     assert (msg.routing_key, msg.priority, msg.message_id, msg.headers["h"]) == ("emails", 3, "m-1", 1)
     assert "rt-expires" in msg.headers
     assert set(SendOptions.__optional_keys__) == {
-        "queue", "priority", "headers", "message_id", "countdown", "eta", "expires"
+        "queue", "priority", "headers", "message_id", "countdown", "eta", "expires", "celery"
     }  # fmt: skip
 
 
@@ -155,7 +155,7 @@ def test_an_unknown_send_option_is_refused_naming_it_and_the_known_ones() -> Non
         send.apply_async((), countdwn=5)  # type: ignore[call-arg]
     assert str(info.value) == (
         "task 'send' got unknown send option 'countdwn' (did you mean countdown?); "
-        "the send options are countdown, eta, expires, headers, message_id, priority, queue"
+        "the send options are celery, countdown, eta, expires, headers, message_id, priority, queue"
     )
 
 
