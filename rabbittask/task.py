@@ -26,9 +26,9 @@ from rabbittask.workflow.signature import Signature, StepOptions
 
 if TYPE_CHECKING:
     from rabbittask.app import App
+    from rabbittask.control.rates import Rate
     from rabbittask.partitions import KeyReader
     from rabbittask.results.rpc import OnProgress
-    from rabbittask.control.rates import Rate
 
 P = ParamSpec("P")
 R = TypeVar("R", covariant=True)  # what the function returns: for an `async def` task, a coroutine
@@ -241,9 +241,13 @@ class Task(Generic[P, R]):
     @overload
     def call(self: Task[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
     @overload
-    def call(self: Task[..., Co[T]], *args: Any, timeout: float, on_progress: OnProgress | None = None, **kwargs: Any) -> T: ...
+    def call(
+        self: Task[..., Co[T]], *args: Any, timeout: float, on_progress: OnProgress | None = None, **kwargs: Any
+    ) -> T: ...
     @overload
-    def call(self: Task[..., T], *args: Any, timeout: float, on_progress: OnProgress | None = None, **kwargs: Any) -> T: ...
+    def call(
+        self: Task[..., T], *args: Any, timeout: float, on_progress: OnProgress | None = None, **kwargs: Any
+    ) -> T: ...
     @overload
     def call(self: Task[..., Co[T]], *args: Any, on_progress: OnProgress, **kwargs: Any) -> T: ...
     @overload
@@ -268,9 +272,13 @@ class Task(Generic[P, R]):
     @overload
     async def acall(self: Task[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
     @overload
-    async def acall(self: Task[..., Co[T]], *args: Any, timeout: float, on_progress: OnProgress | None = None, **kwargs: Any) -> T: ...
+    async def acall(
+        self: Task[..., Co[T]], *args: Any, timeout: float, on_progress: OnProgress | None = None, **kwargs: Any
+    ) -> T: ...
     @overload
-    async def acall(self: Task[..., T], *args: Any, timeout: float, on_progress: OnProgress | None = None, **kwargs: Any) -> T: ...
+    async def acall(
+        self: Task[..., T], *args: Any, timeout: float, on_progress: OnProgress | None = None, **kwargs: Any
+    ) -> T: ...
     @overload
     async def acall(self: Task[..., Co[T]], *args: Any, on_progress: OnProgress, **kwargs: Any) -> T: ...
     @overload

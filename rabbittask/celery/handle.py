@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rabbittask.errors import ConfigError
 from rabbittask.handle import TaskHandle
@@ -46,7 +46,7 @@ def celery_reader(app: App) -> ResultBackend:
 
 
 @dataclass(frozen=True, slots=True)
-class CeleryHandle(TaskHandle):
+class CeleryHandle(TaskHandle[Any]):
     """A `TaskHandle` of a Celery message: `get()` reads Celery's result (`celery_result_backend`)."""
 
     def _backend(self) -> ResultBackend:

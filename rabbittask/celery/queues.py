@@ -9,8 +9,8 @@ from rabbittask.errors import ConfigError
 from rabbittask.topology import QueueSpec
 
 if TYPE_CHECKING:
-    from rabbittask.app import TaskOptions
     from rabbittask.settings import Settings
+    from rabbittask.task_options import TaskOptions
 
 
 def queue_spec(task_name: str, o: TaskOptions, settings: Settings, *, celery: bool) -> QueueSpec:

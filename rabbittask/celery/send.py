@@ -71,7 +71,7 @@ def _expires(value: float | datetime | None, now: float) -> float | None:
     return now + float(value)
 
 
-def celery_handle(app: App, msg: Outgoing) -> TaskHandle:
+def celery_handle(app: App, msg: Outgoing) -> TaskHandle[Any]:
     """The handle of a sent Celery message: it reads Celery's result (celery/handle.py needs the redis extra)."""
     from rabbittask.celery.handle import CeleryHandle
 

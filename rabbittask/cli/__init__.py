@@ -1,4 +1,5 @@
-"""The `rabbittask` command line: `worker`, `topology`, `dlq`, `beat`, `status`, `events`, `inspect`, `revoke`, `dashboard`.
+"""The `rabbittask` command line: `worker`, `topology`, `dlq`, `beat`, `status`, `events`, `inspect`, `revoke`,
+`dashboard`.
 
 Commands are imported when they run: a worker's supervisor (and so every forked child) never
 loads what only `topology` (yaml), `dlq` (rich), `beat` (croniter) or `dashboard` (Starlette) need.

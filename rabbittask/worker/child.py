@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 from aiormq.abc import DeliveredMessage
 
 from rabbittask import progress
-from rabbittask.control.local import Run
 from rabbittask.celery.delivery import translate
 from rabbittask.celery.protocol import is_celery
+from rabbittask.control.local import Run
 from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.worker.acks import delivery_tag
 from rabbittask.worker.control import ControlPlane
@@ -42,8 +42,8 @@ from rabbittask.worker.dispatch import Dispatcher
 from rabbittask.worker.events import Events
 from rabbittask.worker.exits import EXIT_OK
 from rabbittask.worker.inline import InlinePolicy, InlineRunner
-from rabbittask.worker.joiner import Joiner
 from rabbittask.worker.inplace import InPlaceRetries
+from rabbittask.worker.joiner import Joiner
 from rabbittask.worker.metrics import TaskMetrics
 from rabbittask.worker.outcome import Outcome, Reason
 from rabbittask.worker.pool import BUSY, IDLE, WORKING
@@ -199,28 +199,32 @@ class Child:
                 self.rates.start()
             code = await self.session.run()
         finally:
-            if self.control is not None:
-                await self.control.close()
-            if self.rates is not None:
-                await self.rates.close()
-            self.lifecycle.stopped()
-            if joining is not None:
-                joining.cancel()  # what it holds goes back to the join queue for the next joiner
-                await asyncio.gather(joining, return_exceptions=True)
-            self.settler.successes.flush()  # the last turn's success lines, before the child exits
-            if self._budget_watch is not None:
-                self._budget_watch.cancel()
-            self.threads.close()
-            if self.events is not None:
-                await self.events.close()
-            await self.publisher.close()
-            if self.settler.backend is not None:
-                await self.settler.backend.aclose()
-            if self.settler.celery is not None and self.settler.celery.results is not None:
-                await self.settler.celery.results.aclose()
+            await self._close(joining)
         if code == EXIT_OK:
             log.info("worker stopped after %d task(s)", self.tasks_done)
         return code
+
+    async def _close(self, joining: asyncio.Future[None] | None) -> None:
+        """After the session: stop the control plane, the joiner, threads and events; close every client."""
+        if self.control is not None:
+            await self.control.close()
+        if self.rates is not None:
+            await self.rates.close()
+        self.lifecycle.stopped()
+        if joining is not None:
+            joining.cancel()  # what it holds goes back to the join queue for the next joiner
+            await asyncio.gather(joining, return_exceptions=True)
+        self.settler.successes.flush()  # the last turn's success lines, before the child exits
+        if self._budget_watch is not None:
+            self._budget_watch.cancel()
+        self.threads.close()
+        if self.events is not None:
+            await self.events.close()
+        await self.publisher.close()
+        if self.settler.backend is not None:
+            await self.settler.backend.aclose()
+        if self.settler.celery is not None and self.settler.celery.results is not None:
+            await self.settler.celery.results.aclose()
 
     async def _on_message(self, message: DeliveredMessage) -> None:
         """One delivery's walk: session -> redelivery -> dedupe -> dispatch -> (run) -> settle."""
@@ -243,20 +247,26 @@ class Child:
             self._received_log.append((message, time.time()))
         if self.retirement.delivered():
             self.retire(f"--max-tasks-per-child {self.max_tasks} reached")
+        if not await self._admit(message):
+            return
+        running = self.dispatcher.route(message)  # a sync task is queued for a thread, or run and settled inline
+        if running is not None:  # an async task, or an inline one waiting for its turn
+            await running
+
+    async def _admit(self, message: DeliveredMessage) -> bool:
+        """The stages before a run: redelivery, revoke, dedupe, rate; False when one settled or kept it."""
         if not self.redeliveries.admit(message):
-            return  # settled unrun, or waits for a run of it here
+            return False  # settled unrun, or waits for a run of it here
         if not self.revoke.admit(message):
-            return  # revoked: dead-lettered unrun
+            return False  # revoked: dead-lettered unrun
         if self.dedupe.window(message) is not None and not await self.dedupe.admit(message):
-            return  # a copy of it ran: acked unrun
+            return False  # a copy of it ran: acked unrun
         rates = self.rates
         if rates is not None and rates.limit_of(message) is not None:  # waits here, in this message's own task
             if not await rates.acquire(message.header.properties.message_type or ""):
                 self.settler.hand_back(message)  # a warm shutdown came while it waited for a token
-                return
-        running = self.dispatcher.route(message)  # a sync task is queued for a thread, or run and settled inline
-        if running is not None:  # an async task, or an inline one waiting for its turn
-            await running
+                return False
+        return True
 
     # -- lifecycle -----------------------------------------------------------------------------------
 

@@ -156,17 +156,7 @@ class Session:
                     if not self._lifecycle.running:
                         return  # stopped before it took a message
                 acker = self._settler.acker = Acker(channel, prefetch)
-                tags: list[str] = []
-                if plain:
-                    await channel.basic_qos(prefetch_count=prefetch)  # per consumer, never global
-                    tags += [await self._subscribe(channel, q) for q in plain]
-                home, standby = home_partitions(partitioned, self.partition_slot)
-                if partitioned:
-                    # basic.qos without global sets the prefetch of the consumers started after it on the channel.
-                    await channel.basic_qos(prefetch_count=PARTITION_PREFETCH)
-                    for q in home:
-                        acker.urgent_consumers[await self._subscribe(channel, q)] = q
-                    tags += acker.urgent_consumers
+                tags, standby = await self._subscribe_all(channel, acker, plain, partitioned, prefetch)
             except aiormq.exceptions.ChannelAccessRefused as e:
                 raise access_refused(self.app.settings, e, f"declare or consume {', '.join(self.queues)}") from None
             shown = plain + [
@@ -194,6 +184,23 @@ class Session:
                 self._on_consuming(False)
             if not connection.is_closed:
                 await connection.close()
+
+    async def _subscribe_all(
+        self, channel: aiormq.abc.AbstractChannel, acker: Acker, plain: list[str], partitioned: list[str], prefetch: int
+    ) -> tuple[list[str], list[str]]:
+        """Consume the plain queues at `prefetch` and this child's home partitions at 1; (tags, standby)."""
+        tags: list[str] = []
+        if plain:
+            await channel.basic_qos(prefetch_count=prefetch)  # per consumer, never global
+            tags += [await self._subscribe(channel, q) for q in plain]
+        home, standby = home_partitions(partitioned, self.partition_slot)
+        if partitioned:
+            # basic.qos without global sets the prefetch of the consumers started after it on the channel.
+            await channel.basic_qos(prefetch_count=PARTITION_PREFETCH)
+            for q in home:
+                acker.urgent_consumers[await self._subscribe(channel, q)] = q
+            tags += acker.urgent_consumers
+        return tags, standby
 
     async def _subscribe(self, channel: aiormq.abc.AbstractChannel, queue: str) -> str:
         """Consume `queue` with the prefetch set last on `channel`; the consumer tag."""

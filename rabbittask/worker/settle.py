@@ -202,24 +202,7 @@ class Settler:
                 if sent and not outcome.ok:
                     sent = await self._confirmed(outcome, self._dead_letter(outcome), "dead letter")
             else:
-                sent = True
-                record = b""
-                plan = None
-                if is_workflow(outcome.message):  # the next step or the chord record (followup.py)
-                    outcome, plan = self.followup.plan(outcome)
-                if reply_to or stores:
-                    outcome, record = self._record(outcome)
-                if reply_to and (plan is None or not plan.continues):  # a next step answers instead
-                    await self._reply(outcome, record)
-                if stores and not await self._store(outcome, record):
-                    sent = False
-                elif not outcome.ok:
-                    sent = await self._confirmed(outcome, self._dead_letter(outcome), "dead letter")
-                if plan is not None and sent:
-                    for msg in plan.messages:
-                        sent = sent and await self._confirmed(outcome, msg, plan.what)
-                    if plan.report is not None and sent:
-                        sent = await self.reports.report(*plan.report)
+                sent = await self._finish(outcome, reply_to, stores)
             if acker.alive:
                 if sent:
                     acker.ack(tag)
@@ -227,6 +210,28 @@ class Settler:
                     acker.reject(tag, requeue=True)
         finally:
             self.flight.done()
+
+    async def _finish(self, outcome: Outcome, reply_to: str | None, stores: bool) -> bool:
+        """Before the ack of a run: its reply, stored result or dead letter, and a workflow's next messages."""
+        sent = True
+        record = b""
+        plan = None
+        if is_workflow(outcome.message):  # the next step or the chord record (followup.py)
+            outcome, plan = self.followup.plan(outcome)
+        if reply_to or stores:
+            outcome, record = self._record(outcome)
+        if reply_to and (plan is None or not plan.continues):  # a next step answers instead
+            await self._reply(outcome, record)
+        if stores and not await self._store(outcome, record):
+            sent = False
+        elif not outcome.ok:
+            sent = await self._confirmed(outcome, self._dead_letter(outcome), "dead letter")
+        if plan is not None and sent:
+            for msg in plan.messages:
+                sent = sent and await self._confirmed(outcome, msg, plan.what)
+            if plan.report is not None and sent:
+                sent = await self.reports.report(*plan.report)
+        return sent
 
     async def _confirmed(self, outcome: Outcome, msg: Outgoing, what: str) -> bool:
         """Publish `msg` (a retry's copy or a dead letter) until confirmed; False if it could not be.

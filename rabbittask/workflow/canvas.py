@@ -101,10 +101,10 @@ class group:  # noqa: N801 - named like Celery's, a user writes group(...)
                 )
             yield member
 
-    def _send_members(self, chord: str | None) -> tuple[App | None, list[TaskHandle]]:
+    def _send_members(self, chord: str | None) -> tuple[App | None, list[TaskHandle[Any]]]:
         """Send every member in one batch (opened with the first member's app); return the app and their handles."""
         app: App | None = None
-        lasts: list[TaskHandle] = []
+        lasts: list[TaskHandle[Any]] = []
         with ExitStack() as batch:
             for i, member in enumerate(self._iterate()):
                 flow = member if isinstance(member, Chain) else Chain([member], workflow_id=self.id)
@@ -121,10 +121,10 @@ class group:  # noqa: N801 - named like Celery's, a user writes group(...)
                 lasts.append(flow.handles(ids)[-1])
         return app, lasts
 
-    async def _asend_members(self, chord: str | None) -> tuple[App | None, list[TaskHandle]]:
+    async def _asend_members(self, chord: str | None) -> tuple[App | None, list[TaskHandle[Any]]]:
         """Async twin of `_send_members`."""
         app: App | None = None
-        lasts: list[TaskHandle] = []
+        lasts: list[TaskHandle[Any]] = []
         async with AsyncExitStack() as batch:
             for i, member in enumerate(self._iterate()):
                 flow = member if isinstance(member, Chain) else Chain([member], workflow_id=self.id)
@@ -201,7 +201,7 @@ class _Chord:
         queue = wire.join_queue_name(app.settings.exchange, app.settings.join_queue)
         return wire.record_message(queue, record, self.id, app.settings.max_payload_bytes)
 
-    def _callback_handle(self, flow: Chain[Any] | None, name: str) -> TaskHandle | None:
+    def _callback_handle(self, flow: Chain[Any] | None, name: str) -> TaskHandle[Any] | None:
         if flow is None:
             return None
         last = flow.steps[-1]

@@ -19,10 +19,10 @@ class WorkflowHandle:
     """
 
     id: str
-    steps: list[TaskHandle]
-    final: TaskHandle | None
-    members: list[TaskHandle] = field(default_factory=list)
-    on_error: TaskHandle | None = None
+    steps: list[TaskHandle[Any]]
+    final: TaskHandle[Any] | None
+    members: list[TaskHandle[Any]] = field(default_factory=list)
+    on_error: TaskHandle[Any] | None = None
 
     def get(self, timeout: float | None = None, *, propagate: bool = True) -> Any:
         """Wait for the workflow's result (needs a result backend): the final step's, or a group's list."""

@@ -140,7 +140,7 @@ class Chain(Generic[R]):
         spec = wire.step(first, ids[0])
         return wire.step_message(self.app, spec, [], wire.Flow(rest, chord), workflow_id or self.id)
 
-    def handles(self, ids: list[str]) -> list[TaskHandle]:
+    def handles(self, ids: list[str]) -> list[TaskHandle[Any]]:
         return [
             TaskHandle(i, s.task.name, s.options.get("queue") or s.task.queue, s.task.app)
             for s, i in zip(self.steps, ids, strict=True)

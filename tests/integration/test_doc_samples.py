@@ -68,7 +68,15 @@ def workers(
     """One worker per sample app, as the samples' comments say to start them."""
     started: dict[str, WorkerProcess] = {}
     try:
-        for spec in ("shop.tasks:app", "retries:app", "task_logging:app", "waiting:app", "workflows:app", "partitions:app", "progress_history:app"):
+        for spec in (
+            "shop.tasks:app",
+            "retries:app",
+            "task_logging:app",
+            "waiting:app",
+            "workflows:app",
+            "partitions:app",
+            "progress_history:app",
+        ):
             log = tmp_path_factory.mktemp("samples") / f"{spec.split(':')[0]}.log"
             started[spec] = WorkerProcess(["-A", spec], samples_env, log)
         for w in started.values():
