@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from rabbittask import App, ConfigError
-from rabbittask.message import H_PARTITION_KEY
+from rabbittask.history.argsrepr import H_ARGSREPR
+from rabbittask.message import H_PARTITION_KEY, Outgoing
 from rabbittask.partitions import home_partitions, partition_key_text
 from rabbittask.topology import definitions
 
@@ -24,10 +25,13 @@ def orders_app(**options: Any) -> App:
 def test_a_call_carries_its_key_argument_in_the_partition_header() -> None:
     app = orders_app(partition_by="customer_id", partitions=8)
     task = app.tasks["apply"]
-    assert task.message((42, {})).headers == {H_PARTITION_KEY: "42"}
-    assert task.message(kwargs={"customer_id": 42, "event": {}}).headers == {H_PARTITION_KEY: "42"}
+    def headers(msg: Outgoing) -> dict[str, object]:
+        return {k: v for k, v in (msg.headers or {}).items() if k != H_ARGSREPR}  # the history's copy aside
+
+    assert headers(task.message((42, {}))) == {H_PARTITION_KEY: "42"}
+    assert headers(task.message(kwargs={"customer_id": 42, "event": {}})) == {H_PARTITION_KEY: "42"}
     # Given headers are kept beside it
-    assert task.message((7, {}), headers={"x": 1}).headers == {"x": 1, H_PARTITION_KEY: "7"}
+    assert headers(task.message((7, {}), headers={"x": 1})) == {"x": 1, H_PARTITION_KEY: "7"}
 
 
 def test_key_text_is_the_string_itself_or_json() -> None:
@@ -39,8 +43,8 @@ def test_key_text_is_the_string_itself_or_json() -> None:
 
 def test_a_keyword_only_key_with_a_default_is_read() -> None:
     app = orders_app(partition_by="note", partitions=2)
-    assert app.tasks["apply"].message((1, {})).headers == {H_PARTITION_KEY: ""}
-    assert app.tasks["apply"].message((1, {}), {"note": "n"}).headers == {H_PARTITION_KEY: "n"}
+    assert (app.tasks["apply"].message((1, {})).headers or {})[H_PARTITION_KEY] == ""
+    assert (app.tasks["apply"].message((1, {}), {"note": "n"}).headers or {})[H_PARTITION_KEY] == "n"
 
 
 def test_the_topology_is_a_hash_exchange_over_single_active_consumer_quorum_partitions() -> None:
