@@ -72,6 +72,9 @@ class ExchangeDecl:
 class QueueDecl:
     name: str
     arguments: Arguments = field(default_factory=dict)
+    # A queue whose messages must never be dropped for being delivered too often (a DLQ): on brokers
+    # with a default delivery limit (4.0+) it is declared unlimited (amqp/server.py `for_server`).
+    unlimited: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,9 +187,10 @@ def declarations(exchange: str, queues: Iterable[QueueSpec]) -> list[Declaration
     decls: list[Declaration] = [ExchangeDecl(exchange), ExchangeDecl(dlx_name(exchange))]
     for spec in sorted(queues, key=lambda q: q.name):
         decls += [
-            QueueDecl(spec.name, queue_arguments(spec, exchange)),
+            # delivery_limit=None means none, also where the broker would default one (4.0+: 20).
+            QueueDecl(spec.name, queue_arguments(spec, exchange), unlimited=spec.delivery_limit is None),
             BindingDecl(spec.name, exchange, spec.name),
-            QueueDecl(dlq_name(spec.name), dlq_arguments(spec)),
+            QueueDecl(dlq_name(spec.name), dlq_arguments(spec), unlimited=True),
             BindingDecl(dlq_name(spec.name), dlx_name(exchange), spec.name),
         ]
     return decls

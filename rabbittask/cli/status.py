@@ -94,6 +94,12 @@ def _print_tables(data: dict[str, Any]) -> None:
         consumers = str(q["consumers"]) if q["consumers"] else "[red]0[/red]"
         queues.add_row(q["name"], _number(q["ready"]), _number(q["unacked"]), consumers, _number(q["dlq_ready"]))
     console.print(queues)
+    lost = data.get("unroutable") or {}
+    if lost.get("ready"):
+        console.print(
+            f"[red]{lost['ready']} delayed message(s) came due for a queue that no longer exists[/red]: they wait in "
+            f"{lost['queue']} (read them with `rabbittask dlq ls --queue {lost['queue']}`)"
+        )
 
 
 def _number(value: int | None) -> str:

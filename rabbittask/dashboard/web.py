@@ -1,7 +1,7 @@
 """The dashboard's Starlette app: one page, the JSON it polls, and the dead-letter actions.
 
     GET  /                          the page (its script polls /api/state every 2 s)
-    GET  /api/state                 workers, queues, delayed, task rates, recent failures
+    GET  /api/state                 workers, queues, delayed, unroutable, task rates, recent failures
     GET  /api/dlq/{queue}           the head of `<queue>.dlq` (?limit=, 50 by default), left in place
     POST /api/dlq/{queue}/replay    {"ids": [...]} or {"all": true}: back to the task queue, attempts reset
     POST /api/dlq/{queue}/purge     {"confirm": "<queue>.dlq"}: delete every message of the DLQ
@@ -30,6 +30,7 @@ from starlette.staticfiles import StaticFiles
 
 from rabbittask.dashboard.auth import Sessions, TokenAuth
 from rabbittask.dashboard.monitor import Monitor
+from rabbittask.delays import unroutable_name
 from rabbittask.errors import RabbitTaskError
 from rabbittask.ops.dlq import DeadLetter, DeadLetterQueue
 
@@ -86,7 +87,7 @@ class _Views:
         return HTMLResponse(text, headers={"Cache-Control": "no-store"})
 
     async def state(self, request: Request) -> Response:
-        queues, delayed = await self.monitor.queues()
+        queues, delayed, unroutable = await self.monitor.queues()
         history = self.monitor.history
         return JSONResponse(
             {
@@ -98,6 +99,7 @@ class _Views:
                 "workers": self.monitor.workers(),
                 "queues": queues,
                 "delayed": delayed,
+                "unroutable": {"queue": unroutable_name(self.app.settings.exchange), "ready": unroutable},
                 "rates": history.rates(),
                 "totals": dict(history.totals),
                 "failures": list(history.failures),

@@ -143,6 +143,7 @@ class VirtualHost:
 
     def __init__(self, declarations: Iterable[Declaration]) -> None:
         self.exchanges: dict[str, str] = {}  # name -> type
+        self.alternates: dict[str, str] = {}  # exchange -> its `alternate-exchange`
         self.bindings: dict[str, list[Binding]] = {}  # source exchange -> bindings
         self.queues: dict[str, Queue] = {}
         self.replies: dict[str, bytes] = {}  # direct reply-to bodies, by correlation id
@@ -154,6 +155,8 @@ class VirtualHost:
         """Apply one declaration (as idempotently as the broker; a queue declared again is in use again)."""
         if isinstance(decl, ExchangeDecl):
             self.exchanges.setdefault(decl.name, decl.type)
+            if "alternate-exchange" in decl.arguments:
+                self.alternates.setdefault(decl.name, str(decl.arguments["alternate-exchange"]))
         elif isinstance(decl, QueueDecl):
             self.queues.setdefault(decl.name, Queue(decl.name, dict(decl.arguments))).declared_at = now
         else:
@@ -202,9 +205,14 @@ class VirtualHost:
                 continue
             seen.add(source)
             kind = self.exchanges.get(source, "direct")
-            for b in self.bindings.get(source, ()):
-                if not _matches(kind, b.routing_key, routing_key):
-                    continue
+            matched = [
+                b
+                for b in self.bindings.get(source, ())
+                if _matches(kind, b.routing_key, routing_key) and (b.to_exchange or b.destination in self.queues)
+            ]
+            if not matched and source in self.alternates:  # the broker tries the alternate exchange instead
+                pending.append(self.alternates[source])
+            for b in matched:
                 if b.to_exchange:
                     pending.append(b.destination)
                 elif b.destination in self.queues:

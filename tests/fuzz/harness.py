@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from pamqp.commands import Basic
 
-from rabbittask import App
+from rabbittask import App, TaskContext
 from rabbittask.message import H_REASON
 from rabbittask.testing import StubBroker
 
@@ -31,19 +31,29 @@ QUEUE = "fuzz"
 GOOD_BODY = b'{"v":1,"args":[1],"kwargs":{}}'
 
 
-def make_app() -> tuple[App, list[tuple[str, Any]]]:
-    """An app with one sync and one async task on queue `fuzz`; the list records each run (task, first arg)."""
-    app = App("fuzz", broker_url="amqp://guest:guest@127.0.0.1:5672/", delivery_limit=5)
-    ran: list[tuple[str, Any]] = []
+def make_app(
+    queue: str = QUEUE, exchange: str = "rabbittask", record: Callable[[str, str], None] | None = None
+) -> tuple[App, list[tuple[str, str]]]:
+    """An app with one sync and one async task on `queue`; each run is recorded (task, message id).
 
-    @app.task(queue=QUEUE, name="fuzz.sync", max_retries=1, retry_backoff=0.0)
-    def sync_task(a: int, b: str = "", c: list[int] | None = None) -> int:
-        ran.append(("fuzz.sync", a))
+    The list collects the runs; `record`, if given, is called too (the real-worker test writes a file).
+    """
+    app = App("fuzz", broker_url="amqp://guest:guest@127.0.0.1:5672/", exchange=exchange, delivery_limit=5)
+    ran: list[tuple[str, str]] = []
+
+    def note(name: str, ctx: TaskContext) -> None:
+        ran.append((name, ctx.id))
+        if record is not None:
+            record(name, ctx.id)
+
+    @app.task(queue=queue, name="fuzz.sync", bind=True)
+    def sync_task(ctx: TaskContext, a: int, b: str = "", c: list[int] | None = None) -> int:
+        note("fuzz.sync", ctx)
         return a
 
-    @app.task(queue=QUEUE, name="fuzz.async")
-    async def async_task(a: int, b: dict[str, int] | None = None) -> int:
-        ran.append(("fuzz.async", a))
+    @app.task(queue=queue, name="fuzz.async", bind=True)
+    async def async_task(ctx: TaskContext, a: int, b: dict[str, int] | None = None) -> int:
+        note("fuzz.async", ctx)
         return a
 
     return app, ran
