@@ -62,7 +62,7 @@ scaling: venv
 # through a real worker), then FUZZ_RUNS coverage-guided inputs (atheris); counts in fuzz-report.json.
 FUZZ_EXAMPLES ?= 5000
 FUZZ_WORKER_BATCHES ?= 200
-FUZZ_RUNS ?= 110000
+FUZZ_RUNS ?= 125000
 FUZZ_SEED ?= 1
 fuzz: venv broker
 	$(VENV)/bin/pip install -q "atheris>=2.3"
