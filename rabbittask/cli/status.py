@@ -98,7 +98,8 @@ def _print_tables(data: dict[str, Any]) -> None:
     if lost.get("ready"):
         console.print(
             f"[red]{lost['ready']} delayed message(s) came due for a queue that no longer exists[/red]: they wait in "
-            f"{lost['queue']} (read them with `rabbittask dlq ls --queue {lost['queue']}`)"
+            f"{lost['queue']}, each with its routing key (the delay bits, then the queue it was for); declare that "
+            "queue again and move them there (a shovel), or purge them"
         )
 
 
