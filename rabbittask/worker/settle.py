@@ -6,7 +6,7 @@ What an outcome's `Reason` asks for (its `Settlement`), in order:
   first (an acked task never lacks its result; one that cannot be stored goes back to the queue);
 * DEAD_LETTER: a copy with the `rt-*` reason headers to the dead-letter exchange, confirmed, then ack;
 * REPUBLISH: a copy back to the task queue through the delay ladder, confirmed, then ack;
-* REQUEUE: nack with requeue (it never started: a warm shutdown hands it back; a nack is not charged to a 4.3 delivery limit);
+* REQUEUE: nack with requeue (it never started: a warm shutdown hands it back; 4.3 does not count a nack);
 * FORGET: nothing (its channel closed before it started; the broker has it back already);
 * ACK: ack unrun (a duplicate: a copy with its id and attempt ran within the task's `dedupe_s`).
 
