@@ -38,7 +38,8 @@ def make_app(
 
     The list collects the runs; `record`, if given, is called too (the real-worker test writes a file).
     """
-    app = App("fuzz", broker_url="amqp://guest:guest@127.0.0.1:5672/", exchange=exchange, delivery_limit=5)
+    # No broker URL: a real worker takes RABBITTASK_BROKER_URL; the stub broker connects to nothing.
+    app = App("fuzz", exchange=exchange, delivery_limit=5)
     ran: list[tuple[str, str]] = []
 
     def note(name: str, ctx: TaskContext) -> None:
