@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from rabbittask import App
@@ -95,3 +97,20 @@ def test_a_quorum_queue_spec_without_a_delivery_limit_gets_none_on_4x_either() -
           ("3.12.0", "4.0.1")}  # fmt: skip
     assert "x-delivery-limit" not in on["3.12.0"]["reports"]
     assert on["4.0.1"]["reports"]["x-delivery-limit"] == UNLIMITED
+
+
+def test_topology_export_renders_the_arguments_of_the_version_asked_for() -> None:
+    from click.testing import CliRunner
+
+    from rabbittask.cli import main
+
+    def dlq_arguments(*version: str) -> dict[str, object]:
+        result = CliRunner().invoke(main, ["topology", "export", "-A", "examples.emails:app", *version])
+        assert result.exit_code == 0, result.output
+        queues = json.loads(result.output)["queues"]
+        return next(q["arguments"] for q in queues if q["name"].endswith(".dlq"))
+
+    assert "x-delivery-limit" not in dlq_arguments()  # the default: 3.x, as tested for real
+    assert dlq_arguments("--rabbitmq-version", "4.1")["x-delivery-limit"] == UNLIMITED
+    bad = CliRunner().invoke(main, ["topology", "export", "-A", "examples.emails:app", "--rabbitmq-version", "four"])
+    assert bad.exit_code == 2 and "'four' is not a version such as 3.13 or 4.1" in bad.output
