@@ -152,11 +152,14 @@ def diff(app_spec: str, management_url: str | None, vhost: str | None, ignore_ex
     decls = app.declarations()
     try:
         if management_url:
-            live = Management(management_url, app.settings.broker_url).read(vhost)
+            api = Management(management_url, app.settings.broker_url)
+            live = api.read(vhost)
+            decls = for_server(decls, Server.parse(api.get("overview").get("rabbitmq_version")))
             source = f"management API {Management(management_url).base} vhost {vhost!r}"
         else:
             connection = connect(app.settings, "topology diff")
             try:
+                decls = for_server(decls, Server.of(connection._impl.server_properties))
                 live = read_passive(connection, decls)
             finally:
                 close_quietly(connection)
