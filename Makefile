@@ -7,7 +7,7 @@ DEMO_VENV ?= .venv-demo
 export RABBITTASK_BROKER_URL ?= amqp://guest:guest@localhost:5672/
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: venv demo-venv broker demo docs docs-serve test test-fast faults scaling fuzz bench check format clean
+.PHONY: venv demo-venv broker demo docs docs-serve test test-fast faults scaling soak fuzz bench check format clean
 
 $(VENV)/.installed: pyproject.toml
 	bash scripts/bootstrap.sh $(VENV)
@@ -57,6 +57,14 @@ faults: venv
 # Drain rate on a 3-node cluster with workers on 1, 2 and 3 hosts (network namespaces; root).
 scaling: venv
 	$(PY) -m bench.scaling $(SCALING_ARGS)
+
+# A mixed workload on a 3-node cluster (workers on 2 hosts, network namespaces; root) under a seeded chaos
+# loop, judged by the ledger; a 60 s smoke of it runs in `make test` (tests/faults/test_soak.py).
+SOAK_MINUTES ?= 10
+SOAK_TASKS ?= 100000
+SOAK_SEED ?= 0
+soak: venv
+	SOAK_MINUTES=$(SOAK_MINUTES) SOAK_TASKS=$(SOAK_TASKS) SOAK_SEED=$(SOAK_SEED) $(PY) -m bench.soak $(SOAK_ARGS)
 
 # Fuzz what a worker decodes: the hypothesis tests with FUZZ_EXAMPLES cases each (in memory, and batches
 # through a real worker), then FUZZ_RUNS coverage-guided inputs (atheris); counts in fuzz-report.json.
