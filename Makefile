@@ -7,7 +7,7 @@ DEMO_VENV ?= .venv-demo
 export RABBITTASK_BROKER_URL ?= amqp://guest:guest@localhost:5672/
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: venv demo-venv broker demo dist docs docs-serve test test-fast faults scaling bench bench-partitions bench-history check format clean
+.PHONY: venv demo-venv broker demo dist docs docs-serve test test-fast faults scaling soak fuzz bench bench-partitions bench-history check format clean
 
 $(VENV)/.installed: pyproject.toml
 	bash scripts/bootstrap.sh $(VENV)
@@ -63,6 +63,28 @@ faults: venv
 # Drain rate on a 3-node cluster with workers on 1, 2 and 3 hosts (network namespaces; root).
 scaling: venv
 	$(PY) -m bench.scaling $(SCALING_ARGS)
+
+# A mixed workload on a 3-node cluster (workers on 2 hosts, network namespaces; root) under a seeded chaos
+# loop, judged by the ledger; a 60 s smoke of it runs in `make test` (tests/faults/test_soak.py).
+SOAK_MINUTES ?= 10
+SOAK_TASKS ?= 100000
+SOAK_SEED ?= 0
+soak: venv
+	SOAK_MINUTES=$(SOAK_MINUTES) SOAK_TASKS=$(SOAK_TASKS) SOAK_SEED=$(SOAK_SEED) $(PY) -m bench.soak $(SOAK_ARGS)
+
+# Fuzz what a worker decodes: the hypothesis tests with FUZZ_EXAMPLES cases each (in memory, and batches
+# through a real worker), then FUZZ_RUNS coverage-guided inputs (atheris); counts in fuzz-report.json.
+FUZZ_EXAMPLES ?= 5000
+FUZZ_WORKER_BATCHES ?= 200
+FUZZ_RUNS ?= 125000
+FUZZ_SEED ?= 1
+fuzz: venv broker
+	$(VENV)/bin/pip install -q "atheris>=2.3"
+	RABBITTASK_TEST_BROKER_URL=$${RABBITTASK_TEST_BROKER_URL:-$$RABBITTASK_BROKER_URL} FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
+		FUZZ_WORKER_BATCHES=$(FUZZ_WORKER_BATCHES) $(PY) -m pytest -p no:xdist -q --timeout=0 tests/fuzz $(PYTEST_ARGS)
+	FUZZ_REPORT=fuzz-report.json $(PY) -m tests.fuzz.atheris_decoder -runs=$(FUZZ_RUNS) -max_len=4096 \
+		-seed=$(FUZZ_SEED) -print_final_stats=1 2>fuzz-atheris.log || (tail -40 fuzz-atheris.log; exit 1)
+	@echo "coverage-guided: $$(cat fuzz-report.json)"
 
 bench: venv broker
 	$(PY) -m bench.run $(BENCH_ARGS)

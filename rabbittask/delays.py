@@ -48,6 +48,20 @@ def delay_exchange_name(exchange: str) -> str:
     return f"{exchange}.delay"
 
 
+def due_routing_exchange_name(exchange: str) -> str:
+    """The topic exchange behind the due exchange that holds the binding of each task queue.
+
+    The due exchange passes everything on to it (`#`); it has `unroutable_name(exchange)` as its
+    alternate exchange, so a due message whose task queue is gone is kept, not dropped.
+    """
+    return f"{exchange}.delay.due"
+
+
+def unroutable_name(exchange: str) -> str:
+    """The fanout exchange and the queue where due messages go when no task queue takes them."""
+    return f"{exchange}.unroutable"
+
+
 def delay_ttl_ms(level: int) -> int:
     """How long level `level` of the delay ladder holds a message."""
     return DELAY_BASE_MS << level
@@ -60,7 +74,13 @@ def delay_level_name(exchange: str, level: int) -> str:
 
 def delay_names(exchange: str) -> frozenset[str]:
     """Every exchange and queue name of the delay ladder of `exchange` (the due exchange and each level)."""
-    return frozenset({delay_exchange_name(exchange), *(delay_level_name(exchange, k) for k in range(DELAY_LEVELS))})
+    return frozenset(
+        {
+            delay_exchange_name(exchange),
+            due_routing_exchange_name(exchange),
+            *(delay_level_name(exchange, k) for k in range(DELAY_LEVELS)),
+        }
+    )
 
 
 def delay_units(delay_ms: float) -> int:
@@ -135,7 +155,32 @@ def delay_declarations(exchange: str, queues: Iterable[str], queue_type: QueueTy
             BindingDecl(name, name, f"{skip}1.#"),
             ExchangeBindingDecl(below, name, f"{skip}0.#"),
         ]
+    decls += unroutable_declarations(exchange, queue_type)
+    routing = due_routing_exchange_name(exchange)
     for queue in sorted(queues):
         check_delay_queue_name(queue)
-        decls.append(BindingDecl(queue, due, "*." * DELAY_LEVELS + queue))
+        decls.append(BindingDecl(queue, routing, "*." * DELAY_LEVELS + queue))
     return decls
+
+
+def unroutable_declarations(exchange: str, queue_type: QueueType = "quorum") -> list[Declaration]:
+    """Where a due message goes when its task queue is gone (deleted, or never declared by a worker).
+
+    A message dead-lettered to an exchange that routes it nowhere is dropped silently by the broker
+    (a quorum level with at-least-once dead-lettering keeps retrying it instead: stuck at its last hop).
+    The alternate exchange catches it. It sits on an exchange of its own behind the due exchange
+    because an exchange's arguments cannot change in place: a broker with a ladder declared before it
+    keeps its due exchange, and routing to a queue through both exchanges still delivers once.
+    """
+    due, routing, unroutable = (
+        delay_exchange_name(exchange),
+        due_routing_exchange_name(exchange),
+        unroutable_name(exchange),
+    )
+    return [
+        ExchangeDecl(unroutable, "fanout"),
+        QueueDecl(unroutable, {"x-queue-type": queue_type}, unlimited=True),  # no limits, no TTL: kept until read
+        BindingDecl(unroutable, unroutable, ""),
+        ExchangeDecl(routing, "topic", {"alternate-exchange": unroutable}),
+        ExchangeBindingDecl(routing, due, "#"),
+    ]

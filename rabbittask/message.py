@@ -9,9 +9,12 @@ independent of the client library that sends it (`amqp/properties.py` turns it i
 
 from __future__ import annotations
 
+import re
+import reprlib
 import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from pydantic_core import PydanticSerializationError, from_json, to_json
@@ -155,20 +158,47 @@ def format_time(epoch_s: float) -> str:
 
 
 def parse_time(value: Any) -> float | None:
-    """A header time as epoch seconds: ISO 8601 text (UTC if no offset), or a number of seconds; else None."""
+    """A header time as epoch seconds: ISO 8601 text (UTC if no offset), or a number of seconds; else None.
+
+    Never raises: a time out of range (year 1 with an offset, 10**400 seconds), NaN or infinity is None too.
+    """
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
-    if isinstance(value, str):
-        try:
-            when = datetime.fromisoformat(value)
-        except ValueError:
+    try:
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if isinstance(value, datetime):  # also an AMQP timestamp field
+            seconds = (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+        elif isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+            seconds = float(value)
+        else:
             return None
-        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
-    if isinstance(value, datetime):  # an AMQP timestamp field
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return None
+        datetime.fromtimestamp(seconds, UTC)  # years 1 to 9999 UTC only: a time outside cannot be written back
+    except (ValueError, OverflowError, OSError):
+        return None
+    return seconds
+
+
+def header_time(headers: dict[str, Any], name: str) -> float | None:
+    """The time in header `name` as epoch seconds; None if absent; `PayloadError` if present but unreadable.
+
+    A deadline (`rt-expires`) or due time (`rt-eta`) the worker cannot read must not be ignored: the task
+    would run after its deadline or before its time. The caller dead-letters the message with this reason.
+    """
+    value = headers.get(name)
+    if value is None:
+        return None
+    when = parse_time(value)
+    if when is not None:
+        return when
+    shown = reprlib.repr(value)  # bounded: a header may be a huge or deeply nested table
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    number = isinstance(text, str) and re.fullmatch(r"\s*[+-]?\d+(\.\d*)?\s*", text) is not None
+    hint = " (epoch seconds must be sent as an AMQP number, not as text)" if number else ""
+    raise PayloadError(
+        f"header {name} {shown} ({type(value).__name__}) cannot be read as a time{hint}: send ISO 8601 text "
+        "such as 2026-12-07T10:00:00+00:00, or epoch seconds as a number; the message was not run"
+    )
 
 
 def attempt_of(headers: dict[str, Any] | None) -> int:

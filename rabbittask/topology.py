@@ -113,6 +113,9 @@ class QueueDecl:
     name: str
     arguments: Arguments = field(default_factory=dict)
     adopt: bool = False
+    # A queue whose messages must never be dropped for being delivered too often (a DLQ): on brokers
+    # with a default delivery limit (4.0+) it is declared unlimited (amqp/server.py `for_server`).
+    unlimited: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,9 +232,10 @@ def declarations(exchange: str, queues: Iterable[QueueSpec]) -> list[Declaration
             # are dead-lettered by the worker, which publishes them to the DLX itself (confirmed, then ack).
             QueueDecl(spec.name, {}, adopt=True)
             if spec.celery
-            else QueueDecl(spec.name, queue_arguments(spec, exchange)),
+            # delivery_limit=None means none, also where the broker would default one (4.0+: 20).
+            else QueueDecl(spec.name, queue_arguments(spec, exchange), unlimited=spec.delivery_limit is None),
             BindingDecl(spec.name, exchange, spec.name),
-            QueueDecl(dlq_name(spec.name), dlq_arguments(spec)),
+            QueueDecl(dlq_name(spec.name), dlq_arguments(spec), unlimited=True),
             BindingDecl(dlq_name(spec.name), dlx_name(exchange), spec.name),
         ]
     return decls

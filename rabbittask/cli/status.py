@@ -94,6 +94,13 @@ def _print_tables(data: dict[str, Any]) -> None:
         consumers = str(q["consumers"]) if q["consumers"] else "[red]0[/red]"
         queues.add_row(q["name"], _number(q["ready"]), _number(q["unacked"]), consumers, _number(q["dlq_ready"]))
     console.print(queues)
+    _print_extras(console, data)
+
+
+def _print_extras(console: Any, data: dict[str, Any]) -> None:
+    """The tables shown only when there is something in them: chords, partitions, unroutable messages."""
+    from rich.table import Table
+
     if data.get("workflows"):
         chords = Table(title="Running chords")
         for column in ("chord", "members done", "total"):
@@ -110,6 +117,13 @@ def _print_tables(data: dict[str, Any]) -> None:
             # A single-active-consumer partition is shown active on the child that took a message from it.
             table.add_row(p["name"], _number(p["ready"]), _number(p["consumers"]), p["active"] or "-")
         console.print(table)
+    lost = data.get("unroutable") or {}
+    if lost.get("ready"):
+        console.print(
+            f"[red]{lost['ready']} delayed message(s) came due for a queue that no longer exists[/red]: they wait in "
+            f"{lost['queue']}, each with its routing key (the delay bits, then the queue it was for); declare that "
+            "queue again and move them there (a shovel), or purge them"
+        )
 
 
 def _number(value: int | None) -> str:

@@ -6,6 +6,7 @@ Exit codes of `diff` and `apply`: 0 same / applied, 1 differs / conflicts (nothi
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import NoReturn
 
@@ -14,6 +15,7 @@ import pika.exceptions
 
 from rabbittask.amqp.blocking import close_quietly, connect
 from rabbittask.amqp.connect import vhost as vhost_of_url  # `vhost` is a command option here
+from rabbittask.amqp.server import Server, for_server
 from rabbittask.app import App
 from rabbittask.cli.common import APP_OPTION, load_app
 from rabbittask.errors import RabbitTaskError
@@ -46,11 +48,26 @@ def topology() -> None:
     "markdown: tables for a pull request.",
 )
 @click.option("--vhost", default="/", show_default=True, help="Virtual host written into the definitions.")
-def export(app_spec: str, fmt: Format, vhost: str) -> None:
+@click.option(
+    "--rabbitmq-version",
+    "server_version",
+    default="3.13",
+    show_default=True,
+    metavar="X.Y",
+    help="The RabbitMQ version the topology is for, as a worker connected to it would declare it "
+    "(from 4.0 dead-letter queues get x-delivery-limit=-1).",
+)
+def export(app_spec: str, fmt: Format, vhost: str, server_version: str) -> None:
     """Print the topology (sorted, byte-identical across runs, so it can be committed and diffed)."""
     app = load_app(app_spec)
+    if not re.fullmatch(r"\d+\.\d+(\.\d+)?", server_version):
+        raise click.BadParameter(
+            f"{server_version!r} is not a version such as 3.13 or 4.1", param_hint="--rabbitmq-version"
+        )
+    server = Server.parse(server_version)
     schedules = [e.definition() for _, e in sorted(app.schedules.items())]
-    click.echo(render(app.declarations(), fmt, vhost, title=f"app `{app.name}`", schedules=schedules), nl=False)
+    decls = for_server(app.declarations(), server)
+    click.echo(render(decls, fmt, vhost, title=f"app `{app.name}`", schedules=schedules), nl=False)
 
 
 def _fail(message: str) -> NoReturn:
@@ -137,11 +154,14 @@ def diff(app_spec: str, management_url: str | None, vhost: str | None, ignore_ex
     decls = app.declarations()
     try:
         if management_url:
-            live = Management(management_url, app.settings.broker_url).read(vhost)
+            api = Management(management_url, app.settings.broker_url)
+            live = api.read(vhost)
+            decls = for_server(decls, Server.parse(api.get("overview").get("rabbitmq_version")))
             source = f"management API {Management(management_url).base} vhost {vhost!r}"
         else:
             connection = connect(app.settings, "topology diff")
             try:
+                decls = for_server(decls, Server.of(connection._impl.server_properties))
                 live = read_passive(connection, decls)
             finally:
                 close_quietly(connection)

@@ -24,7 +24,7 @@ from aiormq.abc import DeliveredMessage
 
 from rabbittask.amqp.link import Link
 from rabbittask.dashboard.history import History
-from rabbittask.delays import DELAY_LEVELS, delay_level_name
+from rabbittask.delays import DELAY_LEVELS, delay_level_name, unroutable_name
 from rabbittask.errors import RabbitTaskError
 from rabbittask.history import stream as history
 from rabbittask.ops.heartbeat import ROUTING_KEYS, Heartbeat
@@ -51,7 +51,7 @@ class Monitor:
         self.exchange = events_exchange_name(app.settings.exchange)
         self.error: str | None = "connecting"
         self._connection: aiormq.abc.AbstractConnection | None = None
-        self._depths: tuple[float, list[dict[str, Any]], int | None] | None = None
+        self._depths: tuple[float, list[dict[str, Any]], int | None, int | None] | None = None
         self._lock = asyncio.Lock()
         self.history_error: str | None = None  # why the history stream cannot be read
         self._next_offset: int | None = None  # of the history stream, after the last event read
@@ -148,14 +148,15 @@ class Monitor:
     def _mine(self) -> list[Heartbeat]:
         return beats_of(self.history.live_beats(), self.app.queues)
 
-    async def queues(self) -> tuple[list[dict[str, Any]], int | None]:
-        """Rows of the app's queues (as `rabbittask status`) and the messages waiting in the delay ladder."""
+    async def queues(self) -> tuple[list[dict[str, Any]], int | None, int | None]:
+        """Rows of the app's queues (as `rabbittask status`), the messages waiting in the delay ladder, and the
+        delayed messages that came due for a queue that no longer exists (`<exchange>.unroutable`)."""
         async with self._lock:
             if self._depths is not None and time.monotonic() - self._depths[0] < DEPTHS_S:
-                return self._depths[1], self._depths[2]
+                return self._depths[1], self._depths[2], self._depths[3]
             connection = self._connection
             if connection is None or connection.is_closed:
-                return [], None
+                return [], None, None
             beats = self._mine()
             try:
                 rows = [
@@ -163,11 +164,12 @@ class Monitor:
                     for q in sorted(self.app.queues)
                 ]
                 delayed = await self._delayed(connection)
+                unroutable = (await queue_depth(connection, unroutable_name(self.app.settings.exchange)))[0]
             except (aiormq.exceptions.AMQPError, ConnectionError) as e:
                 log.debug("queue depths not read: %s", e)
-                return [], None
-            self._depths = (time.monotonic(), rows, delayed)
-            return rows, delayed
+                return [], None, None
+            self._depths = (time.monotonic(), rows, delayed, unroutable)
+            return rows, delayed, unroutable
 
     async def _delayed(self, connection: aiormq.abc.AbstractConnection) -> int | None:
         """Messages in the delay ladder of the app's exchange (retries and countdowns of all its queues)."""

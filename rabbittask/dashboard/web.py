@@ -1,7 +1,7 @@
 """The dashboard's Starlette app: one page, the JSON it polls, and the dead-letter actions.
 
     GET  /                          the page (its script polls /api/state every 2 s)
-    GET  /api/state                 workers, queues, running chords, delayed, task rates, recent failures
+    GET  /api/state                 workers, queues, running chords, delayed, unroutable, task rates, recent failures
     GET  /api/tasks                 search: ?id= &task= &state= &worker= &args= &since= &until= &limit=
     GET  /api/task/{id}             one task's whole life (its events)
     GET  /api/stats/{task}          a task's runtime p50/p95/p99 and runs per minute, for its chart
@@ -34,6 +34,7 @@ from starlette.staticfiles import StaticFiles
 from rabbittask.dashboard.auth import Sessions, TokenAuth
 from rabbittask.dashboard.monitor import Monitor
 from rabbittask.dashboard.tasks import SEARCH_LIMIT
+from rabbittask.delays import unroutable_name
 from rabbittask.errors import RabbitTaskError
 from rabbittask.history.query import Query, parse_time
 from rabbittask.ops.dlq import DeadLetter, DeadLetterQueue
@@ -102,7 +103,7 @@ class _Views:
         return HTMLResponse(text, headers={"Cache-Control": "no-store"})
 
     async def state(self, request: Request) -> Response:
-        queues, delayed = await self.monitor.queues()
+        queues, delayed, unroutable = await self.monitor.queues()
         history = self.monitor.history
         return JSONResponse(
             {
@@ -116,6 +117,7 @@ class _Views:
                 "workflows": self.monitor.workflows(),
                 "queues": queues,
                 "delayed": delayed,
+                "unroutable": {"queue": unroutable_name(self.app.settings.exchange), "ready": unroutable},
                 "rates": history.rates(),
                 "totals": dict(history.totals),
                 "failures": list(history.failures),

@@ -2,7 +2,8 @@
 
 `gather()` listens to `worker.*` on the `<exchange>.events` topic exchange through an exclusive,
 auto-deleted queue for a few seconds (children send a heartbeat every `events_heartbeat_s`), then
-passively declares each of the app's queues and its dead-letter queue. AMQP reports ready messages
+passively declares each of the app's queues and its dead-letter queue, and `<exchange>.unroutable` (delayed
+messages whose task queue was gone when they came due). AMQP reports ready messages
 and consumers; unacked counts come from the heartbeats' in-flight numbers where a queue's workers
 consume it alone (the broker reports them only through its management API). Running chords (members
 reported of all) come from the heartbeats of the children whose joiner is active.
@@ -19,6 +20,7 @@ import aiormq.abc
 from aiormq.abc import DeliveredMessage
 
 from rabbittask.amqp.link import Link
+from rabbittask.delays import unroutable_name
 from rabbittask.ops.heartbeat import OFFLINE, ROUTING_KEYS, Heartbeat
 from rabbittask.partitions import partition_queue_name
 from rabbittask.topology import dlq_name, events_exchange_name
@@ -37,7 +39,8 @@ async def gather(app: App, listen_s: float = LISTEN_S) -> dict[str, Any]:
         mine = beats_of(beats.values(), app.queues)
         workers = workers_of(mine)
         queues = [await queue_row(connection, q, mine, app.queues[q].partitions) for q in sorted(app.queues)]
-    return {"workers": workers, "queues": queues, "workflows": workflows_of(mine)}
+        unroutable = await unroutable_row(connection, settings.exchange)
+    return {"workers": workers, "queues": queues, "workflows": workflows_of(mine), "unroutable": unroutable}
 
 
 def workflows_of(beats: Iterable[Heartbeat]) -> list[dict[str, Any]]:
@@ -152,6 +155,13 @@ async def partition_row(
     ready, consumers = await queue_depth(connection, name)
     active = next((f"{b.host}:{b.pid}" for b in beats if name in b.active_partitions), None)
     return {"name": name, "ready": ready, "consumers": consumers, "active": active}
+
+
+async def unroutable_row(connection: aiormq.abc.AbstractConnection, exchange: str) -> dict[str, Any]:
+    """Delayed messages that came due for a task queue that no longer exists (`<exchange>.unroutable`)."""
+    name = unroutable_name(exchange)
+    ready, _ = await queue_depth(connection, name)
+    return {"queue": name, "ready": ready}
 
 
 async def queue_depth(connection: aiormq.abc.AbstractConnection, queue: str) -> tuple[int | None, int | None]:

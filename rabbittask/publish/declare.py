@@ -9,6 +9,7 @@ import aiormq
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
+from rabbittask.amqp.server import Server, for_server
 from rabbittask.errors import TopologyMismatch
 from rabbittask.partitions import plugin_missing
 from rabbittask.topology import (
@@ -28,9 +29,20 @@ def _wanted(decl: Declaration) -> dict[str, Any]:
     return decl.arguments if isinstance(decl, ExchangeDecl | QueueDecl) else {}
 
 
+def sync_server(channel: BlockingChannel) -> Server:
+    """The broker version a pika channel's connection reached."""
+    impl = getattr(channel.connection, "_impl", None)
+    return Server.of(getattr(impl, "server_properties", None))
+
+
+def async_server(channel: aiormq.abc.AbstractChannel) -> Server:
+    """The broker version an aiormq channel's connection reached."""
+    return Server.of(getattr(channel.connection, "server_properties", None))
+
+
 def declare_sync(channel: BlockingChannel, decls: Sequence[Declaration]) -> None:
-    """Declare everything on a pika channel; raise `TopologyMismatch` on an inequivalent object."""
-    for d in decls:
+    """Declare everything on a pika channel, as its broker's version needs; `TopologyMismatch` if inequivalent."""
+    for d in for_server(decls, sync_server(channel)):
         try:
             if isinstance(d, ExchangeDecl):
                 channel.exchange_declare(d.name, d.type, durable=True, arguments=d.arguments or None)
@@ -51,8 +63,8 @@ def declare_sync(channel: BlockingChannel, decls: Sequence[Declaration]) -> None
 
 
 async def declare_async(channel: aiormq.abc.AbstractChannel, decls: Sequence[Declaration]) -> None:
-    """Declare everything on an aiormq channel; raise `TopologyMismatch` on an inequivalent object."""
-    for d in decls:
+    """Declare everything on an aiormq channel, as its broker's version needs; `TopologyMismatch` if inequivalent."""
+    for d in for_server(decls, async_server(channel)):
         try:
             if isinstance(d, ExchangeDecl):
                 await channel.exchange_declare(d.name, exchange_type=d.type, durable=True, arguments=d.arguments)

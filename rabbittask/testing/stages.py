@@ -86,6 +86,9 @@ class StubAcker(Acker):
     def reject(self, tag: int, *, requeue: bool) -> None:
         self.stub.reject(tag, requeue=requeue)
 
+    def hand_back(self, tag: int) -> None:
+        self.stub.reject(tag, requeue=True)
+
 
 class StubPublisher(AsyncPublisher):
     """An `AsyncPublisher` that publishes into the stub: a refusal raises what a broker's would."""

@@ -146,6 +146,7 @@ class VirtualHost:
     def __init__(self, declarations: Iterable[Declaration]) -> None:
         self.exchanges: dict[str, str] = {}  # name -> type
         self.hash_headers: dict[str, str] = {}  # consistent-hash exchange -> the header it hashes
+        self.alternates: dict[str, str] = {}  # exchange -> its `alternate-exchange`
         self.bindings: dict[str, list[Binding]] = {}  # source exchange -> bindings
         self.queues: dict[str, Queue] = {}
         self.replies: dict[str, bytes] = {}  # direct reply-to bodies, by correlation id
@@ -159,6 +160,8 @@ class VirtualHost:
             self.exchanges.setdefault(decl.name, decl.type)
             if decl.type == HASH_EXCHANGE_TYPE:
                 self.hash_headers[decl.name] = str(decl.arguments.get("hash-header", ""))
+            if "alternate-exchange" in decl.arguments:
+                self.alternates.setdefault(decl.name, str(decl.arguments["alternate-exchange"]))
         elif isinstance(decl, QueueDecl):
             self.queues.setdefault(decl.name, Queue(decl.name, dict(decl.arguments))).declared_at = now
         else:
@@ -210,13 +213,17 @@ class VirtualHost:
                 continue
             seen.add(source)
             kind = self.exchanges.get(source, "direct")
-            bindings = self.bindings.get(source, [])
-            if kind == HASH_EXCHANGE_TYPE and bindings:
+            matched = [
+                b
+                for b in self.bindings.get(source, ())
+                if _matches(kind, b.routing_key, routing_key) and (b.to_exchange or b.destination in self.queues)
+            ]
+            if kind == HASH_EXCHANGE_TYPE and matched:
                 key = str((headers or {}).get(self.hash_headers.get(source, ""), ""))
-                bindings = [bindings[zlib.crc32(key.encode()) % len(bindings)]]
-            for b in bindings:
-                if not _matches(kind, b.routing_key, routing_key):
-                    continue
+                matched = [matched[zlib.crc32(key.encode()) % len(matched)]]
+            if not matched and source in self.alternates:  # the broker tries the alternate exchange instead
+                pending.append(self.alternates[source])
+            for b in matched:
                 if b.to_exchange:
                     pending.append(b.destination)
                 elif b.destination in self.queues:

@@ -90,6 +90,16 @@ class Acker:
         self._settled.add(tag)
         self._send(self.channel.basic_reject(tag, requeue=requeue, wait=False))
 
+    def hand_back(self, tag: int) -> None:
+        """Return `tag` unstarted to the head of its queue with `basic.nack`, not `basic.reject`.
+
+        From RabbitMQ 4.3 a quorum queue charges `basic.reject` against `x-delivery-limit` and not
+        `basic.nack`: a message handed back at a warm shutdown never ran, so it must not move towards
+        the dead-letter queue. Before 4.3 both count alike.
+        """
+        self._settled.add(tag)
+        self._send(self.channel.basic_nack(tag, multiple=False, requeue=True, wait=False))
+
     def _flush(self) -> None:
         self._soon = False
         if self._timer is not None:

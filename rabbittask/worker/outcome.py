@@ -51,7 +51,7 @@ class Settlement(enum.Enum):
 
     DEAD_LETTER = "dead-letter"  # a copy with the reason headers to the dead-letter exchange, confirmed, then ack
     REPUBLISH = "republish"  # a copy back to the task queue (after a delay), confirmed, then ack
-    REQUEUE = "requeue"  # reject with requeue: it never started and goes back to the head of its queue
+    REQUEUE = "requeue"  # nack with requeue: it never started and goes back to the head of its queue
     FORGET = "forget"  # nothing to send: its channel closed, so the broker has requeued it already
     ACK = "ack"  # acked unrun: another copy of it ran (or runs) already
 

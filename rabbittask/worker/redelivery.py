@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 from aiormq.abc import DeliveredMessage
 
 from rabbittask.delays import DELAY_BASE_MS
-from rabbittask.message import H_DELIVERY_COUNT, H_ETA, H_EXPIRES, X_DELIVERY_COUNT, format_time, parse_time
+from rabbittask.errors import PayloadError
+from rabbittask.message import H_DELIVERY_COUNT, H_ETA, H_EXPIRES, X_DELIVERY_COUNT, format_time, header_time
 from rabbittask.worker.execute import source_queue
 from rabbittask.worker.outcome import Outcome, Reason, Republish
 from rabbittask.worker.running import RunningMarkers
@@ -185,7 +186,10 @@ def admit(
     headers: dict[str, Any] = props.headers or {}
     name = props.message_type or ""
     now = time.time() if now is None else now
-    expires = parse_time(headers.get(H_EXPIRES))
+    try:
+        expires, eta = header_time(headers, H_EXPIRES), header_time(headers, H_ETA)
+    except PayloadError as e:  # a deadline or due time that cannot be read must not fail open
+        return Outcome(message, name, reason=Reason.MALFORMED, exc_type=type(e).__name__, exc_message=str(e))
     if expires is not None and now >= expires:
         return Outcome(
             message,
@@ -193,7 +197,6 @@ def admit(
             reason=Reason.EXPIRED,
             exc_message=f"expired at {format_time(expires)}, {now - expires:.3f} s before a worker got it",
         )
-    eta = parse_time(headers.get(H_ETA))
     if eta is not None and eta > now:
         # Due later than one pass of the delay ladder reaches (or a producer set rt-eta itself).
         return Outcome(message, name, reason=Reason.NOT_DUE, republish=Republish(eta - now, {}))

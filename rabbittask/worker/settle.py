@@ -6,7 +6,7 @@ What an outcome's `Reason` asks for (its `Settlement`), in order:
   first (an acked task never lacks its result; one that cannot be stored goes back to the queue);
 * DEAD_LETTER: a copy with the `rt-*` reason headers to the dead-letter exchange, confirmed, then ack;
 * REPUBLISH: a copy back to the task queue through the delay ladder, confirmed, then ack;
-* REQUEUE: reject with requeue (it never started: a warm shutdown hands it back);
+* REQUEUE: nack with requeue (it never started: a warm shutdown hands it back; 4.3 does not count a nack);
 * FORGET: nothing (its channel closed before it started; the broker has it back already);
 * ACK: ack unrun (a duplicate: a copy with its id and attempt ran within the task's `dedupe_s`).
 
@@ -160,10 +160,10 @@ class Settler:
         self.flight.done()
 
     def hand_back(self, message: DeliveredMessage) -> None:
-        """Return a message that never started to its queue (warm shutdown): reject it with requeue."""
+        """Return a message that never started to its queue (warm shutdown): nack it with requeue (acks.py)."""
         acker = self.acker
         if acker is not None and message.channel is acker.channel and acker.alive:
-            acker.reject(delivery_tag(message), requeue=True)
+            acker.hand_back(delivery_tag(message))
         self.flight.done()
 
     def _orphaned(self, outcome: Outcome) -> None:

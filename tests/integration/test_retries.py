@@ -192,6 +192,44 @@ def test_an_expired_task_is_dead_lettered_without_running(
     assert f"[{gone.id}] dead-lettered to {prefix}.main.dlq without running (expired)" in w.log()
 
 
+def test_a_deadline_the_worker_cannot_read_is_dead_lettered_not_ignored(
+    app: App, prefix: str, start_worker, tmp_path: Path, broker_url: str
+) -> None:
+    # Given producers that set rt-expires as epoch seconds in text, as junk, as a table, and rt-eta as junk
+    w = start_worker()
+    bad: dict[str, object] = {
+        "epoch-text": {"rt-expires": str(int(time.time()) - 60)},
+        "junk": {"rt-expires": "not-a-date"},
+        "table": {"rt-expires": {"at": 1}},
+        "eta-junk": {"rt-eta": "soon"},
+    }
+    for tag, headers in bad.items():
+        amqp.publish_raw(
+            broker_url,
+            f"{prefix}.main",
+            b'{"v":1,"args":["%s"],"kwargs":{}}' % tag.encode(),
+            exchange=app.settings.exchange,
+            content_type="application/json",
+            type="retries.record",
+            message_id=f"bad-{tag}",
+            headers=headers,
+        )
+    # When a good message follows them
+    app.tasks["retries.record"].delay("good")
+    # Then none of the bad ones ran: each is in the DLQ saying which header could not be read, and why
+    amqp.wait_depth(broker_url, f"{prefix}.main.dlq", len(bad))
+    dead = {props.message_id: props.headers for props, _ in peek_all(broker_url, f"{prefix}.main.dlq")}
+    assert set(dead) == {f"bad-{tag}" for tag in bad}
+    assert all(h["rt-reason"] == "malformed message" for h in dead.values())
+    assert "header rt-expires '" in dead["bad-epoch-text"]["rt-exc-message"]
+    assert "epoch seconds must be sent as an AMQP number, not as text" in dead["bad-epoch-text"]["rt-exc-message"]
+    assert "header rt-expires 'not-a-date' (str) cannot be read as a time" in dead["bad-junk"]["rt-exc-message"]
+    assert "header rt-eta 'soon' (str) cannot be read as a time" in dead["bad-eta-junk"]["rt-exc-message"]
+    wait_runs(tmp_path, prefix, "record", 1)
+    assert [t for t, _, _ in runs(tmp_path, prefix, "record")] == ["good"]
+    assert "[bad-junk] dead-lettered to" in w.log()
+
+
 def test_a_message_due_beyond_one_ladder_pass_is_parked_again_until_its_eta(
     app: App, prefix: str, start_worker, tmp_path: Path, broker_url: str
 ) -> None:

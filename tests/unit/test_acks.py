@@ -19,6 +19,9 @@ class FakeChannel:
     async def basic_reject(self, tag: int, *, requeue: bool = True, wait: bool = True) -> None:
         self.frames.append(("reject", tag, requeue))
 
+    async def basic_nack(self, tag: int, multiple: bool = False, requeue: bool = True, wait: bool = True) -> None:
+        self.frames.append(("nack", tag, multiple, requeue))
+
 
 async def settle(acker: Acker) -> None:
     await asyncio.sleep(0)
@@ -79,3 +82,15 @@ async def test_an_urgent_ack_goes_out_in_the_next_loop_pass_not_after_the_delay(
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert channel.frames == [("ack", 2, True)]  # the urgent one takes the finished prefix with it at once
+
+
+async def test_a_message_handed_back_unstarted_is_nacked_so_rabbitmq_4_3_does_not_count_it() -> None:
+    # From 4.3 a quorum queue counts basic.reject against its delivery limit, and not basic.nack
+    channel = FakeChannel()
+    acker = Acker(channel)  # type: ignore[arg-type]
+    for tag in (1, 2):
+        acker.delivered(tag)
+    acker.ack(1)
+    acker.hand_back(2)
+    await settle(acker)
+    assert ("nack", 2, False, True) in channel.frames and not any(f[0] == "reject" for f in channel.frames)

@@ -17,6 +17,7 @@ from rabbittask.delays import (
     delay_entry,
     delay_exchange_name,
     delay_level_name,
+    delay_names,
     delay_units,
     delivered_queue,
 )
@@ -85,7 +86,7 @@ def test_every_delay_reaches_its_queue_after_its_delay_rounded_up(delay_ms: int)
 
 def test_the_ladder_has_one_queue_per_level_with_one_fixed_ttl() -> None:
     decls = delay_declarations("rabbittask", ["emails"])
-    ladder = [d for d in decls if isinstance(d, QueueDecl)]
+    ladder = [d for d in decls if isinstance(d, QueueDecl) and d.name in delay_names("rabbittask")]
     assert [q.name for q in ladder[:3]] == ["rabbittask.delay.100", "rabbittask.delay.200", "rabbittask.delay.400"]
     assert len(ladder) == DELAY_LEVELS and ladder[-1].arguments["x-message-ttl"] < 2**32
     assert ladder[1].arguments == {
@@ -102,6 +103,7 @@ def test_the_ladder_has_one_queue_per_level_with_one_fixed_ttl() -> None:
         "x-dead-letter-exchange": "rabbittask.delay",
     }
     types = {d.name: d.type for d in decls if isinstance(d, ExchangeDecl)}
+    assert types.pop("rabbittask.unroutable") == "fanout"
     assert set(types.values()) == {"topic"} and delay_exchange_name("rabbittask") in types
 
 
@@ -128,12 +130,14 @@ def test_app_topology_includes_the_ladder_and_exports_exchange_bindings() -> Non
     data = definitions(app.declarations())
     assert "rabbittask.delay.100" in [q["name"] for q in data["queues"]]
     e2e = [b for b in data["bindings"] if b["destination_type"] == "exchange"]
-    assert len(e2e) == DELAY_LEVELS
+    assert len(e2e) == DELAY_LEVELS + 1  # each level on to the next, and the due exchange to its routing exchange
     assert {
-        "source": "rabbittask.delay",
+        "source": "rabbittask.delay.due",
         "destination": "emails",
         "routing_key": "*." * DELAY_LEVELS + "emails",
-    }.items() <= next(b for b in data["bindings"] if b["source"] == "rabbittask.delay").items()
+    }.items() <= next(b for b in data["bindings"] if b["source"] == "rabbittask.delay.due").items()
+    routing = next(e for e in data["exchanges"] if e["name"] == "rabbittask.delay.due")
+    assert routing["arguments"] == {"alternate-exchange": "rabbittask.unroutable"}
 
 
 def test_a_queue_name_with_a_topic_wildcard_word_is_refused() -> None:

@@ -25,6 +25,7 @@ def orders_app(**options: Any) -> App:
 def test_a_call_carries_its_key_argument_in_the_partition_header() -> None:
     app = orders_app(partition_by="customer_id", partitions=8)
     task = app.tasks["apply"]
+
     def headers(msg: Outgoing) -> dict[str, object]:
         return {k: v for k, v in (msg.headers or {}).items() if k != H_ARGSREPR}  # the history's copy aside
 

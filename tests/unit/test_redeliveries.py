@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from aiormq.abc import DeliveredMessage
 from pamqp import commands
 from pamqp.header import ContentHeader
@@ -54,6 +57,42 @@ def test_expired_and_not_yet_due_messages_are_settled_unrun() -> None:
     assert rig.redeliveries.admit(delivered("c", {H_EXPIRES: format_time(now + 60)}))
     assert [(o.message_id, o.reason) for o in rig.settled] == [("a", Reason.EXPIRED), ("b", Reason.NOT_DUE)]
     assert rig.settled[1].republish is not None and 59 < rig.settled[1].republish.delay_s <= 60
+
+
+@pytest.mark.parametrize(
+    ("header", "value", "said"),
+    [
+        (H_EXPIRES, "1733580000", "epoch seconds must be sent as an AMQP number, not as text"),
+        (H_EXPIRES, b"1733580000.5", "epoch seconds must be sent as an AMQP number, not as text"),
+        (H_EXPIRES, "not-a-date", "header rt-expires 'not-a-date' (str) cannot be read as a time"),
+        (H_EXPIRES, {"at": 1}, "(dict) cannot be read as a time"),
+        (H_EXPIRES, [1, 2], "(list) cannot be read as a time"),
+        (H_EXPIRES, True, "(bool) cannot be read as a time"),
+        (H_EXPIRES, float("nan"), "(float) cannot be read as a time"),
+        (H_EXPIRES, 10**400, "(int) cannot be read as a time"),
+        (H_EXPIRES, "0001-01-01T00:00:00+01:00", "cannot be read as a time"),
+        (H_ETA, "tomorrow", "header rt-eta 'tomorrow' (str) cannot be read as a time"),
+    ],
+)
+def test_a_deadline_or_due_time_that_cannot_be_read_dead_letters_the_message_unrun(
+    header: str, value: object, said: str
+) -> None:
+    # A deadline nobody can read must not fail open (the task would run late), nor a due time (it would run early)
+    rig = Rig()
+    assert not rig.redeliveries.admit(delivered("a", {header: value}))
+    (outcome,) = rig.settled
+    assert outcome.reason is Reason.MALFORMED and not outcome.reason.ran
+    assert said in outcome.exc_message and "the message was not run" in outcome.exc_message
+
+
+def test_a_deadline_given_as_a_number_or_an_amqp_timestamp_is_read() -> None:
+    rig = Rig()
+    now = time.time()
+    past = datetime.fromtimestamp(now - 5, UTC)
+    for mid, value in [("n", now - 5), ("i", int(now) - 5), ("d", Decimal(int(now) - 5)), ("t", past)]:
+        assert not rig.redeliveries.admit(delivered(mid, {H_EXPIRES: value}))
+    assert [o.reason for o in rig.settled] == [Reason.EXPIRED] * 4
+    assert rig.redeliveries.admit(delivered("void", {H_EXPIRES: None}))  # an AMQP void: no deadline
 
 
 def test_an_admitted_redelivery_is_marked_while_it_runs_and_forgotten_once_settled(tmp_path: Path) -> None:

@@ -43,6 +43,9 @@ class Acker:
     def reject(self, tag: int, *, requeue: bool) -> None:
         self.log.append(("reject", tag, requeue))
 
+    def hand_back(self, tag: int) -> None:
+        self.log.append(("nack", tag, True))
+
     def hold(self) -> None:
         self.log.append(("hold",))
 
@@ -189,7 +192,7 @@ async def test_each_reason_settles_as_it_says(reason: Reason) -> None:
         REPUBLISHED: [("publish", "delay", "q", ""), ("ack", 3)],
         "acked": [("ack", 3)],  # a copy of it ran: acked unrun
         "nothing": [],  # its channel closed before it started: the broker has it back
-        "requeued": [("reject", 3, True)],
+        "requeued": [("nack", 3, True)],  # nack: from RabbitMQ 4.3 not charged to the delivery limit
     }
     assert steps == expected[EXPECTED[reason]]
     assert rig.flight.count == 0 and rig.flight.idle.is_set()
@@ -294,11 +297,11 @@ async def test_a_limit_is_looked_at_before_the_ack_it_may_hold_back() -> None:
     assert await rig.settle(Outcome(rig.delivered(13), "t.task")) == [("limit",), ("ack", 13)]
 
 
-async def test_handing_back_rejects_with_requeue_only_on_its_own_channel() -> None:
+async def test_handing_back_nacks_with_requeue_only_on_its_own_channel() -> None:
     rig = Rig()
     rig.flight.add()
     rig.settler.hand_back(rig.delivered(14))
     other = Channel()
     rig.flight.add()
     rig.settler.hand_back(rig.delivered(15, channel=other))
-    assert rig.log == [("reject", 14, True)] and rig.flight.count == 0
+    assert rig.log == [("nack", 14, True)] and rig.flight.count == 0

@@ -57,6 +57,19 @@ def test_a_delayed_message_reaches_its_queue_when_the_ladder_lets_it_and_not_bef
     assert {d["reason"] for d in deaths} == {"expired"} and len(deaths) == bin(-(-delay_ms // 100)).count("1")
 
 
+def test_a_delayed_message_whose_queue_is_gone_ends_in_the_unroutable_queue_not_dropped() -> None:
+    # Given a delay to a queue that exists, and one to a queue no worker declared
+    v = vhost(QueueSpec("jobs"))
+    assert publish_delayed(v, "jobs", 300) == "routed"
+    assert publish_delayed(v, "ghost", 300) == "routed"  # the ladder takes it: the broker confirms it
+    # When both are due
+    v.expire(T0 + 1)
+    # Then the first reached its queue once, and the second waits in ex.unroutable instead of vanishing
+    assert len(v.queues["jobs"].messages) == 1
+    (lost,) = v.queues["ex.unroutable"].messages
+    assert lost.routing_key.endswith(".ghost") and v.dropped == []
+
+
 def test_a_copy_that_keeps_its_old_x_death_is_dropped_as_a_dead_letter_cycle() -> None:
     # The trap the worker's retry copies avoid by stripping x-death (outcome.copy_headers).
     v = vhost(QueueSpec("jobs"))

@@ -85,8 +85,9 @@ def test_export_is_byte_identical_whatever_the_order_tasks_were_declared_in(
 def test_the_ladder_exports_its_exchange_to_exchange_bindings() -> None:
     doc = json.loads(render(app_declarations("ex", [QueueSpec("emails")], "quorum"), "definitions"))
     to_exchanges = [b for b in doc["bindings"] if b["destination_type"] == "exchange"]
-    assert len(to_exchanges) == DELAY_LEVELS
-    assert to_exchanges[0] == {
+    assert len(to_exchanges) == DELAY_LEVELS + 1
+    assert to_exchanges[0]["source"] == "ex.delay" and to_exchanges[0]["destination"] == "ex.delay.due"
+    assert to_exchanges[1] == {
         "source": "ex.delay.100",
         "vhost": "/",
         "destination": "ex.delay",
@@ -115,11 +116,12 @@ def test_markdown_lists_exchange_to_exchange_bindings_in_their_own_table() -> No
     assert table.startswith(
         "| source exchange | routing key | destination exchange |\n"
         "|---|---|---|\n"
+        "| `shop.delay` | `#` | `shop.delay.due` |\n"
         "| `shop.delay.100` | `0.#` | `shop.delay` |\n"
         "| `shop.delay.200` | `*.0.#` | `shop.delay.100` |\n"
     )
     assert "| `shop.delay.200` | classic | `shop.delay.100` | `x-message-ttl=200` |" in text
-    assert "| `shop.delay` | `*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.emails` | `emails` |" in text
+    assert "| `shop.delay.due` | `*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.emails` | `emails` |" in text
     assert "Exchange-to-exchange" not in markdown(declarations("shop", [QueueSpec("emails")]))
 
 

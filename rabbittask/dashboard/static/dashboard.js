@@ -77,6 +77,13 @@ function renderWorkers(workers) {
   document.getElementById("no-workers").hidden = workers.length > 0;
 }
 
+function renderUnroutable(unroutable) {
+  const ready = unroutable ? unroutable.ready : null;
+  document.getElementById("unroutable-note").hidden = !ready;
+  document.getElementById("unroutable").textContent = num(ready);
+  document.getElementById("unroutable-queue").textContent = unroutable ? unroutable.queue : "";
+}
+
 function renderQueues(queues, delayed) {
   fill(document.querySelector("#queues tbody"), queues.flatMap((q) => [el("tr", { "data-queue": q.name },
     el("td", {}, q.name, q.exists ? "" : el("span", { class: "bad" }, " (missing)")),
@@ -159,6 +166,7 @@ async function refresh() {
     renderWorkers(state.workers);
     renderQueues(state.queues, state.delayed);
     renderChords(state.workflows || []);
+    renderUnroutable(state.unroutable);
     renderChart(state.rates);
     renderTotals(state.totals);
     renderFailures(state.failures);

@@ -22,6 +22,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
+from rabbittask.amqp.server import Server, for_server
 from rabbittask.errors import BrokerError
 from rabbittask.ops.admin.compare import describe, show
 from rabbittask.ops.admin.live import exists
@@ -57,9 +58,9 @@ class Plan:
 
 
 def plan(connection: pika.BlockingConnection, decls: Sequence[Declaration]) -> Plan:
-    """Probe every exchange and queue of `decls` without changing anything on the broker."""
+    """Probe every exchange and queue of `decls` (as the broker's version needs them) without changing anything."""
     result = Plan()
-    for d in decls:
+    for d in for_server(decls, Server.of(connection._impl.server_properties)):
         if not isinstance(d, ExchangeDecl | QueueDecl):
             result.create.append(d)  # bindings (to queues or exchanges): idempotent, and not readable over AMQP
             continue
