@@ -44,6 +44,10 @@ class Acker:
         self._sends: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
 
+    def window(self, prefetch: int) -> None:
+        """The prefetch changed (adaptive prefetch): send acks per quarter of the new window."""
+        self._batch = max(1, prefetch // 4)
+
     @property
     def alive(self) -> bool:
         """True while the channel is open, so its delivery tags still mean something."""

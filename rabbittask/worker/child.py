@@ -34,6 +34,7 @@ from rabbittask.worker.exits import EXIT_OK
 from rabbittask.worker.inline import InlinePolicy, InlineRunner
 from rabbittask.worker.metrics import TaskMetrics
 from rabbittask.worker.outcome import Outcome
+from rabbittask.worker.prefetch import AdaptivePrefetch, adaptive_allowed
 from rabbittask.worker.redelivery import Redeliveries
 from rabbittask.worker.retirement import BUDGET_IDLE_S, Lifecycle, Retirement
 from rabbittask.worker.running import RunningMarkers
@@ -143,6 +144,16 @@ class Child:
             on_consuming=on_consuming,
         )
         self._budget_watch: asyncio.Task[None] | None = None
+        # Unless pinned, the prefetch adapts to the run times it sees (prefetch.py); `prefetch` is then its floor.
+        self.adaptive: AdaptivePrefetch | None = None
+        if adaptive_allowed(app, self.queues, pinned=prefetch, max_tasks=max_tasks):
+            self.adaptive = AdaptivePrefetch(
+                self.session.prefetch,
+                resize=self.session.resize,
+                shed=self._shed,
+                stalled_since=self.threads.stalled_since,
+            )
+            self.settler.adaptive = self.adaptive
 
     @property
     def tasks_done(self) -> int:
@@ -156,6 +167,8 @@ class Child:
         self.threads.start(self.settler.settle, self._time_limit_passed, self.policy)
         if self.events is not None:
             self.events.start()
+        if self.adaptive is not None:
+            self.adaptive.start()
         try:
             code = await self.session.run()
         finally:
@@ -163,6 +176,8 @@ class Child:
             self.settler.successes.flush()  # the last turn's success lines, before the child exits
             if self._budget_watch is not None:
                 self._budget_watch.cancel()
+            if self.adaptive is not None:
+                self.adaptive.close()
             self.threads.close()
             if self.events is not None:
                 await self.events.close()
@@ -240,6 +255,15 @@ class Child:
         """A sync task still ran at its hard time limit: settle it as failed and retire (its thread is lost)."""
         self.settler.settle(outcome)
         self.retire("a sync task passed its time limit", hand_back=True)
+
+    def _shed(self) -> int:
+        """Hand back what waits for a thread (first deliveries only: a return counts on quorum queues)."""
+        if not self.lifecycle.running:
+            return 0
+        taken = self.threads.shed(lambda message: not message.redelivered)
+        for message in taken:
+            self.settler.hand_back(message)
+        return len(taken)
 
     # -- wiring --------------------------------------------------------------------------------------
 

@@ -84,6 +84,10 @@ class Session:
         self._on_ready = on_ready
         self._on_consuming = on_consuming
         self.consumed = False  # until the first consume: a failure before it is no connection "lost"
+        self._channel: aiormq.abc.AbstractChannel | None = None  # while consuming
+        self._tags: list[str] = []  # the consumers of the current channel
+        self._consuming_prefetch = 0  # the prefetch they were created with
+        self._resizing: asyncio.Task[None] | None = None
 
     async def run(self) -> int:
         """Run sessions until a stop; back off on connection loss, give up on configuration errors."""
@@ -141,13 +145,10 @@ class Session:
                     await declare_async(channel, self.app.declarations(self.queues))
                 else:  # pre-applied by an admin: the worker needs no configure permission
                     await check_queues(channel, self.queues)
-                prefetch = self._retirement.prefetch(self.prefetch)  # capped by a max-tasks budget
-                await channel.basic_qos(prefetch_count=prefetch)  # per consumer, never global
+                prefetch = self._retirement.prefetch(max(1, self.prefetch))  # capped by a max-tasks budget
                 self._settler.acker = Acker(channel, prefetch)
-                tags: list[str] = []
-                for q in self.queues:
-                    ok = await channel.basic_consume(q, self._on_message)
-                    tags.append(ok.consumer_tag or "")
+                self._tags = await self._consumers(channel, prefetch)
+                self._channel, self._consuming_prefetch = channel, prefetch
             except aiormq.exceptions.ChannelAccessRefused as e:
                 raise access_refused(self.app.settings, e, f"declare or consume {', '.join(self.queues)}") from None
             log.info("consuming from %s (prefetch %d, %d thread(s))", ", ".join(self.queues), prefetch, self._threads)
@@ -160,16 +161,55 @@ class Session:
             stop = asyncio.ensure_future(self._lifecycle.stopping.wait())
             await asyncio.wait([stop, channel.closing], return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
+            if self._resizing is not None:  # it stops after its step: then the tags are the live consumers
+                await asyncio.wait([self._resizing])
             if not self._lifecycle.running and not channel.is_closed:
-                await self._drain(channel, tags)
+                await self._drain(channel, self._tags)
             elif channel.is_closed or channel.closing.done():
                 raise ConnectionLost(f"channel closed: {_close_reason(channel.closing)}")
         finally:
             self._settler.acker = None
+            self._channel = None
             if self._on_consuming is not None:
                 self._on_consuming(False)
             if not connection.is_closed:
                 await connection.close()
+
+    async def _consumers(self, channel: aiormq.abc.AbstractChannel, prefetch: int) -> list[str]:
+        """Consume every queue with `prefetch` (per consumer, never global; 0: none); the consumer tags."""
+        if prefetch < 1:  # basic.qos 0 means unlimited: 0 here means not consuming
+            return []
+        await channel.basic_qos(prefetch_count=prefetch)
+        tags: list[str] = []
+        for q in self.queues:
+            ok = await channel.basic_consume(q, self._on_message)
+            tags.append(ok.consumer_tag or "")
+        return tags
+
+    def resize(self, prefetch: int) -> None:
+        """Consume with `prefetch` from now on: re-consume, as `basic.qos` binds only consumers made after it."""
+        self.prefetch = prefetch
+        if self._resizing is None and self._channel is not None:
+            self._resizing = asyncio.ensure_future(self._resize())
+
+    async def _resize(self) -> None:
+        try:
+            while (channel := self._channel) is not None and self._lifecycle.running and not channel.is_closed:
+                prefetch = self.prefetch
+                if prefetch == self._consuming_prefetch:
+                    return
+                # The new consumers first, then the old ones go: what they hold stays valid on the channel.
+                tags = await self._consumers(channel, prefetch)
+                old, self._tags, self._consuming_prefetch = self._tags, tags, prefetch
+                for tag in old:
+                    await channel.basic_cancel(tag)
+                if (acker := self._settler.acker) is not None and prefetch:
+                    acker.window(prefetch)
+                log.debug("consuming with prefetch %d", prefetch)
+        except RECONNECT_ERRORS as e:  # the session sees the channel close and reconnects at the new prefetch
+            log.debug("re-consuming with prefetch %d failed: %s", self.prefetch, e)
+        finally:
+            self._resizing = None
 
     async def _drain(self, channel: aiormq.abc.AbstractChannel, consumer_tags: list[str]) -> None:
         for tag in consumer_tags:

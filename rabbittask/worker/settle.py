@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from rabbittask.app import App
     from rabbittask.results.backend import ResultBackend
     from rabbittask.worker.events import Events
+    from rabbittask.worker.prefetch import AdaptivePrefetch
     from rabbittask.worker.redelivery import Redeliveries
     from rabbittask.worker.retirement import Lifecycle, Retirement
 
@@ -102,6 +103,7 @@ class Settler:
         self.on_limit = on_limit  # a limit needs a look (before this settle's ack, which it may hold back)
         self.events = events
         self.acker: Acker | None = None  # set by the session while its channel is open
+        self.adaptive: AdaptivePrefetch | None = None  # sees each run time, unless the prefetch is pinned
         self.log_successes = tasklog.enabled()  # asked once: a quiet drain pays no call per success
         self.successes = tasklog.Successes()  # with INFO on: one log record per loop turn
         self._background: set[asyncio.Task[None]] = set()
@@ -117,6 +119,9 @@ class Settler:
             forget = reason.settlement is Settlement.FORGET
         elif self.log_successes:
             self.successes.add(outcome)
+        adaptive = self.adaptive
+        if adaptive is not None:
+            adaptive.observe(outcome.runtime_s)
         events = self.events
         if events is not None and not forget:
             events.record(outcome)
