@@ -47,11 +47,12 @@ def setup(ctx: RowContext) -> BenchApp:
     return bench
 
 
-def worker(ctx: RowContext, concurrency: int) -> list[str]:
+def worker(ctx: RowContext, concurrency: int, prefetch: int | None = None) -> list[str]:
+    """The worker command; with no `prefetch`, the default (adaptive) prefetch, as a user would run it."""
     script = Path(sys.executable).with_name("rabbittask")
     base = [str(script)] if script.exists() else [sys.executable, "-m", "rabbittask"]
-    args = ["worker", "-A", "bench.tasks:app", "-Q", ctx.queue, "-c", str(concurrency), "--prefetch", "1000"]
-    return [*base, *args]
+    args = ["worker", "-A", "bench.tasks:app", "-Q", ctx.queue, "-c", str(concurrency)]
+    return [*base, *args, *(["--prefetch", str(prefetch)] if prefetch else [])]
 
 
 def worker_env(ctx: RowContext, events: bool = True) -> dict[str, str]:
@@ -94,7 +95,9 @@ def a2_batch(ctx: RowContext) -> Measurement:
         bench.app.close()
 
 
-def drain_with(concurrency: int, events: bool = True) -> Callable[[RowContext], Measurement]:
+def drain_with(
+    concurrency: int, events: bool = True, prefetch: int | None = None
+) -> Callable[[RowContext], Measurement]:
     """The drain row; `events=False` runs the worker with `RABBITTASK_EVENTS=false` (what events cost)."""
 
     def row(ctx: RowContext) -> Measurement:
@@ -108,12 +111,13 @@ def drain_with(concurrency: int, events: bool = True) -> Callable[[RowContext], 
         finally:
             watcher.close()
             bench.app.close()
-        procs = [spawn(worker(ctx, concurrency), ctx.workdir, "worker", worker_env(ctx, events))]
+        procs = [spawn(worker(ctx, concurrency, prefetch), ctx.workdir, "worker", worker_env(ctx, events))]
         result = drain.measure(ctx.url, ctx.queue, ctx.n, ctx.workdir, procs, barrier=False)
         return Measurement(result.rate, memory=result.memory, leftover=result.leftover)
 
+    flags = f" --prefetch {prefetch}" if prefetch else ""
     off = ", events off" if not events else ""
-    row.__doc__ = f"`rabbittask worker -c {concurrency} --prefetch 1000{off}` drains pre-queued no-op tasks"
+    row.__doc__ = f"`rabbittask worker -c {concurrency}{flags}{off}` drains pre-queued no-op tasks"
     return row
 
 

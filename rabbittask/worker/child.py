@@ -260,7 +260,11 @@ class Child:
         """Hand back what waits for a thread (first deliveries only: a return counts on quorum queues)."""
         if not self.lifecycle.running:
             return 0
-        taken = self.threads.shed(lambda message: not message.redelivered)
+
+        def handable(message: DeliveredMessage) -> bool:
+            return not message.redelivered
+
+        taken = self.threads.shed(handable) + (self.inline.shed(handable) if self.inline is not None else [])
         for message in taken:
             self.settler.hand_back(message)
         return len(taken)

@@ -5,16 +5,18 @@ broker works three times harder per message); a large one lets a long task hold 
 ones hostage in its child's buffer (Celery's head-of-line blocking). So, unless the prefetch is
 pinned, a child starts at the app's prefetch (`FLOOR`, 16) and:
 
-* **grows** x4 (16, 64, 256, 1024 at most) after each window of `level` settled tasks whose
-  longest run, times the next level, stays under `HOLD_S` of work: a full buffer never holds more
-  than about 0.1 s of the work it has seen. No-op tasks reach 1024 after 336 tasks;
-* **steps down** x4 when a window's longest run, times the level, exceeds four times `HOLD_S`;
+* **grows** x4 (16, 64, 256, 1024 at most) after each window of `level` settled tasks whose run
+  time, times 4, stays under `HOLD_S`: a full buffer at the next level holds at most about 0.1 s of
+  work like it. No-op tasks reach 1024 after 336 tasks;
+* **steps down** x4 (not below the floor) after a window whose run time exceeds four times `HOLD_S`;
 * **sheds** when a sync task has run longer than `LONG_S` while every task thread is busy (checked
   every `TICK_S`): the child stops consuming and the messages waiting for a thread go back to the
   queue, where other children take them (with one child, they wait in the queue instead of in its
   buffer). A message is handed back this way at most once (only a first delivery is), because a
   quorum queue counts every return against its delivery limit. The next settled task resumes
-  consuming at a prefetch of 1, and it grows again from there.
+  consuming at a prefetch of 1, and it grows again from there. At a prefetch of 1 with nothing
+  waiting it stays put: the running task holds the consumer's only slot (one long task after
+  another runs like Celery's `-O fair`, without a consume and cancel per task).
 
 RabbitMQ applies `basic.qos` only to consumers created after it, so a change of level re-consumes:
 a new consumer with the new prefetch first, then the old one is cancelled. Deliveries the old one
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 
 CEILING = 1024  # the largest prefetch it grows to (a raw consumer's 1000 is where a drain stops gaining)
 GROWTH = 4
-HOLD_S = 0.1  # work a full buffer may hold, judged from the longest run of the last window
+HOLD_S = 0.1  # work a full buffer may hold, judged from the run time of the last window
 LONG_S = 0.1  # a sync task running longer than this, with every thread busy, sheds the buffer
 TICK_S = 0.05  # how often running tasks are looked at
 STALLED = 0  # while a long task holds every thread: not consuming (basic.qos 0 would mean unlimited)
@@ -77,7 +79,7 @@ class AdaptivePrefetch:
         self._shed = shed
         self._stalled_since = stalled_since
         self._seen = 0
-        self._longest_s = 0.0
+        self._work_s = 0.0  # run time of the current window's tasks
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -90,36 +92,38 @@ class AdaptivePrefetch:
             self._timer = None
 
     def observe(self, runtime_s: float) -> None:
-        """Count a settled task (the hot path: three operations unless a window ends)."""
+        """Count a settled task (the hot path: two additions unless a window ends)."""
         self._seen += 1
-        if runtime_s > self._longest_s:
-            self._longest_s = runtime_s
+        self._work_s += runtime_s
         if self._seen >= self.level:
             self._window_ended()
 
     def _window_ended(self) -> None:
-        longest_s, level = self._longest_s, self.level
-        self._seen, self._longest_s = 0, 0.0
+        # A window is `level` tasks: its work is what a full buffer held (a long outlier is the stall's job).
+        work_s, level = self._work_s, self.level
+        self._seen, self._work_s = 0, 0.0
         if level == STALLED:
             self._set(1, "a task thread is free again")
             return
         grown = min(level * GROWTH, self.ceiling)
-        if grown > level and longest_s * grown <= HOLD_S:
-            self._set(grown, f"tasks are short (longest {longest_s * 1000:.2f} ms)")
-        elif level > self.floor and longest_s * level > HOLD_S * GROWTH:
-            self._set(max(self.floor, level // GROWTH), f"tasks got longer ({longest_s * 1000:.1f} ms)")
+        if grown > level and work_s * GROWTH <= HOLD_S:
+            self._set(grown, f"tasks are short ({work_s / level * 1000:.2f} ms on average)")
+        elif level > self.floor and work_s > HOLD_S * GROWTH:
+            self._set(max(self.floor, level // GROWTH), f"tasks got longer ({work_s / level * 1000:.1f} ms on average)")
 
     def _tick(self) -> None:
         self._timer = asyncio.get_running_loop().call_later(TICK_S, self._tick)
-        if self.level <= STALLED:
-            return
         since = self._stalled_since()
-        if since is not None and time.monotonic() - since > LONG_S:
-            handed = self._shed()
+        if since is None or time.monotonic() - since <= LONG_S:
+            return
+        handed = self._shed()  # stalled already: what was on the wire before the cancel-ok came since
+        if self.level > 1 or (self.level == 1 and handed):  # at 1 with nothing waiting, nothing more comes
             self.sheds += 1
-            self._seen, self._longest_s = 0, 0.0
+            self._seen, self._work_s = 0, 0.0
             why = f"a task runs longer than {LONG_S * 1000:.0f} ms; {handed} waiting message(s) handed back"
             self._set(STALLED, why)
+        elif handed:
+            log.info("%d more waiting message(s) handed back (came before the consumer was cancelled)", handed)
 
     def _set(self, level: int, why: str) -> None:
         log.info("prefetch %d -> %d: %s", self.level, level, why)
