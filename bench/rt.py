@@ -33,11 +33,11 @@ def available() -> str | None:
     return None
 
 
-def setup(ctx: RowContext) -> BenchApp:
+def setup(ctx: RowContext, *, wide: bool = False) -> BenchApp:
     """Build the row's app on a namespaced exchange, note what it declares for deletion, declare it."""
     from bench.tasks import build
 
-    bench = build(ctx.queue, ctx.queue_type, exchange=f"{ctx.queue}.x")
+    bench = build(ctx.queue, ctx.queue_type, exchange=f"{ctx.queue}.x", wide=wide)
     for decl in bench.app.declarations():
         is_exchange = type(decl).__name__ == "ExchangeDecl"
         if hasattr(decl, "name"):
@@ -47,11 +47,12 @@ def setup(ctx: RowContext) -> BenchApp:
     return bench
 
 
-def worker(ctx: RowContext, concurrency: int, prefetch: int | None = None) -> list[str]:
+def worker(ctx: RowContext, concurrency: int, prefetch: int | None = None, *, all_queues: bool = False) -> list[str]:
     """The worker command; with no `prefetch`, the default (adaptive) prefetch, as a user would run it."""
     script = Path(sys.executable).with_name("rabbittask")
     base = [str(script)] if script.exists() else [sys.executable, "-m", "rabbittask"]
-    args = ["worker", "-A", "bench.tasks:app", "-Q", ctx.queue, "-c", str(concurrency)]
+    queues = [] if all_queues else ["-Q", ctx.queue]
+    args = ["worker", "-A", "bench.tasks:app", *queues, "-c", str(concurrency)]
     return [*base, *args, *(["--prefetch", str(prefetch)] if prefetch else [])]
 
 

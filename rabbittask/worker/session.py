@@ -24,8 +24,9 @@ import aiormq.abc
 from aiormq.abc import DeliveredMessage
 
 from rabbittask.amqp.connect import CONNECTION_ERRORS, access_refused, connect
+from rabbittask.delays import delay_names
 from rabbittask.errors import AccessRefused, ConnectionLost, PublishError, TopologyMismatch
-from rabbittask.publish.declare import declare_async
+from rabbittask.publish.declare import declare_for_worker
 from rabbittask.settings import mask_url
 from rabbittask.worker.acks import Acker
 from rabbittask.worker.exits import EXIT_CONFIG, EXIT_OK
@@ -141,8 +142,9 @@ class Session:
         try:
             channel = await connection.channel(publisher_confirms=False)
             try:
-                if self.app.settings.declare_topology:
-                    await declare_async(channel, self.app.declarations(self.queues))
+                if self.app.settings.declare_topology:  # the delay ladder only when it is not all there
+                    decls, ladder = self.app.declarations(self.queues), delay_names(self.app.settings.exchange)
+                    channel = await declare_for_worker(connection, channel, decls, ladder)
                 else:  # pre-applied by an admin: the worker needs no configure permission
                     await check_queues(channel, self.queues)
                 prefetch = self._retirement.prefetch(max(1, self.prefetch))  # capped by a max-tasks budget
