@@ -112,3 +112,20 @@ def test_a_pinned_prefetch_a_task_budget_or_a_single_active_consumer_queue_turn_
     pinned = App("adaptive", broker_url="amqp://guest:guest@localhost:5672/", prefetch=16)
     pinned.task(queue="work", name="work")(lambda: None)
     assert not adaptive_allowed(pinned, ["work"], pinned=None, max_tasks=0)
+
+
+def test_one_long_task_after_another_runs_at_a_prefetch_of_1_without_re_consuming_each_time() -> None:
+    consumer = Consumer()
+
+    async def main() -> AdaptivePrefetch:
+        policy = consumer.policy(floor=1)
+        policy.start()
+        # A long task runs on the only thread and nothing waits behind it: the consumer's one slot is taken
+        consumer.stalled_at = time.monotonic() - LONG_S
+        await asyncio.sleep(TICK_S * 3)
+        policy.observe(1.0)
+        policy.close()
+        return policy
+
+    policy = asyncio.run(main())
+    assert policy.sheds == 0 and consumer.sizes == [] and policy.level == 1
