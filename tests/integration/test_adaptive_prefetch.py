@@ -5,6 +5,8 @@ The prefetch is read from the broker (`rabbitmqctl list_consumers` on a node of 
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,8 @@ import pytest
 
 from rabbittask import App
 from rabbittask.testing import RabbitNode
+from rabbittask.worker import prefetch
+from rabbittask.worker.child import Child
 from rabbittask.worker.prefetch import CEILING
 from tests import amqp
 from tests.apps.prefetch_app import make_app
@@ -124,3 +128,40 @@ def test_short_tasks_do_not_wait_behind_a_long_one_prefetched_with_them(
     # And the child that ran it dropped its prefetch to 1 meanwhile, handing back what waited
     assert "a task runs longer than" in w.log()
     amqp.wait_depth(broker_url, queue, 0)
+
+
+def test_every_task_runs_exactly_once_while_the_child_sheds_again_and_again(
+    broker_url: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a child that sheds whenever a task runs 10 ms (every 50th does), so hand-backs and acks interleave
+    monkeypatch.setattr(prefetch, "LONG_S", 0.01)
+    monkeypatch.setattr(prefetch, "TICK_S", 0.01)
+    app = App("shed", broker_url=broker_url, exchange=f"{unique_name}.x", events=False)
+    ran: list[int] = []
+    n = 2000
+
+    def work(i: int) -> None:
+        ran.append(i)
+        if i % 50 == 0:
+            time.sleep(0.02)
+        if len(set(ran)) == n:
+            child.lifecycle.signal()
+
+    task = app.task(queue=unique_name, name="shed.work")(work)
+    app.declare()
+    with app.batch():
+        for i in range(n):
+            task.delay(i)
+    child = Child(app, [unique_name], inline_max_s=0)
+
+    async def run() -> int:
+        return await asyncio.wait_for(child.run(), 90)
+
+    # When it drains them
+    assert asyncio.run(run()) == 0
+    app.close()
+    # Then it did shed, every task ran once, nothing is left, and the channel never closed on a bad tag
+    assert child.adaptive is not None and child.adaptive.sheds >= 5
+    assert sorted(ran) == list(range(n))
+    assert child.session.reconnects == 0
+    amqp.wait_depth(broker_url, unique_name, 0)
