@@ -13,7 +13,8 @@ RowFn = Callable[[RowContext], Measurement]
 RT = "rabbittask"
 EVENTS_OFF = f"{RT} B1 events off"  # a reference row: its ratio is what events cost (the target: within 10%)
 BEST_FLAGS = f"{RT} --prefetch 1000"  # a reference row: the default (adaptive) prefetch against the best pinned one
-CHILD_RSS_TARGET_MB = 40.0
+TOTAL_RSS_TARGET_MB = 60.0  # supervisor + 1 child (B1)
+CHILD_PSS_TARGET_MB = 20.0
 
 
 @dataclass(frozen=True)
