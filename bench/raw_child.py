@@ -2,6 +2,7 @@
 
     python -m bench.raw_child drain aio-pika|aiormq QUEUE
     python -m bench.raw_child echo QUEUE
+    python -m bench.raw_child consume QUEUE     (start-up rows: consume at once, until SIGTERM)
 
 A drain consumer connects, sets prefetch, writes `<BENCH_COUNTER_DIR>/<pid>.ready`, and waits for a
 line on stdin before consuming, so that several consumers start together. Each message is a no-op
@@ -120,6 +121,22 @@ async def drain_aiormq(queue_name: str) -> None:
     await conn.close()
 
 
+async def consume_at_once(queue_name: str) -> None:
+    """Connect, set prefetch and consume with no barrier (the start-up row's reference), until SIGTERM."""
+    conn = await aiormq.connect(broker_url())
+    channel = await conn.channel()
+    await channel.basic_qos(prefetch_count=PREFETCH)
+
+    async def on_message(message: DeliveredMessage) -> None:
+        await channel.basic_ack(message.delivery_tag or 0)
+
+    await channel.basic_consume(queue_name, on_message, no_ack=False)
+    stopped = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
+    await stopped.wait()
+    await conn.close()
+
+
 async def echo(queue_name: str) -> None:
     """Reply to each request with its body, on the default exchange to `reply_to`, then ack."""
     conn = await aio_pika.connect(broker_url())
@@ -145,6 +162,8 @@ def main(argv: list[str]) -> None:
             asyncio.run(drain_aiormq(queue))
         case ["echo", queue]:
             asyncio.run(echo(queue))
+        case ["consume", queue]:
+            asyncio.run(consume_at_once(queue))
         case _:
             raise SystemExit(__doc__)
 

@@ -34,11 +34,11 @@ def available() -> str | None:
     return None
 
 
-def setup(ctx: RowContext, history: bool = False) -> BenchApp:
+def setup(ctx: RowContext, history: bool = False, *, wide: bool = False) -> BenchApp:
     """Build the row's app on a namespaced exchange, note what it declares for deletion, declare it."""
     from bench.tasks import build
 
-    bench = build(ctx.queue, ctx.queue_type, exchange=f"{ctx.queue}.x")
+    bench = build(ctx.queue, ctx.queue_type, exchange=f"{ctx.queue}.x", wide=wide)
     for decl in bench.app.declarations():
         is_exchange = type(decl).__name__ == "ExchangeDecl"
         if hasattr(decl, "name"):
@@ -68,11 +68,13 @@ def declare_history(app: App) -> None:
     asyncio.run(declare())
 
 
-def worker(ctx: RowContext, concurrency: int) -> list[str]:
+def worker(ctx: RowContext, concurrency: int, prefetch: int | None = None, *, all_queues: bool = False) -> list[str]:
+    """The worker command; with no `prefetch`, the default (adaptive) prefetch, as a user would run it."""
     script = Path(sys.executable).with_name("rabbittask")
     base = [str(script)] if script.exists() else [sys.executable, "-m", "rabbittask"]
-    args = ["worker", "-A", "bench.tasks:app", "-Q", ctx.queue, "-c", str(concurrency), "--prefetch", "1000"]
-    return [*base, *args]
+    queues = [] if all_queues else ["-Q", ctx.queue]
+    args = ["worker", "-A", "bench.tasks:app", *queues, "-c", str(concurrency)]
+    return [*base, *args, *(["--prefetch", str(prefetch)] if prefetch else [])]
 
 
 def worker_env(ctx: RowContext, events: bool = True, history: bool = True) -> dict[str, str]:
@@ -116,7 +118,9 @@ def a2_batch(ctx: RowContext) -> Measurement:
         bench.app.close()
 
 
-def drain_with(concurrency: int, events: bool = True, history: bool = True) -> Callable[[RowContext], Measurement]:
+def drain_with(
+    concurrency: int, events: bool = True, history: bool = True, prefetch: int | None = None
+) -> Callable[[RowContext], Measurement]:
     """The drain row; `events=False` runs the worker with `RABBITTASK_EVENTS=false` (what events cost),
     `history=False` with `RABBITTASK_HISTORY=false` (what keeping them in the history stream costs)."""
 
@@ -131,12 +135,13 @@ def drain_with(concurrency: int, events: bool = True, history: bool = True) -> C
         finally:
             watcher.close()
             bench.app.close()
-        procs = [spawn(worker(ctx, concurrency), ctx.workdir, "worker", worker_env(ctx, events, history))]
+        procs = [spawn(worker(ctx, concurrency, prefetch), ctx.workdir, "worker", worker_env(ctx, events, history))]
         result = drain.measure(ctx.url, ctx.queue, ctx.n, ctx.workdir, procs, barrier=False)
         return Measurement(result.rate, memory=result.memory, leftover=result.leftover)
 
+    flags = f" --prefetch {prefetch}" if prefetch else ""
     off = ", events off" if not events else ", history off" if not history else ""
-    row.__doc__ = f"`rabbittask worker -c {concurrency} --prefetch 1000{off}` drains pre-queued no-op tasks"
+    row.__doc__ = f"`rabbittask worker -c {concurrency}{flags}{off}` drains pre-queued no-op tasks"
     return row
 
 

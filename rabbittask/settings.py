@@ -37,7 +37,12 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(5.0, gt=0, description="How long to wait for a connection to the broker.")
     publish_timeout_s: float = Field(5.0, gt=0, description="How long a publish waits for the broker's confirm.")
     heartbeat_s: int = Field(30, ge=0, description="AMQP heartbeat interval negotiated with the broker.")
-    prefetch: int = Field(16, ge=1, description="Unacked messages a worker consumer may hold (per consumer).")
+    prefetch: int = Field(
+        16,
+        ge=1,
+        description="Unacked messages a worker consumer may hold (per consumer). Unset, workers start at 16 and "
+        "adapt; set, it is pinned.",
+    )
     batch_in_flight: int = Field(1000, ge=1, description="Unconfirmed publishes in flight inside a batch.")
     max_payload_bytes: int = Field(
         8 * 1024 * 1024,

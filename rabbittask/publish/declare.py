@@ -112,3 +112,43 @@ async def adopt_async(channel: aiormq.abc.AbstractChannel, queue: str) -> None:
     await channel.queue_declare(queue, durable=True)
     await channel.exchange_declare(queue, exchange_type="direct", durable=True)
     await channel.queue_bind(queue, queue, routing_key=queue)
+
+
+async def declare_for_worker(
+    connection: aiormq.abc.AbstractConnection,
+    channel: aiormq.abc.AbstractChannel,
+    decls: Sequence[Declaration],
+    ladder: frozenset[str],
+) -> aiormq.abc.AbstractChannel:
+    """Declare what a worker child consumes; the delay ladder (`ladder`: its names) only when it is not all there.
+
+    A child used to declare the whole ladder at every start (26 levels: ~110 round trips, most of a
+    second). The ladder is declared in order, so its last object (the due routing exchange, declared
+    after the levels) existing means a complete earlier declaration: one passive check replaces it; a
+    broker whose ladder predates that exchange gets the whole ladder declared once more. The task
+    queues, their dead-letter queues and bindings are always declared, so a queue with other
+    arguments is still a `TopologyMismatch`. A failed passive check closes the channel: the
+    declarations go on on a new one, which is returned.
+    """
+    in_ladder = [d for d in decls if _name(d) in ladder]
+    last = next((d for d in reversed(in_ladder) if isinstance(d, QueueDecl | ExchangeDecl)), None)
+    if last is not None:
+        try:
+            if isinstance(last, QueueDecl):
+                await channel.queue_declare(last.name, passive=True)
+            else:
+                await channel.exchange_declare(last.name, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            channel = await connection.channel(publisher_confirms=False)
+            await declare_async(channel, in_ladder)
+    await declare_async(channel, [d for d in decls if _name(d) not in ladder])
+    return channel
+
+
+def _name(decl: Declaration) -> str:
+    """The ladder object a declaration creates (a binding belongs to its ladder queue or ladder exchange)."""
+    if isinstance(decl, ExchangeDecl | QueueDecl):
+        return decl.name
+    if isinstance(decl, BindingDecl):
+        return decl.queue
+    return decl.source  # ExchangeBindingDecl: the level it leaves from

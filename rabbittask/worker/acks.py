@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable
 
 import aiormq.abc
 from aiormq.abc import DeliveredMessage
@@ -48,7 +49,12 @@ class Acker:
         self.active: set[str] = set()
         self._urgent: set[int] = set()
         self._sends: set[asyncio.Task[None]] = set()
+        self._last: asyncio.Task[None] | None = None  # the latest frame sent: the next one waits for it
         self._loop = asyncio.get_running_loop()
+
+    def window(self, prefetch: int) -> None:
+        """The prefetch changed (adaptive prefetch): send acks per quarter of the new window."""
+        self._batch = max(1, prefetch // 4)
 
     @property
     def alive(self) -> bool:
@@ -126,8 +132,18 @@ class Acker:
             settled.add(tag)
         done.clear()
 
-    def _send(self, frame: asyncio.Future[None] | object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(frame)  # type: ignore[arg-type]
+    def _send(self, frame: Awaitable[None]) -> None:
+        # Frames go out in the order they were settled: aiormq's write queue lets a later put overtake one
+        # waiting for room, and a multiple ack that overtook a reject would ack the rejected tag (lost
+        # unrun) and close the channel on the reject's unknown tag. So each send waits for the one before.
+        previous = self._last
+
+        async def in_order() -> None:
+            if previous is not None and not previous.done():
+                await asyncio.wait([previous])
+            await frame
+
+        task = self._last = asyncio.ensure_future(in_order())
         self._sends.add(task)
         task.add_done_callback(self._sent)
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from rabbittask.settings import mask_url
 from rabbittask.topology import QueueSpec, dlq_name
+from rabbittask.worker.prefetch import CEILING, adaptive_allowed
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -40,6 +41,8 @@ def banner(app: App, queues: list[str], options: WorkerOptions, version: str) ->
     """The banner's text and its fields."""
     settings = app.settings
     prefetch = options.prefetch or settings.prefetch
+    adaptive = adaptive_allowed(app, queues, pinned=options.prefetch, max_tasks=options.max_tasks_per_child)
+    prefetch_text = f"adaptive, {prefetch} to {CEILING} per child" if adaptive else f"{prefetch} per child"
     tasks = sorted((t for t in app.tasks.values() if t.queue in queues), key=lambda t: t.name)
     width = max((len(t.name) for t in tasks), default=0)
     qwidth = max(len(q) for q in queues)
@@ -56,7 +59,7 @@ def banner(app: App, queues: list[str], options: WorkerOptions, version: str) ->
         f"  broker       {mask_url(settings.broker_url)}",
         f"  exchange     {settings.exchange} (dead letters: <queue>.dlq, delays on {settings.exchange}.delay.*)",
         f"  concurrency  {options.concurrency} child process(es) x {threads}",
-        f"  prefetch     {prefetch} per child",
+        f"  prefetch     {prefetch_text}",
         f"  replace      a child after {' or '.join(limits)}"
         if limits
         else "  replace      children never (no limits)",
@@ -77,6 +80,7 @@ def banner(app: App, queues: list[str], options: WorkerOptions, version: str) ->
         "concurrency": options.concurrency,
         "threads": options.threads,
         "prefetch": prefetch,
+        "prefetch_adaptive": adaptive,
         "queues": {q: queue_text(app.queues[q]) for q in queues},
         "tasks": {t.name: t.queue for t in tasks},
     }

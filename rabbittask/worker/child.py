@@ -47,6 +47,7 @@ from rabbittask.worker.joiner import Joiner
 from rabbittask.worker.metrics import TaskMetrics
 from rabbittask.worker.outcome import Outcome, Reason
 from rabbittask.worker.pool import BUSY, IDLE, WORKING
+from rabbittask.worker.prefetch import AdaptivePrefetch, adaptive_allowed
 from rabbittask.worker.rates import RateGate
 from rabbittask.worker.redelivery import Redeliveries
 from rabbittask.worker.retirement import BUDGET_IDLE_S, Lifecycle, Retirement
@@ -61,7 +62,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CATCH_UP_WARN_S = 10.0  # waiting this long for the revocation stream says so, again each time
 INLINE_MAX_S = 0.001  # sync tasks whose runs all finish within this run on the loop's thread (see inline.py)
 
 
@@ -120,7 +120,7 @@ class Child:
             )
         self._received_log = self.events.received if self.events is not None else None
         started_log = self.events.started if self.events is not None else None
-        self.redeliveries = Redeliveries(app, self._settle, self._running_here, running_markers)
+        self.redeliveries = Redeliveries(app, self._settle, lambda: self.threads.running(), running_markers)
         self.threads = TaskThreads(app, self.queues, threads, self.redeliveries, started_log=started_log)
         self.settler = Settler(
             app,
@@ -177,6 +177,16 @@ class Child:
         self._budget_watch: asyncio.Task[None] | None = None
         # Chords join on the broker: every child stands by on the join queue, one at a time is active.
         self.joiner = Joiner(app, self.publisher, self.lifecycle) if app.settings.chord_joiner else None
+        # Unless pinned, the prefetch adapts to the run times it sees (prefetch.py); `prefetch` is then its floor.
+        self.adaptive: AdaptivePrefetch | None = None
+        if adaptive_allowed(app, self.queues, pinned=prefetch, max_tasks=max_tasks):
+            self.adaptive = AdaptivePrefetch(
+                self.session.prefetch,
+                resize=self.session.resize,
+                shed=self._shed,
+                stalled_since=self.threads.stalled_since,
+            )
+            self.settler.adaptive = self.adaptive
 
     @property
     def tasks_done(self) -> int:
@@ -192,6 +202,8 @@ class Child:
             self.events.start()
         joining = asyncio.ensure_future(self.joiner.run()) if self.joiner is not None else None
         progress.set_sink(self.events.progress if self.events is not None else progress.drop)
+        if self.adaptive is not None:
+            self.adaptive.start()
         try:
             if self.control is not None:
                 self.control.start()  # the session connects and declares meanwhile, and waits for it to consume
@@ -217,6 +229,8 @@ class Child:
         self.settler.successes.flush()  # the last turn's success lines, before the child exits
         if self._budget_watch is not None:
             self._budget_watch.cancel()
+        if self.adaptive is not None:
+            self.adaptive.close()
         self.threads.close()
         if self.events is not None:
             await self.events.close()
@@ -315,18 +329,9 @@ class Child:
         self.retire("a sync task passed its time limit", hand_back=True)
 
     async def _caught_up(self) -> None:
-        """Wait until every revocation of the window is read (or a stop comes): only then take tasks."""
-        control = self.control
-        if control is None or control.caught_up.is_set():
-            return
-        read = asyncio.ensure_future(control.caught_up.wait())
-        stop = asyncio.ensure_future(self.lifecycle.stopping.wait())
-        while not (read.done() or stop.done()):
-            await asyncio.wait([read, stop], timeout=CATCH_UP_WARN_S, return_when=asyncio.FIRST_COMPLETED)
-            if not (read.done() or stop.done()):
-                log.warning("still reading the revocations of the window before taking tasks (see the log above)")
-        read.cancel()
-        stop.cancel()
+        """Before it consumes: the revocations of the window are read (control.py)."""
+        if self.control is not None:
+            await self.control.wait_caught_up(self.lifecycle.stopping)
 
     def _terminate_stuck(self, run: Run) -> None:
         """A sync task revoked with terminate=True outlived its grace period: dead-letter it, replace this child."""
@@ -343,13 +348,23 @@ class Child:
         self.settler.settle(outcome)
         self.retire("a terminated sync task did not stop", hand_back=True)
 
+    def _shed(self) -> int:
+        """Hand back what waits for a thread (first deliveries only: a return counts on quorum queues)."""
+        if not self.lifecycle.running:
+            return 0
+
+        def handable(message: DeliveredMessage) -> bool:
+            return not message.redelivered
+
+        taken = self.threads.shed(handable) + (self.inline.shed(handable) if self.inline is not None else [])
+        for message in taken:
+            self.settler.hand_back(message)
+        return len(taken)
+
     # -- wiring --------------------------------------------------------------------------------------
 
     def _settle(self, outcome: Outcome) -> None:  # for the redeliveries, made before the settler
         self.settler.settle(outcome)
-
-    def _running_here(self) -> list[DeliveredMessage]:
-        return self.threads.running()
 
     def load(self) -> bytes:
         """For the autoscaler: IDLE (holds nothing), BUSY (messages wait for a task slot), or WORKING."""

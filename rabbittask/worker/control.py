@@ -54,6 +54,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY_S = 60.0
+CATCH_UP_WARN_S = 10.0  # waiting this long for the revocation stream says so, again each time
+CATCH_UP_QUIET_S = 5.0  # marker not back this long, the stream quiet for QUIET_GAP_S: take what was read
+QUIET_GAP_S = 1.0
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 15.0
 ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError, RabbitTaskError)
@@ -80,6 +83,8 @@ class ControlPlane:
         self.started_at = time.time()
         self._stats, self._waiting, self._on_stuck, self._on_pool = stats, waiting, on_stuck, on_pool
         self._marker = uuid.uuid4().hex
+        self._last_record = time.monotonic()  # when the revocation stream last delivered (or reading began)
+        self._background: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._publish: aiormq.abc.AbstractChannel | None = None
         self._closing = False
@@ -145,21 +150,58 @@ class ControlPlane:
         await publish.queue_declare(
             presence_stream_name(exchange), durable=True, arguments=stream_arguments(PRESENCE_AGE_S)
         )
-        await self._beat(HEARTBEAT)
         revoked = revoked_stream_name(exchange)
         stream = await connection.channel()
         await stream.queue_declare(revoked, durable=True, arguments=stream_arguments(self.settings.revoke_retention_s))
         await stream.basic_qos(prefetch_count=500)
-        marker = json.dumps({"ids": [], "marker": self._marker, "ts": time.time()}).encode()
-        await publish.basic_publish(marker, routing_key=revoked)
         since = datetime.fromtimestamp(time.time() - self.settings.revoke_retention_s, UTC)
 
         async def on_record(message: DeliveredMessage) -> None:
+            self._last_record = time.monotonic()
             self._on_revocation(message)
             if message.delivery_tag is not None:
                 await stream.basic_ack(message.delivery_tag)
 
+        self._last_record = time.monotonic()
         await stream.basic_consume(revoked, on_record, arguments={"x-stream-offset": since})
+        # Appended after the read began, in the background: under a memory or disk alarm the broker holds
+        # publishes, and `wait_caught_up` then takes the window as read once the stream goes quiet.
+        marker = json.dumps({"ids": [], "marker": self._marker, "ts": time.time()}).encode()
+        self._spawn(publish.basic_publish(marker, routing_key=revoked))
+        self._spawn(self._beat(HEARTBEAT))
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("control publish failed: %s", task.exception())
+
+    async def wait_caught_up(self, stopping: asyncio.Event) -> None:
+        """Wait until every revocation of the window is read (or a stop comes): only then take tasks.
+
+        Read means: this child's own marker came back through the stream. When it cannot be appended
+        (the broker holds publishes during an alarm), the window counts as read once the stream has
+        been quiet for `QUIET_GAP_S` after `CATCH_UP_QUIET_S`; revocations still apply as they arrive.
+        """
+        started, warned = time.monotonic(), time.monotonic()
+        while not (self.caught_up.is_set() or stopping.is_set()):
+            await asyncio.sleep(0.05)
+            now = time.monotonic()
+            if now - started >= CATCH_UP_QUIET_S and now - self._last_record >= QUIET_GAP_S and self._publish:
+                log.warning(
+                    "the revocation stream's marker did not come back within %.0f s (does the broker hold "
+                    "publishes: a memory or disk alarm?); taking the %d revocation(s) read as the window",
+                    CATCH_UP_QUIET_S,
+                    len(REVOKED),
+                )
+                self.caught_up.set()
+            elif now - warned >= CATCH_UP_WARN_S:
+                warned = now
+                log.warning("still reading the revocations of the window before taking tasks (see the log above)")
 
     async def _beat_forever(self, connection: aiormq.abc.AbstractConnection) -> None:
         next_prune = time.monotonic() + PRUNE_EVERY_S

@@ -7,7 +7,8 @@ a row, each under `max_s`. A run that takes longer (or a scheduler hiccup that m
 sends the task back to the thread until it proves itself again, over twice as many runs each time,
 so a task that is sometimes slow rarely blocks the loop. Tasks with time limits always run in the
 thread (only there can a limit be enforced), and nothing runs inline while the thread has work: a
-child's sync tasks still run one at a time, in order.
+child's sync tasks still run one at a time, in order. What waits for the thread that way can be
+handed back (`shed`, when adaptive prefetch finds a long task holding the thread: prefetch.py).
 
 Inline work is bounded (`BURST_S`): after that much inline run time, the next inline task waits
 for the loop's next pass, so acks, heartbeats and new deliveries keep flowing between bursts.
@@ -104,6 +105,7 @@ class InlineRunner:
         self._started_log = started_log
         self._spent_s = 0.0  # inline run time since the loop last got a pass in (reset once it reached BURST_S)
         self._reset_pending = False
+        self._behind: dict[int, DeliveredMessage] = {}  # by id: messages waiting for the thread's work to end
 
     def run(self, message: DeliveredMessage, task: Task[Any, Any]) -> Coroutine[Any, Any, None] | None:
         """Run `message` now and settle it (None); or, when it must wait its turn, what to await."""
@@ -114,8 +116,13 @@ class InlineRunner:
 
     async def _later(self, message: DeliveredMessage, task: Task[Any, Any]) -> None:
         threads = self._threads
-        while threads.pending:  # sync tasks run one at a time, in order: the thread's work goes first
-            await threads.idle.wait()
+        if threads.pending:  # sync tasks run one at a time, in order: the thread's work goes first
+            key, behind = id(message), self._behind
+            behind[key] = message
+            while threads.pending and key in behind:
+                await threads.idle.wait()
+            if behind.pop(key, None) is None:
+                return  # handed back meanwhile (shed): settled already
         while self._spent_s >= BURST_S:
             if not self._reset_pending:
                 self._reset_pending = True
@@ -127,6 +134,12 @@ class InlineRunner:
             threads.put(message)
         else:
             self._run(message, task)
+
+    def shed(self, handable: Callable[[DeliveredMessage], bool]) -> list[DeliveredMessage]:
+        """Take the messages waiting for the thread's work to end for which `handable` holds (to hand them back)."""
+        behind = self._behind
+        taken = [key for key, message in behind.items() if handable(message)]
+        return [behind.pop(key) for key in taken]
 
     def _run(self, message: DeliveredMessage, task: Task[Any, Any]) -> None:
         if message.channel.is_closed:  # the broker already requeued it: running it now only duplicates

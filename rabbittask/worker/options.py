@@ -47,7 +47,10 @@ class WorkerOptions(BaseSettings):
         "child's event loop, saving the thread hand-over (0: never).",
     )
     prefetch: int | None = Field(
-        None, ge=1, description="Unacked messages each child's consumer may hold (default: the app's prefetch, 16)."
+        None,
+        ge=1,
+        description="Pin the unacked messages each child's consumer may hold (default: adaptive, from the app's "
+        "prefetch, 16, up to 1024 while tasks prove short).",
     )
     max_tasks_per_child: int = Field(
         0, ge=0, description="Replace a child after it received this many messages (0: never)."

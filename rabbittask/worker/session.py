@@ -24,9 +24,10 @@ import aiormq.abc
 from aiormq.abc import DeliveredMessage
 
 from rabbittask.amqp.connect import CONNECTION_ERRORS, access_refused, connect
+from rabbittask.delays import delay_names
 from rabbittask.errors import AccessRefused, ConnectionLost, PublishError, TopologyMismatch
 from rabbittask.partitions import PARTITION_PREFETCH, home_partitions, partition_queues
-from rabbittask.publish.declare import declare_async
+from rabbittask.publish.declare import declare_for_worker
 from rabbittask.settings import mask_url
 from rabbittask.worker.acks import Acker
 from rabbittask.worker.exits import EXIT_CONFIG, EXIT_OK
@@ -90,6 +91,11 @@ class Session:
         self._on_ready = on_ready
         self._on_consuming = on_consuming
         self.consumed = False  # until the first consume: a failure before it is no connection "lost"
+        self._channel: aiormq.abc.AbstractChannel | None = None  # while consuming
+        self._plain: list[str] = []  # the queues consumed at the (adaptive) prefetch: not the partitions
+        self._tags: list[str] = []  # their consumers on the current channel
+        self._consuming_prefetch = 0  # the prefetch they were created with
+        self._resizing: asyncio.Task[None] | None = None
 
     async def run(self) -> int:
         """Run sessions until a stop; back off on connection loss, give up on configuration errors."""
@@ -146,17 +152,21 @@ class Session:
         try:
             channel = await connection.channel(publisher_confirms=False)
             try:
-                if self.app.settings.declare_topology:
-                    await declare_async(channel, self.app.declarations(self.queues))
+                if self.app.settings.declare_topology:  # the delay ladder only when it is not all there
+                    decls, ladder = self.app.declarations(self.queues), delay_names(self.app.settings.exchange)
+                    channel = await declare_for_worker(connection, channel, decls, ladder)
                 else:  # pre-applied by an admin: the worker needs no configure permission
                     await check_queues(channel, [*plain, *partitioned])
-                prefetch = self._retirement.prefetch(self.prefetch)  # capped by a max-tasks budget
+                prefetch = self._retirement.prefetch(max(1, self.prefetch))  # capped by a max-tasks budget
                 if self.before_consume is not None:
                     await self.before_consume()
                     if not self._lifecycle.running:
                         return  # stopped before it took a message
                 acker = self._settler.acker = Acker(channel, prefetch)
-                tags, standby = await self._subscribe_all(channel, acker, plain, partitioned, prefetch)
+                self._plain = plain
+                self._tags = await self._consumers(channel, prefetch)  # re-made when the prefetch adapts
+                self._channel, self._consuming_prefetch = channel, prefetch
+                tags, standby = await self._subscribe_partitions(channel, acker, partitioned)
             except aiormq.exceptions.ChannelAccessRefused as e:
                 raise access_refused(self.app.settings, e, f"declare or consume {', '.join(self.queues)}") from None
             shown = plain + [
@@ -174,33 +184,32 @@ class Session:
             await asyncio.wait([stop, channel.closing], return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
             later.cancel()
+            if self._resizing is not None:  # it stops after its step: then the tags are the live consumers
+                await asyncio.wait([self._resizing])
             if not self._lifecycle.running and not channel.is_closed:
-                await self._drain(channel, tags)
+                await self._drain(channel, [*self._tags, *tags])
             elif channel.is_closed or channel.closing.done():
                 raise ConnectionLost(f"channel closed: {_close_reason(channel.closing)}")
         finally:
             self._settler.acker = None
+            self._channel = None
             if self._on_consuming is not None:
                 self._on_consuming(False)
             if not connection.is_closed:
                 await connection.close()
 
-    async def _subscribe_all(
-        self, channel: aiormq.abc.AbstractChannel, acker: Acker, plain: list[str], partitioned: list[str], prefetch: int
+    async def _subscribe_partitions(
+        self, channel: aiormq.abc.AbstractChannel, acker: Acker, partitioned: list[str]
     ) -> tuple[list[str], list[str]]:
-        """Consume the plain queues at `prefetch` and this child's home partitions at 1; (tags, standby)."""
-        tags: list[str] = []
-        if plain:
-            await channel.basic_qos(prefetch_count=prefetch)  # per consumer, never global
-            tags += [await self._subscribe(channel, q) for q in plain]
+        """Consume this child's home partitions at a prefetch of 1 (never adapted); (tags, standby partitions)."""
         home, standby = home_partitions(partitioned, self.partition_slot)
-        if partitioned:
-            # basic.qos without global sets the prefetch of the consumers started after it on the channel.
-            await channel.basic_qos(prefetch_count=PARTITION_PREFETCH)
-            for q in home:
-                acker.urgent_consumers[await self._subscribe(channel, q)] = q
-            tags += acker.urgent_consumers
-        return tags, standby
+        if not partitioned:
+            return [], standby
+        # basic.qos without global sets the prefetch of the consumers started after it on the channel.
+        await channel.basic_qos(prefetch_count=PARTITION_PREFETCH)
+        for q in home:
+            acker.urgent_consumers[await self._subscribe(channel, q)] = q
+        return list(acker.urgent_consumers), standby
 
     async def _subscribe(self, channel: aiormq.abc.AbstractChannel, queue: str) -> str:
         """Consume `queue` with the prefetch set last on `channel`; the consumer tag."""
@@ -227,6 +236,44 @@ class Session:
                     self._settler.acker.urgent_consumers[tag] = q
         except RECONNECT_ERRORS as e:  # the session ends and reconnects anyway
             log.debug("standby consumers not started: %s", e)
+
+    async def _consumers(self, channel: aiormq.abc.AbstractChannel, prefetch: int) -> list[str]:
+        """Consume every queue with `prefetch` (per consumer, never global; 0: none); the consumer tags."""
+        if prefetch < 1:  # basic.qos 0 means unlimited: 0 here means not consuming
+            return []
+        tags: list[str] = []
+        if not self._plain:
+            return tags
+        await channel.basic_qos(prefetch_count=prefetch)
+        for q in self._plain:  # partitions keep their prefetch of 1: not re-made
+            ok = await channel.basic_consume(q, self._on_message)
+            tags.append(ok.consumer_tag or "")
+        return tags
+
+    def resize(self, prefetch: int) -> None:
+        """Consume with `prefetch` from now on: re-consume, as `basic.qos` binds only consumers made after it."""
+        self.prefetch = prefetch
+        if self._resizing is None and self._channel is not None:
+            self._resizing = asyncio.ensure_future(self._resize())
+
+    async def _resize(self) -> None:
+        try:
+            while (channel := self._channel) is not None and self._lifecycle.running and not channel.is_closed:
+                prefetch = self.prefetch
+                if prefetch == self._consuming_prefetch:
+                    return
+                # The new consumers first, then the old ones go: what they hold stays valid on the channel.
+                tags = await self._consumers(channel, prefetch)
+                old, self._tags, self._consuming_prefetch = self._tags, tags, prefetch
+                for tag in old:
+                    await channel.basic_cancel(tag)
+                if (acker := self._settler.acker) is not None and prefetch:
+                    acker.window(prefetch)
+                log.debug("consuming with prefetch %d", prefetch)
+        except RECONNECT_ERRORS as e:  # the session sees the channel close and reconnects at the new prefetch
+            log.debug("re-consuming with prefetch %d failed: %s", self.prefetch, e)
+        finally:
+            self._resizing = None
 
     async def _drain(self, channel: aiormq.abc.AbstractChannel, consumer_tags: list[str]) -> None:
         for tag in consumer_tags:

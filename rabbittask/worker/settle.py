@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from rabbittask.results.backend import ResultBackend
     from rabbittask.worker.events import Events
     from rabbittask.worker.inplace import InPlaceRetries
+    from rabbittask.worker.prefetch import AdaptivePrefetch
     from rabbittask.worker.redelivery import Redeliveries
     from rabbittask.worker.retirement import Lifecycle, Retirement
 
@@ -112,6 +113,7 @@ class Settler:
         self.reports = Reports(join_queue, app.settings.max_payload_bytes, self._confirmed_record)
         self.followup = Followup(app, self.reports)  # a workflow's next step or chord report, before the ack
         self.in_place: InPlaceRetries | None = None  # set by the child when a task it runs retries in place
+        self.adaptive: AdaptivePrefetch | None = None  # sees each run time, unless the prefetch is pinned
         self.log_successes = tasklog.enabled()  # asked once: a quiet drain pays no call per success
         self.successes = tasklog.Successes()  # with INFO on: one log record per loop turn
         self._background: set[asyncio.Task[None]] = set()
@@ -129,6 +131,9 @@ class Settler:
             forget = reason.settlement is Settlement.FORGET
         elif self.log_successes:
             self.successes.add(outcome)
+        adaptive = self.adaptive
+        if adaptive is not None:
+            adaptive.observe(outcome.runtime_s)
         events = self.events
         if events is not None and not forget:
             events.record(outcome)
@@ -144,20 +149,24 @@ class Settler:
             pass
         elif acker is None or message.channel is not acker.channel or not acker.alive:
             self._orphaned(outcome)
-        elif (
-            reason is None
-            and not message.header.properties.reply_to
-            and (self.backend is None or not self._stores(outcome))
-            and not is_workflow(message)
-            and (self.celery is None or not self.celery.has_work(outcome))
-        ):
-            acker.ack(delivery_tag(message))
-        elif reason is not None and reason.settlement is Settlement.ACK:
+        elif self._acks_at_once(outcome):
             acker.ack(delivery_tag(message))
         else:
             self._spawn(self._publish_then_ack(acker, outcome))
             return  # in flight until the copy, reply or result is confirmed and the message acked
         self.flight.done()
+
+    def _acks_at_once(self, outcome: Outcome) -> bool:
+        """Whether the ack needs nothing confirmed first: no reply, result, copy, next step or Celery work."""
+        reason, message = outcome.reason, outcome.message
+        if reason is not None:
+            return reason.settlement is Settlement.ACK
+        return (
+            not message.header.properties.reply_to
+            and (self.backend is None or not self._stores(outcome))
+            and not is_workflow(message)
+            and (self.celery is None or not self.celery.has_work(outcome))
+        )
 
     def hand_back(self, message: DeliveredMessage) -> None:
         """Return a message that never started to its queue (warm shutdown): nack it with requeue (acks.py)."""

@@ -68,6 +68,7 @@ class TaskThreads:
         self._running: list[DeliveredMessage | None] = [None] * count  # what each thread runs now
         self.waiting: dict[int, DeliveredMessage] = {}  # queued, not started (`inspect scheduled`), by id()
         self._abandoned: set[int] = set()  # id() of runs settled without their thread (terminated, revoke)
+        self._since = [0.0] * count  # when each thread's current task started (monotonic)
         self._limits = ThreadLimits() if limited else None
         self._redeliveries = redeliveries
         self._started_log = started_log
@@ -126,6 +127,22 @@ class TaskThreads:
         self._done(len(taken))
         return taken
 
+    def shed(self, handable: Callable[[DeliveredMessage], bool]) -> list[DeliveredMessage]:
+        """Take back the waiting messages for which `handable` holds; the others keep their order."""
+        taken: list[DeliveredMessage] = []
+        for message in self.unstarted():
+            if handable(message):
+                taken.append(message)
+            else:
+                self.put(message)
+        return taken
+
+    def stalled_since(self) -> float | None:
+        """When the youngest task started while every thread runs one (None: a thread is free)."""
+        if any(m is None for m in self._running):
+            return None
+        return max(self._since)
+
     def running(self) -> list[DeliveredMessage]:
         """Messages a thread runs now, or ran and are not settled yet (a redelivery of one waits for it)."""
         unsettled = [o.message for o in list(self.results) if o.reason is not Reason.STALE]
@@ -143,6 +160,7 @@ class TaskThreads:
                     started_log.append((message, time.time()))
                 # `marked` is empty unless redeliveries run: a marker is written before they start
                 marked = redeliveries.start(message) if redeliveries.marked else None
+                self._since[slot] = time.monotonic()
                 running[slot] = message
                 outcome = run_sync(self.app, message) if limits is None else self._run_limited(limits, message)
                 running[slot] = None

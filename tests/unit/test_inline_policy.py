@@ -144,3 +144,45 @@ def test_an_inline_task_runs_as_in_a_thread_with_no_event_loop_running() -> None
     [outcome] = settled
     assert outcome.ok, outcome.traceback
     assert outcome.value == [42, "get_running_loop raised"]
+
+
+def test_messages_waiting_for_the_thread_can_be_handed_back_and_are_then_never_run() -> None:
+    # Given the thread busy with a long task, and two proven-short messages waiting behind it
+    app = App("inline-shed", broker_url="amqp://guest:guest@localhost:5672/")
+    ran: list[int] = []
+
+    @app.task(name="short")
+    def short(i: int) -> None:
+        ran.append(i)
+
+    settled: list[Outcome] = []
+    runner = runner_for(app, settled)
+    busy = BusyThreads()
+    runner._threads = busy  # type: ignore[assignment]
+    task = app.tasks["short"]
+
+    async def consume() -> list[Any]:
+        waiting = [asyncio.ensure_future(runner.run(delivered("short", i), task)) for i in (1, 2)]  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        # When the child sheds the first delivery (the second is a redelivery: kept)
+        taken = runner.shed(lambda m: m.header.properties.message_id == "m1")
+        busy.finish()
+        await asyncio.wait_for(asyncio.gather(*waiting), 1.0)
+        return taken
+
+    taken = asyncio.run(consume())
+    # Then it is taken (to be handed back) and never runs; the other runs once the thread is free
+    assert [m.header.properties.message_id for m in taken] == ["m1"]
+    assert ran == [2] and [o.message.header.properties.message_id for o in settled] == ["m2"]
+
+
+class BusyThreads(Threads):
+    """Threads with one task running until `finish()`."""
+
+    def __init__(self) -> None:
+        self.pending = 1
+        self.idle = asyncio.Event()
+
+    def finish(self) -> None:
+        self.pending = 0
+        self.idle.set()
