@@ -27,7 +27,7 @@ import aiormq.abc
 from pydantic_core import from_json
 
 from rabbittask.amqp.connect import connect
-from rabbittask.errors import ConnectionLost, PayloadError, PublishNotConfirmed, RabbitTaskError
+from rabbittask.errors import AccessRefused, ConnectionLost, PayloadError, PublishNotConfirmed, RabbitTaskError
 from rabbittask.message import Outgoing
 from rabbittask.results.record import encode_failure, encode_success
 from rabbittask.settings import mask_url
@@ -68,7 +68,12 @@ class Joiner:
             except Exception as e:  # noqa: BLE001 - broker trouble, a refused declare: never the child's end
                 if not self.lifecycle.running:
                     return
-                log.warning("chord joiner: %s; reconnecting in %.1f s", mask_url(str(e) or type(e).__name__), backoff_s)
+                if isinstance(e, AccessRefused):  # the consuming session says so, and ends the worker if it lasts
+                    log.debug("chord joiner: %s", e)
+                else:
+                    log.warning(
+                        "chord joiner: %s; reconnecting in %.1f s", mask_url(str(e) or type(e).__name__), backoff_s
+                    )
                 try:
                     await asyncio.wait_for(self.lifecycle.stopping.wait(), backoff_s)
                 except TimeoutError:
