@@ -18,6 +18,7 @@ from typing import Any
 
 from rabbittask.dashboard.tasks import TaskIndex
 from rabbittask.dashboard.taskstats import TaskStats
+from rabbittask.dashboard.waiting import Waiting
 from rabbittask.history.query import flatten
 from rabbittask.ops.heartbeat import HEARTBEAT, OFFLINE, Heartbeat
 
@@ -44,6 +45,7 @@ class History:
         self.beats: dict[BeatKey, tuple[float, Heartbeat]] = {}
         self.index = TaskIndex()
         self.stats = TaskStats()
+        self.waiting = Waiting()
 
     def feed(self, routing_key: str, body: dict[str, Any], now: float | None = None) -> None:
         """Take one message of the events exchange (`task.<state>.<task>` or `worker.*`)."""
@@ -73,6 +75,7 @@ class History:
             if self.tasks is not None and event.get("task") not in self.tasks:
                 continue
             self.index.add(event)
+            self.waiting.add(event)
             state = str(event.get("state", "?"))
             if state == PROGRESS:
                 continue  # on the task's record only: a report is no outcome
