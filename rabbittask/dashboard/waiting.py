@@ -101,12 +101,13 @@ class Waiting:
         for name in sorted(schedules):
             entry = schedules[name]
             last = self.ticks.get(name)
+            when = f"cron {entry.cron} ({entry.tz})" if entry.cron is not None else f"every {entry.every_s:g} s"
             rows.append(
                 {
                     "name": name,
                     "task": entry.task_name,
                     "queue": entry.queue,
-                    "when": f"cron {entry.cron} ({entry.tz})" if entry.cron is not None else f"every {entry.every_s:g} s",
+                    "when": when,
                     "last_tick": last[0] if last else None,
                     "last_tick_id": last[1] if last else None,
                     "next_tick": entry.next_after(now),

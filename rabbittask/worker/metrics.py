@@ -71,7 +71,7 @@ class TaskMetrics:
     def observe(self, outcomes: Sequence[Outcome], succeeded: Sequence[Succeeded] = ()) -> None:
         """Count a flushed batch: one counter increment per (task, state), one histogram sample per task.
 
-        `succeeded` holds (message id, task name, runtime, argsrepr, workflow) of tasks that succeeded (events.Succeeded).
+        `succeeded` holds (id, task name, runtime, argsrepr, workflow) of tasks that succeeded (events.Succeeded).
         """
         from rabbittask.worker.events import state_of
 

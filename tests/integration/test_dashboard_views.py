@@ -18,7 +18,7 @@ from rabbittask.message import H_REASON
 from tests import amqp
 from tests.apps.dash_views import make_app
 from tests.integration.test_dashboard import CHROMIUM, CHROMIUM_ARGS, TOKEN, WAIT_MS, DashboardProcess
-from tests.waiting import assert_stays, wait_until
+from tests.waiting import assert_stays
 from tests.workers import WorkerFactory, worker_env
 
 APP = "tests.apps.dash_views:app"
@@ -100,6 +100,7 @@ def test_dashboard_revokes_and_terminates_an_active_task_shows_rate_limits_delay
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 1400})
         page.goto(board.url)
+
         # Given a long task running, a retry waiting 15 s, ten rate-limited runs, and beat ticking for 2.5 s
         def send() -> None:
             sent["long"] = crunch.delay(120).id  # type: ignore[attr-defined]
@@ -162,6 +163,7 @@ def test_dashboard_revokes_and_terminates_an_active_task_shows_rate_limits_delay
         browser.close()
         stopped = board.stop()
     assert stopped == 0, board.log_path.read_text()
-    letters = {p.message_id: (p.headers or {}).get(H_REASON) for p, _ in amqp.get_all(broker_url, f"{prefix}.views.dlq")}
+    dlq = amqp.get_all(broker_url, f"{prefix}.views.dlq")
+    letters = {p.message_id: (p.headers or {}).get(H_REASON) for p, _ in dlq}
     assert letters == {sent["long"]: "terminated"}
     assert worker.stop() == 0
