@@ -25,7 +25,7 @@ MAX_REVOKE = 1000  # ids in one request
 UNLIMITED = "unlimited"
 
 
-class Refused(Exception):
+class _Refused(Exception):
     """A request the dashboard answers with an error status and a message."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -35,13 +35,13 @@ class Refused(Exception):
 
 
 async def read_json(request: Request) -> dict[str, Any]:
-    """The request's JSON object; `Refused` (400) saying what is wrong with it."""
+    """The request's JSON object; `_Refused` (400) saying what is wrong with it."""
     try:
         body = json.loads(await request.body() or b"{}")
     except ValueError:
-        raise Refused(400, "the request body must be JSON") from None
+        raise _Refused(400, "the request body must be JSON") from None
     if not isinstance(body, dict):
-        raise Refused(400, "the request body must be a JSON object")
+        raise _Refused(400, "the request body must be a JSON object")
     return body
 
 
@@ -77,11 +77,11 @@ class ControlViews:
         body = await read_json(request)
         ids, terminate = body.get("ids"), body.get("terminate", False)
         if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i.strip() for i in ids):
-            raise Refused(400, 'say which tasks to revoke: {"ids": ["<task id>", ...], "terminate": false}')
+            raise _Refused(400, 'say which tasks to revoke: {"ids": ["<task id>", ...], "terminate": false}')
         if len(ids) > MAX_REVOKE:
-            raise Refused(400, f"revoke at most {MAX_REVOKE} tasks in one request, not {len(ids)}")
+            raise _Refused(400, f"revoke at most {MAX_REVOKE} tasks in one request, not {len(ids)}")
         if not isinstance(terminate, bool):
-            raise Refused(400, f"terminate must be true or false, not {terminate!r}")
+            raise _Refused(400, f"terminate must be true or false, not {terminate!r}")
         await self.app.control.arevoke(ids, terminate=terminate)
         return JSONResponse({"revoked": ids, "terminate": terminate})
 

@@ -36,8 +36,7 @@ from starlette.staticfiles import StaticFiles
 
 from rabbittask.dashboard.auth import Sessions, TokenAuth
 from rabbittask.dashboard.monitor import Monitor
-from rabbittask.dashboard.plane import ControlViews, read_json
-from rabbittask.dashboard.plane import Refused as _Refused
+from rabbittask.dashboard.plane import ControlViews, _Refused, read_json
 from rabbittask.dashboard.tasks import SEARCH_LIMIT
 from rabbittask.delays import unroutable_name
 from rabbittask.errors import RabbitTaskError
