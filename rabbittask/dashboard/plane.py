@@ -2,13 +2,16 @@
 
 Each request asks the workers through `app.control` (control/client.py), the same broadcast as
 `rabbittask inspect`: every live child answers within `INSPECT_TIMEOUT_S`, and a child alive a
-moment ago that stays silent is listed as missing. A revoke is `app.control.revoke(ids,
-terminate=...)`: confirmed by the broker before the answer, kept for `revoke_retention_s`. Being
-POSTs, revokes pass the token and CSRF checks of auth.py like the dead-letter actions.
+moment ago that stays silent is listed as missing. Answers are shared for `FRESH_S` (several open
+pages, or both views of one, cost one broadcast), and one broadcast of a kind runs at a time.
+A revoke is `app.control.revoke(ids, terminate=...)`: confirmed by the broker before the answer,
+kept for `revoke_retention_s`. Being POSTs, revokes pass the token and CSRF checks of auth.py like
+the dead-letter actions.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -18,9 +21,11 @@ from starlette.responses import JSONResponse, Response
 
 if TYPE_CHECKING:
     from rabbittask.app import App
+    from rabbittask.control.client import Replies
     from rabbittask.dashboard.monitor import Monitor
 
 INSPECT_TIMEOUT_S = 1.0
+FRESH_S = 1.5
 MAX_REVOKE = 1000  # ids in one request
 UNLIMITED = "unlimited"
 
@@ -51,10 +56,22 @@ class ControlViews:
     def __init__(self, app: App, monitor: Monitor) -> None:
         self.app = app
         self.monitor = monitor
+        self._answers: dict[str, tuple[float, Replies]] = {}
+        self._locks = {"active": asyncio.Lock(), "stats": asyncio.Lock()}
+
+    async def _ask(self, command: str) -> Replies:
+        """The children's answers to `command`, at most `FRESH_S` old."""
+        async with self._locks[command]:
+            cached = self._answers.get(command)
+            if cached is not None and time.monotonic() - cached[0] < FRESH_S:
+                return cached[1]
+            replies = await self.app.control.abroadcast(command, timeout_s=INSPECT_TIMEOUT_S)
+            self._answers[command] = (time.monotonic(), replies)
+            return replies
 
     async def active(self, request: Request) -> Response:
         """What every worker child runs now: `inspect active`, one row per run, oldest first."""
-        replies = await self.app.control.abroadcast("active", timeout_s=INSPECT_TIMEOUT_S)
+        replies = await self._ask("active")
         rows = [
             {**run, "child": child, "worker": replies.supervisors.get(child)}
             for child, runs in replies.replies.items()
@@ -83,12 +100,13 @@ class ControlViews:
         if not isinstance(terminate, bool):
             raise _Refused(400, f"terminate must be true or false, not {terminate!r}")
         await self.app.control.arevoke(ids, terminate=terminate)
+        self._answers.pop("active", None)  # the next look shows the runs as they are now
         return JSONResponse({"revoked": ids, "terminate": terminate})
 
     async def rate_limits(self, request: Request) -> Response:
         """Per task: the declared limit, the limit the live children apply (an override when it differs), the
         measured rate (runs started per second over the last minute)."""
-        replies = await self.app.control.abroadcast("stats", timeout_s=INSPECT_TIMEOUT_S)
+        replies = await self._ask("stats")
         answered = {c: r for c, r in replies.replies.items() if isinstance(r, dict)}
         now = time.time()
         waiting = self.monitor.history.waiting
