@@ -29,6 +29,7 @@ FAILED = "failed"  # the task ran and raised; it is dead-lettered
 DEAD_LETTERED = "dead-lettered"  # in the DLQ: a failed task, or one that never ran (bad message, expired...)
 
 PROGRESS = "progress"  # ctx.progress() of a running task
+BEAT_TICK = "beat.tick."  # a tick `rabbittask beat` sent (beat/scheduler.py)
 
 BeatKey = tuple[str, int]
 
@@ -53,6 +54,9 @@ class History:
         if routing_key.startswith("task."):
             self.started_at = min(self.started_at, now)  # history read from the stream reaches back
             self._tasks(body, now)
+            return
+        if routing_key.startswith(BEAT_TICK):
+            self.waiting.beat_tick(body)
             return
         if routing_key not in (HEARTBEAT, OFFLINE):
             return

@@ -4,8 +4,8 @@ A `retried` event says when the task comes back (`retry_in_s` after the event): 
 the delay ladder until then, and is listed until a later event of it (received, started, a
 final state) says it left. Countdowns and ETAs of `apply_async` emit no event when sent, so they
 are not listed; the ladder's total depth (`delayed` in the state) counts them. A periodic tick is
-a task whose id is `<schedule>@<slot>` (beat/state.py): its events give each schedule's latest
-slot that reached a worker. Run rates count starts per task over the last `RATE_WINDOW_S`: the
+a task whose id is `<schedule>@<slot>` (beat/state.py): beat's `beat.tick.<schedule>` event, and the
+tick's task events, give each schedule's latest slot. Run rates count starts per task over the last `RATE_WINDOW_S`: the
 `started` events, or the finished runs where workers do not send `started` (`events_started`).
 """
 
@@ -65,6 +65,12 @@ class Waiting:
             self._count(self.started, task, ts)
         elif state in RUNS:
             self._count(self.finished, task, ts)
+
+    def beat_tick(self, body: dict[str, Any]) -> None:
+        """Take a `beat.tick.<schedule>` event: `{"schedule", "task", "id", "slot", "ts", "by"}`."""
+        name, slot, task_id = body.get("schedule"), body.get("slot"), body.get("id")
+        if isinstance(name, str) and isinstance(slot, int | float) and slot > self.ticks.get(name, (0.0, ""))[0]:
+            self.ticks[name] = (float(slot), str(task_id))
 
     def _tick(self, task_id: str) -> None:
         name, _, slot_text = task_id.rpartition("@")

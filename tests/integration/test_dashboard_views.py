@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -167,3 +169,40 @@ def test_dashboard_revokes_and_terminates_an_active_task_shows_rate_limits_delay
     letters = {p.message_id: (p.headers or {}).get(H_REASON) for p, _ in dlq}
     assert letters == {sent["long"]: "terminated"}
     assert worker.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_beat_announces_each_tick_and_the_history_keeps_it_for_the_schedules_view(app: App, prefix: str) -> None:
+    from rabbittask.amqp.connect import connect
+    from rabbittask.beat import tick_id
+    from rabbittask.dashboard.history import History
+    from rabbittask.history import stream
+
+    async def main() -> int:
+        connection = await connect(app.settings, "test")
+        try:
+            assert await stream.declare(connection.channel, app.settings) is None
+        finally:
+            await connection.close()
+        return await run_beat_for(app, 2.5)
+
+    since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=2)
+    # Given beat ticking for 2.5 s while no worker takes the ticks
+    sent = asyncio.run(main())
+    app.close()
+    # Then each tick sent is a `beat.tick.<schedule>` event in the history stream
+    events = [
+        m
+        for m in stream.read(app.settings, since, routing_prefix="beat.tick.")
+        if m.get("schedule") == f"{prefix}-tick"
+    ]
+    assert sent >= 1 and len(events) == sent
+    assert {m["routing_key"] for m in events} == {f"beat.tick.{prefix}-tick"}
+    # And the dashboard's schedules view takes its last tick from them
+    board = History(app.tasks)
+    for m in events:
+        board.feed(m["routing_key"], m)
+    (row,) = board.waiting.schedule_rows(app.schedules, time.time())
+    last = max(m["slot"] for m in events)
+    assert (row["last_tick"], row["last_tick_id"]) == (last, tick_id(f"{prefix}-tick", last))
+    assert row["next_tick"] > last
