@@ -11,7 +11,7 @@ tick's task events, give each schedule's latest slot. Run rates count starts per
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +29,8 @@ class Waiting:
     def __init__(self) -> None:
         self.delayed: dict[str, dict[str, Any]] = {}  # task id -> {"id", "task", "due", "retried_at", ...}
         self.ticks: dict[str, tuple[float, str]] = {}  # schedule name -> (latest slot seen, its tick id)
-        self.started: dict[str, deque[float]] = {}  # task -> start times within the window
-        self.finished: dict[str, deque[float]] = {}  # task -> finish times, for workers without `started` events
+        self.started: dict[str, Counter[int]] = {}  # task -> starts per second (epoch) within the window
+        self.finished: dict[str, Counter[int]] = {}  # task -> finished runs per second, without `started` events
         self.newest = 0.0  # time of the newest event: the window ends there while the history is read
 
     def add(self, event: dict[str, Any]) -> None:
@@ -81,11 +81,13 @@ class Waiting:
         if slot > self.ticks.get(name, (0.0, ""))[0]:
             self.ticks[name] = (slot, task_id)
 
-    def _count(self, times: dict[str, deque[float]], task: str, ts: float) -> None:
-        window = times.setdefault(task, deque())
-        window.append(ts)
-        while window and window[0] < self.newest - RATE_WINDOW_S:
-            window.popleft()
+    def _count(self, counts: dict[str, Counter[int]], task: str, ts: float) -> None:
+        seconds = counts.setdefault(task, Counter())
+        seconds[int(ts)] += 1
+        if len(seconds) > 2 * RATE_WINDOW_S:  # forget the seconds before the window
+            oldest = int(self.newest - RATE_WINDOW_S)
+            for second in [s for s in seconds if s < oldest]:
+                del seconds[second]
 
     def delayed_rows(self, now: float) -> list[dict[str, Any]]:
         """The retries waiting, soonest due first; `due_in_s` is negative once due (a worker has yet to take it)."""
@@ -96,10 +98,8 @@ class Waiting:
         """Runs of `task` started per second over the last minute, and what was counted (`started` or `finished`)."""
         since = now - RATE_WINDOW_S
         started = self.started.get(task)
-        if started:
-            return round(sum(1 for t in started if t >= since) / RATE_WINDOW_S, 3), "started"
-        finished = self.finished.get(task) or ()
-        return round(sum(1 for t in finished if t >= since) / RATE_WINDOW_S, 3), "finished"
+        counts, counted = (started, "started") if started else (self.finished.get(task) or Counter(), "finished")
+        return round(sum(n for s, n in counts.items() if s >= since) / RATE_WINDOW_S, 3), counted
 
     def schedule_rows(self, schedules: dict[str, ScheduleEntry], now: float) -> list[dict[str, Any]]:
         """Each schedule entry: what it sends, when, its latest tick seen in the history and its next slot."""

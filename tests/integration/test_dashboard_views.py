@@ -106,6 +106,7 @@ def test_dashboard_revokes_and_terminates_an_active_task_shows_rate_limits_delay
         # Given a long task running, a retry waiting 15 s, ten rate-limited runs, and beat ticking for 2.5 s
         def send() -> None:
             sent["long"] = crunch.delay(120).id  # type: ignore[attr-defined]
+            sent["short"] = crunch.delay(20).id  # type: ignore[attr-defined]
             sent["later"] = later.delay(7).id  # type: ignore[attr-defined]
             for n in range(10):
                 throttled.delay(n)  # type: ignore[attr-defined]
@@ -135,6 +136,11 @@ def test_dashboard_revokes_and_terminates_an_active_task_shows_rate_limits_delay
         expect(schedule).to_contain_text("every 1 s", timeout=WAIT_MS)
         expect(schedule.locator(".last-tick")).not_to_have_text("none seen", timeout=WAIT_MS)
         page.screenshot(path=str(tmp_path / "dashboard-views.png"), full_page=True)
+        # When "Revoke" (without terminate) is clicked on a run, the run under way goes on and ends as it would
+        short = page.locator(f'#active tr[data-id="{sent["short"]}"]')
+        short.locator("button.revoke").click()
+        expect(page.locator("#notice")).to_have_text(f"revoked {sent['short']}: it will not run again")
+        expect(short).to_have_count(1)
 
         # When a POST to revoke comes without the CSRF token (or with a wrong one), it is refused: nothing revoked
         for headers in ({}, {"X-CSRF-Token": "forged"}):
@@ -159,15 +165,16 @@ def test_dashboard_revokes_and_terminates_an_active_task_shows_rate_limits_delay
         page.locator(f'#task-results tr[data-id="{flow.steps[-1].id}"] a.task-link').click()
         expect(page.locator("#task-workflow .workflow-id")).to_have_text(flow.id)
         expect(page.locator("#task-workflow")).to_contain_text("3 task(s) of it in the history (3 succeeded)")
-        # And the retry ran again once due: it no longer waits
+        # And the retry ran again once due: it no longer waits; the run revoked without terminate ended
         expect(waiting).to_have_count(0, timeout=WAIT_MS + 10_000)
+        expect(short).to_have_count(0, timeout=WAIT_MS)
     finally:
         browser.close()
         stopped = board.stop()
     assert stopped == 0, board.log_path.read_text()
     dlq = amqp.get_all(broker_url, f"{prefix}.views.dlq")
     letters = {p.message_id: (p.headers or {}).get(H_REASON) for p, _ in dlq}
-    assert letters == {sent["long"]: "terminated"}
+    assert letters == {sent["long"]: "terminated"}  # and nothing else: the revoked run was not stopped
     assert worker.stop() == 0
 
 
