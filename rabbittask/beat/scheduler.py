@@ -182,7 +182,7 @@ class Beat:
         # From here on the lock is ours for as long as this connection lives.
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         await declare_async(channel, self.declarations())
-        self._channel, self._events = channel, probe
+        self._channel, self._events = channel, await self._events_channel(probe)
         state = await self._read_state(channel)
         now = self.clock()
         self.done_until = dict(state.done_until)
@@ -286,13 +286,28 @@ class Beat:
         log.info("tick %s -> task %s (queue %s)", msg.message_id, entry.task_name, msg.routing_key)
         return True
 
+    async def _events_channel(self, probe: aiormq.abc.AbstractChannel) -> aiormq.abc.AbstractChannel | None:
+        """The probe channel, for `beat.tick` events, once the events exchange exists (declared as workers do)."""
+        settings = self.app.settings
+        if not settings.events:
+            return None
+        try:
+            exchange = events_exchange_name(settings.exchange)
+            await probe.exchange_declare(
+                exchange, exchange_type="topic", durable=True, passive=not settings.declare_topology
+            )
+        except aiormq.exceptions.AMQPError as e:
+            log.info("not sending beat.tick events: %s", e)
+            return None
+        return probe
+
     async def _announce(self, entry: ScheduleEntry, slot: float, now: float) -> None:
         """Publish a `beat.tick.<entry>` event (the dashboard's last tick), best-effort, without confirm.
 
         On a channel of its own: an events exchange that does not exist closes that channel only.
         """
         channel = self._events
-        if channel is None or channel.is_closed or not self.app.settings.events:
+        if channel is None or channel.is_closed:
             return
         body = {"schedule": entry.name, "task": entry.task_name, "id": tick_id(entry.name, slot), "slot": slot}
         try:
