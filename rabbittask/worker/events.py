@@ -55,7 +55,7 @@ RETRY_CHANNEL_S = 5.0  # after a failed send, how long events are dropped before
 SEND_TIMEOUT_S = 2.0
 PROPERTIES = aiormq.spec.Basic.Properties(content_type="application/json", delivery_mode=1)
 EVENT_TRACEBACK_CHARS = 2000  # the end of a failed task's traceback: where it raised
-Succeeded = tuple[str, str, float, str | None, str | None]  # (id, task, runtime_s, argsrepr, workflow) of a success
+Succeeded = tuple[str, str, float, object, object]  # (id, task, runtime_s, argsrepr, workflow: raw headers) of a success
 MessageLog = deque[tuple[DeliveredMessage, float]]  # (message, time.time()) of received or started tasks
 
 
@@ -116,9 +116,9 @@ def succeeded_events(succeeded: Sequence[Succeeded]) -> dict[str, list[dict[str,
         if events is None:
             events = by_task[name] = groups.setdefault(f"task.succeeded.{name}", [])
         event = {"id": message_id, "task": name, "state": "succeeded", "runtime_s": runtime_s}
-        if args is not None:
+        if isinstance(args, str):
             event["args"] = args
-        if workflow is not None:
+        if isinstance(workflow, str):
             event["workflow"] = workflow
         events.append(event)
     return groups
@@ -196,16 +196,11 @@ class Events:
         """The per-task cost: an append (and, every `BATCH` tasks, a flush)."""
         if outcome.reason is None:
             buffer: list[Any] = self.succeeded
-            message = outcome.message
-            buffer.append(
-                (
-                    message.header.properties.message_id or "?",
-                    outcome.task_name,
-                    outcome.runtime_s,
-                    argsrepr_of(message),
-                    workflow_of(message),
-                )
-            )
+            props = outcome.message.header.properties
+            headers = props.headers
+            # Raw header values (checked to be text when the events are built, off the hot path).
+            args, workflow = (headers.get(H_ARGSREPR), headers.get(H_WORKFLOW)) if headers else (None, None)
+            buffer.append((props.message_id or "?", outcome.task_name, outcome.runtime_s, args, workflow))
         else:
             buffer = self.buffer
             buffer.append(outcome)
