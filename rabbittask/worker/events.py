@@ -55,7 +55,7 @@ RETRY_CHANNEL_S = 5.0  # after a failed send, how long events are dropped before
 SEND_TIMEOUT_S = 2.0
 PROPERTIES = aiormq.spec.Basic.Properties(content_type="application/json", delivery_mode=1)
 EVENT_TRACEBACK_CHARS = 2000  # the end of a failed task's traceback: where it raised
-Succeeded = tuple[str, str, float, object, object]  # (id, task, runtime_s, argsrepr, workflow: raw headers) of a success
+Succeeded = tuple[str, str, float, object, object]  # (id, task, runtime_s, argsrepr, workflow headers) of a success
 MessageLog = deque[tuple[DeliveredMessage, float]]  # (message, time.time()) of received or started tasks
 
 
