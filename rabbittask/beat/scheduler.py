@@ -22,6 +22,7 @@ refused the message (`x-overflow=reject-publish`), where a publisher confirm rep
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -54,7 +55,7 @@ from rabbittask.errors import ConfigError, ConnectionLost, PublishError, Publish
 from rabbittask.message import H_EXPIRES, H_FIRED_AT, H_SCHEDULE, H_SLOT, Outgoing, publish_target
 from rabbittask.publish.declare import declare_async
 from rabbittask.settings import mask_url
-from rabbittask.topology import Declaration
+from rabbittask.topology import Declaration, events_exchange_name
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -71,6 +72,8 @@ BROKER_ERRORS: tuple[type[Exception], ...] = (
     *CONNECTION_ERRORS,
 )
 STATE_TYPE = "rabbittask.beat.state"  # the `type` of the state message
+TICK_EVENT = "beat.tick"  # routing key prefix of the event of a tick sent, on `<exchange>.events`
+EVENT_PROPERTIES = aiormq.spec.Basic.Properties(content_type="application/json", delivery_mode=1)
 MAX_STATE_MESSAGES = 10  # the state queue holds one; read a few more in case a write raced a read
 
 
@@ -105,6 +108,7 @@ class Beat:
         # The lock, the ticks and the state share this one connection (see "Fencing" above).
         self._link = Link(self.settings, f"beat {app.name} {self.identity}")
         self._channel: aiormq.abc.AbstractChannel | None = None  # confirms: ticks and state
+        self._events: aiormq.abc.AbstractChannel | None = None  # no confirms: `beat.tick` events, best-effort
         self._stop = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -151,7 +155,7 @@ class Beat:
     async def close(self) -> None:
         """Close the connection: the broker deletes the lock queue and another replica can take over."""
         self.active = False
-        self._channel = None
+        self._channel = self._events = None
         await self._link.close()
 
     async def _sleep(self, seconds: float) -> None:
@@ -178,7 +182,7 @@ class Beat:
         # From here on the lock is ours for as long as this connection lives.
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         await declare_async(channel, self.declarations())
-        self._channel = channel
+        self._channel, self._events = channel, await self._events_channel(probe)
         state = await self._read_state(channel)
         now = self.clock()
         self.done_until = dict(state.done_until)
@@ -248,6 +252,7 @@ class Beat:
                     break  # not advanced: the next step sends the slot again
                 self.done_until[entry.name] = slot
                 await self._write_state(now)
+                await self._announce(entry, slot, now)
             else:
                 if plan.done_until is not None and plan.done_until > self.done_until[entry.name]:
                     self.done_until[entry.name] = plan.done_until
@@ -280,6 +285,40 @@ class Beat:
         self.ticks_sent += 1
         log.info("tick %s -> task %s (queue %s)", msg.message_id, entry.task_name, msg.routing_key)
         return True
+
+    async def _events_channel(self, probe: aiormq.abc.AbstractChannel) -> aiormq.abc.AbstractChannel | None:
+        """The probe channel, for `beat.tick` events, once the events exchange exists (declared as workers do)."""
+        settings = self.app.settings
+        if not settings.events:
+            return None
+        try:
+            exchange = events_exchange_name(settings.exchange)
+            await probe.exchange_declare(
+                exchange, exchange_type="topic", durable=True, passive=not settings.declare_topology
+            )
+        except aiormq.exceptions.AMQPError as e:
+            log.info("not sending beat.tick events: %s", e)
+            return None
+        return probe
+
+    async def _announce(self, entry: ScheduleEntry, slot: float, now: float) -> None:
+        """Publish a `beat.tick.<entry>` event (the dashboard's last tick), best-effort, without confirm.
+
+        On a channel of its own: an events exchange that does not exist closes that channel only.
+        """
+        channel = self._events
+        if channel is None or channel.is_closed:
+            return
+        body = {"schedule": entry.name, "task": entry.task_name, "id": tick_id(entry.name, slot), "slot": slot}
+        try:
+            await channel.basic_publish(
+                json.dumps({**body, "ts": now, "by": self.identity}).encode(),
+                exchange=events_exchange_name(self.app.settings.exchange),
+                routing_key=f"{TICK_EVENT}.{entry.name}",
+                properties=EVENT_PROPERTIES,
+            )
+        except BROKER_ERRORS as e:
+            log.debug("beat.tick event of %s not sent: %s", entry.name, e)
 
     async def _write_state(self, now: float) -> None:
         """Replace the state on the broker and wait for the confirm (`PublishNotConfirmed` if refused)."""

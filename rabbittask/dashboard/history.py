@@ -18,6 +18,7 @@ from typing import Any
 
 from rabbittask.dashboard.tasks import TaskIndex
 from rabbittask.dashboard.taskstats import TaskStats
+from rabbittask.dashboard.waiting import Waiting
 from rabbittask.history.query import flatten
 from rabbittask.ops.heartbeat import HEARTBEAT, OFFLINE, Heartbeat
 
@@ -28,6 +29,7 @@ FAILED = "failed"  # the task ran and raised; it is dead-lettered
 DEAD_LETTERED = "dead-lettered"  # in the DLQ: a failed task, or one that never ran (bad message, expired...)
 
 PROGRESS = "progress"  # ctx.progress() of a running task
+BEAT_TICK = "beat.tick."  # a tick `rabbittask beat` sent (beat/scheduler.py)
 
 BeatKey = tuple[str, int]
 
@@ -44,6 +46,7 @@ class History:
         self.beats: dict[BeatKey, tuple[float, Heartbeat]] = {}
         self.index = TaskIndex()
         self.stats = TaskStats()
+        self.waiting = Waiting()
 
     def feed(self, routing_key: str, body: dict[str, Any], now: float | None = None) -> None:
         """Take one message of the events exchange (`task.<state>.<task>` or `worker.*`)."""
@@ -51,6 +54,9 @@ class History:
         if routing_key.startswith("task."):
             self.started_at = min(self.started_at, now)  # history read from the stream reaches back
             self._tasks(body, now)
+            return
+        if routing_key.startswith(BEAT_TICK):
+            self.waiting.beat_tick(body)
             return
         if routing_key not in (HEARTBEAT, OFFLINE):
             return
@@ -73,6 +79,7 @@ class History:
             if self.tasks is not None and event.get("task") not in self.tasks:
                 continue
             self.index.add(event)
+            self.waiting.add(event)
             state = str(event.get("state", "?"))
             if state == PROGRESS:
                 continue  # on the task's record only: a report is no outcome

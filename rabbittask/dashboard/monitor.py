@@ -4,7 +4,8 @@ Heartbeats arrive on an exclusive, auto-deleted queue bound to `worker.*` of `<e
 consumed without acks: the dashboard is a spectator. Task events are read from the history stream
 (`<exchange>.history`), from the first one it keeps, so a restarted dashboard (or a second one)
 shows the past; after a lost connection it reads on from the offset after the last one it took.
-With `history=False` task events come on the exclusive queue too (`task.#`), from the start only.
+With `history=False` task events come on the exclusive queue too (`task.#`, and beat's `beat.#`), from the
+start only.
 When the connection drops it reconnects every `RECONNECT_S`, and the
 page says events are not coming in meanwhile. Queue depths are read by passive declares on the same
 connection when the page asks, at most once per `DEPTHS_S`.
@@ -96,7 +97,7 @@ class Monitor:
             if self.history_error is not None:
                 log.warning("showing live events only: %s", self.history_error)
                 history_on = False
-        for key in (ROUTING_KEYS,) if history_on else (LIVE_TASKS, ROUTING_KEYS):
+        for key in (ROUTING_KEYS,) if history_on else (LIVE_TASKS, history.BEAT_BINDING, ROUTING_KEYS):
             await channel.queue_bind(ok.queue, self.exchange, routing_key=key)
 
         async def on_message(message: DeliveredMessage) -> None:

@@ -47,6 +47,7 @@ class TaskIndex:
                 "task": event.get("task"),
                 "state": state,
                 "args": None,
+                "workflow": None,
                 "worker": None,
                 "runtime_s": None,
                 "first_ts": ts,
@@ -68,6 +69,8 @@ class TaskIndex:
         record["events"].append(life)
         if event.get("args") is not None:
             record["args"] = event["args"]
+        if event.get("workflow") is not None:
+            record["workflow"] = event["workflow"]
         record["worker"] = event.get("worker") or record["worker"]
         if "runtime_s" in event and state != "retried":
             record["runtime_s"] = event["runtime_s"]
@@ -112,6 +115,15 @@ class TaskIndex:
         """Tasks that reported progress and have not finished, most recently reported first."""
         rows = sorted(self.running.values(), key=lambda r: r["progress"]["ts"] or 0.0, reverse=True)
         return [{k: v for k, v in r.items() if k != "events"} for r in rows[:limit]]
+
+    def workflow(self, workflow_id: str) -> dict[str, Any]:
+        """The tasks of a workflow the index holds: how many, by latest state, and up to `SEARCH_LIMIT` of them."""
+        members = [r for r in self.records.values() if r["workflow"] == workflow_id]
+        states: dict[str, int] = {}
+        for r in members:
+            states[r["state"]] = states.get(r["state"], 0) + 1
+        shown = [{k: r[k] for k in ("id", "task", "state", "first_ts")} for r in members[:SEARCH_LIMIT]]
+        return {"id": workflow_id, "seen": len(members), "states": states, "tasks": shown}
 
     def get(self, task_id: str) -> dict[str, Any] | None:
         """A task's record with its whole life, or None when the index does not hold it."""

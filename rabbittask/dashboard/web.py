@@ -8,6 +8,9 @@
     GET  /api/dlq/{queue}           the head of `<queue>.dlq` (?limit=, 50 by default), left in place
     POST /api/dlq/{queue}/replay    {"ids": [...]}, {"all": true} or {"filter": {"task", "exc_type", "reason"}}
     POST /api/dlq/{queue}/purge     {"confirm": "<queue>.dlq"}: delete every message of the DLQ
+    GET  /api/active                what every worker child runs now (plane.py, over `app.control`)
+    POST /api/revoke                {"ids": [...], "terminate": false}: `app.control.revoke`
+    GET  /api/rate-limits           each task's declared and applied rate limit, and its measured rate
 
 DLQ commands are `rabbittask.ops.dlq.DeadLetterQueue` (blocking pika), run in a worker thread.
 """
@@ -33,6 +36,7 @@ from starlette.staticfiles import StaticFiles
 
 from rabbittask.dashboard.auth import Sessions, TokenAuth
 from rabbittask.dashboard.monitor import Monitor
+from rabbittask.dashboard.plane import ControlViews, _Refused, read_json
 from rabbittask.dashboard.tasks import SEARCH_LIMIT
 from rabbittask.delays import unroutable_name
 from rabbittask.errors import RabbitTaskError
@@ -49,11 +53,13 @@ DLQ_LIMIT = 50
 DLQ_MAX_LIMIT = 500
 BODY_CHARS = 2000
 SEARCH_MAX_LIMIT = 1000
+DELAYED_SHOWN = 100
 
 
 def create_app(app: App, token: str, monitor: Monitor | None = None) -> Starlette:
     """The ASGI app of the dashboard of `app`, guarded by `token`."""
     views = _Views(app, monitor or Monitor(app))
+    plane = ControlViews(app, views.monitor)
     return Starlette(
         routes=[
             Route("/", views.page),
@@ -64,6 +70,9 @@ def create_app(app: App, token: str, monitor: Monitor | None = None) -> Starlett
             Route("/api/dlq/{queue}", views.dlq_list),
             Route("/api/dlq/{queue}/replay", views.dlq_replay, methods=["POST"]),
             Route("/api/dlq/{queue}/purge", views.dlq_purge, methods=["POST"]),
+            Route("/api/active", plane.active),
+            Route("/api/revoke", plane.revoke, methods=["POST"]),
+            Route("/api/rate-limits", plane.rate_limits),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         middleware=[Middleware(TokenAuth, token=token, sessions=Sessions())],
@@ -105,12 +114,13 @@ class _Views:
     async def state(self, request: Request) -> Response:
         queues, delayed, unroutable = await self.monitor.queues()
         history = self.monitor.history
+        now = time.time()
         return JSONResponse(
             {
                 "app": self.app.name,
                 "exchange": self.app.settings.exchange,
                 "started_at": history.started_at,
-                "now": time.time(),
+                "now": now,
                 "events_error": self.monitor.error,
                 "history_error": self.monitor.history_error,
                 "workers": self.monitor.workers(),
@@ -123,6 +133,9 @@ class _Views:
                 "failures": list(history.failures),
                 "task_stats": history.stats.table(),
                 "in_progress": history.index.in_progress(),
+                "delayed_tasks": history.waiting.delayed_rows(now)[:DELAYED_SHOWN],
+                "delayed_retries": len(history.waiting.delayed),
+                "schedules": history.waiting.schedule_rows(self.app.schedules, now),
             }
         )
 
@@ -144,7 +157,8 @@ class _Views:
         record = self.monitor.history.index.get(task_id)
         if record is None:
             raise _Refused(404, f"no task {task_id!r} in the history this dashboard holds")
-        return JSONResponse(record)
+        workflow = self.monitor.history.index.workflow(record["workflow"]) if record["workflow"] else None
+        return JSONResponse({**record, "workflow_tasks": workflow})
 
     async def task_stats(self, request: Request) -> Response:
         task = request.path_params["task"]
@@ -173,7 +187,7 @@ class _Views:
 
     async def dlq_replay(self, request: Request) -> Response:
         box = self._dead_letters(request)
-        body = await _json(request)
+        body = await read_json(request)
         if "filter" in body:  # bulk: every dead letter that matches, e.g. the ValueErrors of one task
             wanted = letter_filter(body["filter"])
             letters, _ = await run_in_threadpool(box.peek, None)
@@ -192,7 +206,7 @@ class _Views:
 
     async def dlq_purge(self, request: Request) -> Response:
         box = self._dead_letters(request)
-        if (await _json(request)).get("confirm") != box.name:
+        if (await read_json(request)).get("confirm") != box.name:
             confirm = json.dumps({"confirm": box.name})
             raise _Refused(400, f"purging deletes every message of {box.name}: confirm with {confirm}")
         purged = await run_in_threadpool(box.purge)
@@ -236,25 +250,6 @@ async def _refused(request: Request, exc: Exception) -> Response:
 
 async def _broker_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": str(exc)}, 502)
-
-
-class _Refused(Exception):
-    """A request the dashboard answers with an error status and a message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except ValueError:
-        raise _Refused(400, "the request body must be JSON") from None
-    if not isinstance(body, dict):
-        raise _Refused(400, "the request body must be a JSON object")
-    return body
 
 
 def _letter(letter: DeadLetter) -> dict[str, Any]:

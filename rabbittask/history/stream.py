@@ -1,4 +1,4 @@
-"""The history stream: a RabbitMQ stream bound to `task.#` of the events exchange.
+"""The history stream: a RabbitMQ stream bound to `task.#` (and `beat.#`) of the events exchange.
 
 Workers send their task events once (batched, on the events exchange) and the broker copies them
 into `<exchange>.history`, so history costs the hot path nothing more than the events it already
@@ -26,7 +26,8 @@ from rabbittask.topology import events_exchange_name, explain_precondition, hist
 
 log = logging.getLogger(__name__)
 
-BINDING = "task.#"  # task events only: heartbeats are live state, not history
+BINDING = "task.#"  # task events: heartbeats are live state, not history
+BEAT_BINDING = "beat.#"  # and beat's ticks (`beat.tick.<schedule>`), so a schedule's last tick survives too
 PREFETCH = 1000  # a stream consumer over AMQP 0-9-1 needs a prefetch, and acks to go on
 ACK_EVERY = 100
 Offset = str | int | datetime.datetime  # "first", "last", "next", an offset, or a time
@@ -51,6 +52,7 @@ async def declare(open_channel: Callable[[], Awaitable[aiormq.abc.AbstractChanne
             await channel.exchange_declare(exchange, exchange_type="topic", durable=True)
             await channel.queue_declare(name, durable=True, arguments=arguments(settings))
             await channel.queue_bind(name, exchange, routing_key=BINDING)
+            await channel.queue_bind(name, exchange, routing_key=BEAT_BINDING)
         else:
             await channel.queue_declare(name, passive=True)
     except aiormq.exceptions.ChannelPreconditionFailed as e:

@@ -41,6 +41,7 @@ from rabbittask.publish.aio import AsyncPublisher
 from rabbittask.settings import Settings
 from rabbittask.topology import events_exchange_name
 from rabbittask.worker.outcome import MESSAGE_CHARS, Outcome, Settlement
+from rabbittask.workflow.wire import H_WORKFLOW
 
 if TYPE_CHECKING:
     from rabbittask.worker.metrics import TaskMetrics
@@ -54,7 +55,7 @@ RETRY_CHANNEL_S = 5.0  # after a failed send, how long events are dropped before
 SEND_TIMEOUT_S = 2.0
 PROPERTIES = aiormq.spec.Basic.Properties(content_type="application/json", delivery_mode=1)
 EVENT_TRACEBACK_CHARS = 2000  # the end of a failed task's traceback: where it raised
-Succeeded = tuple[str, str, float, str | None]  # (message id, task name, runtime_s, argsrepr) of a task that succeeded
+Succeeded = tuple[str, str, float, object, object]  # (id, task, runtime_s, argsrepr, workflow headers) of a success
 MessageLog = deque[tuple[DeliveredMessage, float]]  # (message, time.time()) of received or started tasks
 
 
@@ -72,7 +73,11 @@ def state_of(outcome: Outcome) -> str | None:
 def task_events(outcomes: Sequence[Outcome]) -> dict[str, list[dict[str, Any]]]:
     """Events of `outcomes` grouped by routing key."""
     groups = succeeded_events(
-        [(o.message_id, o.task_name, o.runtime_s, argsrepr_of(o.message)) for o in outcomes if o.reason is None]
+        [
+            (o.message_id, o.task_name, o.runtime_s, argsrepr_of(o.message), workflow_of(o.message))
+            for o in outcomes
+            if o.reason is None
+        ]
     )
     for o in outcomes:
         if o.reason is None:
@@ -83,9 +88,11 @@ def task_events(outcomes: Sequence[Outcome]) -> dict[str, list[dict[str, Any]]]:
         event: dict[str, Any] = {"id": o.message_id, "task": o.task_name, "state": state, "runtime_s": o.runtime_s}
         event["reason"], event["exc_type"] = o.reason.value, o.exc_type
         event["exc_message"] = o.exc_message[:MESSAGE_CHARS]
-        args = argsrepr_of(o.message)
+        args, workflow = argsrepr_of(o.message), workflow_of(o.message)
         if args is not None:
             event["args"] = args
+        if workflow is not None:
+            event["workflow"] = workflow
         if state == "failed":
             event["traceback"] = o.traceback[-EVENT_TRACEBACK_CHARS:]
         elif state == "retried" and o.republish is not None:
@@ -104,13 +111,15 @@ def succeeded_events(succeeded: Sequence[Succeeded]) -> dict[str, list[dict[str,
     """Events of succeeded tasks, recorded as (message id, task name, runtime), grouped by routing key."""
     groups: dict[str, list[dict[str, Any]]] = {}
     by_task: dict[str, list[dict[str, Any]]] = {}
-    for message_id, name, runtime_s, args in succeeded:
+    for message_id, name, runtime_s, args, workflow in succeeded:
         events = by_task.get(name)
         if events is None:
             events = by_task[name] = groups.setdefault(f"task.succeeded.{name}", [])
         event = {"id": message_id, "task": name, "state": "succeeded", "runtime_s": runtime_s}
-        if args is not None:
+        if isinstance(args, str):
             event["args"] = args
+        if isinstance(workflow, str):
+            event["workflow"] = workflow
         events.append(event)
     return groups
 
@@ -122,6 +131,13 @@ def argsrepr_of(message: DeliveredMessage) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def workflow_of(message: DeliveredMessage) -> str | None:
+    """The id of the workflow (chain, group, chord) the message belongs to (`rt-workflow`), if it does."""
+    headers = message.header.properties.headers
+    value = headers.get(H_WORKFLOW) if headers else None
+    return value if isinstance(value, str) else None
+
+
 def started_events(state: str, log: MessageLog) -> dict[str, list[dict[str, Any]]]:
     """`received` or `started` events of what `log` holds (emptied), grouped by routing key."""
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -130,9 +146,11 @@ def started_events(state: str, log: MessageLog) -> dict[str, list[dict[str, Any]
         props = message.header.properties
         name = props.message_type or ""
         event = {"id": props.message_id or "?", "task": name, "state": state, "ts": ts}
-        args = argsrepr_of(message)
+        args, workflow = argsrepr_of(message), workflow_of(message)
         if args is not None:
             event["args"] = args
+        if workflow is not None:
+            event["workflow"] = workflow
         groups.setdefault(f"task.{state}.{name}", []).append(event)
     return groups
 
@@ -178,15 +196,11 @@ class Events:
         """The per-task cost: an append (and, every `BATCH` tasks, a flush)."""
         if outcome.reason is None:
             buffer: list[Any] = self.succeeded
-            message = outcome.message
-            buffer.append(
-                (
-                    message.header.properties.message_id or "?",
-                    outcome.task_name,
-                    outcome.runtime_s,
-                    argsrepr_of(message),
-                )
-            )
+            props = outcome.message.header.properties
+            headers = props.headers
+            # Raw header values (checked to be text when the events are built, off the hot path).
+            args, workflow = (headers.get(H_ARGSREPR), headers.get(H_WORKFLOW)) if headers else (None, None)
+            buffer.append((props.message_id or "?", outcome.task_name, outcome.runtime_s, args, workflow))
         else:
             buffer = self.buffer
             buffer.append(outcome)

@@ -71,12 +71,12 @@ class TaskMetrics:
     def observe(self, outcomes: Sequence[Outcome], succeeded: Sequence[Succeeded] = ()) -> None:
         """Count a flushed batch: one counter increment per (task, state), one histogram sample per task.
 
-        `succeeded` holds (message id, task name, runtime, argsrepr) of tasks that succeeded (events.Succeeded).
+        `succeeded` holds (id, task name, runtime, argsrepr, workflow) of tasks that succeeded (events.Succeeded).
         """
         from rabbittask.worker.events import state_of
 
         counts: dict[tuple[str, str], int] = {}
-        for _, name, runtime_s, _ in succeeded:
+        for _, name, runtime_s, _, _ in succeeded:
             counts[(name, "succeeded")] = counts.get((name, "succeeded"), 0) + 1
             self.runtime.labels(name).observe(runtime_s)
         for o in outcomes:

@@ -172,6 +172,7 @@ async function refresh() {
     renderFailures(state.failures);
     renderTaskStats(state.task_stats);
     renderProgress(state.in_progress);
+    if (typeof renderViews === "function") renderViews(state);  // views.js
     if (runtimeTask !== null) await loadRuntimes(runtimeTask);
     const pill = document.getElementById("connection");
     pill.textContent = state.events_error ? `events: ${state.events_error}` : "live";
@@ -337,6 +338,7 @@ async function openTask(id) {
   const done = t.progress ? `; progress ${t.progress.done}/${t.progress.total} ${t.progress.note || ""}` : "";
   document.getElementById("task-summary").textContent =
     `${t.state}${runtime} on ${t.worker ?? "?"}; arguments ${t.args ?? "(not recorded)"}${done}`;
+  renderTaskWorkflow(t);
   fill(document.getElementById("task-events"), t.events.map((e) => el("li", { "data-state": e.state },
     el("span", { class: "muted" }, when(e.ts)), " ", el("strong", {}, e.state),
     e.worker ? ` on ${e.worker}` : "", e.runtime_s !== undefined ? ` after ${e.runtime_s.toFixed(3)} s` : "",
