@@ -35,6 +35,7 @@ from rabbittask.topology import (
     QueueSpec,
     declarations,
     events_exchange_name,
+    service_declarations,
 )
 from rabbittask.workflow.wire import join_queue_arguments, join_queue_name
 
@@ -214,6 +215,12 @@ class App:
         decls += partition_declarations(exchange, [s for s in specs if s.partitions])
         if not queues and self.settings.events:  # workers publish task events and heartbeats there
             decls.append(ExchangeDecl(events_exchange_name(exchange), "topic"))
+        if not queues:  # the history stream and the control plane's objects, as workers declare them
+            s = self.settings
+            history = (s.history_max_age_s, s.history_max_bytes) if s.events and s.history else None
+            decls += service_declarations(
+                exchange, history=history, control_retention_s=s.revoke_retention_s if s.control else None
+            )
         if not queues and join:  # chord members report there; a worker's joiner counts them (workflow/wire.py)
             decls.append(QueueDecl(join_queue_name(exchange, self.settings.join_queue), join_queue_arguments()))
         if self.schedules and not queues:

@@ -327,3 +327,42 @@ def _broker_value(text: str) -> str:
     if m:
         return m.group("value")
     return "not set" if text.strip() == "none" else text.strip()
+
+
+def service_declarations(
+    exchange: str, *, history: tuple[int, int] | None, control_retention_s: float | None
+) -> list[Declaration]:
+    """What workers declare beside the task queues, so `topology export/apply/diff` know it too.
+
+    `history`: (max age s, max bytes) of the task history stream, bound to the events exchange (task
+    events and beat ticks); `control_retention_s`: the revocation window, with the control plane's
+    broadcast exchange and its two streams.
+    """
+    decls: list[Declaration] = []
+    if history is not None:
+        stream, events = history_stream_name(exchange), events_exchange_name(exchange)
+        decls += [
+            QueueDecl(stream, history_arguments(*history)),
+            BindingDecl(stream, events, "task.#"),
+            BindingDecl(stream, events, "beat.#"),
+        ]
+    if control_retention_s is not None:
+        decls += [
+            ExchangeDecl(control_exchange_name(exchange), "fanout"),
+            QueueDecl(revoked_stream_name(exchange), control_stream_arguments(control_retention_s)),
+            QueueDecl(presence_stream_name(exchange), control_stream_arguments(PRESENCE_AGE_S)),
+        ]
+    return decls
+
+
+PRESENCE_AGE_S = 600  # presence records are read only a few heartbeats back
+CONTROL_SEGMENT_BYTES = 1_000_000  # a stream drops whole segments: small ones keep the window close to x-max-age
+
+
+def control_stream_arguments(max_age_s: float) -> Arguments:
+    """Arguments of a control stream (revocations, presence): retention by age, in small segments."""
+    return {
+        "x-queue-type": "stream",
+        "x-max-age": f"{max(1, round(max_age_s))}s",
+        "x-stream-max-segment-size-bytes": CONTROL_SEGMENT_BYTES,
+    }

@@ -30,9 +30,10 @@ from rabbittask.amqp.connect import connect
 from rabbittask.amqp.link import close_quietly
 from rabbittask.control.rates import parse_rate
 from rabbittask.control.roster import Roster
-from rabbittask.control.wire import BROADCASTS, command_body, outgoing, stream_arguments
+from rabbittask.control.wire import BROADCASTS, command_body, outgoing
 from rabbittask.errors import ControlError
 from rabbittask.topology import control_exchange_name, revoked_stream_name
+from rabbittask.topology import control_stream_arguments as stream_arguments
 
 if TYPE_CHECKING:
     from rabbittask.app import App

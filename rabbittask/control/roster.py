@@ -18,10 +18,11 @@ import aiormq
 import aiormq.abc
 from aiormq.abc import DeliveredMessage
 
-from rabbittask.control.wire import PRESENCE_AGE_S, stream_arguments, worker_id
+from rabbittask.control.wire import worker_id
 from rabbittask.ops.heartbeat import OFFLINE, Heartbeat
 from rabbittask.settings import Settings
-from rabbittask.topology import presence_stream_name
+from rabbittask.topology import PRESENCE_AGE_S, presence_stream_name
+from rabbittask.topology import control_stream_arguments as stream_arguments
 
 BEATS_BACK = 3  # heartbeats a child may miss before it is no longer expected
 SETTLE_S = 0.15  # no presence record for this long after the last one: the stream's tail is reached

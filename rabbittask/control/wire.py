@@ -37,8 +37,6 @@ from rabbittask.signing import digest, verify
 COMMANDS = ("ping", "active", "scheduled", "registered", "stats", "queues", "revoke")
 INSPECT = ("ping", "active", "scheduled", "registered", "stats", "queues")
 BROADCASTS = (*INSPECT, "pool_grow", "pool_shrink")  # commands that every child answers
-SEGMENT_BYTES = 1_000_000  # stream retention drops whole segments: small ones keep the window close to x-max-age
-PRESENCE_AGE_S = 600  # presence records are read only a few heartbeats back
 
 
 class Command(BaseModel):
@@ -124,13 +122,4 @@ def reply_body(ppid: int, reply: Any = None, error: str = "") -> dict[str, Any]:
         "ok": not error,
         "reply": reply,
         "error": error,
-    }
-
-
-def stream_arguments(max_age_s: float) -> dict[str, Any]:
-    """Arguments of a control stream: retention by age, in small segments (see SEGMENT_BYTES)."""
-    return {
-        "x-queue-type": "stream",
-        "x-max-age": f"{max(1, round(max_age_s))}s",
-        "x-stream-max-segment-size-bytes": SEGMENT_BYTES,
     }

@@ -42,10 +42,11 @@ from rabbittask.amqp.connect import CONNECTION_ERRORS, connect
 from rabbittask.amqp.link import close_quietly
 from rabbittask.control.local import REVOKED, RUNS, Run
 from rabbittask.control.rates import RATES, parse_rate
-from rabbittask.control.wire import PRESENCE_AGE_S, Command, Revocation, authentic, reply_body, stream_arguments
+from rabbittask.control.wire import Command, Revocation, authentic, reply_body
 from rabbittask.errors import AccessRefused, RabbitTaskError
 from rabbittask.ops.heartbeat import HEARTBEAT, OFFLINE, Heartbeat
-from rabbittask.topology import control_exchange_name, presence_stream_name, revoked_stream_name
+from rabbittask.topology import PRESENCE_AGE_S, control_exchange_name, presence_stream_name, revoked_stream_name
+from rabbittask.topology import control_stream_arguments as stream_arguments
 from rabbittask.worker.pool import GROW, SHRINK
 
 if TYPE_CHECKING:
@@ -143,7 +144,9 @@ class ControlPlane:
         self._publish = publish = await connection.channel(publisher_confirms=True)
         commands = await connection.channel()
         await commands.exchange_declare(control_exchange_name(exchange), exchange_type="fanout", durable=True)
-        ok = await commands.queue_declare("", exclusive=True, auto_delete=True)
+        # Named under the app's exchange (not amq.gen-*), so the app's permissions (docs/operations.md) cover it.
+        own = f"{control_exchange_name(exchange)}.{self.host}.{self.pid}.{uuid.uuid4().hex[:8]}"
+        ok = await commands.queue_declare(own, exclusive=True, auto_delete=True)
         assert ok.queue is not None
         await commands.queue_bind(ok.queue, control_exchange_name(exchange))
         await commands.basic_consume(ok.queue, self._on_command, no_ack=True)

@@ -13,7 +13,8 @@ from pamqp.header import ContentHeader
 
 from rabbittask import App, TaskContext, TaskRevoked
 from rabbittask.control.local import ARGS_CHARS, REVOKED, Revocations, Runs
-from rabbittask.control.wire import Command, authentic, outgoing, stream_arguments
+from rabbittask.control.wire import Command, authentic, outgoing
+from rabbittask.topology import control_stream_arguments as stream_arguments
 from rabbittask.worker.outcome import Outcome, Reason
 from rabbittask.worker.revoke import RevokeStage
 
