@@ -8,7 +8,7 @@ from typing import Any
 import pika
 
 from rabbittask.delays import delay_declarations
-from rabbittask.topology import ExchangeDecl, QueueDecl, dlx_name, events_exchange_name
+from rabbittask.topology import ExchangeDecl, QueueDecl, dlx_name, events_exchange_name, service_declarations
 from tests.waiting import wait_until
 
 
@@ -83,9 +83,9 @@ def publish_raw(url: str, routing_key: str, body: bytes, exchange: str = "rabbit
 
 
 def delete_ladder(url: str, exchange: str) -> None:
-    """Delete an app exchange's delay ladder, its chord join queue, its exchanges, its dead-letter and events
-    exchanges (queues first)."""
-    decls = delay_declarations(exchange, [])
+    """Delete an app exchange's delay ladder, its chord join queue, history and control streams, its exchanges,
+    its dead-letter, events and control exchanges (queues first)."""
+    decls = delay_declarations(exchange, []) + service_declarations(exchange, history=(1, 1), control_retention_s=1)
     queues = [d.name for d in decls if isinstance(d, QueueDecl)] + [f"{exchange}.join"]
     exchanges = [d.name for d in decls if isinstance(d, ExchangeDecl)] + [exchange, dlx_name(exchange)]
     delete(url, queues, [*exchanges, events_exchange_name(exchange)])

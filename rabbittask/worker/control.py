@@ -85,6 +85,7 @@ class ControlPlane:
         self._stats, self._waiting, self._on_stuck, self._on_pool = stats, waiting, on_stuck, on_pool
         self._marker = uuid.uuid4().hex
         self._last_record = time.monotonic()  # when the revocation stream last delivered (or reading began)
+        self._trouble = ""  # why the control connection failed last, for the catch-up's warning
         self._background: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._publish: aiormq.abc.AbstractChannel | None = None
@@ -131,6 +132,7 @@ class ControlPlane:
             except ERRORS as e:
                 if self._closing:
                     return
+                self._trouble = f"the control connection failed: {str(e) or type(e).__name__}"
                 log.warning("control connection: %s; reconnecting in %.1f s", str(e) or type(e).__name__, backoff_s)
             finally:
                 self._publish = None
@@ -187,18 +189,20 @@ class ControlPlane:
         """Wait until every revocation of the window is read (or a stop comes): only then take tasks.
 
         Read means: this child's own marker came back through the stream. When it cannot be appended
-        (the broker holds publishes during an alarm), the window counts as read once the stream has
-        been quiet for `QUIET_GAP_S` after `CATCH_UP_QUIET_S`; revocations still apply as they arrive.
+        (the broker holds publishes during an alarm) or the stream cannot be read (its node restarting
+        after a crash), the window counts as read once nothing came for `QUIET_GAP_S` after
+        `CATCH_UP_QUIET_S`, said in the log; revocations still apply as they arrive.
         """
         started, warned = time.monotonic(), time.monotonic()
         while not (self.caught_up.is_set() or stopping.is_set()):
             await asyncio.sleep(0.05)
             now = time.monotonic()
-            if now - started >= CATCH_UP_QUIET_S and now - self._last_record >= QUIET_GAP_S and self._publish:
+            if now - started >= CATCH_UP_QUIET_S and now - self._last_record >= QUIET_GAP_S:
                 log.warning(
-                    "the revocation stream's marker did not come back within %.0f s (does the broker hold "
-                    "publishes: a memory or disk alarm?); taking the %d revocation(s) read as the window",
+                    "the revocations of the window could not all be read within %.0f s (%s); taking tasks with "
+                    "the %d read so far: the others apply as they are read",
                     CATCH_UP_QUIET_S,
+                    self._trouble or "its marker did not come back: does the broker hold publishes (an alarm)?",
                     len(REVOKED),
                 )
                 self.caught_up.set()

@@ -16,7 +16,8 @@ def flag_path(prefix: str) -> Path:
 
 def make_app(prefix: str, broker_url: str | None = None) -> App:
     """Build the app; the test process, the worker and the dashboard subprocesses build the same one."""
-    app = App("dashboard-tests", broker_url=broker_url, join_queue=f"{prefix}.join")
+    # An exchange of its own: the history stream (`<exchange>.history`) then holds this test's events only.
+    app = App("dashboard-tests", broker_url=broker_url, exchange=f"{prefix}.x", join_queue=f"{prefix}.join")
 
     @app.task(queue=f"{prefix}.orders", name="dash.charge")
     def charge(order: int) -> str:

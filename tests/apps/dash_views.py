@@ -13,7 +13,8 @@ LATER_S = 15.0  # the retry of `<prefix>.later` waits this long in the delay lad
 
 def make_app(prefix: str, broker_url: str | None = None) -> App:
     """Build the app; the test process, the worker and the dashboard subprocesses build the same one."""
-    app = App(f"dash-views-{prefix}", broker_url=broker_url, join_queue=f"{prefix}.join")
+    # An exchange of its own: its history stream holds this test's events only.
+    app = App(f"dash-views-{prefix}", broker_url=broker_url, exchange=f"{prefix}.x", join_queue=f"{prefix}.join")
     queue = f"{prefix}.views"
 
     @app.task(queue=queue, name=f"{prefix}.crunch")

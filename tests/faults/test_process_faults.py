@@ -128,7 +128,7 @@ def test_sigterm_under_load_finishes_or_returns_in_flight_work_within_the_grace_
     grace_s = 2.0
     w = start_worker(worker_factory, node, env, "--prefetch", "20", "--shutdown-timeout", str(grace_s))
     # Given a backlog of short tasks and one that outlasts the grace period
-    app.tasks["ledger.work"].apply_async(("long",), {"sleep_s": 4.0}, message_id="long")
+    app.tasks["ledger.work"].apply_async(("long",), {"sleep_s": 10.0}, message_id="long")
     ledger.confirmed.add("long")
     publish(app, ledger, 1500, sleep_s=0.005)
     wait_until(lambda: len(ledger.ends()) >= 300, 20, "300 tasks done")

@@ -150,7 +150,7 @@ def test_one_task_per_child_over_1k_tasks_loses_and_repeats_nothing_and_the_supe
     supervisor = psutil.Process(w.pid)
     rss_start = supervisor.memory_info().rss
     publish(app, ledger, 1000)
-    report = finish(ledger, "--max-tasks-per-child 1, 1k tasks", record_report, timeout_s=200, allow_duplicates=False)
+    report = finish(ledger, "--max-tasks-per-child 1, 1k tasks", record_report, timeout_s=360, allow_duplicates=False)
     growth = supervisor.memory_info().rss / rss_start - 1
     report_line(f"[ledger] supervisor RSS {rss_start / 2**20:.1f} MB -> {supervisor.memory_info().rss / 2**20:.1f} MB")
     assert report.executed == 1000

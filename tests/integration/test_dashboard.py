@@ -82,12 +82,15 @@ class DashboardProcess:
 
 
 @pytest.fixture
-def prefix(unique_name: str, amqp_cleanup: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def prefix(
+    unique_name: str, amqp_cleanup: Any, broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
     amqp_cleanup.queue(f"{unique_name}.orders")
     amqp_cleanup.queue(f"{unique_name}.orders.dlq")
     amqp_cleanup.queue(f"{unique_name}.join")
     monkeypatch.setenv("RT_TEST_LEDGER", str(tmp_path))  # where flag_path() looks, as in the worker
-    return unique_name
+    yield unique_name
+    amqp.delete_ladder(broker_url, f"{unique_name}.x")  # its own exchange: a history stream of its own (make_app)
 
 
 @pytest.fixture

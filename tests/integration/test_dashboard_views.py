@@ -27,12 +27,15 @@ APP = "tests.apps.dash_views:app"
 
 
 @pytest.fixture
-def prefix(unique_name: str, amqp_cleanup: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def prefix(
+    unique_name: str, amqp_cleanup: Any, broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
     for queue in ("views", "views.dlq", "join"):
         amqp_cleanup.queue(f"{unique_name}.{queue}")
-    amqp_cleanup.queue(state_queue_name("rabbittask", f"dash-views-{unique_name}"))
+    amqp_cleanup.queue(state_queue_name(f"{unique_name}.x", f"dash-views-{unique_name}"))
     monkeypatch.setenv("RT_TEST_LEDGER", str(tmp_path))
-    return unique_name
+    yield unique_name
+    amqp.delete_ladder(broker_url, f"{unique_name}.x")  # its own exchange, history stream, control objects
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import aiormq
 import pytest
 
 from rabbittask import App, TopologyMismatch
-from rabbittask.delays import DELAY_LEVELS, delay_level_name, delay_names
+from rabbittask.delays import DELAY_LEVELS, delay_level_name, delay_names, due_routing_exchange_name, unroutable_name
 from rabbittask.publish.declare import declare_for_worker
 
 
@@ -41,7 +41,15 @@ async def delete(url: str, queue: str) -> None:
         await connection.close()
 
 
-def test_the_ladder_is_declared_once_and_checked_by_its_last_queue_after(
+async def delete_exchange(url: str, exchange: str) -> None:
+    connection = await aiormq.connect(url)
+    try:
+        await (await connection.channel()).exchange_delete(exchange)
+    finally:
+        await connection.close()
+
+
+def test_the_ladder_is_declared_once_and_checked_by_its_last_object_after(
     broker_url: str, unique_name: str, amqp_cleanup
 ) -> None:
     app = App("declare", broker_url=broker_url, exchange=unique_name)
@@ -49,7 +57,8 @@ def test_the_ladder_is_declared_once_and_checked_by_its_last_queue_after(
     amqp_cleanup.queue(f"{queue}.dlq")
     for level in range(DELAY_LEVELS):
         amqp_cleanup.queue(delay_level_name(unique_name, level))
-    for name in (unique_name, f"{unique_name}.dlx", *delay_names(unique_name)):
+    amqp_cleanup.queue(unroutable_name(unique_name))
+    for name in (unique_name, f"{unique_name}.dlx", unroutable_name(unique_name), *delay_names(unique_name)):
         amqp_cleanup.exchange(name)
     app.task(queue=queue, name="t")(lambda: None)
     first, middle, last = (delay_level_name(unique_name, k) for k in (0, 5, DELAY_LEVELS - 1))
@@ -58,14 +67,16 @@ def test_the_ladder_is_declared_once_and_checked_by_its_last_queue_after(
         # Given no ladder yet: a child declares all of it, and its queue
         await declare(app, queue)
         assert await exists(broker_url, first) and await exists(broker_url, last) and await exists(broker_url, queue)
-        # When a level in the middle goes, the next start does not notice: its last queue stands for all
+        # When a level in the middle goes, the next start does not notice: its last object stands for all
         await delete(broker_url, middle)
         await delete(broker_url, queue)
         await declare(app, queue)
         assert not await exists(broker_url, middle)
         assert await exists(broker_url, queue)  # the consumed queue is always declared
-        # When the last level goes too, the next start declares the whole ladder again
+        # When the last object goes (the due routing exchange, declared after the levels), the next start
+        # declares the whole ladder again
         await delete(broker_url, last)
+        await delete_exchange(broker_url, due_routing_exchange_name(unique_name))
         await declare(app, queue)
         assert await exists(broker_url, middle) and await exists(broker_url, last)
 
@@ -77,7 +88,8 @@ def test_a_consumed_queue_with_other_arguments_is_still_a_mismatch(
 ) -> None:
     app = App("declare", broker_url=broker_url, exchange=unique_name)
     queue = amqp_cleanup.queue(f"{unique_name}.q")
-    for name in (unique_name, f"{unique_name}.dlx", *delay_names(unique_name)):
+    amqp_cleanup.queue(unroutable_name(unique_name))
+    for name in (unique_name, f"{unique_name}.dlx", unroutable_name(unique_name), *delay_names(unique_name)):
         amqp_cleanup.exchange(name)
     for level in range(DELAY_LEVELS):
         amqp_cleanup.queue(delay_level_name(unique_name, level))

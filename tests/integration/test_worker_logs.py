@@ -54,7 +54,7 @@ def test_the_banner_says_what_runs_where_with_which_queues_and_tasks(text_worker
     assert re.search(r"INFO \[\d+\] rabbittask.worker: rabbittask \S+ worker of app 'logs-tests'", log)
     assert "  broker       amqp://guest:***@" in log  # masked
     assert "  concurrency  1 child process(es) x 1 thread(s)" in log
-    assert "  prefetch     16 per child" in log
+    assert "  prefetch     adaptive, 16 to 1024 per child" in log
     assert f"    {prefix}.main  quorum, delivery limit 20; dead letters in {prefix}.main.dlq" in log
     assert "    logs.aok     -> " in log and f"{prefix}.aio (async)" in log
     assert "  tasks (7)" in log
