@@ -137,6 +137,7 @@ def test_500_tasks_retried_3_times_through_the_ladder_are_never_dropped(
     assert amqp.depth(rabbit_node.url, f"{unique_name}.work.dlq") == 0
 
 
+@pytest.mark.timeout(420)  # a thousand children, one after another: slower on a loaded machine
 def test_one_task_per_child_over_1k_tasks_loses_and_repeats_nothing_and_the_supervisor_does_not_grow(
     app: App,
     rabbit_node: RabbitNode,
