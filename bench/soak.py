@@ -68,7 +68,7 @@ class Soak:
     problems: list[str] = field(default_factory=list)  # broken promises the workloads found
     warnings: list[str] = field(default_factory=list)  # known bugs, reported, not failing the soak
     planned: dict[str, int] = field(default_factory=dict)  # dead-letter reason -> how many the workloads planned
-    retry_redelivered: set[str] = field(default_factory=set)  # retried tasks an earlier attempt of was redelivered
+    retry_redelivered: set[str] = field(default_factory=set)  # retried tasks an attempt of was redelivered or re-sent
 
 
 class Plain:
@@ -321,7 +321,7 @@ def _run(soak: Soak, seconds: float, tasks: int, every_s: float, prefix: str) ->
         figures.update(found)
         new_rows += [(k, v) for k, v in found.items() if isinstance(v, str)]
     report = soak.ledger.report("soak")
-    retried = [k for k in report.unexplained if k in soak.retry_redelivered]  # an earlier attempt was redelivered
+    retried = [k for k in report.unexplained if k in soak.retry_redelivered]  # an attempt was redelivered or re-sent
     report.unexplained = [k for k in report.unexplained if k not in soak.retry_redelivered]
     long_left = ladder_depth(soak.nodes[0])
     reasons = dead_letters(soak.nodes[0], f"{prefix}.work.dlq")
@@ -339,7 +339,8 @@ def _run(soak: Soak, seconds: float, tasks: int, every_s: float, prefix: str) ->
         ("executed", str(report.executed)),
         ("lost", str(len(report.lost))),
         ("duplicates", f"{report.duplicates} (redelivered {report.redelivered}, re-sent {report.resent}, "
-                       f"retried after a redelivered attempt {len(retried)}, unexplained {len(report.unexplained)})"),
+                       f"a retry after a redelivered or re-sent attempt {len(retried)}, "
+                       f"unexplained {len(report.unexplained)})"),
         ("dead-lettered", ", ".join(f"{k}: {v} (planned {soak.planned.get(k, 0)})" for k, v in reasons.items()) or "0"),
         ("early delays", f"{figures.get('early', 0)} of {figures.get('countdowns', 0)} countdowns"),
         ("1 h countdowns", f"{figures.get('long waiting', 0)} sent, {figures.get('long ran early', 0)} ran, "

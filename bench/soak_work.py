@@ -81,7 +81,7 @@ class Retries:
         for r in records(soak, "attempt"):
             times = attempts[r["key"]]
             times[r["attempt"]] = min(times.get(r["attempt"], r["t"]), r["t"])
-            if r["redelivered"]:
+            if r["redelivered"] or r.get("resent"):  # a retry's copy re-sent after no confirm came: same id
                 redelivered.add(r["key"])
         early = sum(
             1 for key, times in attempts.items() if key in self.delay

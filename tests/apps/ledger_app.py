@@ -106,7 +106,7 @@ def retry(ctx: TaskContext, key: str, fail_times: int, delay_s: float) -> str:
     """Fails `fail_times` attempts, each retried `delay_s` later through the ladder; more than 2 exhaust the
     retries (dead-lettered). Only the attempt that succeeds writes `start`/`end`; each one writes `attempt`."""
     _write({"key": key, "pid": os.getpid(), "event": "attempt", "attempt": ctx.attempt, "t": time.time(),
-            "redelivered": ctx.redelivered})  # fmt: skip
+            "redelivered": ctx.redelivered, "resent": ctx.resent})  # fmt: skip
     if ctx.attempt <= fail_times:
         raise ctx.retry(countdown=delay_s)
     _start(ctx, key)

@@ -98,12 +98,13 @@ class Ledger:
         duplicates = redelivered = resent = 0
         unexplained: list[str] = []
         for key in set(by_key) | executed:
-            later = by_key[key][1:]
             extra = max(len(by_key[key]), ends.get(key, 0)) - 1
             if extra <= 0:
                 continue
             duplicates += extra
-            seen = sum(run.redelivered for run in later)
+            # Each redelivered run is one more delivery of the message, whichever ran first: a worker resumed
+            # after SIGSTOP runs the copy it held after the broker redelivered it elsewhere.
+            seen = min(extra, sum(run.redelivered for run in by_key[key]))
             redelivered += seen
             if key in self.resent or any(run.resent for run in by_key[key]):  # re-sent by the test or the publisher
                 resent += extra - seen
