@@ -3,7 +3,8 @@
 Workers append a `start` record per run (key, pid, the delivery's redelivered flag and count, time)
 and an `end` record when the run gets there; `runs()` pairs them. After a scenario:
 lost = confirmed - executed must be empty; a key run more than once is a duplicate, counted, and
-explained only where the later run saw a redelivery or the publisher re-sent that key after a
+explained only by as many runs that saw a redelivery (whichever ran first: a worker resumed after
+SIGSTOP runs the copy it held after the broker redelivered it elsewhere) or where the publisher re-sent that key after a
 failed confirm (`resent`: a copy marked `rt-resent`, or a key the test published again); an
 unexplained duplicate fails every scenario. Recovery time = fault end to the first run that started
 after it and finished (its ack follows at once).
