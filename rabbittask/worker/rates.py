@@ -111,10 +111,17 @@ class RateGate:
                 continue
             got = asyncio.ensure_future(tokens.get())
             back = asyncio.ensure_future(self.handing_back.wait())
-            await asyncio.wait([got, back], return_when=asyncio.FIRST_COMPLETED)
-            back.cancel()
-            if not got.done():
-                got.cancel()
+            try:
+                await asyncio.wait([got, back], return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:  # cancelled (the session's connection was lost): no orphan may take a token
+                if got.done() and not got.cancelled():
+                    tokens.put_nowait(got.result())  # one in hand: the next waiter takes it
+                raise
+            finally:
+                back.cancel()
+                if not got.done():
+                    got.cancel()
+            if got.cancelled():
                 return False
             channel, tag = got.result()
             if channel.is_closed:
@@ -176,23 +183,30 @@ class RateGate:
         """Wait for the baton, then mint until the channel closes (the consumer that holds the baton mints)."""
         connection = await self._connect()
         channel = await connection.channel()
-        queue = minter_queue_name(self.exchange)
-        await channel.queue_declare(queue, durable=True, arguments=MINTER_ARGUMENTS)
-        await channel.basic_qos(prefetch_count=1)
-        baton = asyncio.Event()
+        try:
+            queue = minter_queue_name(self.exchange)
+            await channel.queue_declare(queue, durable=True, arguments=MINTER_ARGUMENTS)
+            await channel.basic_qos(prefetch_count=1)
+            baton = asyncio.Event()
 
-        async def on_baton(message: DeliveredMessage) -> None:
-            baton.set()  # held unacked: the broker gives it to the next consumer when this one goes
+            async def on_baton(message: DeliveredMessage) -> None:
+                baton.set()  # held unacked: the broker gives it to the next consumer when this one goes
 
-        await channel.basic_consume(queue, on_baton)
-        await channel.basic_publish(b"baton", routing_key=queue)  # refused by max-length if one waits already
-        held = asyncio.ensure_future(baton.wait())
-        await asyncio.wait([held, channel.closing], return_when=asyncio.FIRST_COMPLETED)
-        held.cancel()
-        if baton.is_set() and not channel.is_closed:
-            self.minting = True
-            log.info("minting rate-limit tokens for %s", ", ".join(f"{n} {r}" for n, r in RATES.limited().items()))
-            await self._mint(channel)
+            await channel.basic_consume(queue, on_baton)
+            with contextlib.suppress(aiormq.exceptions.DeliveryError):  # nacked by max-length: a baton waits already
+                await channel.basic_publish(b"baton", routing_key=queue)
+            held = asyncio.ensure_future(baton.wait())
+            await asyncio.wait([held, channel.closing], return_when=asyncio.FIRST_COMPLETED)
+            held.cancel()
+            if baton.is_set() and not channel.is_closed:
+                self.minting = True
+                log.info("minting rate-limit tokens for %s", ", ".join(f"{n} {r}" for n, r in RATES.limited().items()))
+                await self._mint(channel)
+        finally:
+            # A consumer left behind on a channel no one watches would be handed the baton and sit on it.
+            if not channel.is_closed:
+                with contextlib.suppress(*ERRORS):
+                    await channel.close()
 
     async def _mint(self, channel: aiormq.abc.AbstractChannel) -> None:
         owed: dict[str, float] = {}

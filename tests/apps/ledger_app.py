@@ -95,3 +95,59 @@ def flaky(ctx: TaskContext, key: str, delay_s: float) -> str:
         raise ctx.retry(countdown=delay_s)
     _write({"key": key, "pid": os.getpid(), "event": "end", "t": time.time()})
     return key
+
+
+# The soak's workloads (bench/soak_work.py, bench/soak_beat.py): retries, workflows, a rate limit, beat ticks.
+RATE_LIMIT = os.environ.get("RT_SOAK_RATE", "20/s")
+
+
+@app.task(queue=f"{PREFIX}.work", name="ledger.retry", bind=True, max_retries=2, retry_backoff=False)
+def retry(ctx: TaskContext, key: str, fail_times: int, delay_s: float) -> str:
+    """Fails `fail_times` attempts, each retried `delay_s` later through the ladder; more than 2 exhaust the
+    retries (dead-lettered). Only the attempt that succeeds writes `start`/`end`; each one writes `attempt`."""
+    _write({"key": key, "pid": os.getpid(), "event": "attempt", "attempt": ctx.attempt, "t": time.time(),
+            "redelivered": ctx.redelivered, "resent": ctx.resent})  # fmt: skip
+    if ctx.attempt <= fail_times:
+        raise ctx.retry(countdown=delay_s)
+    _start(ctx, key)
+    _write({"key": key, "pid": os.getpid(), "event": "end", "t": time.time()})
+    return key
+
+
+@app.task(queue=f"{PREFIX}.limited", name="ledger.limited", bind=True, rate_limit=RATE_LIMIT)
+def limited(ctx: TaskContext, key: str) -> str:
+    """`work` under a rate limit across all workers (its own queue: waiting runs hold no slot of `work`)."""
+    _start(ctx, key)
+    _write({"key": key, "pid": os.getpid(), "event": "end", "t": time.time()})
+    return key
+
+
+@app.task(queue=f"{PREFIX}.work", name="ledger.member")
+def member(i: int) -> int:
+    return i
+
+
+@app.task(queue=f"{PREFIX}.work", name="ledger.collect", bind=True)
+def collect(ctx: TaskContext, results: list[int], tag: str) -> int:
+    """A workflow's last step (a chord's callback, a chain's end): one `workflow` record per run."""
+    _write({"key": tag, "pid": os.getpid(), "event": "workflow", "results": results, "t": time.time(),
+            "redelivered": ctx.redelivered, "resent": ctx.resent})  # fmt: skip
+    return len(results)
+
+
+@app.task(queue=f"{PREFIX}.work", name="ledger.append", bind=True)
+def append(ctx: TaskContext, results: list[int], i: int, tag: str = "") -> list[int]:
+    """A chain's step: a `step` record per run (a redelivered step sends its next step again)."""
+    _write({"key": tag, "pid": os.getpid(), "event": "step", "t": time.time(), "redelivered": ctx.redelivered,
+            "resent": ctx.resent})  # fmt: skip
+    return [*results, i]
+
+
+@app.task(queue=f"{PREFIX}.work", name="ledger.tick", bind=True)
+def tick(ctx: TaskContext) -> None:
+    """A beat tick: its id is `<entry>@<slot>`."""
+    _write({"key": ctx.id, "pid": os.getpid(), "event": "tick", "t": time.time(), "redelivered": ctx.redelivered})
+
+
+if os.environ.get("RT_SOAK_BEAT"):
+    app.schedule("soak-tick", tick.s(), every=1, catch_up="all")

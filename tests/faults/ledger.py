@@ -3,7 +3,8 @@
 Workers append a `start` record per run (key, pid, the delivery's redelivered flag and count, time)
 and an `end` record when the run gets there; `runs()` pairs them. After a scenario:
 lost = confirmed - executed must be empty; a key run more than once is a duplicate, counted, and
-explained only where the later run saw a redelivery or the publisher re-sent that key after a
+explained only by as many runs that saw a redelivery (whichever ran first: a worker resumed after
+SIGSTOP runs the copy it held after the broker redelivered it elsewhere) or where the publisher re-sent that key after a
 failed confirm (`resent`: a copy marked `rt-resent`, or a key the test published again); an
 unexplained duplicate fails every scenario. Recovery time = fault end to the first run that started
 after it and finished (its ack follows at once).
@@ -98,12 +99,13 @@ class Ledger:
         duplicates = redelivered = resent = 0
         unexplained: list[str] = []
         for key in set(by_key) | executed:
-            later = by_key[key][1:]
             extra = max(len(by_key[key]), ends.get(key, 0)) - 1
             if extra <= 0:
                 continue
             duplicates += extra
-            seen = sum(run.redelivered for run in later)
+            # Each redelivered run is one more delivery of the message, whichever ran first: a worker resumed
+            # after SIGSTOP runs the copy it held after the broker redelivered it elsewhere.
+            seen = min(extra, sum(run.redelivered for run in by_key[key]))
             redelivered += seen
             if key in self.resent or any(run.resent for run in by_key[key]):  # re-sent by the test or the publisher
                 resent += extra - seen
