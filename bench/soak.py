@@ -267,6 +267,7 @@ def run(minutes: float, tasks: int, seed: int, every_s: float) -> int:
         directory = Path(tempfile.mkdtemp(prefix="rt-soak-"))
         prefix = f"soak-{secrets.token_hex(3)}"
         env = {"RT_LEDGER_DIR": str(directory), "RT_TEST_PREFIX": prefix, "RABBITTASK_HEARTBEAT_S": str(HEARTBEAT_S)}
+        env["RT_SOAK"] = "1"  # the ledger app's soak-only task (ledger.limited)
 
         def start_worker(i: int) -> WorkerProcess:
             order = nodes[i % 3 :] + nodes[: i % 3]
