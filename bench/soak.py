@@ -256,7 +256,8 @@ WORKLOADS: list[Callable[[int], Any]] = [
 ]  # fmt: skip
 
 
-def run(minutes: float, tasks: int, seed: int, every_s: float) -> int:
+def run(minutes: float, tasks: int, seed: int, every_s: float, rate_limited: bool = True) -> int:
+    """The soak; `rate_limited=False` leaves out the rate-limited workload (its open bugs: docs/faults.md)."""
     rng = random.Random(seed)
     print(f"[soak] seed {seed}: {minutes:g} min, {tasks} plain tasks, a fault every ~{every_s:g} s", flush=True)
     with Net() as net:
@@ -287,14 +288,15 @@ def run(minutes: float, tasks: int, seed: int, every_s: float) -> int:
             soak = Soak(app, Ledger(directory), nodes, node_hosts, net, start_worker, [], rng, directory=directory)
             soak.start_beat = start_beat
             soak.workers = [start_worker(i) for i in range(2)]
-            return _run(soak, minutes * 60, tasks, every_s, prefix)
+            return _run(soak, minutes * 60, tasks, every_s, prefix, rate_limited)
         finally:
             for node in nodes:
                 node.cleanup()
 
 
-def _run(soak: Soak, seconds: float, tasks: int, every_s: float, prefix: str) -> int:
+def _run(soak: Soak, seconds: float, tasks: int, every_s: float, prefix: str, rate_limited: bool = True) -> int:
     workloads = [make(tasks) for make in WORKLOADS]
+    workloads = [w for w in workloads if rate_limited or not isinstance(w, RateLimited)]
     threads = [threading.Thread(target=w.run, args=(soak, seconds * 0.8), daemon=True) for w in workloads]
     threads += [threading.Thread(target=chaos, args=(soak, every_s), daemon=True)]
     threads += [threading.Thread(target=sample_rss, args=(soak,), daemon=True)]
