@@ -250,31 +250,33 @@ class Settler:
         a resource alarm (`alarm_wait_s`); a copy still not confirmed is sent once more with the same id,
         marked `rt-resent`, and when that fails too the original goes back to its queue.
         """
-        wait_s = self.app.settings.alarm_wait_s
-        for attempt in (1, 2):
-            try:
-                await self.publisher.publish(msg if attempt == 1 else resent(msg), alarm_wait_s=wait_s)
-                return True
-            except PUBLISH_ERRORS as e:
-                log.warning(
-                    "task %s [%s]: its %s was not confirmed (%s); %s",
-                    outcome.task_name,
-                    outcome.message_id,
-                    what,
-                    e,
-                    "re-sending it with the same id" if attempt == 1 else "the message goes back to its queue",
-                )
-        return False
+        return await self._publish_confirmed(
+            msg,
+            lambda e, again: log.warning(
+                "task %s [%s]: its %s was not confirmed (%s); %s",
+                outcome.task_name,
+                outcome.message_id,
+                what,
+                e,
+                "re-sending it with the same id" if again else "the message goes back to its queue",
+            ),
+        )
 
     async def _confirmed_record(self, msg: Outgoing) -> bool:
         """Publish chord members' reports until confirmed (as `_confirmed`); False: the members run again."""
+        return await self._publish_confirmed(
+            msg, lambda e, again: log.warning("chord reports %s were not confirmed (%s)", msg.message_id, e)
+        )
+
+    async def _publish_confirmed(self, msg: Outgoing, on_failure: Callable[[BaseException, bool], None]) -> bool:
+        """Publish `msg`, waiting out an alarm; once more with the same id (`rt-resent`); False if neither confirmed."""
         wait_s = self.app.settings.alarm_wait_s
         for attempt in (1, 2):
             try:
                 await self.publisher.publish(msg if attempt == 1 else resent(msg), alarm_wait_s=wait_s)
                 return True
             except PUBLISH_ERRORS as e:
-                log.warning("chord reports %s were not confirmed (%s)", msg.message_id, e)
+                on_failure(e, attempt == 1)
         return False
 
     def _copy(self, outcome: Outcome) -> Outgoing:
