@@ -39,9 +39,8 @@ def active_child(ledger: Path, workers: list[WorkerProcess]) -> int:
     """A child that is the active consumer of a partition now: the one that ran the latest task."""
     children = {pid for w in workers for pid in w.children()}
 
-    def latest() -> int | None:
-        runs = records(ledger)[-50:]
-        return next((r["pid"] for r in reversed(runs) if r["pid"] in children), None)
+    def latest() -> int | None:  # the newest run by a live child (the newest runs may all be the killed one's)
+        return next((r["pid"] for r in reversed(records(ledger)) if r["pid"] in children), None)
 
     return wait_until(latest, 30, "a run by a live child")
 
