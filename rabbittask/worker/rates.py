@@ -12,7 +12,8 @@ The minter is the child that holds the baton: a message of the single-active-con
 closes, the broker makes the next consumer active and hands it the baton, which starts minting at
 once. It mints every `TICK_S` what the elapsed time is worth at each task's rate, and tops
 each bucket up to `burst` tokens at most (ready tokens are counted by a declare), so an idle
-period never stores more than a burst (or one tick's worth, if that is more).
+period never stores more than a burst (or `PAY_BACK_S` worth, if that is more), and neither does
+a minter that stalled (`tokens_to_mint`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TICK_S = 0.05
+PAY_BACK_S = 0.25  # a minter late by up to this much mints what it owes; a longer stall is dropped
 ELECT_S = 0.5
 RETRY_S = 1.0
 TOKEN_QUEUE_EXPIRES_MS = 3_600_000  # a token queue no one used for an hour goes away
@@ -121,8 +124,8 @@ class RateGate:
                 back.cancel()
                 if not got.done():
                     got.cancel()
-            if got.cancelled():
-                return False
+            if not got.done() or got.cancelled():  # a cancel is only asked for until the loop runs it
+                return False  # handing back: the caller hands the message back
             channel, tag = got.result()
             if channel.is_closed:
                 continue  # its channel closed: the broker gave the token to someone else
@@ -217,12 +220,24 @@ class RateGate:
             elapsed, last = now - last, now
             for name, rate in RATES.limited().items():
                 owed[name] = owed.get(name, 0.0) + elapsed * rate.per_s
-                whole = int(owed[name])
-                if not whole:
+                if owed[name] < 1:
                     continue
-                owed[name] -= whole
                 queue = token_queue_name(self.exchange, name)
                 ok = await channel.queue_declare(queue, durable=True, arguments=TOKEN_ARGUMENTS)
-                ready = ok.message_count or 0  # tokens no one waits for: the bucket holds `burst` at most
-                for _ in range(whole if not ready else min(whole, rate.burst - ready)):
+                mint, owed[name] = tokens_to_mint(rate, owed[name], ok.message_count or 0)
+                for _ in range(mint):
                     await channel.basic_publish(b"", routing_key=queue)
+
+
+def tokens_to_mint(rate: Rate, owed: float, ready: int) -> tuple[int, float]:
+    """How many tokens to mint now, and what stays owed: the bucket never holds more than it may.
+
+    `ready` tokens wait in the queue unclaimed. The bucket tops up to `burst`, or to what `PAY_BACK_S`
+    is worth if that is more (a late tick is paid back). A longer stall of the minter (a broker that
+    held its publishes, a paused process) is not: what the bucket cannot hold is dropped, so a stall
+    never ends in a flood of runs.
+    """
+    whole = int(owed)
+    room = max(max(rate.burst, math.ceil(rate.per_s * PAY_BACK_S)) - ready, 0)
+    mint = min(whole, room)
+    return mint, owed - whole if mint == whole else 0.0

@@ -157,3 +157,43 @@ def test_twenty_a_second_on_three_workers_for_thirty_seconds_and_through_a_kill_
     disturbed = per_window(starts(tmp_path, prefix), after, after + WINDOW_S * 3)
     assert all(r <= 22.0 for r in disturbed), disturbed  # never above the limit
     print(f"\nrate_limit=20/s, 3 workers: steady {steady}, after kill and start {disturbed}")
+
+
+def test_a_minter_that_stalled_does_not_make_up_for_the_lost_time_with_a_flood_of_runs(
+    app: App, prefix: str, worker_factory: WorkerFactory, tmp_path: Path
+) -> None:
+    # Given one worker minting and running a 20/s task from a backlog
+    w = start_worker(worker_factory, prefix)
+    (child,) = w.children()
+    fill(app, 400)
+    wait_until(lambda: len(starts(tmp_path, prefix)) >= 20, 20)
+    # When its child (the minter) is stopped for 3 s, as a broker that holds its publishes would stall it
+    os.kill(child, signal.SIGSTOP)
+    time.sleep(3)
+    os.kill(child, signal.SIGCONT)
+    resumed = time.time()
+    time.sleep(2.5)
+    # Then the runs go on at the limit: the 60 tokens those 3 s were worth are not minted at once
+    # (before the fix they were, and ran within a fraction of a second)
+    times = starts(tmp_path, prefix)
+    first_second = sum(1 for t in times if resumed <= t < resumed + 1)
+    assert first_second <= 20 + 5 + 2, (first_second, w.log()[-2000:])
+    assert sum(1 for t in times if resumed + 1 <= t < resumed + 2) >= 10  # and they do go on
+
+
+def test_a_warm_shutdown_hands_back_the_messages_waiting_for_a_token_at_once(
+    app: App, prefix: str, worker_factory: WorkerFactory, tmp_path: Path, broker_url: str
+) -> None:
+    # Given a worker whose messages of a 20/s task wait for their tokens
+    w = start_worker(worker_factory, prefix)
+    fill(app, 300)
+    wait_until(lambda: len(starts(tmp_path, prefix)) >= 20, 20)
+    # When it gets SIGTERM
+    began = time.monotonic()
+    code = w.stop(timeout_s=20)
+    took = time.monotonic() - began
+    # Then it stops at once (before the fix: after its 30 s shutdown timeout, with a traceback a message),
+    # and every message that did not run is back in the queue
+    assert code == 0 and took < 5, (code, took, w.log()[-3000:])
+    assert "Traceback" not in w.log()
+    assert amqp.depth(broker_url, f"{prefix}.limited") == 300 - len(starts(tmp_path, prefix))
