@@ -5,7 +5,8 @@ A message walks through them in order (`_on_message`):
     session (session.py)        delivered on the current channel; counted in flight
     celery (celery/delivery.py) on a Celery queue, a Celery message's headers read into the properties below
     redelivery (redelivery.py)  expired, not due, delivered too often, or a run this child already has?
-    revoke (revoke.py)          revoked (the `<exchange>.revoked` stream, control.py)? dead-lettered unrun
+    revoke (revoke.py)          revoked (the `<exchange>.revoked` stream, control.py)? dead-lettered unrun;
+                                while the control connection is down, it waits until they are read again
     rate (rates.py)             a rate-limited task waits for a token (unacked, in its own asyncio task)
     dispatch (dispatch.py)      async task: run on the loop; sync task: inline (inline.py) or a thread (threads.py)
     (retry in place)            a `partition_by` task's retry waits here and runs again (inplace.py)
@@ -271,6 +272,12 @@ class Child:
         """The stages before a run: redelivery, revoke, dedupe, rate; False when one settled or kept it."""
         if not self.redeliveries.admit(message):
             return False  # settled unrun, or waits for a run of it here
+        control = self.control
+        if control is not None and not control.caught_up.is_set():  # its connection was lost: wait for it
+            await control.wait_caught_up(self.lifecycle.handing_back)
+            if self.lifecycle.handing_back.is_set():
+                self.settler.hand_back(message)
+                return False
         if not self.revoke.admit(message):
             return False  # revoked: dead-lettered unrun
         if self.dedupe.window(message) is not None and not await self.dedupe.admit(message):

@@ -57,9 +57,10 @@ log = logging.getLogger(__name__)
 PRUNE_EVERY_S = 60.0
 CATCH_UP_WARN_S = 10.0  # waiting this long for the revocation stream says so, again each time
 CATCH_UP_QUIET_S = 5.0  # marker not back this long, the stream quiet for QUIET_GAP_S: take what was read
+CONTROL_DOWN_MAX_S = 60.0  # no control connection this long: take tasks without the revocations made since
 QUIET_GAP_S = 1.0
 BACKOFF_FIRST_S = 0.5
-BACKOFF_MAX_S = 15.0
+BACKOFF_MAX_S = 5.0  # tasks wait while it is down: try again soon
 ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError, RabbitTaskError)
 
 
@@ -85,6 +86,9 @@ class ControlPlane:
         self._stats, self._waiting, self._on_stuck, self._on_pool = stats, waiting, on_stuck, on_pool
         self._marker = uuid.uuid4().hex
         self._last_record = time.monotonic()  # when the revocation stream last delivered (or reading began)
+        self._reading_since: float | None = None  # when this connection began to read the stream; None: it does not
+        self._off = False  # the broker refused the control objects: no revocations to wait for
+        self._watch: asyncio.Task[None] | None = None
         self._trouble = ""  # why the control connection failed last, for the catch-up's warning
         self._background: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
@@ -102,6 +106,8 @@ class ControlPlane:
         if self._publish is not None and not self._publish.is_closed:
             with contextlib.suppress(*ERRORS, TimeoutError):
                 await asyncio.wait_for(self._beat(OFFLINE), 1.0)
+        if self._watch is not None:
+            self._watch.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, *ERRORS):
@@ -125,6 +131,7 @@ class ControlPlane:
                     e,
                     *(self.settings.exchange,) * 3,
                 )
+                self._off = True
                 self.caught_up.set()
                 return
             except AccessRefused as e:  # the consuming session says so, and ends the worker if it lasts
@@ -136,6 +143,11 @@ class ControlPlane:
                 log.warning("control connection: %s; reconnecting in %.1f s", str(e) or type(e).__name__, backoff_s)
             finally:
                 self._publish = None
+                self._reading_since = None
+                if not (self._closing or self._off) and self.caught_up.is_set():
+                    # Revocations made from now on are not read until it is back: tasks wait (`wait_caught_up`).
+                    log.warning("control connection lost: tasks wait until the revocations are read again")
+                    self.caught_up.clear()
                 if connection is not None:
                     await close_quietly(connection, "worker control")
             await asyncio.sleep(backoff_s)
@@ -167,8 +179,10 @@ class ControlPlane:
             if message.delivery_tag is not None:
                 await stream.basic_ack(message.delivery_tag)
 
+        self._marker = uuid.uuid4().hex  # a new one each connection: an earlier one is older than the outage
         self._last_record = time.monotonic()
         await stream.basic_consume(revoked, on_record, arguments={"x-stream-offset": since})
+        self._reading_since = time.monotonic()
         # Appended after the read began, in the background: under a memory or disk alarm the broker holds
         # publishes, and `wait_caught_up` then takes the window as read once the stream goes quiet.
         marker = json.dumps({"ids": [], "marker": self._marker, "ts": time.time()}).encode()
@@ -186,29 +200,56 @@ class ControlPlane:
             log.debug("control publish failed: %s", task.exception())
 
     async def wait_caught_up(self, stopping: asyncio.Event) -> None:
-        """Wait until every revocation of the window is read (or a stop comes): only then take tasks.
+        """Wait until every revocation of the window is read (or `stopping` is set): only then run tasks.
 
-        Read means: this child's own marker came back through the stream. When it cannot be appended
-        (the broker holds publishes during an alarm) or the stream cannot be read (its node restarting
-        after a crash), the window counts as read once nothing came for `QUIET_GAP_S` after
-        `CATCH_UP_QUIET_S`, said in the log; revocations still apply as they arrive.
+        Read means: this child's own marker came back through the stream, on its current connection.
+        While the control connection is down (at start, or lost later) tasks wait for it, at most
+        `CONTROL_DOWN_MAX_S`. When the marker cannot be appended (the broker holds publishes during an
+        alarm) or the stream reads slowly (its node restarting after a crash), the window counts as
+        read once nothing came for `QUIET_GAP_S` after `CATCH_UP_QUIET_S` of reading. Both are said in
+        the log; revocations read later still apply as they arrive.
         """
-        started, warned = time.monotonic(), time.monotonic()
-        while not (self.caught_up.is_set() or stopping.is_set()):
+        if self.caught_up.is_set():
+            return
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.ensure_future(self._watch_catch_up())
+        up, stop = asyncio.ensure_future(self.caught_up.wait()), asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait([up, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            up.cancel()
+            stop.cancel()
+
+    async def _watch_catch_up(self) -> None:
+        """Until caught up: take the window as read when the stream stays quiet or the connection stays down."""
+        started = warned = time.monotonic()
+        while not self.caught_up.is_set():
             await asyncio.sleep(0.05)
-            now = time.monotonic()
-            if now - started >= CATCH_UP_QUIET_S and now - self._last_record >= QUIET_GAP_S:
-                log.warning(
-                    "the revocations of the window could not all be read within %.0f s (%s); taking tasks with "
-                    "the %d read so far: the others apply as they are read",
-                    CATCH_UP_QUIET_S,
-                    self._trouble or "its marker did not come back: does the broker hold publishes (an alarm)?",
-                    len(REVOKED),
-                )
-                self.caught_up.set()
-            elif now - warned >= CATCH_UP_WARN_S:
+            now, reading = time.monotonic(), self._reading_since
+            if reading is not None and now - max(started, reading) >= CATCH_UP_QUIET_S:
+                if now - self._last_record >= QUIET_GAP_S:
+                    self._give_up(
+                        f"could not all be read within {CATCH_UP_QUIET_S:.0f} s",
+                        self._trouble or "its marker did not come back: does the broker hold publishes (an alarm)?",
+                    )
+            elif reading is None and now - started >= CONTROL_DOWN_MAX_S:
+                self._give_up(f"could not be read for {CONTROL_DOWN_MAX_S:.0f} s", self._trouble or "no connection")
+            if not self.caught_up.is_set() and now - warned >= CATCH_UP_WARN_S:
                 warned = now
-                log.warning("still reading the revocations of the window before taking tasks (see the log above)")
+                log.warning(
+                    "tasks wait until the revocations of the window are read (%s)",
+                    "reading" if reading is not None else f"no control connection: {self._trouble or 'connecting'}",
+                )
+
+    def _give_up(self, what: str, why: str) -> None:
+        log.warning(
+            "the revocations of the window %s (%s); taking tasks with the %d read so far: the others apply as they "
+            "are read",
+            what,
+            why,
+            len(REVOKED),
+        )
+        self.caught_up.set()
 
     async def _beat_forever(self, connection: aiormq.abc.AbstractConnection) -> None:
         next_prune = time.monotonic() + PRUNE_EVERY_S
