@@ -161,6 +161,9 @@ if [[ -z "$is_root" ]]; then
 fi
 
 say "starting rabbitmq-server"
+# Without systemd (whose unit sets LimitNOFILE) the node inherits this shell's open-file limit, often
+# 1024: a node that runs hundreds of quorum queues then runs out of file handles and stops answering.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 if [[ -d /run/systemd/system ]]; then
     run systemctl start rabbitmq-server
 elif [[ -x /etc/init.d/rabbitmq-server ]]; then

@@ -21,8 +21,11 @@ from urllib.parse import urlsplit
 import pika
 import pytest
 
+from rabbittask.delays import delay_declarations
 from rabbittask.testing import NodeError, RabbitNode, rabbitmq_bin_dir
 from rabbittask.testing.brokers import BrokerUrl
+from rabbittask.topology import QueueDecl
+from tests import amqp
 
 RabbitNodeFactory = Callable[..., RabbitNode]
 
@@ -125,12 +128,42 @@ def rabbit_node_factory() -> Iterator[RabbitNodeFactory]:
 
 
 @pytest.fixture
-def unique_name(request: pytest.FixtureRequest) -> str:
-    """A short name unique to this test run, derived from the test name (for queues, exchanges)."""
+def unique_name(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A short name unique to this test run, derived from the test name (for queues, exchanges).
+
+    After a test on the shared broker, the delay ladders of an app on this name (or `<name>.x`) are
+    deleted: 26 quorum queues each, which hold file handles on the broker until they go.
+    """
     base = re.sub(r"[^A-Za-z0-9_.]+", "-", request.node.name.removeprefix("test_")).strip("-.")[:40]
     name = f"rt-{base}-{uuid.uuid4().hex[:8]}"
     _SESSION_NAMES.add(name)  # what is left under this prefix is deleted at the end of the session
-    return name
+    yield name
+    if "broker_url" in request.fixturenames:
+        _delete_ladders(request.getfixturevalue("broker_url"), name)
+
+
+def _delete_ladders(url: str, name: str) -> None:
+    """Delete the delay ladder of an app whose exchange is `name` or `name.x`, where one was declared.
+
+    Per test, not only at the end of the session: a full run used to leave some 300 quorum queues on the
+    shared broker, past the file handles a node started with `ulimit -n 1024` has, and it stopped answering.
+    """
+    found = []
+    connection = amqp.connect(url, "test cleanup")
+    try:
+        for exchange in (name, f"{name}.x"):
+            first = next(d.name for d in delay_declarations(exchange, []) if isinstance(d, QueueDecl))
+            channel = connection.channel()
+            try:
+                channel.queue_declare(first, passive=True)
+                found.append(exchange)
+                channel.close()
+            except pika.exceptions.ChannelClosedByBroker:
+                pass  # not there: that channel is closed by the broker
+    finally:
+        connection.close()
+    for exchange in found:
+        amqp.delete_ladder(url, exchange)
 
 
 class AmqpCleanup:
