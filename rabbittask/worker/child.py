@@ -161,9 +161,8 @@ class Child:
             on_ready=on_ready,
             on_consuming=on_consuming,
             partition_slot=partition_slot,
-            before_consume=self._caught_up,
+            before_consume=lambda: self.revoke.read_first(self.lifecycle.stopping),
         )
-        self.revoke = RevokeStage(self.settler.settle)
         self.rates = RateGate(app, self.lifecycle.handing_back) if app.settings.control else None
         self.control: ControlPlane | None = None
         if app.settings.control:
@@ -175,6 +174,8 @@ class Child:
                 on_stuck=self._terminate_stuck,
                 on_pool=on_pool,
             )
+        catch_up = self.control.catch_up if self.control is not None else None
+        self.revoke = RevokeStage(self.settler.settle, self.settler.hand_back, self.lifecycle.handing_back, catch_up)
         self._budget_watch: asyncio.Task[None] | None = None
         # Chords join on the broker: every child stands by on the join queue, one at a time is active.
         self.joiner = Joiner(app, self.publisher, self.lifecycle) if app.settings.chord_joiner else None
@@ -272,12 +273,8 @@ class Child:
         """The stages before a run: redelivery, revoke, dedupe, rate; False when one settled or kept it."""
         if not self.redeliveries.admit(message):
             return False  # settled unrun, or waits for a run of it here
-        control = self.control
-        if control is not None and not control.caught_up.is_set():  # its connection was lost: wait for it
-            await control.wait_caught_up(self.lifecycle.handing_back)
-            if self.lifecycle.handing_back.is_set():
-                self.settler.hand_back(message)
-                return False
+        if not self.revoke.caught_up() and not await self.revoke.wait(message):
+            return False  # handed back: a warm shutdown came while the revocations were being read
         if not self.revoke.admit(message):
             return False  # revoked: dead-lettered unrun
         if self.dedupe.window(message) is not None and not await self.dedupe.admit(message):
@@ -334,11 +331,6 @@ class Child:
         """A sync task still ran at its hard time limit: settle it as failed and retire (its thread is lost)."""
         self.settler.settle(outcome)
         self.retire("a sync task passed its time limit", hand_back=True)
-
-    async def _caught_up(self) -> None:
-        """Before it consumes: the revocations of the window are read (control.py)."""
-        if self.control is not None:
-            await self.control.wait_caught_up(self.lifecycle.stopping)
 
     def _terminate_stuck(self, run: Run) -> None:
         """A sync task revoked with terminate=True outlived its grace period: dead-letter it, replace this child."""

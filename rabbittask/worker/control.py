@@ -8,8 +8,8 @@ connection never costs the consumer its channel), each child:
   `registered`, `stats`, `queues`; `revoke` needs no answer);
 * reads the `<exchange>.revoked` stream from the start of the retention window, then follows it,
   into `REVOKED` (control/local.py). To know it has read everything revoked before it started, it
-  appends a marker record of its own first and reads until the marker comes back: `caught_up`,
-  which the child waits for before it consumes a task;
+  appends a marker record of its own first and reads until the marker comes back (`catch_up`,
+  catchup.py), which the child waits for before it runs a task, and again after a lost connection;
 * applies rate limits set at run time (records of the same stream, control/rates.py);
 * appends a heartbeat to the `<exchange>.workers` presence stream every `events_heartbeat_s`, so a
   caller knows who should answer (control/roster.py).
@@ -47,6 +47,7 @@ from rabbittask.errors import AccessRefused, RabbitTaskError
 from rabbittask.ops.heartbeat import HEARTBEAT, OFFLINE, Heartbeat
 from rabbittask.topology import PRESENCE_AGE_S, control_exchange_name, presence_stream_name, revoked_stream_name
 from rabbittask.topology import control_stream_arguments as stream_arguments
+from rabbittask.worker.catchup import CatchUp
 from rabbittask.worker.pool import GROW, SHRINK
 
 if TYPE_CHECKING:
@@ -55,17 +56,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY_S = 60.0
-CATCH_UP_WARN_S = 10.0  # waiting this long for the revocation stream says so, again each time
-CATCH_UP_QUIET_S = 5.0  # marker not back this long, the stream quiet for QUIET_GAP_S: take what was read
-CONTROL_DOWN_MAX_S = 60.0  # no control connection this long: take tasks without the revocations made since
-QUIET_GAP_S = 1.0
 BACKOFF_FIRST_S = 0.5
-BACKOFF_MAX_S = 5.0  # tasks wait while it is down: try again soon
+BACKOFF_MAX_S = 2.0  # tasks wait while it is down (catchup.py): try again soon
 ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError, RabbitTaskError)
 
 
 class ControlPlane:
-    """The control connection of one worker child; `start()` it, await `caught_up`, `close()` at the end."""
+    """The control connection of one worker child; `start()` it, wait on `catch_up`, `close()` at the end."""
 
     def __init__(
         self,
@@ -80,16 +77,12 @@ class ControlPlane:
         self.app = app
         self.settings = app.settings
         self.queues = queues
-        self.caught_up = asyncio.Event()
+        self.catch_up = CatchUp()
         self.host, self.pid, self.ppid = socket.gethostname(), os.getpid(), os.getppid()
         self.started_at = time.time()
         self._stats, self._waiting, self._on_stuck, self._on_pool = stats, waiting, on_stuck, on_pool
         self._marker = uuid.uuid4().hex
-        self._last_record = time.monotonic()  # when the revocation stream last delivered (or reading began)
-        self._reading_since: float | None = None  # when this connection began to read the stream; None: it does not
         self._off = False  # the broker refused the control objects: no revocations to wait for
-        self._watch: asyncio.Task[None] | None = None
-        self._trouble = ""  # why the control connection failed last, for the catch-up's warning
         self._background: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._publish: aiormq.abc.AbstractChannel | None = None
@@ -106,8 +99,7 @@ class ControlPlane:
         if self._publish is not None and not self._publish.is_closed:
             with contextlib.suppress(*ERRORS, TimeoutError):
                 await asyncio.wait_for(self._beat(OFFLINE), 1.0)
-        if self._watch is not None:
-            self._watch.cancel()
+        self.catch_up.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, *ERRORS):
@@ -132,22 +124,19 @@ class ControlPlane:
                     *(self.settings.exchange,) * 3,
                 )
                 self._off = True
-                self.caught_up.set()
+                self.catch_up.done.set()
                 return
             except AccessRefused as e:  # the consuming session says so, and ends the worker if it lasts
                 log.debug("control connection refused: %s", e)
             except ERRORS as e:
                 if self._closing:
                     return
-                self._trouble = f"the control connection failed: {str(e) or type(e).__name__}"
+                self.catch_up.trouble = f"the control connection failed: {str(e) or type(e).__name__}"
                 log.warning("control connection: %s; reconnecting in %.1f s", str(e) or type(e).__name__, backoff_s)
             finally:
                 self._publish = None
-                self._reading_since = None
-                if not (self._closing or self._off) and self.caught_up.is_set():
-                    # Revocations made from now on are not read until it is back: tasks wait (`wait_caught_up`).
-                    log.warning("control connection lost: tasks wait until the revocations are read again")
-                    self.caught_up.clear()
+                if not (self._closing or self._off):
+                    self.catch_up.lost()
                 if connection is not None:
                     await close_quietly(connection, "worker control")
             await asyncio.sleep(backoff_s)
@@ -174,17 +163,16 @@ class ControlPlane:
         since = datetime.fromtimestamp(time.time() - self.settings.revoke_retention_s, UTC)
 
         async def on_record(message: DeliveredMessage) -> None:
-            self._last_record = time.monotonic()
+            self.catch_up.record()
             self._on_revocation(message)
             if message.delivery_tag is not None:
                 await stream.basic_ack(message.delivery_tag)
 
         self._marker = uuid.uuid4().hex  # a new one each connection: an earlier one is older than the outage
-        self._last_record = time.monotonic()
         await stream.basic_consume(revoked, on_record, arguments={"x-stream-offset": since})
-        self._reading_since = time.monotonic()
+        self.catch_up.reading()
         # Appended after the read began, in the background: under a memory or disk alarm the broker holds
-        # publishes, and `wait_caught_up` then takes the window as read once the stream goes quiet.
+        # publishes, and the catch-up (catchup.py) then takes the window as read once the stream goes quiet.
         marker = json.dumps({"ids": [], "marker": self._marker, "ts": time.time()}).encode()
         self._spawn(publish.basic_publish(marker, routing_key=revoked))
         self._spawn(self._beat(HEARTBEAT))
@@ -198,58 +186,6 @@ class ControlPlane:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.debug("control publish failed: %s", task.exception())
-
-    async def wait_caught_up(self, stopping: asyncio.Event) -> None:
-        """Wait until every revocation of the window is read (or `stopping` is set): only then run tasks.
-
-        Read means: this child's own marker came back through the stream, on its current connection.
-        While the control connection is down (at start, or lost later) tasks wait for it, at most
-        `CONTROL_DOWN_MAX_S`. When the marker cannot be appended (the broker holds publishes during an
-        alarm) or the stream reads slowly (its node restarting after a crash), the window counts as
-        read once nothing came for `QUIET_GAP_S` after `CATCH_UP_QUIET_S` of reading. Both are said in
-        the log; revocations read later still apply as they arrive.
-        """
-        if self.caught_up.is_set():
-            return
-        if self._watch is None or self._watch.done():
-            self._watch = asyncio.ensure_future(self._watch_catch_up())
-        up, stop = asyncio.ensure_future(self.caught_up.wait()), asyncio.ensure_future(stopping.wait())
-        try:
-            await asyncio.wait([up, stop], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            up.cancel()
-            stop.cancel()
-
-    async def _watch_catch_up(self) -> None:
-        """Until caught up: take the window as read when the stream stays quiet or the connection stays down."""
-        started = warned = time.monotonic()
-        while not self.caught_up.is_set():
-            await asyncio.sleep(0.05)
-            now, reading = time.monotonic(), self._reading_since
-            if reading is not None and now - max(started, reading) >= CATCH_UP_QUIET_S:
-                if now - self._last_record >= QUIET_GAP_S:
-                    self._give_up(
-                        f"could not all be read within {CATCH_UP_QUIET_S:.0f} s",
-                        self._trouble or "its marker did not come back: does the broker hold publishes (an alarm)?",
-                    )
-            elif reading is None and now - started >= CONTROL_DOWN_MAX_S:
-                self._give_up(f"could not be read for {CONTROL_DOWN_MAX_S:.0f} s", self._trouble or "no connection")
-            if not self.caught_up.is_set() and now - warned >= CATCH_UP_WARN_S:
-                warned = now
-                log.warning(
-                    "tasks wait until the revocations of the window are read (%s)",
-                    "reading" if reading is not None else f"no control connection: {self._trouble or 'connecting'}",
-                )
-
-    def _give_up(self, what: str, why: str) -> None:
-        log.warning(
-            "the revocations of the window %s (%s); taking tasks with the %d read so far: the others apply as they "
-            "are read",
-            what,
-            why,
-            len(REVOKED),
-        )
-        self.caught_up.set()
 
     async def _beat_forever(self, connection: aiormq.abc.AbstractConnection) -> None:
         next_prune = time.monotonic() + PRUNE_EVERY_S
@@ -289,9 +225,7 @@ class ControlPlane:
         except ValueError:
             return
         if isinstance(data, dict) and data.get("marker") == self._marker:
-            if not self.caught_up.is_set():
-                log.info("read %d revocation(s) of the last %g s", len(REVOKED), self.settings.revoke_retention_s)
-                self.caught_up.set()
+            self.catch_up.read(len(REVOKED), self.settings.revoke_retention_s)
             return
         if isinstance(data, dict) and "rate_limit" in data:
             self._rate_limit(message, data)
