@@ -35,7 +35,7 @@ CELERY_HINTS: dict[str, str] = {
     "expires": "expires is a send option: task.apply_async(args, expires=3600)",
     "countdown": "countdown is a send option: task.apply_async(args, countdown=60)",
     "priority": "priority is a send option (task.apply_async(args, priority=5)) on a queue declared with "
-    "queue_type='classic', max_priority=10",
+    "max_priority=10 (a quorum queue needs RabbitMQ 4.0+; queue_type='classic' works on any version)",
     "task_always_eager": "the setting is eager (RABBITTASK_EAGER), or `with app.eager():` in tests",
     "broker": "the setting is broker_url (RABBITTASK_BROKER_URL)",
     "result_expires": "the setting is result_expires_s (seconds)",

@@ -96,6 +96,11 @@ def check_partitions(spec: QueueSpec) -> None:
             f"{where}: max_length and message_ttl_ms are not supported on a partitioned queue (they would apply "
             "to each partition and drop messages out of order); drop them"
         )
+    if spec.max_priority is not None:
+        raise ConfigError(
+            f"{where}: max_priority is not supported on a partitioned queue (priorities would reorder a key's "
+            "messages); drop it, or send urgent tasks to a queue of their own"
+        )
 
 
 def partition_declarations(exchange: str, specs: Iterable[QueueSpec]) -> list[Declaration]:

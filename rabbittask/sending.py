@@ -41,7 +41,7 @@ class SendOptions(TypedDict, total=False):
     """
 
     queue: str | None  # another of the app's queues than the task's own
-    priority: int | None  # on a classic queue declared with max_priority
+    priority: int | None  # on a queue declared with max_priority
     headers: Mapping[str, Any] | None  # added to the message's headers (e.g. a traceparent)
     message_id: str | None  # the task id; default a new UUID (sending again with the same id is recognisable)
     countdown: float | None
@@ -150,24 +150,34 @@ def _with_options(app: App, task_name: str, queue: str, body: bytes, options: Se
 
 
 def _check_priority(app: App, task_name: str, queue: str, priority: int) -> None:
-    """Refuse a priority the queue would silently ignore (or cap), saying which queues honour one."""
+    """Refuse a priority on a queue declared without max_priority (or above it), saying how to declare one.
+
+    A classic queue without one ignores priorities; a quorum queue keeps them on RabbitMQ 4.0+ only, so
+    the app declares which queues take them, and the declaration is checked against the broker.
+    """
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 255:
         raise ConfigError(f"task {task_name!r}: priority must be a whole number 0..255, got {priority!r}")
     spec = app.queues.get(queue)
     if spec is None:  # a queue this app does not declare (send_task): the broker's declaration decides
         return
     if spec.max_priority is None:
-        kind = "a quorum queue" if spec.queue_type == "quorum" else "a classic queue without max_priority"
+        why = (
+            "quorum queues keep priorities on RabbitMQ 4.0+; on 3.x use queue_type='classic', a new queue: "
+            "see docs/topology.md"
+            if spec.queue_type == "quorum"
+            else "the queue's arguments change: see docs/topology.md"
+        )
         raise ConfigError(
-            f"task {task_name!r}: priority={priority} would be ignored: queue {queue!r} is {kind}. Only classic "
-            f"queues declared with max_priority honour priorities: @app.task(queue={queue!r}, "
-            "queue_type='classic', max_priority=10) (a queue's type cannot change in place: see docs/topology.md); "
+            f"task {task_name!r}: priority={priority} needs a queue declared with max_priority, and queue {queue!r} "
+            f"is a {spec.queue_type} queue without one: @app.task(queue={queue!r}, max_priority=10) ({why}); "
             "or send without priority"
         )
-    if not 0 <= priority <= spec.max_priority:
+    if priority > spec.max_priority:
+        # A classic queue caps it; a quorum queue has levels of its own (docs/compatibility.md), not this cap.
+        capped = f" (the broker would treat it as {spec.max_priority})" if spec.queue_type == "classic" else ""
         raise ConfigError(
             f"task {task_name!r}: priority={priority} is outside 0..{spec.max_priority}, the max_priority of "
-            f"queue {queue!r} (the broker would treat it as {min(max(priority, 0), spec.max_priority)})"
+            f"queue {queue!r}{capped}"
         )
 
 

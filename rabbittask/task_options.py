@@ -33,7 +33,11 @@ class TaskOptions(BaseModel):
     name: str | None = Field(None, description="Task name; default `module.function`.")
     queue: str | None = Field(None, description="Queue the task is sent to; default the app's `default_queue`.")
     queue_type: QueueType | None = Field(None, description=f"`quorum` or `classic` for this queue; {_APP_SETTING}.")
-    max_priority: int | None = Field(None, description="Classic queues: the highest `priority=` a send may give.")
+    max_priority: int | None = Field(
+        None,
+        description="The highest `priority=` a send may give; a quorum queue needs RabbitMQ 4.0+ (which keeps "
+        "two levels, 0-4 and 5+, up to 4.2; 32 from 4.3).",
+    )
     delivery_limit: int | None = Field(
         None, description=f"Quorum queues: deliveries of a message before the broker dead-letters it; {_APP_SETTING}."
     )

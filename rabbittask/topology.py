@@ -86,14 +86,9 @@ class QueueSpec:
     def __post_init__(self) -> None:
         if not self.name or self.name.startswith("amq.") or len(self.name) > 200:
             raise ConfigError(f"queue name {self.name!r} is not allowed: use 1-200 characters, not starting 'amq.'")
-        if self.max_priority is not None:
-            if self.queue_type == "quorum":
-                raise ConfigError(
-                    f"queue {self.name!r}: priorities need a classic queue on RabbitMQ 3.x; "
-                    "set queue_type='classic' or drop max_priority"
-                )
-            if not 1 <= self.max_priority <= 255:
-                raise ConfigError(f"queue {self.name!r}: max_priority must be 1..255, got {self.max_priority}")
+        # On a quorum queue, priorities need RabbitMQ 4.0+: checked against the broker (amqp/server.py `for_server`).
+        if self.max_priority is not None and not 1 <= self.max_priority <= 255:
+            raise ConfigError(f"queue {self.name!r}: max_priority must be 1..255, got {self.max_priority}")
         check_queue_options(self)
 
 
@@ -116,6 +111,9 @@ class QueueDecl:
     # A queue whose messages must never be dropped for being delivered too often (a DLQ): on brokers
     # with a default delivery limit (4.0+) it is declared unlimited (amqp/server.py `for_server`).
     unlimited: bool = field(default=False, compare=False)
+    # A quorum queue sent priorities (`max_priority`): 4.0+ keeps them with no argument, 3.x has none,
+    # so `for_server` refuses it there before anything is declared.
+    quorum_priorities: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +158,8 @@ def queue_arguments(spec: QueueSpec, exchange: str) -> Arguments:
         # At-least-once dead-lettering (else the broker may drop a dead letter); it requires reject-publish.
         args["x-dead-letter-strategy"] = "at-least-once"
         args["x-overflow"] = "reject-publish"
-    if spec.max_priority is not None:
+    if spec.max_priority is not None and spec.queue_type == "classic":
+        # Quorum queues take no x-max-priority: 4.0+ honours message priorities without it.
         args["x-max-priority"] = spec.max_priority
     args.update(option_arguments(spec))
     return args
@@ -233,7 +232,12 @@ def declarations(exchange: str, queues: Iterable[QueueSpec]) -> list[Declaration
             QueueDecl(spec.name, {}, adopt=True)
             if spec.celery
             # delivery_limit=None means none, also where the broker would default one (4.0+: 20).
-            else QueueDecl(spec.name, queue_arguments(spec, exchange), unlimited=spec.delivery_limit is None),
+            else QueueDecl(
+                spec.name,
+                queue_arguments(spec, exchange),
+                unlimited=spec.delivery_limit is None,
+                quorum_priorities=spec.queue_type == "quorum" and spec.max_priority is not None,
+            ),
             BindingDecl(spec.name, exchange, spec.name),
             QueueDecl(dlq_name(spec.name), dlq_arguments(spec), unlimited=True),
             BindingDecl(dlq_name(spec.name), dlx_name(exchange), spec.name),

@@ -48,7 +48,7 @@ def crunch(rows: int) -> int:
 
 
 # --8<-- [start:queues]
-@app.task(queue="reports", queue_type="classic", max_priority=10)  # priorities need a classic queue
+@app.task(queue="reports", queue_type="classic", max_priority=10)  # classic: priorities on any RabbitMQ
 def report(day: str) -> None: ...
 
 

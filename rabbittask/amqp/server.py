@@ -1,9 +1,10 @@
 """Which RabbitMQ a connection reached, and what that version does differently (docs/compatibility.md).
 
 The broker names its version in the `version` server property of `connection.start`. `Server` turns
-it into the few facts rabbittask acts on; `for_server` adapts declarations to them, at the one place
-every declaration passes through (publish/declare.py, `topology apply`). An unknown or unreadable
-version is taken for 3.x: the arguments built for it are the ones that were tested for real.
+it into the few facts rabbittask acts on; `for_server` adapts declarations to them (or refuses what
+that version cannot honour), at the one place every declaration passes through (publish/declare.py,
+`topology apply`). An unknown or unreadable version is taken for 3.x: the arguments built for it are
+the ones that were tested for real.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rabbittask.errors import ConfigError
 from rabbittask.topology import Declaration, QueueDecl
 
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
@@ -82,9 +84,19 @@ def unlimited_arguments(arguments: Mapping[str, Any], server: Server) -> dict[st
 
 
 def for_server(decls: Iterable[Declaration], server: Server) -> list[Declaration]:
-    """`decls` as this broker version needs them: queues marked `unlimited` get no default delivery limit."""
+    """`decls` as this broker version needs them: queues marked `unlimited` get no default delivery limit.
+
+    A quorum queue with priorities on a broker whose quorum queues have none (3.x) is a `ConfigError`,
+    raised before the list is returned, so before anything is declared.
+    """
     out: list[Declaration] = []
     for d in decls:
+        if isinstance(d, QueueDecl) and d.quorum_priorities and not server.quorum_priorities:
+            raise ConfigError(
+                f"queue {d.name!r}: max_priority on a quorum queue needs RabbitMQ 4.0+, but the broker is "
+                f"RabbitMQ {server}, whose quorum queues have no priorities; use queue_type='classic', "
+                "or RabbitMQ 4.0+"
+            )
         if isinstance(d, QueueDecl) and d.unlimited:
             d = dataclasses.replace(d, arguments=unlimited_arguments(d.arguments, server))
         out.append(d)

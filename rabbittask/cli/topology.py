@@ -18,7 +18,7 @@ from rabbittask.amqp.connect import vhost as vhost_of_url  # `vhost` is a comman
 from rabbittask.amqp.server import Server, for_server
 from rabbittask.app import App
 from rabbittask.cli.common import APP_OPTION, load_app
-from rabbittask.errors import RabbitTaskError
+from rabbittask.errors import ConfigError, RabbitTaskError
 from rabbittask.ops.admin.apply import Conflict, Plan, plan
 from rabbittask.ops.admin.apply import apply as apply_declarations
 from rabbittask.ops.admin.compare import compare, describe, ways_out
@@ -55,7 +55,7 @@ def topology() -> None:
     show_default=True,
     metavar="X.Y",
     help="The RabbitMQ version the topology is for, as a worker connected to it would declare it "
-    "(from 4.0 dead-letter queues get x-delivery-limit=-1).",
+    "(from 4.0 dead-letter queues get x-delivery-limit=-1; a quorum queue with max_priority needs 4.0+).",
 )
 def export(app_spec: str, fmt: Format, vhost: str, server_version: str) -> None:
     """Print the topology (sorted, byte-identical across runs, so it can be committed and diffed)."""
@@ -66,7 +66,10 @@ def export(app_spec: str, fmt: Format, vhost: str, server_version: str) -> None:
         )
     server = Server.parse(server_version)
     schedules = [e.definition() for _, e in sorted(app.schedules.items())]
-    decls = for_server(app.declarations(), server)
+    try:
+        decls = for_server(app.declarations(), server)
+    except ConfigError as e:  # a queue the version cannot take (quorum priorities on 3.x)
+        _fail(f"{e} (for a 4.x broker, export with --rabbitmq-version 4.1)")
     click.echo(render(decls, fmt, vhost, title=f"app `{app.name}`", schedules=schedules), nl=False)
 
 

@@ -130,6 +130,9 @@ async def declare_for_worker(
     arguments is still a `TopologyMismatch`. A failed passive check closes the channel: the
     declarations go on on a new one, which is returned.
     """
+    # Adapted (and refused, if the broker cannot take them) as a whole before the ladder is declared;
+    # declare_async adapts them again, which changes nothing.
+    decls = for_server(decls, async_server(channel))
     in_ladder = [d for d in decls if _name(d) in ladder]
     last = next((d for d in reversed(in_ladder) if isinstance(d, QueueDecl | ExchangeDecl)), None)
     if last is not None:

@@ -4,7 +4,7 @@ One connection and channel at a time, with a per-consumer prefetch (never global
 that dies with its channel: a tag from before a reconnect is never acked on the new one. When the
 connection drops, the session is reopened with back-off; a refused login or permission is retried
 `ACCESS_ATTEMPTS` times (a user being created right now), then ends the worker with `EXIT_CONFIG`,
-as does a topology that disagrees with the code.
+as does a topology that disagrees with the code or that the broker's version cannot take.
 
 Draining (the child stops or retires): cancel the consumers, let deliveries that came before the
 cancel-ok arrive, release the held acks; when retiring, wait until everything held is settled (or a
@@ -25,7 +25,7 @@ from aiormq.abc import DeliveredMessage
 
 from rabbittask.amqp.connect import CONNECTION_ERRORS, access_refused, connect
 from rabbittask.delays import delay_names
-from rabbittask.errors import AccessRefused, ConnectionLost, PublishError, TopologyMismatch
+from rabbittask.errors import AccessRefused, ConfigError, ConnectionLost, PublishError, TopologyMismatch
 from rabbittask.partitions import PARTITION_PREFETCH, home_partitions, partition_queues
 from rabbittask.publish.declare import declare_for_worker
 from rabbittask.settings import mask_url
@@ -105,7 +105,7 @@ class Session:
             try:
                 await self._consume()
                 backoff_s = BACKOFF_FIRST_S
-            except TopologyMismatch as e:
+            except (TopologyMismatch, ConfigError) as e:  # ConfigError: a queue this broker cannot take
                 log.error("%s", e)
                 return EXIT_CONFIG
             except AccessRefused as e:

@@ -85,12 +85,11 @@ def test_task_names_default_to_module_and_function_and_must_be_unique() -> None:
         app.get_task("nope")
 
 
-def test_priorities_need_a_classic_queue() -> None:
+def test_max_priority_is_taken_on_quorum_and_classic_queues() -> None:
     app = App("t")
-    with pytest.raises(ConfigError, match="priorities need a classic queue"):
-        app.task(queue="p", max_priority=5)(noop)
-    task = app.task(queue="p2", queue_type="classic", max_priority=5, name="prio")(noop)
-    assert app.queues[task.queue].max_priority == 5
+    quorum = app.task(queue="p", max_priority=5)(noop)  # the broker's version is checked when it is declared
+    classic = app.task(queue="p2", queue_type="classic", max_priority=5, name="prio")(noop)
+    assert app.queues[quorum.queue].max_priority == app.queues[classic.queue].max_priority == 5
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from click.testing import CliRunner, Result
 
-from rabbittask import App
+from rabbittask import App, ConfigError
 from rabbittask.amqp.server import UNLIMITED, Server, for_server
 from rabbittask.topology import QueueDecl, QueueSpec, declarations
 
@@ -100,8 +101,6 @@ def test_a_quorum_queue_spec_without_a_delivery_limit_gets_none_on_4x_either() -
 
 
 def test_topology_export_renders_the_arguments_of_the_version_asked_for() -> None:
-    from click.testing import CliRunner
-
     from rabbittask.cli import main
 
     def dlq_arguments(*version: str) -> dict[str, object]:
@@ -114,3 +113,75 @@ def test_topology_export_renders_the_arguments_of_the_version_asked_for() -> Non
     assert dlq_arguments("--rabbitmq-version", "4.1")["x-delivery-limit"] == UNLIMITED
     bad = CliRunner().invoke(main, ["topology", "export", "-A", "examples.emails:app", "--rabbitmq-version", "four"])
     assert bad.exit_code == 2 and "'four' is not a version such as 3.13 or 4.1" in bad.output
+
+
+def app_with_priorities() -> App:
+    app = App("prio")
+
+    @app.task(queue="reports", max_priority=10)
+    def report() -> None: ...
+
+    @app.task(queue="thumbs", queue_type="classic", max_priority=10)
+    def thumb() -> None: ...
+
+    return app
+
+
+@pytest.mark.parametrize("version", ["4.0.0", "4.2.1", "4.3.0"])
+def test_from_4_0_a_quorum_queue_with_max_priority_is_declared_without_x_max_priority(version: str) -> None:
+    decls = for_server(app_with_priorities().declarations(), Server.parse(version))
+    found = {d.name: d.arguments for d in decls if isinstance(d, QueueDecl)}
+    # 4.x quorum queues keep message priorities with no argument; the queue is declared as without max_priority
+    assert found["reports"] == {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": "rabbittask.dlx",
+        "x-dead-letter-routing-key": "reports",
+        "x-delivery-limit": 20,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+    assert found["thumbs"]["x-max-priority"] == 10  # a classic queue keeps its argument on every version
+
+
+@pytest.mark.parametrize("version", ["3.10.8", "3.13.7"])
+def test_on_3x_a_quorum_queue_with_max_priority_is_refused_naming_the_queue_the_version_and_the_way_out(
+    version: str,
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        for_server(app_with_priorities().declarations(), Server.parse(version))
+    assert str(info.value) == (
+        f"queue 'reports': max_priority on a quorum queue needs RabbitMQ 4.0+, but the broker is RabbitMQ {version}, "
+        "whose quorum queues have no priorities; use queue_type='classic', or RabbitMQ 4.0+"
+    )
+
+
+def test_a_classic_queue_with_max_priority_is_declared_alike_on_3x() -> None:
+    decls = declarations("ex", [QueueSpec("thumbs", "classic", max_priority=5)])
+    assert for_server(decls, Server.parse("3.10.8")) == decls
+    assert next(d for d in decls if isinstance(d, QueueDecl)).arguments["x-max-priority"] == 5
+
+
+def test_topology_export_renders_quorum_priorities_for_4x_and_refuses_them_for_3x(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rabbittask.cli import main
+    from tests.apps.topo import importable
+
+    spec = importable(app_with_priorities(), "prio_export_app", monkeypatch)
+
+    def export(*version: str) -> Result:
+        return CliRunner().invoke(main, ["topology", "export", "-A", spec, *version])
+
+    for version in ("4.0", "4.2", "4.3"):
+        result = export("--rabbitmq-version", version)
+        assert result.exit_code == 0, result.output
+        queues = {q["name"]: q["arguments"] for q in json.loads(result.output)["queues"]}
+        assert "x-max-priority" not in queues["reports"] and queues["thumbs"]["x-max-priority"] == 10
+    for version in ((), ("--rabbitmq-version", "3.12")):  # the default is 3.13
+        refused = export(*version)
+        assert refused.exit_code == 2
+        assert refused.output == (
+            f"error: queue 'reports': max_priority on a quorum queue needs RabbitMQ 4.0+, but the broker is RabbitMQ "
+            f"{'3.12.0' if version else '3.13.0'}, whose quorum queues have no priorities; use queue_type='classic', "
+            "or RabbitMQ 4.0+ (for a 4.x broker, export with --rabbitmq-version 4.1)\n"
+        )

@@ -85,6 +85,7 @@ def test_a_fair_queue_has_no_single_active_consumer() -> None:
         ({"partition_by": "customer_id", "partitions": 5000}, "partitions must be 1..1024, got 5000"),
         ({"partition_by": "customer_id", "partitions": 2, "queue_type": "classic"}, "partitioned queues are quorum"),
         ({"partition_by": "customer_id", "partitions": 2, "max_length": 10}, "not supported on a partitioned"),
+        ({"partition_by": "customer_id", "partitions": 2, "max_priority": 5}, "would reorder a key's messages"),
         ({"fair_by": "customer_id", "partitions": 2, "single_active_consumer": True}, "use partition_by"),
         ({"partition_by": "customer_id", "partitions": 2, "partition_retry": "later"}, "partition_retry"),
     ],

@@ -53,23 +53,38 @@ def test_send_task_refuses_what_is_not_a_task_name_or_not_arguments_saying_what_
     )
 
 
-def test_a_priority_on_a_quorum_queue_is_refused_naming_the_queue_type_that_honours_it() -> None:
+def test_a_priority_on_a_quorum_queue_without_max_priority_is_refused_saying_how_to_declare_one() -> None:
     app = App("shop")
     send = app.task(name="send", queue="emails")(noop)
     with pytest.raises(ConfigError) as info:
         send.apply_async(("a@b.c",), priority=5)
     assert str(info.value) == (
-        "task 'send': priority=5 would be ignored: queue 'emails' is a quorum queue. Only classic queues declared "
-        "with max_priority honour priorities: @app.task(queue='emails', queue_type='classic', max_priority=10) "
-        "(a queue's type cannot change in place: see docs/topology.md); or send without priority"
+        "task 'send': priority=5 needs a queue declared with max_priority, and queue 'emails' is a quorum queue "
+        "without one: @app.task(queue='emails', max_priority=10) (quorum queues keep priorities on RabbitMQ 4.0+; "
+        "on 3.x use queue_type='classic', a new queue: see docs/topology.md); or send without priority"
     )
+
+
+def test_a_priority_on_a_quorum_queue_with_max_priority_is_sent_within_its_range() -> None:
+    app = App("shop")
+    ranked = app.task(name="ranked", queue="ranked", max_priority=10)(noop)
+    assert ranked.message(("a",), priority=0).priority == 0
+    assert ranked.message(("a",), priority=10).priority == 10
+    with pytest.raises(ConfigError) as info:
+        ranked.message(("a",), priority=11)
+    assert str(info.value) == ("task 'ranked': priority=11 is outside 0..10, the max_priority of queue 'ranked'")
 
 
 def test_a_priority_on_a_classic_queue_without_max_priority_or_above_it_is_refused() -> None:
     app = App("shop", queue_type="classic")
     plain = app.task(name="plain", queue="plain")(noop)
-    with pytest.raises(ConfigError, match="queue 'plain' is a classic queue without max_priority"):
+    with pytest.raises(ConfigError) as without:
         plain.message(("a",), priority=1)
+    assert str(without.value) == (
+        "task 'plain': priority=1 needs a queue declared with max_priority, and queue 'plain' is a classic queue "
+        "without one: @app.task(queue='plain', max_priority=10) (the queue's arguments change: see "
+        "docs/topology.md); or send without priority"
+    )
     ranked = app.task(name="ranked", queue="ranked", max_priority=5)(noop)
     assert ranked.message(("a",), priority=5).priority == 5
     with pytest.raises(ConfigError) as info:

@@ -34,7 +34,7 @@ def test_default_queue_has_no_optional_arguments() -> None:
 @pytest.mark.parametrize(
     ("options", "says"),
     [
-        ({"queue_type": "quorum", "max_priority": 5}, "priorities need a classic queue"),
+        ({"queue_type": "quorum", "max_priority": 0}, "1..255"),
         ({"queue_type": "quorum", "max_length": 10, "overflow": "drop-head"}, "overflow='reject-publish'"),
         ({"queue_type": "quorum", "max_length": 10, "overflow": "reject-publish-dlx"}, "at-least-once"),
         ({"queue_type": "classic", "overflow": "drop-head"}, "without max_length"),

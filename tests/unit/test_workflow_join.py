@@ -120,7 +120,7 @@ def test_set_refuses_unknown_options_and_bad_values_with_the_task_named(app: App
     add = app.tasks["u.add"]
     with pytest.raises(TypeError, match="'u.add': retries cannot be set"):
         add.s(1).set(retries=2)  # type: ignore[call-arg]
-    with pytest.raises(ConfigError, match="priority=3 would be ignored"):
+    with pytest.raises(ConfigError, match="priority=3 needs a queue declared with max_priority"):
         add.s(1).set(priority=3)
     assert add.s(1).set(countdown=5).options == {"countdown": 5}
 
