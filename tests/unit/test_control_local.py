@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -15,6 +16,8 @@ from rabbittask import App, TaskContext, TaskRevoked
 from rabbittask.control.local import ARGS_CHARS, REVOKED, Revocations, Runs
 from rabbittask.control.wire import Command, authentic, outgoing
 from rabbittask.topology import control_stream_arguments as stream_arguments
+from rabbittask.worker import catchup
+from rabbittask.worker.catchup import CatchUp
 from rabbittask.worker.outcome import Outcome, Reason
 from rabbittask.worker.revoke import RevokeStage
 
@@ -74,7 +77,7 @@ def test_check_revoked_raises_task_revoked_only_after_a_terminate() -> None:
 
 def test_the_revoke_stage_dead_letters_a_revoked_message_unrun_and_admits_the_others() -> None:
     settled: list[Outcome] = []
-    stage = RevokeStage(settled.append)
+    stage = RevokeStage(settled.append, lambda m: None, asyncio.Event())
     try:
         assert stage.admit(delivered("kept"))
         REVOKED.add(["gone"], time.time(), terminate=False)
@@ -154,3 +157,37 @@ def test_rate_limit_options_are_checked_where_the_task_is_declared() -> None:
     assert app.task(name="a", rate_limit="10/m", rate_limit_burst=3)(lambda: None).rate_limit is not None
     with pytest.raises(ConfigError, match="rate_limit_burst"):
         app.task(name="b", rate_limit="1/s", rate_limit_burst=0)(lambda: None)
+
+
+async def test_while_the_revocations_are_not_read_a_message_waits_and_a_warm_shutdown_hands_it_back() -> None:
+    handed: list[DeliveredMessage] = []
+    handing_back, catch_up = asyncio.Event(), CatchUp()
+    stage = RevokeStage(lambda o: None, handed.append, handing_back, catch_up)
+    assert not stage.caught_up()
+    waiting = asyncio.ensure_future(stage.wait(delivered("a")))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()  # waits for the revocations
+    catch_up.reading()
+    catch_up.read(0, 60)
+    assert await waiting is True and stage.caught_up()
+    catch_up.lost()  # its connection was lost after it had read: tasks wait again
+    assert not stage.caught_up()
+    waiting = asyncio.ensure_future(stage.wait(delivered("b")))
+    await asyncio.sleep(0.1)
+    handing_back.set()
+    assert await waiting is False and [m.header.properties.message_id for m in handed] == ["b"]
+    catch_up.close()
+
+
+async def test_the_catch_up_takes_the_window_as_read_after_its_wait_and_a_refused_reconnect_does_not_reset_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(catchup, "WAIT_S", 0.2)
+    monkeypatch.setattr(catchup, "QUIET_GAP_S", 0.1)
+    catch_up = CatchUp()
+    catch_up.trouble = "the control connection failed: connection refused"
+    await asyncio.wait_for(catch_up.wait(asyncio.Event()), 5)
+    assert catch_up.done.is_set()
+    assert "could not all be read within 0 s (no control connection: the control connection failed" in caplog.text
+    catch_up.lost()  # a reconnect that never read the stream: no second wait
+    assert catch_up.done.is_set()
