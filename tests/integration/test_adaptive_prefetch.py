@@ -120,7 +120,7 @@ def test_short_tasks_do_not_wait_behind_a_long_one_prefetched_with_them(
         # Then every short task runs while the long one still runs (on the other child, or after a hand-back)
         wait_until(
             lambda: sum(1 for n in notes(tmp_path, prefix) if n.startswith("short ")) >= 600,
-            60,
+            20,
             lambda: f"short tasks stuck behind the long one: {len(notes(tmp_path, prefix))} notes",
         )
         assert "long done" not in notes(tmp_path, prefix)
