@@ -30,6 +30,23 @@ Setup = Callable[[aiormq.abc.AbstractChannel], Awaitable[None]]
 """Prepares a new main channel (declare the topology, start a reply consumer) before anyone uses it."""
 
 
+def close_when_cancelled(channel: aiormq.abc.AbstractChannel, what: str) -> None:
+    """Close `channel` when the broker cancels one of its consumers, so whoever waits on it reconnects.
+
+    The broker cancels a consumer whose queue went away: deleted, or a classic queue whose node is
+    down. The channel stays open and nothing else says so: without this, a consumer waits forever.
+    """
+
+    def cancelled(frame: object) -> None:
+        log.warning(
+            "the broker cancelled the consumer of %s (its queue is gone or its node is down): reconnecting", what
+        )
+        if not channel.is_closed:
+            asyncio.ensure_future(channel.close())  # not awaited here: the channel's own reader calls this
+
+    channel.on_consumer_cancel_callbacks.add(cancelled)
+
+
 async def close_quietly(connection: aiormq.abc.AbstractConnection, role: str = "") -> None:
     """Close an aiormq connection, ignoring the errors of an already broken one (they would mask the real one)."""
     if connection.is_closed:

@@ -30,7 +30,7 @@ import aiormq.abc
 from aiormq.abc import DeliveredMessage
 
 from rabbittask.amqp.connect import CONNECTION_ERRORS, connect
-from rabbittask.amqp.link import close_quietly
+from rabbittask.amqp.link import close_quietly, close_when_cancelled
 from rabbittask.control.rates import RATES, Rate
 from rabbittask.errors import RabbitTaskError
 
@@ -106,7 +106,7 @@ class RateGate:
         """Wait for a token of `task_name`; False if the child hands its messages back meanwhile."""
         while not self.handing_back.is_set():
             try:
-                tokens = await self._consume(task_name)
+                channel, tokens = await self._consume(task_name)
             except FAILURES as e:  # a connection refused or lost: the session says so too
                 log.warning("rate limit of %s: no token queue (%s); retrying in %.0f s", task_name, e, RETRY_S)
                 if await self._handing_back_within(RETRY_S):
@@ -114,8 +114,8 @@ class RateGate:
                 continue
             got = asyncio.ensure_future(tokens.get())
             back = asyncio.ensure_future(self.handing_back.wait())
-            try:
-                await asyncio.wait([got, back], return_when=asyncio.FIRST_COMPLETED)
+            try:  # no token comes on a channel that closed (its connection lost, its consumer cancelled)
+                await asyncio.wait([got, back, channel.closing], return_when=asyncio.FIRST_COMPLETED)
             except BaseException:  # cancelled (the session's connection was lost): no orphan may take a token
                 if got.done() and not got.cancelled():
                     tokens.put_nowait(got.result())  # one in hand: the next waiter takes it
@@ -125,12 +125,14 @@ class RateGate:
                 if not got.done():
                     got.cancel()
             if not got.done() or got.cancelled():  # a cancel is only asked for until the loop runs it
-                return False  # handing back: the caller hands the message back
-            channel, tag = got.result()
-            if channel.is_closed:
+                if back.done():
+                    return False  # handing back: the caller hands the message back
+                continue  # the token channel closed: consume again
+            token_channel, tag = got.result()
+            if token_channel.is_closed:
                 continue  # its channel closed: the broker gave the token to someone else
             with contextlib.suppress(*ERRORS):
-                await channel.basic_ack(tag)
+                await token_channel.basic_ack(tag)
             return True
         return False
 
@@ -147,13 +149,15 @@ class RateGate:
             self._channels.clear()
         return self._connection
 
-    async def _consume(self, task_name: str) -> asyncio.Queue[tuple[aiormq.abc.AbstractChannel, int]]:
-        """The tokens of `task_name` as they come (a consumer with prefetch 1, started on first use)."""
+    async def _consume(
+        self, task_name: str
+    ) -> tuple[aiormq.abc.AbstractChannel, asyncio.Queue[tuple[aiormq.abc.AbstractChannel, int]]]:
+        """The channel and tokens of `task_name` as they come (a consumer with prefetch 1, started on first use)."""
         async with self._lock:
             channel = self._channels.get(task_name)
             tokens = self._tokens.setdefault(task_name, asyncio.Queue())
             if channel is not None and not channel.is_closed:
-                return tokens
+                return channel, tokens
             connection = await self._connect()
             channel = await connection.channel()
             queue = token_queue_name(self.exchange, task_name)
@@ -164,9 +168,10 @@ class RateGate:
                 if message.delivery_tag is not None:
                     tokens.put_nowait((channel, message.delivery_tag))
 
+            close_when_cancelled(channel, f"the token queue {queue}")
             await channel.basic_consume(queue, on_token)
             self._channels[task_name] = channel
-            return tokens
+            return channel, tokens
 
     # -- minting -------------------------------------------------------------------------------------
 
@@ -195,6 +200,7 @@ class RateGate:
             async def on_baton(message: DeliveredMessage) -> None:
                 baton.set()  # held unacked: the broker gives it to the next consumer when this one goes
 
+            close_when_cancelled(channel, f"the minter queue {queue}")
             await channel.basic_consume(queue, on_baton)
             with contextlib.suppress(aiormq.exceptions.DeliveryError):  # nacked by max-length: a baton waits already
                 await channel.basic_publish(b"baton", routing_key=queue)

@@ -24,6 +24,7 @@ import aiormq.abc
 from aiormq.abc import DeliveredMessage
 
 from rabbittask.amqp.connect import CONNECTION_ERRORS, access_refused, connect
+from rabbittask.amqp.link import close_when_cancelled
 from rabbittask.delays import delay_names
 from rabbittask.errors import AccessRefused, ConfigError, ConnectionLost, PublishError, TopologyMismatch
 from rabbittask.partitions import PARTITION_PREFETCH, home_partitions, partition_queues
@@ -162,6 +163,7 @@ class Session:
                     await self.before_consume()
                     if not self._lifecycle.running:
                         return  # stopped before it took a message
+                close_when_cancelled(channel, ", ".join(self.queues))  # a classic queue's node went down
                 acker = self._settler.acker = Acker(channel, prefetch)
                 self._plain = plain
                 self._tags = await self._consumers(channel, prefetch)  # re-made when the prefetch adapts

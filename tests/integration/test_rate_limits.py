@@ -197,3 +197,23 @@ def test_a_warm_shutdown_hands_back_the_messages_waiting_for_a_token_at_once(
     assert code == 0 and took < 5, (code, took, w.log()[-3000:])
     assert "Traceback" not in w.log()
     assert amqp.depth(broker_url, f"{prefix}.limited") == 300 - len(starts(tmp_path, prefix))
+
+
+def test_when_the_broker_cancels_the_token_minter_and_task_consumers_the_worker_consumes_again(
+    app: App, prefix: str, worker_factory: WorkerFactory, tmp_path: Path, broker_url: str
+) -> None:
+    from tests.apps.control_app import record
+
+    # Given a worker running a 20/s task from a backlog
+    w = start_worker(worker_factory, prefix)
+    fill(app, 400)
+    wait_until(lambda: len(starts(tmp_path, prefix)) >= 20, 20)
+    # When the queues it consumes go away under it (a classic queue's node down cancels its consumers the same
+    # way): the token queue, the minter's queue and a task queue
+    amqp.delete(broker_url, [token_queue_name(prefix, "ctl.limited"), minter_queue_name(prefix), f"{prefix}.main"])
+    deleted = len(starts(tmp_path, prefix))
+    # Then it says so, declares them again and goes on (before the fix the runs stopped for good)
+    wait_until(lambda: len(starts(tmp_path, prefix)) >= deleted + 40, 30, lambda: w.log()[-3000:])
+    assert "the broker cancelled the consumer of the token queue" in w.log()
+    record.delay("after")
+    wait_until(lambda: "start after" in (tmp_path / prefix).read_text(), 30, lambda: w.log()[-3000:])
