@@ -30,19 +30,23 @@ Setup = Callable[[aiormq.abc.AbstractChannel], Awaitable[None]]
 """Prepares a new main channel (declare the topology, start a reply consumer) before anyone uses it."""
 
 
-def close_when_cancelled(channel: aiormq.abc.AbstractChannel, what: str) -> None:
-    """Close `channel` when the broker cancels one of its consumers, so whoever waits on it reconnects.
+def close_when_cancelled(
+    channel: aiormq.abc.AbstractChannel, what: str, close: aiormq.abc.AbstractConnection | None = None
+) -> None:
+    """Close `channel` (or the connection `close`) when the broker cancels one of its consumers.
 
-    The broker cancels a consumer whose queue went away: deleted, or a classic queue whose node is
-    down. The channel stays open and nothing else says so: without this, a consumer waits forever.
+    The broker cancels a consumer whose queue went away: deleted, or a classic queue or stream member
+    whose node is down. The channel stays open and nothing else says so: without this, a consumer
+    waits forever, where closing lets whoever holds it reconnect and consume again.
     """
+    target: aiormq.abc.AbstractChannel | aiormq.abc.AbstractConnection = close or channel
 
     def cancelled(frame: object) -> None:
         log.warning(
             "the broker cancelled the consumer of %s (its queue is gone or its node is down): reconnecting", what
         )
-        if not channel.is_closed:
-            asyncio.ensure_future(channel.close())  # not awaited here: the channel's own reader calls this
+        if not target.is_closed:
+            asyncio.ensure_future(target.close())  # not awaited here: the channel's own reader calls this
 
     channel.on_consumer_cancel_callbacks.add(cancelled)
 

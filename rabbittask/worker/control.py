@@ -39,7 +39,7 @@ import psutil
 from aiormq.abc import DeliveredMessage
 
 from rabbittask.amqp.connect import CONNECTION_ERRORS, connect
-from rabbittask.amqp.link import close_quietly
+from rabbittask.amqp.link import close_quietly, close_when_cancelled
 from rabbittask.control.local import REVOKED, RUNS, Run
 from rabbittask.control.rates import RATES, parse_rate
 from rabbittask.control.wire import Command, Revocation, authentic, reply_body
@@ -152,6 +152,7 @@ class ControlPlane:
         ok = await commands.queue_declare(own, exclusive=True, auto_delete=True)
         assert ok.queue is not None
         await commands.queue_bind(ok.queue, control_exchange_name(exchange))
+        close_when_cancelled(commands, f"the control queue {own}", connection)
         await commands.basic_consume(ok.queue, self._on_command, no_ack=True)
         await publish.queue_declare(
             presence_stream_name(exchange), durable=True, arguments=stream_arguments(PRESENCE_AGE_S)
@@ -169,6 +170,7 @@ class ControlPlane:
                 await stream.basic_ack(message.delivery_tag)
 
         self._marker = uuid.uuid4().hex  # a new one each connection: an earlier one is older than the outage
+        close_when_cancelled(stream, f"the revocation stream {revoked}", connection)  # else revocations go unread
         await stream.basic_consume(revoked, on_record, arguments={"x-stream-offset": since})
         self.catch_up.reading()
         # Appended after the read began, in the background: under a memory or disk alarm the broker holds

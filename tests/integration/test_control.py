@@ -150,6 +150,26 @@ def test_a_task_revoked_before_any_worker_ran_and_one_revoked_before_a_restart_n
     assert not {("start", "early"), ("start", "late")} & set(ledger(tmp_path, prefix))
 
 
+def test_when_the_broker_cancels_the_revocation_stream_consumer_the_worker_reads_it_again(
+    app: App, prefix: str, worker_factory: WorkerFactory, broker_url: str, tmp_path: Path
+) -> None:
+    from tests.apps.control_app import record
+
+    # Given a worker following the revocations
+    worker = start(worker_factory, prefix)
+    # When its stream consumer is cancelled by the broker (here: the stream deleted; a member's node going down
+    # does the same), then a task is revoked before it is due
+    amqp.delete(broker_url, [revoked_stream_name(prefix)])
+    wait_until(lambda: "cancelled the consumer of the revocation stream" in worker.log(), 10)
+    late = record.apply_async(args=("late",), countdown=4)
+    late.revoke()
+    # Then the worker reads the stream again, and the task is dead-lettered unrun (before the fix it ran:
+    # the cancelled consumer went unnoticed and no revocation reached the worker any more)
+    amqp.wait_depth(broker_url, f"{prefix}.main.dlq", 1, timeout_s=30)
+    assert dead_letters(broker_url, prefix) == {late.id: "revoked"}
+    assert ("start", "late") not in set(ledger(tmp_path, prefix))
+
+
 def test_terminate_cancels_an_async_task_and_stops_a_sync_task_that_checks(
     app: App, prefix: str, worker_factory: WorkerFactory, broker_url: str, tmp_path: Path
 ) -> None:
