@@ -27,6 +27,17 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
     RuntimeError,  # aiormq raises RuntimeError("... closed") on a channel of a closed connection
 )
 
+
+def cancelled_here(e: BaseException) -> bool:
+    """True when `e` is this task being cancelled, not a CancelledError aiormq raised as its connection closed.
+
+    aiormq cancels pending calls when their connection closes under them: a loop that reconnects
+    treats those as a lost connection, and only its own cancellation as the end.
+    """
+    current = asyncio.current_task()
+    return isinstance(e, asyncio.CancelledError) and current is not None and current.cancelling() > 0
+
+
 # aiormq cancels pending calls (CancelledError) when their connection closes under them.
 CHANNEL_OPEN_ERRORS: tuple[type[BaseException], ...] = (
     *CONNECTION_ERRORS,

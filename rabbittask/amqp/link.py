@@ -20,7 +20,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from rabbittask.amqp import blocking
-from rabbittask.amqp.connect import CHANNEL_OPEN_ERRORS, access_refused, connect
+from rabbittask.amqp.connect import CHANNEL_OPEN_ERRORS, access_refused, cancelled_here, connect
 from rabbittask.errors import PublishAccessRefused, PublishConnectionError, RabbitTaskError
 from rabbittask.settings import Settings, host_port, mask_url
 
@@ -126,8 +126,7 @@ class Link:
             await close_quietly(connection, self.role)
             raise access_refused(self.settings, e, self._doing, PublishAccessRefused) from None
         except CHANNEL_OPEN_ERRORS as e:
-            current = asyncio.current_task()
-            if isinstance(e, asyncio.CancelledError) and current is not None and current.cancelling():
+            if cancelled_here(e):
                 raise  # the caller is being cancelled; aiormq's own cancellations mean a lost connection
             await close_quietly(connection, self.role)
             raise PublishConnectionError(

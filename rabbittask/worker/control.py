@@ -38,7 +38,7 @@ import aiormq.abc
 import psutil
 from aiormq.abc import DeliveredMessage
 
-from rabbittask.amqp.connect import CONNECTION_ERRORS, connect
+from rabbittask.amqp.connect import CONNECTION_ERRORS, cancelled_here, connect
 from rabbittask.amqp.link import close_quietly, close_when_cancelled
 from rabbittask.control.local import REVOKED, RUNS, Run
 from rabbittask.control.rates import RATES, parse_rate
@@ -59,6 +59,8 @@ PRUNE_EVERY_S = 60.0
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 2.0  # tasks wait while it is down (catchup.py): try again soon
 ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError, RabbitTaskError)
+# aiormq cancels pending calls when their connection closes (`cancelled_here`): a lost connection too.
+RECONNECT_ERRORS: tuple[type[BaseException], ...] = (*ERRORS, asyncio.CancelledError)
 
 
 class ControlPlane:
@@ -128,8 +130,8 @@ class ControlPlane:
                 return
             except AccessRefused as e:  # the consuming session says so, and ends the worker if it lasts
                 log.debug("control connection refused: %s", e)
-            except ERRORS as e:
-                if self._closing:
+            except RECONNECT_ERRORS as e:  # before the fix a CancelledError of aiormq's ended the control plane
+                if self._closing or cancelled_here(e):
                     return
                 self.catch_up.trouble = f"the control connection failed: {str(e) or type(e).__name__}"
                 log.warning("control connection: %s; reconnecting in %.1f s", str(e) or type(e).__name__, backoff_s)

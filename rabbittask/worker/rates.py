@@ -29,7 +29,7 @@ import aiormq
 import aiormq.abc
 from aiormq.abc import DeliveredMessage
 
-from rabbittask.amqp.connect import CONNECTION_ERRORS, connect
+from rabbittask.amqp.connect import CONNECTION_ERRORS, cancelled_here, connect
 from rabbittask.amqp.link import close_quietly, close_when_cancelled
 from rabbittask.control.rates import RATES, Rate
 from rabbittask.errors import RabbitTaskError
@@ -46,6 +46,7 @@ RETRY_S = 1.0
 TOKEN_QUEUE_EXPIRES_MS = 3_600_000  # a token queue no one used for an hour goes away
 ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError)
 FAILURES: tuple[type[BaseException], ...] = (*ERRORS, RabbitTaskError)  # a refused or lost connection included
+ELECTION_ERRORS: tuple[type[BaseException], ...] = (*FAILURES, asyncio.CancelledError)
 
 
 def token_queue_name(exchange: str, task_name: str) -> str:
@@ -181,7 +182,9 @@ class RateGate:
             try:
                 if RATES.limited():
                     await self._stand()
-            except FAILURES as e:
+            except ELECTION_ERRORS as e:  # a CancelledError of aiormq's (its connection closed): stand again
+                if cancelled_here(e):
+                    raise
                 log.debug("rate-limit election: %s", e)
             finally:
                 self.minting = False

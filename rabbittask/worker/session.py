@@ -23,7 +23,7 @@ import aiormq
 import aiormq.abc
 from aiormq.abc import DeliveredMessage
 
-from rabbittask.amqp.connect import CONNECTION_ERRORS, access_refused, connect
+from rabbittask.amqp.connect import CONNECTION_ERRORS, access_refused, cancelled_here, connect
 from rabbittask.amqp.link import close_when_cancelled
 from rabbittask.delays import delay_names
 from rabbittask.errors import AccessRefused, ConfigError, ConnectionLost, PublishError, TopologyMismatch
@@ -122,8 +122,7 @@ class Session:
             except RECONNECT_ERRORS as e:
                 refusals = 0
                 self.reconnects += 1
-                current = asyncio.current_task()
-                if isinstance(e, asyncio.CancelledError) and current is not None and current.cancelling():
+                if cancelled_here(e):
                     raise  # we are being cancelled; aiormq's internal cancellations are connection losses
                 if not self._lifecycle.running:
                     break

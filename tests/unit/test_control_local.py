@@ -191,3 +191,28 @@ async def test_the_catch_up_takes_the_window_as_read_after_its_wait_and_a_refuse
     assert "could not all be read within 0 s (no control connection: the control connection failed" in caplog.text
     catch_up.lost()  # a reconnect that never read the stream: no second wait
     assert catch_up.done.is_set()
+
+
+async def test_a_cancelled_error_from_aiormq_is_a_lost_control_connection_not_the_end_of_the_control_plane(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rabbittask.worker import control
+
+    calls: list[int] = []
+
+    async def connect(settings: object, role: str) -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise asyncio.CancelledError  # as aiormq cancels a pending call when its connection closes
+        raise ConnectionError("refused")
+
+    monkeypatch.setattr(control, "connect", connect)
+    monkeypatch.setattr(control, "BACKOFF_FIRST_S", 0.01)
+    plane = control.ControlPlane(App("t"), ["q"], stats=dict, waiting=list, on_stuck=lambda run: None)
+    plane.start()
+    try:
+        await asyncio.sleep(0.2)
+        assert len(calls) >= 2 and plane._task is not None and not plane._task.done()  # it went on reconnecting
+    finally:
+        await plane.close()
+        assert plane._task is not None and plane._task.done()  # a real cancel (close) still ends it
