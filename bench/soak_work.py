@@ -133,15 +133,15 @@ class Revokes:
 
     def figures(self, soak: Soak) -> dict[str, str]:
         ran = sorted({str(r["key"]) for r in records(soak, "start")} & self.revoked)
-        if ran:  # a known bug, reported apart (docs/faults.md): it does not fail the soak
-            soak.warnings.append(f"{len(ran)} revoked tasks ran (revoked while their worker's control link was down)")
+        if ran:
+            soak.problems.append(f"{len(ran)} revoked tasks ran: {ran[:10]}")
         soak.planned["revoked"] = len(self.revoked) - len(ran)
         return {"revokes": f"{len(self.revoked)} revoked ({self.failed} revokes failed during faults), ran: {len(ran)}"}
 
 
 class RateLimited:
     """`ledger.limited` (20/s across all workers) offered in bursts of 100 every 10 s: the measured rate, in
-    any 5 s, must stay within 20/s (plus the burst of 1)."""
+    any 5 s, must stay within 20/s + 10%."""
 
     name = "rate limit"
 
@@ -171,8 +171,8 @@ class RateLimited:
             while starts[k] < t - 5.0:
                 k += 1
             most_1s, most_5s = max(most_1s, i - j + 1), max(most_5s, i - k + 1)
-        if most_5s > RATE_PER_S * 5 + 2:  # a known bug, reported apart (docs/faults.md): it does not fail the soak
-            soak.warnings.append(f"rate limit {RATE_PER_S}/s exceeded: {most_5s} runs started in 5 s")
+        if most_5s > RATE_PER_S * 5 * 1.1:  # the promise: within the limit + 10% in any 5 s window
+            soak.problems.append(f"rate limit {RATE_PER_S}/s exceeded by more than 10%: {most_5s} runs started in 5 s")
         return {"rate limit": f"{len(starts)} runs of a {RATE_PER_S}/s task; most in any 5 s: {most_5s} "
                               f"({most_5s / 5:.1f}/s), in any 1 s: {most_1s}"}  # fmt: skip
 

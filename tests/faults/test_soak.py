@@ -16,9 +16,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.cluster, pytest.mark.timeout(420)]
 
 def test_a_one_minute_soak_loses_nothing_and_runs_no_countdown_early(capsys: pytest.CaptureFixture[str]) -> None:
     netns.require()
-    # Without the rate-limited workload: after broker faults its tokens can stall or overshoot (an open bug
-    # that the full `make soak` reports); the smoke judges what is promised today.
-    code = soak.run(minutes=1.0, tasks=2000, seed=23, every_s=6.0, rate_limited=False)
+    code = soak.run(minutes=1.0, tasks=2000, seed=23, every_s=6.0)
     out = capsys.readouterr().out
     print(out)
     assert code == 0, out
