@@ -137,9 +137,11 @@ def unique_name(request: pytest.FixtureRequest) -> Iterator[str]:
     base = re.sub(r"[^A-Za-z0-9_.]+", "-", request.node.name.removeprefix("test_")).strip("-.")[:40]
     name = f"rt-{base}-{uuid.uuid4().hex[:8]}"
     _SESSION_NAMES.add(name)  # what is left under this prefix is deleted at the end of the session
+    # Asked for now, so that it is torn down after this fixture (a module may override it with its own node).
+    url = request.getfixturevalue("broker_url") if "broker_url" in request.fixturenames else None
     yield name
-    if "broker_url" in request.fixturenames:
-        _delete_ladders(request.getfixturevalue("broker_url"), name)
+    if url is not None:
+        _delete_ladders(url, name)
 
 
 def _delete_ladders(url: str, name: str) -> None:

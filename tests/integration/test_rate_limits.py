@@ -79,6 +79,14 @@ def fill(app: App, count: int) -> None:
             limited.delay(i)
 
 
+def running(worker_factory: WorkerFactory, app: App, prefix: str, tmp_path: Path, backlog: int) -> WorkerProcess:
+    """One worker running the 20/s task from a backlog of `backlog`, 20 runs in."""
+    w = start_worker(worker_factory, prefix)
+    fill(app, backlog)
+    wait_until(lambda: len(starts(tmp_path, prefix)) >= 20, 20)
+    return w
+
+
 def test_a_rate_limit_holds_across_two_workers_and_does_not_block_other_tasks_of_the_child(
     app: App, prefix: str, worker_factory: WorkerFactory, tmp_path: Path
 ) -> None:
@@ -163,10 +171,8 @@ def test_a_minter_that_stalled_does_not_make_up_for_the_lost_time_with_a_flood_o
     app: App, prefix: str, worker_factory: WorkerFactory, tmp_path: Path
 ) -> None:
     # Given one worker minting and running a 20/s task from a backlog
-    w = start_worker(worker_factory, prefix)
+    w = running(worker_factory, app, prefix, tmp_path, 400)
     (child,) = w.children()
-    fill(app, 400)
-    wait_until(lambda: len(starts(tmp_path, prefix)) >= 20, 20)
     # When its child (the minter) is stopped for 3 s, as a broker that holds its publishes would stall it
     os.kill(child, signal.SIGSTOP)
     time.sleep(3)
@@ -185,9 +191,7 @@ def test_a_warm_shutdown_hands_back_the_messages_waiting_for_a_token_at_once(
     app: App, prefix: str, worker_factory: WorkerFactory, tmp_path: Path, broker_url: str
 ) -> None:
     # Given a worker whose messages of a 20/s task wait for their tokens
-    w = start_worker(worker_factory, prefix)
-    fill(app, 300)
-    wait_until(lambda: len(starts(tmp_path, prefix)) >= 20, 20)
+    w = running(worker_factory, app, prefix, tmp_path, 300)
     # When it gets SIGTERM
     began = time.monotonic()
     code = w.stop(timeout_s=20)
@@ -205,9 +209,7 @@ def test_when_the_broker_cancels_the_token_minter_and_task_consumers_the_worker_
     from tests.apps.control_app import record
 
     # Given a worker running a 20/s task from a backlog
-    w = start_worker(worker_factory, prefix)
-    fill(app, 400)
-    wait_until(lambda: len(starts(tmp_path, prefix)) >= 20, 20)
+    w = running(worker_factory, app, prefix, tmp_path, 400)
     # When the queues it consumes go away under it (a classic queue's node down cancels its consumers the same
     # way): the token queue, the minter's queue and a task queue
     amqp.delete(broker_url, [token_queue_name(prefix, "ctl.limited"), minter_queue_name(prefix), f"{prefix}.main"])
