@@ -211,7 +211,7 @@ class DeadLetterQueue:
         wanted = set(ids)
         result = ReplayResult()
         with self._channel("dlq replay") as channel, self._channel("dlq replay publish", confirm=True) as out:
-            total = self._count(channel)
+            total = max(self._count(channel), len(wanted))  # one just handed back (a peek) may not be counted yet
             goal = min(total, limit) if limit is not None else total
             if wanted:
                 goal = min(goal, len(wanted))

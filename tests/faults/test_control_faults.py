@@ -76,7 +76,7 @@ def lose_control_connection(rabbit_node: RabbitNode, w: WorkerProcess) -> None:
     """Close the worker's control connection; it cannot come back until the user limit is cleared."""
     held = worker_connections(rabbit_node)
     (control,) = [pid for pid, props in held if "worker control" in props]
-    rabbit_node.ctl("set_user_limits", "worker", json.dumps({"max-connections": len(held) - 1}))
+    rabbit_node.ctl("set_user_limits", "worker", json.dumps({"max-connections": 0}))  # no new one, the rest stay
     rabbit_node.ctl("close_connection", control, "test: control connection lost")
     wait_until(lambda: "control connection lost" in w.log(), 10, lambda: w.log()[-3000:])
 
