@@ -42,7 +42,7 @@ def make_app(prefix: str, broker_url: str | None = None) -> App:
         with (Path(os.environ.get("RT_TEST_LEDGER", "/tmp/rt-ledger")) / f"{prefix}.once").open("a") as ledger:
             ledger.write(f"{key}\n")
 
-    @app.task(queue=f"{prefix}.jobs", name="hist.report", unique_for=1.5, unique_key=lambda user, **_: user)
+    @app.task(queue=f"{prefix}.jobs", name="hist.report", unique_for=4, unique_key=lambda user, **_: user)
     def report(user: str, day: str = "") -> None: ...
 
     return app
