@@ -62,6 +62,11 @@ class Server:
         return not self.at_least(4, 3)
 
     @property
+    def consumer_timeout_per_consumer(self) -> bool:
+        """Whether a consumer can ask for its own timeout (`x-consumer-timeout`): from 3.11.15."""
+        return self.version >= (3, 11, 15)
+
+    @property
     def global_qos_allowed(self) -> bool:
         """Global (per-channel) QoS is refused by default from 4.3; rabbittask never uses it."""
         return not self.at_least(4, 3)

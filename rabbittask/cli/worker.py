@@ -20,7 +20,7 @@ from rabbittask.worker.exits import EXIT_CONFIG
 from rabbittask.worker.options import WorkerOptions, describe
 from rabbittask.worker.reload import AppLoader
 from rabbittask.worker.supervisor import Supervisor
-from rabbittask.worker.timeouts import consumer_timeout_problems
+from rabbittask.worker.timeouts import broker_server, consumer_timeout_problems, consumer_timeouts
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -116,6 +116,17 @@ def worker(app_spec: str, queues: str, loglevel: str, log_format: LogFormat, **g
     text, fields = banner(app, queues_used, options, rabbittask.__version__)
     log.info("%s", text, extra={"rt": fields})
     problems = consumer_timeout_problems(app, queues_used, options)
+    if problems and (server := broker_server(app)) is not None and server.consumer_timeout_per_consumer:
+        for queue, timeout_s in sorted(consumer_timeouts(app, queues_used, options).items()):
+            log.info(
+                "queue %r: its tasks may hold a message longer than the broker's consumer_timeout (%g s); "
+                "its consumers ask for %g s of their own (x-consumer-timeout, RabbitMQ %s)",
+                queue,
+                options.consumer_timeout_s,
+                timeout_s,
+                server,
+            )
+        problems = []
     for problem in problems:
         log.warning("%s", problem)
     if problems and options.strict_timeouts:

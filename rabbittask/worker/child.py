@@ -26,7 +26,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiormq.abc import DeliveredMessage
@@ -90,6 +90,7 @@ class Child:
         running_markers: RunningMarkers | None = None,
         partition_slot: tuple[int, int] = (0, 1),
         on_pool: Callable[[bytes], None] | None = None,
+        consumer_timeouts: Mapping[str, float] | None = None,
     ) -> None:
         self.app = app
         self.queues = list(queues) or sorted(app.queues)
@@ -162,6 +163,7 @@ class Child:
             on_consuming=on_consuming,
             partition_slot=partition_slot,
             before_consume=lambda: self.revoke.read_first(self.lifecycle.stopping),
+            consumer_timeouts=consumer_timeouts,
         )
         self.rates = RateGate(app, self.lifecycle.handing_back) if app.settings.control else None
         self.control: ControlPlane | None = None

@@ -30,6 +30,7 @@ from rabbittask.worker.child import Child
 from rabbittask.worker.exits import EXIT_CONFIG, EXIT_CRASH
 from rabbittask.worker.options import WorkerOptions
 from rabbittask.worker.running import RunningMarkers
+from rabbittask.worker.timeouts import consumer_timeouts
 
 if TYPE_CHECKING:
     from rabbittask.app import App
@@ -133,6 +134,7 @@ def _serve(spec: ChildSpec) -> int:
         running_markers=RunningMarkers(spec.running_dir) if spec.running_dir else None,
         partition_slot=(spec.number - 1, options.concurrency),  # its home partitions (partitions.py)
         on_pool=(lambda what: _notify(spec.pipe, what)) if spec.number == 1 else None,
+        consumer_timeouts=consumer_timeouts(spec.app, spec.queues or sorted(spec.app.queues), options),
     )
     child.stop_signals = (signal.SIGTERM,)
     setproctitle(title(f"child {spec.number}", child.queues, "tasks=0"))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiormq
@@ -25,6 +25,7 @@ from aiormq.abc import DeliveredMessage
 
 from rabbittask.amqp.connect import CONNECTION_ERRORS, access_refused, cancelled_here, connect
 from rabbittask.amqp.link import close_when_cancelled
+from rabbittask.amqp.server import Server
 from rabbittask.delays import delay_names
 from rabbittask.errors import AccessRefused, ConfigError, ConnectionLost, PublishError, TopologyMismatch
 from rabbittask.partitions import PARTITION_PREFETCH, home_partitions, partition_queues
@@ -74,11 +75,19 @@ class Session:
         on_consuming: Callable[[bool], None] | None = None,
         partition_slot: tuple[int, int] = (0, 1),
         before_consume: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        consumer_timeouts: Mapping[str, float] | None = None,
     ) -> None:
         self.app = app
         self.partition_slot = partition_slot  # (this child's index, children of the worker): its home partitions
         self.before_consume = before_consume  # e.g. read the revocations first (control.py), while it declares
         self.queues = queues
+        # Queue (and each of its partitions) -> the consumer timeout its consumers ask for (timeouts.py)
+        self._timeouts = {
+            name: timeout_s
+            for q, timeout_s in (consumer_timeouts or {}).items()
+            for name in {q, *partition_queues(app.queues[q])}
+        }
+        self._consume_arguments: dict[str, dict[str, Any]] = {}  # by queue, for the broker of this session
         self.prefetch = prefetch
         self.reconnects = 0
         self._on_message = on_message
@@ -149,6 +158,7 @@ class Session:
         specs = [self.app.queues[q] for q in self.queues]
         plain = [s.name for s in specs if not s.partitions]
         partitioned = [name for s in specs if s.partitions for name in partition_queues(s)]
+        self._consume_arguments = consume_arguments(self._timeouts, Server.of(connection.server_properties))
         try:
             channel = await connection.channel(publisher_confirms=False)
             try:
@@ -214,7 +224,7 @@ class Session:
 
     async def _subscribe(self, channel: aiormq.abc.AbstractChannel, queue: str) -> str:
         """Consume `queue` with the prefetch set last on `channel`; the consumer tag."""
-        ok = await channel.basic_consume(queue, self._on_message)
+        ok = await channel.basic_consume(queue, self._on_message, arguments=self._consume_arguments.get(queue))
         return ok.consumer_tag or ""
 
     async def _stand_by(self, channel: aiormq.abc.AbstractChannel, queues: list[str], tags: list[str]) -> None:
@@ -247,8 +257,7 @@ class Session:
             return tags
         await channel.basic_qos(prefetch_count=prefetch)
         for q in self._plain:  # partitions keep their prefetch of 1: not re-made
-            ok = await channel.basic_consume(q, self._on_message)
-            tags.append(ok.consumer_tag or "")
+            tags.append(await self._subscribe(channel, q))
         return tags
 
     def resize(self, prefetch: int) -> None:
@@ -316,6 +325,16 @@ async def check_queues(channel: aiormq.abc.AbstractChannel, queues: Sequence[str
                 f"queue {q!r} does not exist and declare_topology is False: apply the topology first "
                 "(`rabbittask topology apply -A ...` as a user with configure permission)"
             ) from None
+
+
+def consume_arguments(timeouts: Mapping[str, float], server: Server) -> dict[str, dict[str, Any]]:
+    """`basic.consume` arguments by queue: a consumer timeout of its own where the broker takes one (3.11.15+).
+
+    On an older broker there is nothing to ask: the start-up check has warned (cli/worker.py).
+    """
+    if not server.consumer_timeout_per_consumer:
+        return {}
+    return {q: {"x-consumer-timeout": int(timeout_s * 1000)} for q, timeout_s in timeouts.items()}
 
 
 def _close_reason(closing: asyncio.Future[Any]) -> str:

@@ -8,18 +8,67 @@ worker takes it as `--consumer-timeout` (default: RabbitMQ's 1800 s) and checks 
 time limit against it. The clock starts at delivery, not when the task starts: a sync task can
 wait behind `prefetch / threads` others in its child first, and that wait is counted too. A retry
 of a `partition_by` task waits in the worker with its message unacked, so its back-off counts as well.
+
+From RabbitMQ 3.11.15 a consumer can ask for a timeout of its own (`x-consumer-timeout`, taking
+precedence over the node's): there the worker gives the consumers of a queue whose tasks may hold
+a message longer than `--consumer-timeout` a timeout of their own instead (`consumer_timeouts`),
+and the start-up check has nothing to report.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from rabbittask.amqp import blocking
+from rabbittask.amqp.server import Server
+from rabbittask.errors import RabbitTaskError
 from rabbittask.worker.options import WorkerOptions
 
 if TYPE_CHECKING:
     from rabbittask.app import App
+    from rabbittask.task import Task
+
+
+HOLD_MARGIN = 1.25  # a consumer's own timeout: the longest a message may be held, and a quarter more
+MAX_TIMEOUT_MS = 2**31 - 1  # the largest value RabbitMQ takes
+
+
+def consumer_timeouts(app: App, queues: Sequence[str], options: WorkerOptions) -> dict[str, float]:
+    """Queue -> the consumer timeout (s) its consumers ask for, where its tasks may outlast the broker's."""
+    prefetch = options.prefetch or app.settings.prefetch
+    wanted: dict[str, float] = {}
+    for task in app.tasks.values():
+        hold_s = _longest_hold_s(task, prefetch, options.threads)
+        if task.queue in queues and hold_s >= options.consumer_timeout_s:
+            timeout_s = min(math.ceil(hold_s * HOLD_MARGIN), MAX_TIMEOUT_MS // 1000)
+            wanted[task.queue] = max(wanted.get(task.queue, 0.0), float(timeout_s))
+    return wanted
+
+
+def broker_server(app: App) -> Server | None:
+    """The version of the broker the worker will consume from, or None if it does not answer now."""
+    try:
+        connection = blocking.connect(app.settings, "worker start-up check")
+    except RabbitTaskError:
+        return None  # the children say why when they cannot connect
+    try:
+        return Server.of(connection._impl.server_properties)
+    finally:
+        blocking.close_quietly(connection)
+
+
+def _longest_hold_s(task: Task[..., Any], prefetch: int, threads: int) -> float:
+    """The longest a message of `task` can stay unacked in a worker, from delivery to ack (0: unbounded)."""
+    limit_s = task.time_limit or task.soft_time_limit or 0.0
+    rounds = 1 if task.is_async or prefetch <= threads else math.ceil(prefetch / threads)
+    hold_s = rounds * limit_s
+    if task.retries_in_place:
+        policy = task.retry_policy
+        wait_s = policy.retry_delay if policy.retry_backoff is False else policy.retry_backoff_max
+        hold_s = max(hold_s, wait_s + (task.time_limit or 0))
+    return hold_s
 
 
 def consumer_timeout_problems(app: App, queues: Sequence[str], options: WorkerOptions) -> list[str]:
@@ -29,7 +78,8 @@ def consumer_timeout_problems(app: App, queues: Sequence[str], options: WorkerOp
     rounds = 1 if prefetch <= options.threads else math.ceil(prefetch / options.threads)
     fix_broker = (
         f"raise consumer_timeout in rabbitmq.conf (milliseconds, e.g. consumer_timeout = {int(timeout_s * 2000)}) "
-        "and pass the new value as --consumer-timeout"
+        "and pass the new value as --consumer-timeout (or use RabbitMQ 3.12 or later, where the worker's "
+        "consumers ask for a timeout of their own)"
     )
     problems = []
     for task in sorted(app.tasks.values(), key=lambda t: t.name):

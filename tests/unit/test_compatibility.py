@@ -10,6 +10,7 @@ from click.testing import CliRunner, Result
 from rabbittask import App, ConfigError
 from rabbittask.amqp.server import UNLIMITED, Server, for_server
 from rabbittask.topology import QueueDecl, QueueSpec, declarations
+from rabbittask.worker.session import consume_arguments
 
 
 @pytest.mark.parametrize(
@@ -50,6 +51,17 @@ def test_each_version_says_what_it_changes(
     assert server.quorum_priorities == priorities
     assert server.nack_counts_delivery is nack_counts
     assert server.global_qos_allowed is global_qos
+
+
+@pytest.mark.parametrize(
+    ("version", "own_timeout"),
+    [("3.10.8", False), ("3.11.14", False), ("3.11.15", True), ("3.13.7", True), ("4.0.0", True), ("4.3.0", True)],
+)
+def test_a_consumer_asks_for_a_timeout_of_its_own_from_3_11_15(version: str, own_timeout: bool) -> None:
+    server = Server.parse(version)
+    assert server.consumer_timeout_per_consumer is own_timeout
+    arguments = consume_arguments({"reports": 4500.0}, server)
+    assert arguments == ({"reports": {"x-consumer-timeout": 4_500_000}} if own_timeout else {})
 
 
 def app_with_queues() -> App:

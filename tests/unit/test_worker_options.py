@@ -13,7 +13,7 @@ from rabbittask import App
 from rabbittask.cli import main
 from rabbittask.worker.options import WorkerOptions, describe, parse_size_mb
 from rabbittask.worker.reload import AppLoader
-from rabbittask.worker.timeouts import consumer_timeout_problems
+from rabbittask.worker.timeouts import consumer_timeout_problems, consumer_timeouts
 
 
 @pytest.mark.parametrize(
@@ -71,6 +71,30 @@ def test_waiting_behind_prefetched_sync_tasks_counts_towards_the_consumer_timeou
     assert "with --prefetch 16 and --threads 1 a message can wait behind 15 others" in medium[0]
     assert "Use --prefetch 2 or more --threads" in medium[0]
     assert consumer_timeout_problems(make_app(), ["q"], WorkerOptions(prefetch=1, consumer_timeout_s=7200)) == []
+
+
+def test_queues_whose_tasks_outlast_the_consumer_timeout_get_one_of_their_own_with_a_margin() -> None:
+    app = make_app()
+
+    @app.task(queue="other")
+    def quick() -> None: ...
+
+    # One message at a time: the 3600 s task sets it, a quarter more
+    assert consumer_timeouts(app, ["q", "other"], WorkerOptions(prefetch=1)) == {"q": 4500.0}
+    # Sixteen prefetched behind one thread: the 3600 s task may wait behind 15 others as long
+    assert consumer_timeouts(app, ["q"], WorkerOptions(prefetch=16)) == {"q": 16 * 3600 * 1.25}
+    # Nothing asked where the broker's own timeout is long enough, or for a queue not consumed
+    assert consumer_timeouts(app, ["q"], WorkerOptions(prefetch=1, consumer_timeout_s=7200)) == {}
+    assert consumer_timeouts(app, ["other"], WorkerOptions(prefetch=1)) == {}
+
+
+def test_a_retry_waiting_in_place_counts_towards_the_consumer_timeout_asked_for() -> None:
+    app = App("in-place")
+
+    @app.task(queue="orders", partition_by="customer", partitions=4, retry_backoff_max=1500, time_limit=600)
+    def place(customer: str) -> None: ...
+
+    assert consumer_timeouts(app, ["orders"], WorkerOptions(prefetch=1)) == {"orders": (1500 + 600) * 1.25}
 
 
 def test_reload_imports_the_apps_project_modules_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
