@@ -57,10 +57,12 @@ test-fast: venv broker
 		$(PY) -m pytest $(XDIST) -m "not faults" $(PYTEST_ARGS)
 
 # Only the fault scenarios (they start their own throwaway broker nodes), at their full size: chords of
-# 5,000 members, 1,000 tasks each in a child of its own, 100,000 tasks delayed an hour, a 30 s leader cut.
+# 5,000 members, 1,000 tasks each in a child of its own, 100,000 tasks delayed an hour, a 30 s leader cut,
+# a rate limit held 30 s over three workers.
 faults: venv
 	RT_CHORD_FAULT_MEMBERS=$${RT_CHORD_FAULT_MEMBERS:-5000} RT_CHILD_PER_TASK=$${RT_CHILD_PER_TASK:-1000} \
 		RT_DELAYED_TASKS=$${RT_DELAYED_TASKS:-100000} RT_PARTITION_LEADER_S=$${RT_PARTITION_LEADER_S:-30} \
+		RT_RATE_STEADY_S=$${RT_RATE_STEADY_S:-30} RT_MAJORITY_OUTAGE_S=$${RT_MAJORITY_OUTAGE_S:-30} \
 		$(PY) -m pytest $(XDIST) -m faults $(PYTEST_ARGS)
 
 # Drain rate on a 3-node cluster with workers on 1, 2 and 3 hosts (network namespaces; root).

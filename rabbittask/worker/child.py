@@ -172,7 +172,7 @@ class Child:
                 app,
                 self.queues,
                 stats=self._control_stats,
-                waiting=self._waiting,
+                waiting=lambda: list(self.threads.waiting.values()),
                 on_stuck=self._terminate_stuck,
                 on_pool=on_pool,
             )
@@ -265,8 +265,12 @@ class Child:
             self._received_log.append((message, time.time()))
         if self.retirement.delivered():
             self.retire(f"--max-tasks-per-child {self.max_tasks} reached")
-        if not await self._admit(message):
-            return
+        try:
+            if not await self._admit(message):
+                return
+        except asyncio.CancelledError:  # aiormq cancels a channel's callbacks as it closes: the broker requeues it
+            self.settler.hand_back(message)  # unsettled (each stage settles only when it returns): not in flight now
+            raise
         running = self.dispatcher.route(message)  # a sync task is queued for a thread, or run and settled inline
         if running is not None:  # an async task, or an inline one waiting for its turn
             await running
@@ -373,9 +377,6 @@ class Child:
         if count <= 0:
             return IDLE
         return BUSY if self.threads.waiting or count >= self.session.prefetch else WORKING
-
-    def _waiting(self) -> list[DeliveredMessage]:
-        return list(self.threads.waiting.values())
 
     def _control_stats(self) -> dict[str, Any]:
         """What `inspect stats` adds from this child's own state."""

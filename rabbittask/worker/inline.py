@@ -116,18 +116,25 @@ class InlineRunner:
 
     async def _later(self, message: DeliveredMessage, task: Task[Any, Any]) -> None:
         threads = self._threads
-        if threads.pending:  # sync tasks run one at a time, in order: the thread's work goes first
-            key, behind = id(message), self._behind
-            behind[key] = message
-            while threads.pending and key in behind:
-                await threads.idle.wait()
-            if behind.pop(key, None) is None:
-                return  # handed back meanwhile (shed): settled already
-        while self._spent_s >= BURST_S:
-            if not self._reset_pending:
-                self._reset_pending = True
-                asyncio.get_running_loop().call_soon(self._reset)
-            await asyncio.sleep(0)  # resumes after the loop polled for I/O
+        key, behind = id(message), self._behind
+        queued = False  # in `behind`, where a shed may take it (and settle it)
+        try:
+            if threads.pending:  # sync tasks run one at a time, in order: the thread's work goes first
+                behind[key], queued = message, True
+                while threads.pending and key in behind:
+                    await threads.idle.wait()
+                queued = False
+                if behind.pop(key, None) is None:
+                    return  # handed back meanwhile (shed): settled already
+            while self._spent_s >= BURST_S:
+                if not self._reset_pending:
+                    self._reset_pending = True
+                    asyncio.get_running_loop().call_soon(self._reset)
+                await asyncio.sleep(0)  # resumes after the loop polled for I/O
+        except asyncio.CancelledError:  # its channel closed (aiormq cancels its callbacks): it never started
+            if not queued or behind.pop(key, None) is not None:  # not taken by a shed meanwhile
+                self._settle(Outcome(message, task.name, reason=Reason.HANDED_BACK))
+            raise
         if self._lifecycle.handing_back.is_set():  # a warm shutdown began while it waited: hand it back unrun
             self._settle(Outcome(message, task.name, reason=Reason.HANDED_BACK))
         elif threads.pending or not self.policy.inline(task):  # changed while it waited

@@ -29,6 +29,13 @@ def make_app(prefix: str, broker_url: str | None = None) -> App:
         await asyncio.sleep(0)
         return x * y
 
+    @app.task(queue=f"{prefix}.aio", name="core.arecord")
+    async def arecord(tag: str, sleep_s: float = 0.0) -> str:
+        note(f"start {tag} pid={os.getpid()}")
+        await asyncio.sleep(sleep_s)
+        note(f"done {tag}")
+        return tag
+
     @app.task(queue=f"{prefix}.main", name="core.record")
     def record(tag: str, sleep_s: float = 0.0) -> str:
         note(f"start {tag} pid={os.getpid()}")

@@ -348,6 +348,27 @@ def test_a_broken_app_module_is_reported(worker_factory) -> None:
     assert "cannot import app module 'tests.apps.does_not_exist'" in w.log()
 
 
+def test_an_async_task_running_when_its_channel_closes_finishes_and_the_worker_then_stops_at_once(
+    app: App, prefix: str, worker_factory, tmp_path: Path, broker_url: str
+) -> None:
+    # Given an async task running in a worker
+    w = worker_factory(APP, "-Q", f"{prefix}.aio", prefix=prefix)
+    w.wait_for_log("consuming from")
+    app.tasks["core.arecord"].delay("slow", 2.0)
+    wait_ledger(tmp_path, prefix, "start slow")
+    # When its channel closes under it (its queue deleted: the broker cancels the consumer, the worker
+    # closes the channel, and aiormq cancels what the channel's callbacks await)
+    amqp.delete(broker_url, [f"{prefix}.aio"])
+    # Then the run is not cut off half-way: it finishes, as a sync task's run would, and the worker says
+    # the broker redelivers its message
+    wait_ledger(tmp_path, prefix, "done slow")
+    w.wait_for_log("finished after its channel closed")
+    w.wait_for_log("consuming from", count=2)
+    # And a warm shutdown has nothing left to wait for
+    assert w.stop() == 0
+    assert "still running after" not in w.log()
+
+
 def test_worker_resumes_after_the_broker_closes_its_connections(
     rabbit_node, worker_factory, tmp_path: Path, unique_name: str
 ) -> None:

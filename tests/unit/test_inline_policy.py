@@ -10,7 +10,7 @@ from typing import Any
 from rabbittask import App
 from rabbittask.message import CONTENT_TYPE, encode_body
 from rabbittask.worker.inline import BURST_S, PROVEN_AFTER, InlinePolicy, InlineRunner
-from rabbittask.worker.outcome import Outcome
+from rabbittask.worker.outcome import Outcome, Reason
 from rabbittask.worker.redelivery import Redeliveries
 from rabbittask.worker.retirement import Lifecycle
 
@@ -186,3 +186,35 @@ class BusyThreads(Threads):
     def finish(self) -> None:
         self.pending = 0
         self.idle.set()
+
+
+def test_a_message_waiting_for_the_thread_whose_wait_is_cancelled_is_settled_as_handed_back_once() -> None:
+    # Given the thread busy, and two proven-short messages waiting behind it
+    app = App("inline-cancel", broker_url="amqp://guest:guest@localhost:5672/")
+    ran: list[int] = []
+
+    @app.task(name="short")
+    def short(i: int) -> None:
+        ran.append(i)
+
+    settled: list[Outcome] = []
+    runner = runner_for(app, settled)
+    busy = BusyThreads()
+    runner._threads = busy  # type: ignore[assignment]
+    task = app.tasks["short"]
+
+    async def consume() -> list[Any]:
+        waiting = [asyncio.ensure_future(runner.run(delivered("short", i), task)) for i in (1, 2)]  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        # When the first one is shed (its hand-back is the shedder's) and then both waits are cancelled, as
+        # aiormq cancels a channel's callbacks when the channel closes
+        taken = runner.shed(lambda m: m.header.properties.message_id == "m1")
+        for w in waiting:
+            w.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        return taken
+
+    taken = asyncio.run(consume())
+    # Then neither runs; the one still waiting is settled as handed back, the shed one is not settled twice
+    assert ran == [] and [m.header.properties.message_id for m in taken] == ["m1"]
+    assert [(o.message.header.properties.message_id, o.reason) for o in settled] == [("m2", Reason.HANDED_BACK)]
