@@ -6,8 +6,6 @@ task finished, and failures end in a dead-letter queue with the reason.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from rabbittask.app import App
 from rabbittask.context import TaskContext
 from rabbittask.errors import (
@@ -43,14 +41,10 @@ from rabbittask.results.backend import ResultBackend
 from rabbittask.results.record import Status
 from rabbittask.settings import Settings
 from rabbittask.task import Signature, Task, TaskHandle
+from rabbittask.version import __version__
 from rabbittask.workflow.canvas import chain, chord, group
 from rabbittask.workflow.handles import WorkflowHandle
 from rabbittask.workflow.signature import Chain
-
-try:
-    __version__ = version("rabbittask")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0.0.0"
 
 __all__ = [
     # the app and its tasks

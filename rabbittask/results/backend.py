@@ -18,11 +18,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from rabbittask.errors import ConfigError
 from rabbittask.settings import mask_url
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 ENTRY_POINT_GROUP = "rabbittask.backends"
 POLL_FIRST_S = 0.005
@@ -121,6 +124,8 @@ _guards: set[AsyncIterator[None]] = set()
 
 def backend_entry_points() -> dict[str, EntryPoint]:
     """Installed backend plugins by URL scheme."""
+    from importlib.metadata import entry_points  # only when an app has a result backend
+
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 

@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 
 import aiormq
 import aiormq.abc
-import psutil
 from aiormq.abc import DeliveredMessage
 
 from rabbittask.amqp.connect import CONNECTION_ERRORS, cancelled_here, connect
@@ -358,10 +357,16 @@ class ControlPlane:
                 "uptime_s": round(now - self.started_at, 1),
                 "done": RUNS.done,
                 "failed": RUNS.failed,
-                "rss_bytes": psutil.Process().memory_info().rss,
+                "rss_bytes": _rss_bytes(),
                 "queues": self.queues,
                 "revocations": len(REVOKED),
                 "rate_limits": {name: str(rate) for name, rate in RATES.limited().items()},
                 **self._stats(),
             }
         raise ValueError(f"unknown command {command!r}")
+
+
+def _rss_bytes() -> int:
+    import psutil  # only for `inspect stats`: not in every child's start
+
+    return int(psutil.Process().memory_info().rss)

@@ -16,7 +16,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-import psutil
 from aiormq.abc import DeliveredMessage
 
 from rabbittask.errors import SoftTimeLimitExceeded
@@ -97,6 +96,8 @@ class MemoryLimit:
     """This process's RSS against a limit, read at most every `MEMORY_CHECK_EVERY_S`."""
 
     def __init__(self, max_bytes: int) -> None:
+        import psutil  # only with a memory limit: 10-20 ms of every child's start otherwise
+
         self.max_bytes = max_bytes
         self._process = psutil.Process()
         self._next_check = 0.0

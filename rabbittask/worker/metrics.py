@@ -22,7 +22,6 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -106,6 +105,8 @@ class MetricsServer:
             "Children the supervisor replaced, by reason: crashed, or retired (max tasks, memory, time limit, SIGHUP).",
             ["reason"],
         )
+
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # only with --metrics-port
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the name http.server calls

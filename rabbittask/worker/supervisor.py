@@ -22,6 +22,7 @@ only once its successor consumes.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import select
@@ -196,6 +197,7 @@ class Supervisor:
         numbers = {c.number for c in self.children.values()}
         number = next(n for n in range(1, len(numbers) + 2) if n not in numbers)
         read_fd, write_fd = os.pipe()
+        gc.freeze()  # what exists now stays shared with the child: its collector never touches (copies) those pages
         pid = os.fork()
         if pid == 0:
             others = [c.pipe for c in self.children.values()] + [read_fd, self._wake_r, self._wake_w]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import threading
 from importlib.metadata import EntryPoint
 
 import pytest
 
-import rabbittask.results.backend as backend_module
 from rabbittask import App, ConfigError, ResultNotSerialisable, Settings, TaskError, TaskHandle
 from rabbittask.results.backend import ENTRY_POINT_GROUP, ResultBackend, load_backend
 from rabbittask.results.backends.redis import RedisBackend
@@ -45,7 +45,7 @@ def plugins(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
         assert group == ENTRY_POINT_GROUP
         return [EntryPoint(name, value, group) for name, value in found.items()]
 
-    monkeypatch.setattr(backend_module, "entry_points", fake)
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake)  # imported when a backend is looked up
     return found
 
 
