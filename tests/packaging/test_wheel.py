@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -28,7 +29,11 @@ from tests.vhosts import own_vhost
 from tests.workers import ROOT
 
 WHEEL_CACHE = Path(os.environ.get("RABBITTASK_TEST_WHEELS", Path.home() / ".cache" / "rabbittask-test-wheels"))
-VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+# Written once, in rabbittask/version.py; pyproject.toml's version is read from it
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+assert PYPROJECT["project"]["dynamic"] == ["version"]
+assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "rabbittask.version.__version__"}
+VERSION = runpy.run_path(str(ROOT / "rabbittask" / "version.py"))["__version__"]
 STATIC = ["dashboard.css", "dashboard.js", "uPlot.iife.min.js", "uPlot.min.css", "uPlot.LICENSE"]
 
 
