@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -146,9 +147,14 @@ def test_an_inline_task_runs_as_in_a_thread_with_no_event_loop_running() -> None
     assert outcome.value == [42, "get_running_loop raised"]
 
 
-def test_messages_waiting_for_the_thread_can_be_handed_back_and_are_then_never_run() -> None:
-    # Given the thread busy with a long task, and two proven-short messages waiting behind it
-    app = App("inline-shed", broker_url="amqp://guest:guest@localhost:5672/")
+def behind_a_busy_thread(
+    end: Callable[[list[asyncio.Future[Any]], BusyThreads], Awaitable[None]],
+) -> tuple[list[Any], list[int], list[Outcome]]:
+    """Two proven-short messages wait behind a busy task thread; the first is shed, then `end` ends the waits.
+
+    Returns what the shed took, what ran, and what was settled.
+    """
+    app = App("inline-behind", broker_url="amqp://guest:guest@localhost:5672/")
     ran: list[int] = []
 
     @app.task(name="short")
@@ -164,16 +170,11 @@ def test_messages_waiting_for_the_thread_can_be_handed_back_and_are_then_never_r
     async def consume() -> list[Any]:
         waiting = [asyncio.ensure_future(runner.run(delivered("short", i), task)) for i in (1, 2)]  # type: ignore[arg-type]
         await asyncio.sleep(0)
-        # When the child sheds the first delivery (the second is a redelivery: kept)
-        taken = runner.shed(lambda m: m.header.properties.message_id == "m1")
-        busy.finish()
-        await asyncio.wait_for(asyncio.gather(*waiting), 1.0)
+        taken = runner.shed(lambda m: m.header.properties.message_id == "m1")  # the second is a redelivery: kept
+        await end(waiting, busy)
         return taken
 
-    taken = asyncio.run(consume())
-    # Then it is taken (to be handed back) and never runs; the other runs once the thread is free
-    assert [m.header.properties.message_id for m in taken] == ["m1"]
-    assert ran == [2] and [o.message.header.properties.message_id for o in settled] == ["m2"]
+    return asyncio.run(consume()), ran, settled
 
 
 class BusyThreads(Threads):
@@ -188,33 +189,26 @@ class BusyThreads(Threads):
         self.idle.set()
 
 
+def test_messages_waiting_for_the_thread_can_be_handed_back_and_are_then_never_run() -> None:
+    # Given the thread busy with a long task, two proven-short messages waiting behind it, the first shed
+    async def thread_done(waiting: list[asyncio.Future[Any]], busy: BusyThreads) -> None:
+        busy.finish()  # When the thread is free
+        await asyncio.wait_for(asyncio.gather(*waiting), 1.0)
+
+    taken, ran, settled = behind_a_busy_thread(thread_done)
+    # Then the shed one is taken (to be handed back) and never runs; the other runs
+    assert [m.header.properties.message_id for m in taken] == ["m1"]
+    assert ran == [2] and [o.message.header.properties.message_id for o in settled] == ["m2"]
+
+
 def test_a_message_waiting_for_the_thread_whose_wait_is_cancelled_is_settled_as_handed_back_once() -> None:
-    # Given the thread busy, and two proven-short messages waiting behind it
-    app = App("inline-cancel", broker_url="amqp://guest:guest@localhost:5672/")
-    ran: list[int] = []
-
-    @app.task(name="short")
-    def short(i: int) -> None:
-        ran.append(i)
-
-    settled: list[Outcome] = []
-    runner = runner_for(app, settled)
-    busy = BusyThreads()
-    runner._threads = busy  # type: ignore[assignment]
-    task = app.tasks["short"]
-
-    async def consume() -> list[Any]:
-        waiting = [asyncio.ensure_future(runner.run(delivered("short", i), task)) for i in (1, 2)]  # type: ignore[arg-type]
-        await asyncio.sleep(0)
-        # When the first one is shed (its hand-back is the shedder's) and then both waits are cancelled, as
-        # aiormq cancels a channel's callbacks when the channel closes
-        taken = runner.shed(lambda m: m.header.properties.message_id == "m1")
-        for w in waiting:
+    # Given the thread busy, two proven-short messages waiting behind it, the first shed
+    async def channel_closed(waiting: list[asyncio.Future[Any]], busy: BusyThreads) -> None:
+        for w in waiting:  # When both waits are cancelled, as aiormq cancels a closing channel's callbacks
             w.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)
-        return taken
 
-    taken = asyncio.run(consume())
+    taken, ran, settled = behind_a_busy_thread(channel_closed)
     # Then neither runs; the one still waiting is settled as handed back, the shed one is not settled twice
     assert ran == [] and [m.header.properties.message_id for m in taken] == ["m1"]
     assert [(o.message.header.properties.message_id, o.reason) for o in settled] == [("m2", Reason.HANDED_BACK)]
