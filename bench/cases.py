@@ -14,6 +14,7 @@ RT = "rabbittask"
 EVENTS_OFF = f"{RT} B1 events off"  # a reference row: its ratio is what events cost (the target: within 10%)
 HISTORY_OFF = f"{RT} B1 history off"  # the reference of row H: what the history stream costs (within 5%)
 BEST_FLAGS = f"{RT} --prefetch 1000"  # a reference row: the default (adaptive) prefetch against the best pinned one
+UVLOOP = f"{RT} --loop uvloop"  # a reference row: the same worker on uvloop (a ratio under 1: uvloop drains faster)
 TOTAL_RSS_TARGET_MB = 60.0  # supervisor + 1 child (B1)
 CHILD_PSS_TARGET_MB = 20.0
 
@@ -78,6 +79,7 @@ CASES = [
             ("raw aio-pika", raw.drain_with("aio-pika", 1)),
             (BEST_FLAGS, rt.drain_with(1, prefetch=1000)),
             (EVENTS_OFF, rt.drain_with(1, events=False)),
+            (UVLOOP, rt.drain_with(1, loop="uvloop")),
         ),
         0.9,
     ),

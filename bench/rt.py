@@ -119,10 +119,11 @@ def a2_batch(ctx: RowContext) -> Measurement:
 
 
 def drain_with(
-    concurrency: int, events: bool = True, history: bool = True, prefetch: int | None = None
+    concurrency: int, events: bool = True, history: bool = True, prefetch: int | None = None, loop: str = "asyncio"
 ) -> Callable[[RowContext], Measurement]:
     """The drain row; `events=False` runs the worker with `RABBITTASK_EVENTS=false` (what events cost),
-    `history=False` with `RABBITTASK_HISTORY=false` (what keeping them in the history stream costs)."""
+    `history=False` with `RABBITTASK_HISTORY=false` (what keeping them in the history stream costs),
+    `loop="uvloop"` with `--loop uvloop`."""
 
     def row(ctx: RowContext) -> Measurement:
         bench = setup(ctx, history=events and history)
@@ -135,11 +136,12 @@ def drain_with(
         finally:
             watcher.close()
             bench.app.close()
-        procs = [spawn(worker(ctx, concurrency, prefetch), ctx.workdir, "worker", worker_env(ctx, events, history))]
+        env = {**worker_env(ctx, events, history), "RABBITTASK_WORKER_LOOP": loop}
+        procs = [spawn(worker(ctx, concurrency, prefetch), ctx.workdir, "worker", env)]
         result = drain.measure(ctx.url, ctx.queue, ctx.n, ctx.workdir, procs, barrier=False)
         return Measurement(result.rate, memory=result.memory, leftover=result.leftover)
 
-    flags = f" --prefetch {prefetch}" if prefetch else ""
+    flags = (f" --prefetch {prefetch}" if prefetch else "") + (f" --loop {loop}" if loop != "asyncio" else "")
     off = ", events off" if not events else ", history off" if not history else ""
     row.__doc__ = f"`rabbittask worker -c {concurrency}{flags}{off}` drains pre-queued no-op tasks"
     return row

@@ -6,7 +6,7 @@
 # On a fresh Debian machine this installs python3-venv with apt first when it is missing.
 set -euo pipefail
 venv=${1:-.venv}
-extras=${2-test,bench,redis,dashboard,docs}
+extras=${2-test,bench,redis,dashboard,docs,uvloop}
 py=${PYTHON:-python3}
 
 if ! command -v "$py" >/dev/null; then

@@ -84,6 +84,7 @@ LOG_FORMAT_OPTION = click.option(
 @click.option("--threads", type=int, help=describe("threads") + " [default: 1]")
 @click.option("--inline-ms", type=float, metavar="MS", help=describe("inline_ms") + " [default: 1]")
 @click.option("--prefetch", type=int, help=describe("prefetch"))
+@click.option("--loop", type=click.Choice(["asyncio", "uvloop"]), help=describe("loop") + " [default: asyncio]")
 @click.option("--max-tasks-per-child", type=int, metavar="N", help=describe("max_tasks_per_child"))
 @click.option(
     "--max-memory-per-child", "max_memory_per_child_mb", metavar="SIZE", help=describe("max_memory_per_child_mb")
@@ -106,6 +107,14 @@ def worker(app_spec: str, queues: str, loglevel: str, log_format: LogFormat, **g
     replace the children one by one.
     """
     options = _options(given)
+    if options.loop == "uvloop":
+        try:
+            import uvloop  # noqa: F401 - imported once here, before the fork: its pages are shared with the children
+        except ImportError:
+            raise click.ClickException(
+                "--loop uvloop needs the uvloop package, which is not installed: pip install 'rabbittask[uvloop]' "
+                "(or leave --loop at asyncio)"
+            ) from None
     loader = AppLoader(app_spec, load_app)
     app = loader.load()
     try:

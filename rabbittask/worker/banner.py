@@ -58,7 +58,7 @@ def banner(app: App, queues: list[str], options: WorkerOptions, version: str) ->
         f"rabbittask {version} worker of app {app.name!r} (supervisor pid {os.getpid()})",
         f"  broker       {mask_url(settings.broker_url)}",
         f"  exchange     {settings.exchange} (dead letters: <queue>.dlq, delays on {settings.exchange}.delay.*)",
-        f"  concurrency  {options.concurrency} child process(es) x {threads}",
+        f"  concurrency  {options.concurrency} child process(es) x {threads}, on {options.loop}",
         f"  prefetch     {prefetch_text}",
         f"  replace      a child after {' or '.join(limits)}"
         if limits
@@ -79,6 +79,7 @@ def banner(app: App, queues: list[str], options: WorkerOptions, version: str) ->
         "exchange": settings.exchange,
         "concurrency": options.concurrency,
         "threads": options.threads,
+        "loop": options.loop,
         "prefetch": prefetch,
         "prefetch_adaptive": adaptive,
         "queues": {q: queue_text(app.queues[q]) for q in queues},

@@ -138,6 +138,10 @@ def _serve(spec: ChildSpec) -> int:
     )
     child.stop_signals = (signal.SIGTERM,)
     setproctitle(title(f"child {spec.number}", child.queues, "tasks=0"))
+    if options.loop == "uvloop":
+        import uvloop  # checked by the worker command before the fork
+
+        return uvloop.run(_main(child, spec))
     return asyncio.run(_main(child, spec))
 
 

@@ -36,6 +36,10 @@ def make_app(prefix: str, broker_url: str | None = None) -> App:
         note(f"done {tag}")
         return tag
 
+    @app.task(queue=f"{prefix}.aio", name="core.aloop")
+    async def aloop() -> None:
+        note(f"loop {type(asyncio.get_running_loop()).__module__}")
+
     @app.task(queue=f"{prefix}.main", name="core.record")
     def record(tag: str, sleep_s: float = 0.0) -> str:
         note(f"start {tag} pid={os.getpid()}")

@@ -349,6 +349,21 @@ def test_a_broken_app_module_is_reported(worker_factory) -> None:
     assert "cannot import app module 'tests.apps.does_not_exist'" in w.log()
 
 
+def test_a_worker_on_uvloop_runs_sync_and_async_tasks_and_its_async_tasks_run_on_uvloop(
+    app: App, prefix: str, worker_factory, tmp_path: Path
+) -> None:
+    # Given a worker started with --loop uvloop
+    w = worker_factory(APP, "--loop", "uvloop", prefix=prefix)
+    w.wait_for_log("consuming from")
+    assert "child process(es) x 1 thread(s), sync tasks under 1 ms run inline, on uvloop" in w.log()
+    # When it gets an async and a sync task
+    app.tasks["core.aloop"].delay()
+    app.tasks["core.record"].delay("on-uvloop")
+    # Then both run, the async one on a uvloop loop
+    wait_ledger(tmp_path, prefix, "loop uvloop")
+    wait_ledger(tmp_path, prefix, "done on-uvloop")
+
+
 def test_an_async_task_running_when_its_channel_closes_finishes_and_the_worker_then_stops_at_once(
     app: App, prefix: str, worker_factory, tmp_path: Path, broker_url: str
 ) -> None:

@@ -97,6 +97,14 @@ def test_a_retry_waiting_in_place_counts_towards_the_consumer_timeout_asked_for(
     assert consumer_timeouts(app, ["orders"], WorkerOptions(prefetch=1)) == {"orders": (1500 + 600) * 1.25}
 
 
+def test_loop_uvloop_without_uvloop_installed_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if not installed: importing it raises ImportError
+    result = CliRunner().invoke(main, ["worker", "-A", "tests.apps.core:app", "--loop", "uvloop"])
+    assert result.exit_code == 1
+    assert "--loop uvloop needs the uvloop package, which is not installed" in result.output
+    assert "pip install 'rabbittask[uvloop]'" in result.output
+
+
 def test_reload_imports_the_apps_project_modules_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     module = tmp_path / "reloadable_app.py"
     module.write_text("from rabbittask import App\napp = App('v1')\n")
