@@ -64,7 +64,9 @@ class Beats:
                 runs[str(r["key"])].append(r)
         slots = sorted(int(datetime.fromisoformat(k.split("@", 1)[1].replace("Z", "+00:00")).timestamp()) for k in runs)
         missing = (slots[-1] - slots[0] + 1 - len(slots)) if slots else 0
-        redelivered = sum(1 for rs in runs.values() for r in rs[1:] if r["redelivered"])
+        # A redelivered run explains one extra run of its slot, whichever came first: a worker stopped
+        # (SIGSTOP) holding a tick runs it when it resumes, after the broker redelivered it elsewhere.
+        redelivered = sum(min(len(rs) - 1, sum(1 for r in rs if r["redelivered"])) for rs in runs.values())
         repeated = sum(len(rs) - 1 for rs in runs.values()) - redelivered
         takeovers = self.takeovers(soak)
         if not slots:
