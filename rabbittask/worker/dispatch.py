@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiormq.abc import DeliveredMessage
 
@@ -47,11 +47,13 @@ class Dispatcher:
         self._settle = settle
         self._started_log = started_log
 
-    def route(self, message: DeliveredMessage) -> Coroutine[Any, Any, None] | None:
+    def route(self, message: DeliveredMessage) -> Awaitable[None] | None:
         """Run or queue `message`; what the consume callback must await (an async task, an inline turn), or None."""
         task = self._tasks.get(message.header.properties.message_type or "")
         if task is not None and task.is_async:
-            return _shielded(self._run_async(message))
+            # aiormq cancels a channel's consumer callbacks when it closes: the run goes on and settles as a
+            # sync task's run does then (the broker redelivers; a redelivery here waits for it, redelivery.py)
+            return asyncio.shield(self._run_async(message))
         inline = self.inline
         if inline is not None and task is not None and inline.policy.inline(task):
             return inline.run(message, task)
@@ -72,13 +74,3 @@ class Dispatcher:
             if marked is not None:
                 redeliveries.ended(marked)
         self._settle(outcome)
-
-
-async def _shielded(run: Coroutine[Any, Any, None]) -> None:
-    """Await an async task's run, which goes on if the wait is cancelled.
-
-    aiormq cancels a channel's consumer callbacks when the channel closes: the run finishes anyway and
-    settles as a sync task's run does then (the broker redelivers the message; a redelivery that comes
-    here waits for this run, redelivery.py), instead of being cut off mid-way and never settled.
-    """
-    await asyncio.shield(run)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiormq.abc import DeliveredMessage
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Route = Callable[[DeliveredMessage], Coroutine[Any, Any, None] | None]
+Route = Callable[[DeliveredMessage], Awaitable[None] | None]
 
 
 class InPlaceRetries:

@@ -62,29 +62,36 @@ def broker_server(app: App) -> Server | None:
 def _longest_hold_s(task: Task[..., Any], prefetch: int, threads: int) -> float:
     """The longest a message of `task` can stay unacked in a worker, from delivery to ack (0: unbounded)."""
     limit_s = task.time_limit or task.soft_time_limit or 0.0
-    rounds = 1 if task.is_async or prefetch <= threads else math.ceil(prefetch / threads)
-    hold_s = rounds * limit_s
+    hold_s = (1 if task.is_async else _rounds(prefetch, threads)) * limit_s
     if task.retries_in_place:
-        policy = task.retry_policy
-        wait_s = policy.retry_delay if policy.retry_backoff is False else policy.retry_backoff_max
-        hold_s = max(hold_s, wait_s + (task.time_limit or 0))
+        hold_s = max(hold_s, _in_place_wait_s(task) + (task.time_limit or 0))
     return hold_s
+
+
+def _rounds(prefetch: int, threads: int) -> int:
+    """Sync runs a prefetched message may wait through in its child, its own included."""
+    return 1 if prefetch <= threads else math.ceil(prefetch / threads)
+
+
+def _in_place_wait_s(task: Task[..., Any]) -> float:
+    """The longest back-off a `partition_by` retry waits in the worker, its message unacked (inplace.py)."""
+    policy = task.retry_policy
+    return float(policy.retry_delay if policy.retry_backoff is False else policy.retry_backoff_max)
 
 
 def consumer_timeout_problems(app: App, queues: Sequence[str], options: WorkerOptions) -> list[str]:
     """One sentence per task whose time limit can outlast the broker's consumer_timeout, saying what to change."""
     timeout_s = options.consumer_timeout_s
     prefetch = options.prefetch or app.settings.prefetch
-    rounds = 1 if prefetch <= options.threads else math.ceil(prefetch / options.threads)
+    rounds = _rounds(prefetch, options.threads)
     fix_broker = (
         f"raise consumer_timeout in rabbitmq.conf (milliseconds, e.g. consumer_timeout = {int(timeout_s * 2000)}) "
-        "and pass the new value as --consumer-timeout (or use RabbitMQ 3.12 or later, where the worker's "
+        "and pass the new value as --consumer-timeout (or use RabbitMQ 3.11.15 or later, where the worker's "
         "consumers ask for a timeout of their own)"
     )
     problems = []
     for task in sorted(app.tasks.values(), key=lambda t: t.name):
-        policy = task.retry_policy
-        wait_s = policy.retry_delay if policy.retry_backoff is False else policy.retry_backoff_max
+        wait_s = _in_place_wait_s(task)
         if task.queue in queues and task.retries_in_place and wait_s + (task.time_limit or 0) >= timeout_s:
             # A partition_by retry waits in the worker, its message unacked (inplace.py): that wait counts too.
             problems.append(
